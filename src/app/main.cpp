@@ -1,7 +1,254 @@
-// The glm4moe command: subcommands logits, generate, info, tokenize.
+// The glm4moe command line: `logits`, `generate` and `info` over a checkpoint
+// directory. Every failure is reported as one "error: ..." line on stderr with
+// exit status 1; nothing here lets an exception escape.
+#include <CLI/CLI.hpp>
 #include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+#include <sstream>
+#include <string>
+#include <vector>
 
-int main() {
-  std::puts("glm4moe: under construction");
+#include "engine/engine.h"
+#include "engine/generate.h"
+#include "io/npy.h"
+#include "model/weights.h"
+
+namespace {
+
+using glm::fail;
+
+// "61,172,256" -> ids; anything that is not a list of non-negative integers is an error.
+std::vector<int32_t> parse_prompt_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    const auto first = item.find_first_not_of(" \t");
+    const auto last = item.find_last_not_of(" \t");
+    GLM_CHECK(first != std::string::npos, "--prompt-ids: empty entry in \"", text, "\"");
+    item = item.substr(first, last - first + 1);
+    GLM_CHECK(item.find_first_not_of("0123456789") == std::string::npos && item.size() <= 10,
+              "--prompt-ids: \"", item, "\" is not a token id");
+    const long long value = std::stoll(item);
+    GLM_CHECK(value <= INT32_MAX, "--prompt-ids: ", item, " is too large");
+    ids.push_back(static_cast<int32_t>(value));
+  }
+  GLM_CHECK(!ids.empty(), "--prompt-ids: the prompt is empty");
+  return ids;
+}
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024.0 && unit < 4) {
+    bytes /= 1024.0;
+    ++unit;
+  }
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.2f %s", bytes, units[unit]);
+  return buffer;
+}
+
+struct CommonOptions {
+  std::string model;
+  int threads = 0;
+  int64_t max_context = 0;
+};
+
+void add_common(CLI::App* command, CommonOptions& options) {
+  command->add_option("--model", options.model, "checkpoint directory (config.json + *.safetensors)")->required();
+  command->add_option("--threads", options.threads, "CPU threads (default: all cores)");
+  command->add_option("--max-context", options.max_context, "KV cache capacity in tokens (default: prompt + output)");
+}
+
+glm::EngineOptions engine_options(const CommonOptions& common, int64_t tokens_needed) {
+  if (common.threads > 0) omp_set_num_threads(common.threads);
+  glm::EngineOptions options;
+  options.max_context = common.max_context > 0 ? common.max_context : std::max<int64_t>(tokens_needed, 16);
+  return options;
+}
+
+int run_logits(const CommonOptions& common, const std::string& prompt_ids, const std::string& output) {
+  const std::vector<int32_t> prompt = parse_prompt_ids(prompt_ids);
+  glm::Engine engine(common.model, engine_options(common, static_cast<int64_t>(prompt.size())));
+  const int32_t sequence = engine.cache().create_sequence();
+  auto results = engine.step({glm::SequenceWork{sequence, prompt, glm::LogitsWanted::All}});
+  glm::write_npy(output, results[0].logits,
+                 {static_cast<int64_t>(prompt.size()), engine.config().vocab_size});
+  return 0;
+}
+
+struct GenerateOptions {
+  std::string prompt_ids;
+  int64_t max_tokens = 128;
+  double temperature = -1.0;
+  int64_t top_k = -1;
+  double top_p = -1.0;
+  double min_p = -1.0;
+  uint64_t seed = 0;
+  bool ignore_eos = false;
+  bool json = false;
+};
+
+int run_generate(const CommonOptions& common, const GenerateOptions& options) {
+  const std::vector<int32_t> prompt = parse_prompt_ids(options.prompt_ids);
+  GLM_CHECK(options.max_tokens >= 0, "--max-tokens must not be negative");
+  glm::Engine engine(common.model,
+                     engine_options(common, static_cast<int64_t>(prompt.size()) + options.max_tokens));
+  glm::GenerationRequest request;
+  request.prompt = prompt;
+  request.max_tokens = options.max_tokens;
+  request.ignore_eos = options.ignore_eos;
+  request.eos_token_ids = engine.config().eos_token_ids;
+  request.sampling = glm::sampling_defaults(engine.generation_defaults());
+  // An explicit temperature decides greedy (0) vs sampling (> 0) regardless of do_sample.
+  if (options.temperature >= 0.0) request.sampling.temperature = options.temperature;
+  if (options.top_k >= 0) request.sampling.top_k = options.top_k;
+  if (options.top_p >= 0.0) request.sampling.top_p = options.top_p;
+  if (options.min_p >= 0.0) request.sampling.min_p = options.min_p;
+  request.sampling.seed = options.seed;
+
+  auto stream = [&](int32_t token) {
+    if (!options.json) {
+      std::printf("%d ", token);
+      std::fflush(stdout);
+    }
+    return true;
+  };
+  const glm::GenerationResult result = glm::generate(engine, request, stream);
+  const double prompt_rate = result.prompt_seconds > 0 ? prompt.size() / result.prompt_seconds : 0.0;
+  const double generation_rate =
+      result.generation_seconds > 0 ? result.tokens.size() / result.generation_seconds : 0.0;
+  if (options.json) {
+    nlohmann::json out;
+    out["token_ids"] = result.tokens;
+    out["prompt_tokens"] = prompt.size();
+    out["generated_tokens"] = result.tokens.size();
+    out["prompt_tokens_per_s"] = prompt_rate;
+    out["generated_tokens_per_s"] = generation_rate;
+    out["finish_reason"] = result.finish_reason;
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::printf("\n");
+    std::fprintf(stderr, "prompt: %zu tokens, %.1f tok/s; generated: %zu tokens, %.1f tok/s; finish: %s\n",
+                 prompt.size(), prompt_rate, result.tokens.size(), generation_rate, result.finish_reason.c_str());
+  }
+  return 0;
+}
+
+int run_info(const CommonOptions& common, bool json) {
+  glm::GenerationDefaults generation;
+  const glm::Glm4MoeConfig config = glm::load_config(common.model, &generation);
+  const glm::Checkpoint checkpoint(common.model);
+  const glm::ModelWeights weights = glm::bind_weights(checkpoint, config);
+  const glm::ParameterCounts counts = glm::count_parameters(config);
+
+  nlohmann::ordered_json out;
+  out["model"] = common.model;
+  nlohmann::ordered_json c;
+  c["vocab_size"] = config.vocab_size;
+  c["hidden_size"] = config.hidden_size;
+  c["intermediate_size"] = config.intermediate_size;
+  c["moe_intermediate_size"] = config.moe_intermediate_size;
+  c["num_hidden_layers"] = config.num_hidden_layers;
+  c["first_k_dense_replace"] = config.first_k_dense_replace;
+  c["num_attention_heads"] = config.num_attention_heads;
+  c["num_key_value_heads"] = config.num_key_value_heads;
+  c["head_dim"] = config.head_dim;
+  c["partial_rotary_factor"] = config.partial_rotary_factor;
+  c["rotary_dim"] = config.rotary_dim();
+  c["rope_theta"] = config.rope_theta;
+  c["max_position_embeddings"] = config.max_position_embeddings;
+  c["attention_bias"] = config.attention_bias;
+  c["use_qk_norm"] = config.use_qk_norm;
+  c["rms_norm_eps"] = config.rms_norm_eps;
+  c["n_routed_experts"] = config.n_routed_experts;
+  c["n_shared_experts"] = config.n_shared_experts;
+  c["num_experts_per_tok"] = config.num_experts_per_tok;
+  c["n_group"] = config.n_group;
+  c["topk_group"] = config.topk_group;
+  c["routed_scaling_factor"] = config.routed_scaling_factor;
+  c["norm_topk_prob"] = config.norm_topk_prob;
+  c["num_nextn_predict_layers"] = config.num_nextn_predict_layers;
+  c["tie_word_embeddings"] = config.tie_word_embeddings;
+  c["eos_token_ids"] = config.eos_token_ids;
+  out["config"] = c;
+  out["parameters"] = {{"total", counts.total}, {"active_per_token", counts.active_per_token}, {"mtp", counts.mtp}};
+  out["weights"] = {{"files", checkpoint.file_count()},
+                    {"bytes_in_files", checkpoint.total_bytes()},
+                    {"bytes_bound", weights.bound_bytes},
+                    {"expert_layout", weights.expert_layout.empty() ? "none" : weights.expert_layout},
+                    {"mtp_layer", weights.mtp ? "bound (not run)" : "absent"},
+                    {"repacked", "nothing: the CPU reference backend reads the memory-mapped files directly"}};
+  if (json) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("model: %s\n\nconfiguration:\n", common.model.c_str());
+  for (auto& [key, value] : c.items()) std::printf("  %-26s %s\n", key.c_str(), value.dump().c_str());
+  std::printf("\nparameters:\n  total                      %lld (%.3f B)\n", static_cast<long long>(counts.total),
+              counts.total / 1e9);
+  std::printf("  active per token           %lld (%.3f B)\n", static_cast<long long>(counts.active_per_token),
+              counts.active_per_token / 1e9);
+  std::printf("  MTP layers                 %lld\n", static_cast<long long>(counts.mtp));
+  std::printf("\nweights:\n  files                      %zu\n", checkpoint.file_count());
+  std::printf("  memory needed              %s (%llu bytes, all tensors in the files)\n",
+              human_bytes(static_cast<double>(checkpoint.total_bytes())).c_str(),
+              static_cast<unsigned long long>(checkpoint.total_bytes()));
+  std::printf("  bound by the model         %s\n", human_bytes(static_cast<double>(weights.bound_bytes)).c_str());
+  std::printf("  expert layout              %s\n", weights.expert_layout.empty() ? "none" : weights.expert_layout.c_str());
+  std::printf("  MTP layer                  %s\n", weights.mtp ? "bound (not run)" : "absent");
+  std::printf("  repacked                   nothing (the CPU reference backend reads the mapped files)\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"glm4moe: run GLM-4 MoE models (GLM-4.5, 4.5-Air, 4.6, 4.7) from their Hugging Face checkpoints"};
+  app.require_subcommand(1);
+
+  CommonOptions logits_common;
+  std::string logits_ids, logits_output;
+  CLI::App* logits = app.add_subcommand("logits", "write the logits at every prompt position to a .npy file");
+  add_common(logits, logits_common);
+  logits->add_option("--prompt-ids", logits_ids, "comma-separated token ids")->required();
+  logits->add_option("--output", logits_output, "output .npy path (float32 [T, vocab_size])")->required();
+
+  CommonOptions generate_common;
+  GenerateOptions generate_options;
+  CLI::App* generate = app.add_subcommand("generate", "continue a prompt");
+  add_common(generate, generate_common);
+  generate->add_option("--prompt-ids", generate_options.prompt_ids, "comma-separated token ids")->required();
+  generate->add_option("--max-tokens", generate_options.max_tokens, "most tokens to generate (default 128)");
+  generate->add_option("--temperature", generate_options.temperature, "0 = greedy (default: generation_config.json)");
+  generate->add_option("--top-k", generate_options.top_k, "keep the k most likely tokens (0 = off)");
+  generate->add_option("--top-p", generate_options.top_p, "nucleus sampling mass (1 = off)");
+  generate->add_option("--min-p", generate_options.min_p, "drop tokens below min-p times the best (0 = off)");
+  generate->add_option("--seed", generate_options.seed, "random seed (default 0)");
+  generate->add_flag("--ignore-eos", generate_options.ignore_eos, "do not stop at eos ids");
+  generate->add_flag("--json", generate_options.json, "print one JSON object with the result");
+
+  CommonOptions info_common;
+  bool info_json = false;
+  CLI::App* info = app.add_subcommand("info", "print the configuration, parameter counts and memory needed");
+  add_common(info, info_common);
+  info->add_flag("--json", info_json, "print JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  }
+  try {
+    if (logits->parsed()) return run_logits(logits_common, logits_ids, logits_output);
+    if (generate->parsed()) return run_generate(generate_common, generate_options);
+    if (info->parsed()) return run_info(info_common, info_json);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  }
   return 0;
 }

@@ -1,0 +1,121 @@
+// The operation interface between the model and the hardware. The model's
+// forward pass is written only in terms of these operations; a backend (cpu/
+// today, cuda/ next) implements them and owns the memory activations and the
+// KV cache live in. A backend knows nothing about GLM: the ops are generic
+// transformer building blocks (norms, projections, rotary, paged attention,
+// sigmoid-grouped routing, expert MLPs).
+//
+// Conventions: activations are dense row-major Tensors allocated by the
+// backend; shapes are written [rows, ...]. Weights are Weight descriptors
+// (core/weight.h) of any float dtype; the reference CPU backend widens them
+// to f32 as it reads and accumulates in f32.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/communicator.h"
+#include "core/tensor.h"
+#include "core/weight.h"
+
+namespace glm {
+
+// The routing decision for a batch: the explicit value passed from the router
+// op to the experts op.
+struct Routing {
+  Tensor expert_ids;  // [n_tokens, top_k] i32: chosen experts, best first
+  Tensor weights;     // [n_tokens, top_k] f32: their mixing weights
+};
+
+// Parameters of the sigmoid, group-limited, bias-corrected router
+// ("noaux_tc"); docs/model.md walks through the algorithm.
+struct RouterParams {
+  int64_t n_group = 1;             // experts are split into n_group equal groups
+  int64_t topk_group = 1;          // groups that stay eligible
+  int64_t top_k = 1;               // experts chosen per token
+  bool norm_topk_prob = true;      // renormalise chosen weights to sum 1
+  float routed_scaling_factor = 1.0f;
+};
+
+// One layer's slice of the paged KV cache: `n_blocks` blocks of `block_size`
+// token slots. Slot s lives in block s / block_size at offset s % block_size.
+struct KvLayer {
+  Tensor keys;    // [n_blocks, block_size, n_kv_heads, head_dim]
+  Tensor values;  // [n_blocks, block_size, n_kv_heads, head_dim]
+};
+
+// Where each token of a step writes its key/value and what it may attend to.
+// Built by the engine's cache manager; the same plan serves every layer.
+struct AttentionPlan {
+  int64_t block_size = 0;
+  std::vector<int32_t> token_sequence;  // [n_tokens] index into block_tables
+  std::vector<int32_t> token_position;  // [n_tokens] position within its sequence
+  std::vector<int64_t> token_slot;      // [n_tokens] cache slot the token's K/V go to
+  std::vector<std::vector<int32_t>> block_tables;  // [n_sequences][blocks] physical block ids
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  // Scratch tensors live until the next reset_scratch() (the start of a step),
+  // so a step allocates nothing once the arena has grown to its peak.
+  virtual Tensor scratch(const Shape& shape, DType dtype = DType::F32) = 0;
+  virtual void reset_scratch() = 0;
+  // Long-lived memory (the KV cache); zero-filled.
+  virtual Tensor allocate(const Shape& shape, DType dtype = DType::F32) = 0;
+  virtual void release(Tensor& tensor) = 0;
+  virtual void copy_to_host(std::span<float> destination, const Tensor& source) = 0;
+
+  // ---- ops ----
+  // out[t] = table[ids[t]]
+  virtual void embedding(Tensor out /*[n, hidden]*/, const Weight& table /*[vocab, hidden]*/,
+                         std::span<const int32_t> ids) = 0;
+  // out[r] = source[rows[r]]
+  virtual void gather_rows(Tensor out /*[m, d]*/, const Tensor& source /*[n, d]*/,
+                           std::span<const int32_t> rows) = 0;
+  // RMSNorm over the last dimension of x, times gamma. out may alias x.
+  virtual void rms_norm(Tensor out /*[rows, d]*/, const Tensor& x /*[rows, d]*/, const Weight& gamma /*[d]*/,
+                        float eps) = 0;
+  // out = x W^T (+ bias)
+  virtual void linear(Tensor out /*[n, out_features]*/, const Tensor& x /*[n, in_features]*/,
+                      const Weight& weight /*[out_features, in_features]*/, const Weight* bias /*[out] or null*/) = 0;
+  // out = a + b (out may alias a or b)
+  virtual void add(Tensor out, const Tensor& a, const Tensor& b) = 0;
+  // out = silu(gate) * up
+  virtual void swiglu(Tensor out /*[n, width]*/, const Tensor& gate /*[n, width]*/, const Tensor& up /*[n, width]*/) = 0;
+  // Rotary embedding in place on the first rotary_dim dims of each head,
+  // half-split pairing (dim i with i + rotary_dim/2), frequencies
+  // theta^(-2i/rotary_dim); dims past rotary_dim pass through.
+  virtual void rotary(Tensor x /*[n, heads, head_dim]*/, std::span<const int32_t> positions /*[n]*/,
+                      int64_t rotary_dim, double theta) = 0;
+  // Writes k/v of every token to its slot, then causal attention of each
+  // query over its sequence's cached positions 0..position. Query head h uses
+  // KV head h / (n_heads / n_kv_heads). Softmax in f32.
+  virtual void attention(Tensor out /*[n, n_heads, head_dim]*/, const Tensor& q /*[n, n_heads, head_dim]*/,
+                         const Tensor& k /*[n, n_kv_heads, head_dim]*/, const Tensor& v /*[n, n_kv_heads, head_dim]*/,
+                         KvLayer& cache, const AttentionPlan& plan, float scale) = 0;
+  // Copies one cache block to another (copy-on-write after a fork).
+  virtual void copy_kv_block(KvLayer& cache, int32_t from_block, int32_t to_block) = 0;
+  // Router: logits (f32) -> routing. See RouterParams.
+  virtual void route(Routing& out, const Tensor& router_logits /*[n, n_experts]*/,
+                     const Weight& correction_bias /*[n_experts]*/, const RouterParams& params) = 0;
+  // out = sum_k weights[t,k] * down_e(silu(gate_e x_t) * up_e x_t), e = expert_ids[t,k],
+  // over the experts the tables hold (others contribute 0: expert parallelism).
+  virtual void moe_experts(Tensor out /*[n, hidden]*/, const Tensor& x /*[n, hidden]*/, const Routing& routing,
+                           const ExpertTable& gate /*[E][width, hidden]*/, const ExpertTable& up /*[E][width, hidden]*/,
+                           const ExpertTable& down /*[E][hidden, width]*/) = 0;
+  // Sums x over the tensor-parallel group; nothing on a single device.
+  virtual void all_reduce(Tensor x) = 0;
+};
+
+// The reference CPU backend (f32 arithmetic, OpenMP threads).
+// `communicator` may be null (single device).
+std::unique_ptr<Backend> make_cpu_backend(Communicator* communicator = nullptr);
+
+}  // namespace glm

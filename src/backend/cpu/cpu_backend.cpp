@@ -1,0 +1,167 @@
+// The reference CPU backend: memory (a growing scratch arena and plain
+// allocations) and dispatch of each op to its reference implementation in
+// this folder, with shape checks at the boundary.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+
+namespace glm {
+namespace {
+
+void check_same_shape(const char* op, const Shape& a, const Shape& b) {
+  GLM_CHECK(a == b, "internal error: ", op, " shapes ", shape_to_string(a), " and ", shape_to_string(b), " differ");
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(Communicator* communicator) : communicator_(communicator) {}
+  ~CpuBackend() override {
+    for (void* chunk : chunks_) std::free(chunk);
+  }
+
+  std::string name() const override { return "cpu"; }
+
+  // The arena is a list of chunks; reset keeps them so a steady-state step
+  // reuses the same memory and allocates nothing.
+  Tensor scratch(const Shape& shape, DType dtype) override {
+    const size_t bytes = (static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype) + 63) & ~size_t{63};
+    while (current_ < chunks_.size() && used_ + bytes > chunk_sizes_[current_]) {
+      ++current_;
+      used_ = 0;
+    }
+    if (current_ == chunks_.size()) {
+      const size_t size = std::max<size_t>(bytes, size_t{16} << 20);
+      void* chunk = std::aligned_alloc(64, size);
+      GLM_CHECK(chunk, "out of memory allocating ", size, " bytes of scratch");
+      chunks_.push_back(chunk);
+      chunk_sizes_.push_back(size);
+      used_ = 0;
+    }
+    Tensor out;
+    out.data = static_cast<char*>(chunks_[current_]) + used_;
+    out.dtype = dtype;
+    out.shape = shape;
+    used_ += bytes;
+    return out;
+  }
+  void reset_scratch() override {
+    current_ = 0;
+    used_ = 0;
+  }
+  Tensor allocate(const Shape& shape, DType dtype) override {
+    const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+    Tensor out;
+    out.data = std::calloc(std::max<size_t>(bytes, 1), 1);
+    GLM_CHECK(out.data, "out of memory allocating ", bytes, " bytes");
+    out.dtype = dtype;
+    out.shape = shape;
+    return out;
+  }
+  void release(Tensor& tensor) override {
+    std::free(tensor.data);
+    tensor.data = nullptr;
+  }
+  void copy_to_host(std::span<float> destination, const Tensor& source) override {
+    GLM_CHECK(destination.size() == static_cast<size_t>(source.numel()), "internal error: copy_to_host size");
+    std::memcpy(destination.data(), source.f32(), destination.size_bytes());
+  }
+
+  void embedding(Tensor out, const Weight& table, std::span<const int32_t> ids) override {
+    const int64_t vocab = table.view.dim(0), hidden = table.view.dim(1);
+    GLM_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == hidden, "internal error: embedding");
+    for (size_t t = 0; t < ids.size(); ++t) {
+      GLM_CHECK(ids[t] >= 0 && ids[t] < vocab, "token id ", ids[t], " is outside the vocabulary of ", vocab);
+      cpu::load_row_f32(table.view, ids[t], out.f32() + t * hidden);
+    }
+  }
+  void gather_rows(Tensor out, const Tensor& source, std::span<const int32_t> rows) override {
+    const int64_t width = source.dim(-1);
+    for (size_t r = 0; r < rows.size(); ++r)
+      std::memcpy(out.f32() + r * width, source.f32() + rows[r] * width, sizeof(float) * width);
+  }
+  void rms_norm(Tensor out, const Tensor& x, const Weight& gamma, float eps) override {
+    check_same_shape("rms_norm", out.shape, x.shape);
+    GLM_CHECK(gamma.view.numel() == x.dim(-1), "internal error: rms_norm weight ", shape_to_string(gamma.shape()),
+              " for rows of ", x.dim(-1));
+    cpu::rms_norm(out.f32(), x.f32(), gamma.view, x.rows(), x.dim(-1), eps);
+  }
+  void linear(Tensor out, const Tensor& x, const Weight& weight, const Weight* bias) override {
+    GLM_CHECK(x.dim(-1) == weight.view.dim(1) && out.dim(-1) == weight.view.dim(0) && out.rows() == x.rows(),
+              "internal error: linear ", weight.name, " ", shape_to_string(weight.shape()), " on ",
+              shape_to_string(x.shape), " into ", shape_to_string(out.shape));
+    cpu::linear(out.f32(), x.f32(), x.rows(), weight.view, bias ? &bias->view : nullptr);
+  }
+  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+    check_same_shape("add", a.shape, b.shape);
+    check_same_shape("add", out.shape, a.shape);
+    float* o = out.f32();
+    const float* x = a.f32();
+    const float* y = b.f32();
+    const int64_t count = out.numel();
+    for (int64_t i = 0; i < count; ++i) o[i] = x[i] + y[i];
+  }
+  void swiglu(Tensor out, const Tensor& gate, const Tensor& up) override {
+    check_same_shape("swiglu", gate.shape, up.shape);
+    check_same_shape("swiglu", out.shape, gate.shape);
+    cpu::swiglu(out.f32(), gate.f32(), up.f32(), out.numel());
+  }
+  void rotary(Tensor x, std::span<const int32_t> positions, int64_t rotary_dim, double theta) override {
+    GLM_CHECK(x.shape.size() == 3 && x.dim(0) == static_cast<int64_t>(positions.size()) && rotary_dim % 2 == 0 &&
+                  rotary_dim <= x.dim(2),
+              "internal error: rotary on ", shape_to_string(x.shape));
+    cpu::rotary(x.f32(), x.dim(0), x.dim(1), x.dim(2), positions, rotary_dim, theta);
+  }
+  void attention(Tensor out, const Tensor& q, const Tensor& k, const Tensor& v, KvLayer& cache,
+                 const AttentionPlan& plan, float scale) override {
+    check_same_shape("attention", out.shape, q.shape);
+    check_same_shape("attention", k.shape, v.shape);
+    GLM_CHECK(q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0),
+              "internal error: attention shapes ", shape_to_string(q.shape), " ", shape_to_string(k.shape));
+    cpu::attention(out.f32(), q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1), k.dim(1), q.dim(2), cache, plan, scale);
+  }
+  void copy_kv_block(KvLayer& cache, int32_t from_block, int32_t to_block) override {
+    const int64_t block_elements = cache.keys.numel() / cache.keys.dim(0);
+    for (Tensor* part : {&cache.keys, &cache.values})
+      std::memcpy(part->f32() + to_block * block_elements, part->f32() + from_block * block_elements,
+                  sizeof(float) * block_elements);
+  }
+  void route(Routing& out, const Tensor& router_logits, const Weight& correction_bias,
+             const RouterParams& params) override {
+    const int64_t n_tokens = router_logits.dim(0), n_experts = router_logits.dim(1);
+    GLM_CHECK(correction_bias.view.numel() == n_experts && out.expert_ids.dim(0) == n_tokens &&
+                  out.expert_ids.dim(1) == params.top_k,
+              "internal error: route shapes");
+#pragma omp parallel for schedule(static) if (n_tokens > 16)
+    for (int64_t t = 0; t < n_tokens; ++t)
+      cpu::route_token(router_logits.f32() + t * n_experts, correction_bias.view, n_experts, params,
+                       out.expert_ids.i32() + t * params.top_k, out.weights.f32() + t * params.top_k);
+  }
+  void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,
+                   const ExpertTable& up, const ExpertTable& down) override {
+    check_same_shape("moe_experts", out.shape, x.shape);
+    cpu::moe_experts(out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down);
+  }
+  void all_reduce(Tensor x) override {
+    if (communicator_ && communicator_->world_size() > 1)
+      communicator_->all_reduce_sum(x.f32(), static_cast<size_t>(x.numel()));
+  }
+
+ private:
+  Communicator* communicator_;
+  std::vector<void*> chunks_;
+  std::vector<size_t> chunk_sizes_;
+  size_t current_ = 0;
+  size_t used_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(Communicator* communicator) {
+  return std::make_unique<CpuBackend>(communicator);
+}
+
+}  // namespace glm

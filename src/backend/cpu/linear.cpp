@@ -1,0 +1,52 @@
+// Reference projections: out = x W^T + b with W of any float dtype, widened to
+// f32 one row at a time. Each weight row is read once per call and dotted
+// with every token, so prompt processing reads the weights once per batch
+// rather than once per token. Every output element is one sequential dot
+// product, so a token's result does not depend on which other tokens share
+// the batch.
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+
+namespace glm::cpu {
+
+void load_row_f32(const TensorView& weight, int64_t row, float* out) {
+  const int64_t width = weight.dim(-1);
+  const void* source = weight.row(row);
+  switch (weight.dtype) {
+    case DType::F32: {
+      const float* values = static_cast<const float*>(source);
+      for (int64_t i = 0; i < width; ++i) out[i] = values[i];
+      break;
+    }
+    case DType::BF16: {
+      const uint16_t* values = static_cast<const uint16_t*>(source);
+      for (int64_t i = 0; i < width; ++i) out[i] = bf16_to_f32(values[i]);
+      break;
+    }
+    default:
+      for (int64_t i = 0; i < width; ++i) out[i] = load_as_f32(source, weight.dtype, static_cast<size_t>(i));
+  }
+}
+
+void linear(float* out, const float* x, int64_t n_tokens, const TensorView& weight, const TensorView* bias) {
+  const int64_t out_features = weight.dim(0);
+  const int64_t in_features = weight.dim(1);
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(in_features));
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < out_features; ++o) {
+      load_row_f32(weight, o, row.data());
+      const float bias_value = bias ? load_as_f32(bias->data, bias->dtype, static_cast<size_t>(o)) : 0.0f;
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* input = x + t * in_features;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < in_features; ++i) sum += row[i] * input[i];
+        out[t * out_features + o] = sum + bias_value;
+      }
+    }
+  }
+}
+
+}  // namespace glm::cpu

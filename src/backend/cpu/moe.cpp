@@ -1,0 +1,112 @@
+// Reference mixture-of-experts ops: the sigmoid, group-limited, bias-corrected
+// router ("noaux_tc", docs/model.md#routing) and the routed expert MLPs.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+
+namespace glm::cpu {
+
+void route_token(const float* logits, const TensorView& correction_bias, int64_t n_experts, const RouterParams& params,
+                 int32_t* expert_ids, float* weights) {
+  // Sigmoid scores are independent per expert (unlike softmax), so an
+  // expert's weight does not shrink because another expert scored high.
+  std::vector<float> scores(static_cast<size_t>(n_experts));
+  std::vector<float> choice(static_cast<size_t>(n_experts));  // scores + bias: used only to choose
+  for (int64_t e = 0; e < n_experts; ++e) {
+    scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+    choice[e] = scores[e] + load_as_f32(correction_bias.data, correction_bias.dtype, static_cast<size_t>(e));
+  }
+
+  // Group-limited routing: score each group by the sum of its two best biased
+  // scores, keep the best topk_group groups; experts of the other groups can
+  // never be chosen. We mask them with -inf as current transformers (5.24),
+  // vLLM and DeepSeek-V3 do; mlx-lm and transformers up to 5.0 use 0, which
+  // lets a pruned expert beat an eligible one whose biased score is negative.
+  if (params.n_group > 1) {
+    const int64_t group_size = n_experts / params.n_group;
+    std::vector<float> group_scores(static_cast<size_t>(params.n_group));
+    for (int64_t g = 0; g < params.n_group; ++g) {
+      std::vector<float> members(choice.begin() + g * group_size, choice.begin() + (g + 1) * group_size);
+      const int64_t best = std::min<int64_t>(2, group_size);
+      std::partial_sort(members.begin(), members.begin() + best, members.end(), std::greater<float>());
+      group_scores[g] = std::accumulate(members.begin(), members.begin() + best, 0.0f);
+    }
+    std::vector<int64_t> groups(static_cast<size_t>(params.n_group));
+    std::iota(groups.begin(), groups.end(), 0);
+    std::stable_sort(groups.begin(), groups.end(),
+                     [&](int64_t a, int64_t b) { return group_scores[a] > group_scores[b]; });
+    for (int64_t rank = params.topk_group; rank < params.n_group; ++rank) {
+      const int64_t g = groups[rank];
+      std::fill(choice.begin() + g * group_size, choice.begin() + (g + 1) * group_size, -INFINITY);
+    }
+  }
+
+  // The bias steers which experts are chosen (it is tuned during training to
+  // balance load), but the weights come from the unbiased scores.
+  std::vector<int32_t> order(static_cast<size_t>(n_experts));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + params.top_k, order.end(), [&](int32_t a, int32_t b) {
+    return choice[a] > choice[b] || (choice[a] == choice[b] && a < b);
+  });
+  float total = 0.0f;
+  for (int64_t k = 0; k < params.top_k; ++k) {
+    expert_ids[k] = order[k];
+    weights[k] = scores[order[k]];
+    total += weights[k];
+  }
+  for (int64_t k = 0; k < params.top_k; ++k) {
+    if (params.norm_topk_prob) weights[k] /= (total + 1e-20f);
+    weights[k] *= params.routed_scaling_factor;
+  }
+}
+
+// Tokens are grouped by expert so each expert's weights are read once per
+// batch, and experts are visited in ascending id so every token sums its
+// expert outputs in the same order whatever else is in the batch.
+void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, const Routing& routing,
+                 const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  const int64_t top_k = routing.expert_ids.dim(1);
+  const int32_t* ids = routing.expert_ids.i32();
+  const float* mix = routing.weights.f32();
+  std::fill(out, out + n_tokens * hidden, 0.0f);
+
+  struct Assignment {
+    int64_t token;
+    float weight;
+  };
+  const int64_t first = gate.first_expert;
+  const int64_t held = static_cast<int64_t>(gate.experts.size());
+  std::vector<std::vector<Assignment>> per_expert(static_cast<size_t>(held));
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t k = 0; k < top_k; ++k)
+      if (gate.holds(ids[t * top_k + k])) per_expert[ids[t * top_k + k] - first].push_back({t, mix[t * top_k + k]});
+
+  std::vector<float> inputs, gate_out, up_out, expert_out;
+  for (int64_t local = 0; local < held; ++local) {
+    const auto& assigned = per_expert[local];
+    if (assigned.empty()) continue;
+    const int64_t expert = first + local;
+    const int64_t m = static_cast<int64_t>(assigned.size());
+    const int64_t width = gate.at(expert).view.dim(0);
+    inputs.resize(static_cast<size_t>(m * hidden));
+    for (int64_t i = 0; i < m; ++i)
+      std::copy(x + assigned[i].token * hidden, x + (assigned[i].token + 1) * hidden, inputs.begin() + i * hidden);
+    gate_out.resize(static_cast<size_t>(m * width));
+    up_out.resize(static_cast<size_t>(m * width));
+    expert_out.resize(static_cast<size_t>(m * hidden));
+    linear(gate_out.data(), inputs.data(), m, gate.at(expert).view, nullptr);
+    linear(up_out.data(), inputs.data(), m, up.at(expert).view, nullptr);
+    swiglu(gate_out.data(), gate_out.data(), up_out.data(), m * width);
+    linear(expert_out.data(), gate_out.data(), m, down.at(expert).view, nullptr);
+    for (int64_t i = 0; i < m; ++i) {
+      float* target = out + assigned[i].token * hidden;
+      const float* source = expert_out.data() + i * hidden;
+      for (int64_t d = 0; d < hidden; ++d) target[d] += assigned[i].weight * source[d];
+    }
+  }
+}
+
+}  // namespace glm::cpu

@@ -1,0 +1,59 @@
+// The single-sequence generation loop.
+#include "engine/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace glm {
+
+GenerationResult generate(Engine& engine, const GenerationRequest& request, const TokenCallback& on_token) {
+  GLM_CHECK(!request.prompt.empty(), "the prompt is empty: give at least one token");
+  GLM_CHECK(request.max_tokens >= 0, "max tokens must not be negative");
+  using Clock = std::chrono::steady_clock;
+  PagedKvCache& cache = engine.cache();
+  const int32_t sequence = cache.create_sequence();
+  struct Release {
+    PagedKvCache& cache;
+    int32_t sequence;
+    ~Release() { cache.release_sequence(sequence); }
+  } release{cache, sequence};
+
+  GenerationResult result;
+  result.finish_reason = "length";
+  if (request.max_tokens == 0) return result;
+
+  auto start = Clock::now();
+  std::vector<float> logits;
+  const int64_t chunk = std::max<int64_t>(1, request.prefill_chunk);
+  for (size_t begin = 0; begin < request.prompt.size(); begin += static_cast<size_t>(chunk)) {
+    const size_t end = std::min(request.prompt.size(), begin + static_cast<size_t>(chunk));
+    SequenceWork work{sequence, {request.prompt.begin() + begin, request.prompt.begin() + end},
+                      end == request.prompt.size() ? LogitsWanted::Last : LogitsWanted::None};
+    auto results = engine.step({work});
+    logits = std::move(results[0].logits);
+  }
+  result.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+
+  start = Clock::now();
+  for (int64_t step = 0; step < request.max_tokens; ++step) {
+    const int32_t token = sample_token(logits, request.sampling, request.random_stream,
+                                       static_cast<uint64_t>(step));
+    result.tokens.push_back(token);
+    if (on_token && !on_token(token)) {
+      result.finish_reason = "stopped";
+      break;
+    }
+    if (!request.ignore_eos &&
+        std::find(request.eos_token_ids.begin(), request.eos_token_ids.end(), token) != request.eos_token_ids.end()) {
+      result.finish_reason = "eos";
+      break;
+    }
+    if (step + 1 == request.max_tokens) break;
+    auto results = engine.step({SequenceWork{sequence, {token}, LogitsWanted::Last}});
+    logits = std::move(results[0].logits);
+  }
+  result.generation_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return result;
+}
+
+}  // namespace glm

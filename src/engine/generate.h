@@ -1,0 +1,36 @@
+// Generating a continuation of one prompt: the prompt is processed in chunks
+// (matrix-matrix), then one token per step until an eos id or the token limit.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/sampling.h"
+
+namespace glm {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 128;
+  SamplingParams sampling;
+  bool ignore_eos = false;
+  std::vector<int64_t> eos_token_ids;
+  int64_t prefill_chunk = 512;  // prompt tokens per step
+  uint64_t random_stream = 0;   // keys the sampler's draws with the seed (not the cache slot)
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids (prompt excluded)
+  std::string finish_reason;    // "eos", "length" or "stopped"
+  double prompt_seconds = 0.0;
+  double generation_seconds = 0.0;
+};
+
+// Called with each new token; returning false stops generation ("stopped").
+using TokenCallback = std::function<bool(int32_t token)>;
+
+GenerationResult generate(Engine& engine, const GenerationRequest& request, const TokenCallback& on_token = {});
+
+}  // namespace glm

@@ -1,0 +1,145 @@
+// The GLM-4 MoE forward pass, step by step as docs/model.md describes it:
+//
+//   h = embed(tokens)
+//   for each layer:
+//     h = h + o_proj(attention(rotary(qk_norm(q, k)), v))      (all-reduce)
+//     h = h + (dense SwiGLU MLP | routed experts + shared experts)(norm(h))  (all-reduce)
+//   logits = lm_head(norm(h))
+//
+// Shapes: n = tokens in the step, H = hidden_size, D = head_dim,
+// Nq / Nkv = query / KV heads held by this rank.
+#include "model/glm4moe.h"
+
+#include <cmath>
+
+namespace glm {
+
+Glm4MoeModel::Glm4MoeModel(const Glm4MoeConfig& config, ModelWeights weights, Backend& backend)
+    : config_(config), weights_(std::move(weights)), backend_(backend) {
+  n_heads_ = config_.num_attention_heads / weights_.parallel.world_size;
+  n_kv_heads_ = config_.num_key_value_heads / weights_.parallel.world_size;
+  router_params_.n_group = config_.n_group;
+  router_params_.topk_group = config_.topk_group;
+  router_params_.top_k = config_.num_experts_per_tok;
+  router_params_.norm_topk_prob = config_.norm_topk_prob;
+  router_params_.routed_scaling_factor = static_cast<float>(config_.routed_scaling_factor);
+}
+
+void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, StepOutput& output) {
+  const int64_t n = static_cast<int64_t>(step.token_ids.size());
+  const int64_t H = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  GLM_CHECK(n > 0, "a step needs at least one token");
+  GLM_CHECK(cache.size() == weights_.layers.size(), "internal error: KV cache has ", cache.size(), " layers");
+  backend_.reset_scratch();
+
+  Tensor hidden = backend_.scratch({n, H});  // [n, H] the residual stream
+  backend_.embedding(hidden, weights_.embed_tokens, step.token_ids);
+  trace("embedding", -1, hidden);
+
+  Tensor normed = backend_.scratch({n, H});  // [n, H]
+  for (size_t index = 0; index < weights_.layers.size(); ++index) {
+    const LayerWeights& layer = weights_.layers[index];
+    const int layer_index = static_cast<int>(index);
+
+    backend_.rms_norm(normed, hidden, layer.input_norm, eps);
+    Tensor attention_out = attention(layer, normed, step, cache[index], layer_index);  // [n, H]
+    backend_.add(hidden, hidden, attention_out);
+    trace("after_attention", layer_index, hidden);
+
+    backend_.rms_norm(normed, hidden, layer.post_attention_norm, eps);
+    Tensor ffn_out = layer.is_moe ? mixture_of_experts(layer.moe, normed, layer_index)  // [n, H]
+                                  : swiglu_mlp(layer.dense, normed);
+    backend_.all_reduce(ffn_out);
+    backend_.add(hidden, hidden, ffn_out);
+    trace("layer_output", layer_index, hidden);
+  }
+
+  // Only the rows that need logits go through the final norm and lm_head.
+  const int64_t rows = static_cast<int64_t>(step.logit_rows.size());
+  output.logits.clear();
+  output.final_hidden.clear();
+  if (rows == 0) return;
+  Tensor selected = backend_.scratch({rows, H});  // [rows, H]
+  backend_.gather_rows(selected, hidden, step.logit_rows);
+  backend_.rms_norm(selected, selected, weights_.final_norm, eps);
+  trace("final_norm", -1, selected);
+  Tensor logits = backend_.scratch({rows, config_.vocab_size});  // [rows, vocab]
+  backend_.linear(logits, selected, weights_.lm_head, nullptr);
+  output.final_hidden.resize(static_cast<size_t>(rows * H));
+  output.logits.resize(static_cast<size_t>(rows * config_.vocab_size));
+  backend_.copy_to_host(output.final_hidden, selected);
+  backend_.copy_to_host(output.logits, logits);
+}
+
+// Grouped-query attention with GLM's details: q/k/v bias, per-head RMSNorm on
+// q and k before rotary, rotary on only the first rotary_dim dims of a head.
+Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const StepInput& step, KvLayer& cache,
+                               int index) {
+  const AttentionWeights& w = layer.attention;
+  const int64_t n = x.dim(0), D = config_.head_dim;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  auto bias = [](const Weight& b) { return b.present() ? &b : nullptr; };
+
+  Tensor q = backend_.scratch({n, n_heads_ * D});     // [n, Nq * D]
+  Tensor k = backend_.scratch({n, n_kv_heads_ * D});  // [n, Nkv * D]
+  Tensor v = backend_.scratch({n, n_kv_heads_ * D});  // [n, Nkv * D]
+  backend_.linear(q, x, w.q_proj, bias(w.q_bias));
+  backend_.linear(k, x, w.k_proj, bias(w.k_bias));
+  backend_.linear(v, x, w.v_proj, bias(w.v_bias));
+  q = q.reshaped({n, n_heads_, D});     // [n, Nq, D]
+  k = k.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
+  v = v.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
+
+  if (config_.use_qk_norm) {  // normalises each head's vector on its own
+    backend_.rms_norm(q, q, w.q_norm, eps);
+    backend_.rms_norm(k, k, w.k_norm, eps);
+  }
+  backend_.rotary(q, step.attention.token_position, config_.rotary_dim(), config_.rope_theta);
+  backend_.rotary(k, step.attention.token_position, config_.rotary_dim(), config_.rope_theta);
+  trace("q_rotated", index, q);
+  trace("k_rotated", index, k);
+
+  Tensor context = backend_.scratch({n, n_heads_, D});  // [n, Nq, D]
+  backend_.attention(context, q, k, v, cache, step.attention, 1.0f / std::sqrt(static_cast<float>(D)));
+
+  Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H] partial sum over this rank's heads
+  backend_.linear(out, context.reshaped({n, n_heads_ * D}), w.o_proj, nullptr);
+  backend_.all_reduce(out);
+  trace("attention_output", index, out);
+  return out;
+}
+
+Tensor Glm4MoeModel::swiglu_mlp(const MlpWeights& mlp, const Tensor& x) {
+  const int64_t n = x.dim(0), width = mlp.gate_proj.view.dim(0);
+  Tensor gate = backend_.scratch({n, width});  // [n, width]
+  Tensor up = backend_.scratch({n, width});    // [n, width]
+  backend_.linear(gate, x, mlp.gate_proj, nullptr);
+  backend_.linear(up, x, mlp.up_proj, nullptr);
+  backend_.swiglu(gate, gate, up);
+  Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H]
+  backend_.linear(out, gate, mlp.down_proj, nullptr);
+  return out;
+}
+
+// Routed experts chosen per token by the router, plus the always-on shared
+// experts (docs/model.md#routing).
+Tensor Glm4MoeModel::mixture_of_experts(const MoeWeights& moe, const Tensor& x, int index) {
+  const int64_t n = x.dim(0), top_k = config_.num_experts_per_tok;
+  Tensor router_logits = backend_.scratch({n, config_.n_routed_experts});  // [n, E] f32
+  backend_.linear(router_logits, x, moe.router, nullptr);
+
+  Routing routing;
+  routing.expert_ids = backend_.scratch({n, top_k}, DType::I32);  // [n, top_k]
+  routing.weights = backend_.scratch({n, top_k});                 // [n, top_k]
+  backend_.route(routing, router_logits, moe.correction_bias, router_params_);
+  trace("routing_weights", index, routing.weights);
+
+  Tensor routed = backend_.scratch({n, config_.hidden_size});  // [n, H]
+  backend_.moe_experts(routed, x, routing, moe.gate, moe.up, moe.down);
+  Tensor shared = swiglu_mlp(moe.shared, x);  // [n, H]
+  backend_.add(routed, routed, shared);
+  return routed;
+}
+
+}  // namespace glm
