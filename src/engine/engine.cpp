@@ -40,7 +40,7 @@ std::vector<SequenceResult> Engine::step(const std::vector<SequenceWork>& plan) 
               "sequence ", work.sequence, " would reach ", start + work.tokens.size(),
               " tokens, past max_position_embeddings ", config_.max_position_embeddings);
     const std::vector<int64_t> slots = cache_->append(work.sequence, static_cast<int64_t>(work.tokens.size()));
-    const int32_t table = static_cast<int32_t>(input.attention.block_tables.size());
+    const int32_t table = static_cast<int32_t>(table_index.size());
     table_index[work.sequence] = table;
 
     SequenceResult result;
