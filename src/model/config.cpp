@@ -170,7 +170,7 @@ void require_at_least(const std::string& what, const char* field, int64_t value,
   if (value < minimum) fail(what, ": ", field, " must be at least ", minimum, ", found ", value);
 }
 
-void validate(const Glm4MoeConfig& config, const std::string& what) {
+void validate(const Glm4MoeConfig& config, const std::string& what, bool head_dim_derived) {
   require_choice(what, "model_type", config.model_type, "glm4_moe");
   require_choice(what, "hidden_act", config.hidden_act, "silu");
   require_choice(what, "topk_method", config.topk_method, "noaux_tc");
@@ -208,7 +208,8 @@ void validate(const Glm4MoeConfig& config, const std::string& what) {
   const double rotary = static_cast<double>(config.head_dim) * config.partial_rotary_factor;
   if (std::fabs(rotary - std::round(rotary)) > 1e-9 || static_cast<int64_t>(std::llround(rotary)) % 2 != 0)
     fail(what, ": head_dim ", config.head_dim, " * partial_rotary_factor ", config.partial_rotary_factor, " = ",
-         rotary, " is not an even whole number of rotary dimensions");
+         rotary, " is not an even whole number of rotary dimensions",
+         head_dim_derived ? " (head_dim is absent, so it is hidden_size / num_attention_heads)" : "");
 
   if (config.num_experts_per_tok > config.n_routed_experts)
     fail(what, ": num_experts_per_tok ", config.num_experts_per_tok, " exceeds n_routed_experts ",
@@ -220,8 +221,8 @@ void validate(const Glm4MoeConfig& config, const std::string& what) {
   // Routing picks experts only from the topk_group best groups, so it can never pick more than they hold.
   if (config.num_experts_per_tok > config.topk_group * config.experts_per_group())
     fail(what, ": num_experts_per_tok ", config.num_experts_per_tok, " exceeds the ",
-         config.topk_group * config.experts_per_group(), " experts in topk_group ", config.topk_group,
-         " groups of ", config.experts_per_group());
+         config.topk_group * config.experts_per_group(), " experts that routing can reach (topk_group ",
+         config.topk_group, " * ", config.experts_per_group(), " experts per group)");
 
   if (config.bos_token_id && *config.bos_token_id < 0)
     fail(what, ": bos_token_id must not be negative, found ", *config.bos_token_id);
@@ -284,12 +285,13 @@ Glm4MoeConfig parse_config_json(const std::string& json_text, const std::string&
   require_at_least(what, "hidden_size", config.hidden_size, 1);
   require_at_least(what, "num_attention_heads", config.num_attention_heads, 1);
   // transformers' attention uses getattr(config, "head_dim", hidden_size // num_attention_heads).
-  if (fields.present("head_dim"))
-    fields.read_int("head_dim", &config.head_dim);
-  else
+  const bool head_dim_derived = !fields.present("head_dim");
+  if (head_dim_derived)
     config.head_dim = config.hidden_size / config.num_attention_heads;
+  else
+    fields.read_int("head_dim", &config.head_dim);
 
-  validate(config, what);
+  validate(config, what, head_dim_derived);
   return config;
 }
 

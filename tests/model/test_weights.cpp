@@ -1,0 +1,187 @@
+// Weight binding: routed experts bound as zero-copy views from either layout
+// (per-expert Hub tensors, or mlx-lm's stacked switch_mlp tensors) give the
+// same model; wrong dtypes and missing tensors are reported by name.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <unistd.h>
+
+#include "engine/engine.h"
+
+namespace glm {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TensorBytes {
+  DType dtype;
+  Shape shape;
+  std::string bytes;
+};
+
+// Writes a single-file safetensors checkpoint (tensors in name order).
+void write_safetensors(const fs::path& path, const std::map<std::string, TensorBytes>& tensors) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    header[name] = {{"dtype", std::string(dtype_name(tensor.dtype))},
+                    {"shape", tensor.shape},
+                    {"data_offsets", {offset, offset + tensor.bytes.size()}}};
+    offset += tensor.bytes.size();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::ofstream out(path, std::ios::binary);
+  const uint64_t length = text.size();
+  out.write(reinterpret_cast<const char*>(&length), 8);
+  out << text;
+  for (const auto& [name, tensor] : tensors) out << tensor.bytes;
+}
+
+std::map<std::string, TensorBytes> read_all(const Checkpoint& checkpoint) {
+  std::map<std::string, TensorBytes> tensors;
+  for (const std::string& name : checkpoint.names()) {
+    const TensorView view = checkpoint.view(name);
+    tensors[name] = {view.dtype, view.shape,
+                     std::string(static_cast<const char*>(view.data), view.nbytes())};
+  }
+  return tensors;
+}
+
+fs::path fresh_dir(const std::string& label) {
+  const fs::path dir = fs::temp_directory_path() / ("glm4moe_weights_" + label + "_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+const fs::path kFixture = fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / "grouped_bf16_sharded";
+
+void copy_configs(const fs::path& dir) {
+  fs::copy_file(kFixture / "config.json", dir / "config.json");
+  fs::copy_file(kFixture / "generation_config.json", dir / "generation_config.json");
+}
+
+std::vector<float> logits_of(const std::string& dir, const std::vector<int32_t>& ids) {
+  EngineOptions options;
+  options.max_context = 64;
+  Engine engine(dir, options);
+  const int32_t sequence = engine.cache().create_sequence();
+  return engine.step({SequenceWork{sequence, ids, LogitsWanted::All}})[0].logits;
+}
+
+TEST(ExpertViews, StackedSwitchMlpLayoutEqualsPerExpertLayout) {
+  const Checkpoint hub(kFixture.string());
+  const Glm4MoeConfig config = load_config(kFixture.string());
+  std::map<std::string, TensorBytes> tensors = read_all(hub);
+
+  // Stack mlp.experts.E.P.weight into mlp.switch_mlp.P.weight [E, ...], as mlx-lm's sanitize does.
+  std::map<std::string, TensorBytes> stacked;
+  const std::regex expert_name(R"(model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(\w+)\.weight)");
+  for (const auto& [name, tensor] : tensors) {
+    std::smatch match;
+    if (!std::regex_match(name, match, expert_name)) {
+      stacked[name] = tensor;
+      continue;
+    }
+    if (match[2] != "0") continue;
+    const std::string prefix = "model.layers." + match[1].str() + ".mlp.";
+    TensorBytes all{tensor.dtype, tensor.shape, ""};
+    all.shape.insert(all.shape.begin(), config.n_routed_experts);
+    for (int64_t e = 0; e < config.n_routed_experts; ++e)
+      all.bytes += tensors.at(prefix + "experts." + std::to_string(e) + "." + match[3].str() + ".weight").bytes;
+    stacked[prefix + "switch_mlp." + match[3].str() + ".weight"] = all;
+  }
+  const fs::path dir = fresh_dir("stacked");
+  copy_configs(dir);
+  write_safetensors(dir / "model.safetensors", stacked);
+
+  const Checkpoint stacked_checkpoint(dir.string());
+  const ModelWeights weights = bind_weights(stacked_checkpoint, config);
+  EXPECT_EQ(weights.expert_layout, "stacked");
+  // Expert e is a view e slices into the stacked tensor: no copy.
+  const Weight& gate = weights.layers.back().moe.gate.at(3);
+  const TensorView whole = stacked_checkpoint.view("model.layers." + std::to_string(config.num_hidden_layers - 1) +
+                                                   ".mlp.switch_mlp.gate_proj.weight");
+  EXPECT_EQ(gate.view.data, static_cast<const char*>(whole.data) + 3 * gate.view.nbytes());
+
+  const std::vector<int32_t> ids = {5, 17, 300, 2, 44, 99};
+  EXPECT_EQ(logits_of(dir.string(), ids), logits_of(kFixture.string(), ids));
+  fs::remove_all(dir);
+}
+
+TEST(Binding, UnsupportedDtypeIsReportedByName) {
+  std::map<std::string, TensorBytes> tensors = read_all(Checkpoint(kFixture.string()));
+  tensors["model.norm.weight"].dtype = DType::I16;  // same byte size as bf16
+  const fs::path dir = fresh_dir("dtype");
+  copy_configs(dir);
+  write_safetensors(dir / "model.safetensors", tensors);
+  try {
+    bind_weights(Checkpoint(dir.string()), load_config(dir.string()));
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("model.norm.weight"), std::string::npos) << message;
+    EXPECT_NE(message.find("I16"), std::string::npos) << message;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Binding, MissingAndMisShapedTensorsNameExpectedAndFound) {
+  std::map<std::string, TensorBytes> tensors = read_all(Checkpoint(kFixture.string()));
+  const Glm4MoeConfig config = load_config(kFixture.string());
+  const std::string gate = "model.layers.2.mlp.experts.5.up_proj.weight";
+  tensors.erase(gate);
+  fs::path dir = fresh_dir("missing");
+  copy_configs(dir);
+  write_safetensors(dir / "model.safetensors", tensors);
+  try {
+    bind_weights(Checkpoint(dir.string()), config);
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find(gate), std::string::npos) << message;
+    EXPECT_NE(message.find("missing"), std::string::npos) << message;
+  }
+  fs::remove_all(dir);
+
+  tensors = read_all(Checkpoint(kFixture.string()));
+  TensorBytes& norm = tensors["model.layers.0.input_layernorm.weight"];
+  norm.shape = {norm.shape[0] / 2, 2};
+  dir = fresh_dir("shape");
+  copy_configs(dir);
+  write_safetensors(dir / "model.safetensors", tensors);
+  try {
+    bind_weights(Checkpoint(dir.string()), config);
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("model.layers.0.input_layernorm.weight"), std::string::npos) << message;
+    EXPECT_NE(message.find("expected shape [" + std::to_string(config.hidden_size) + "]"), std::string::npos)
+        << message;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Binding, CheckpointWithoutMtpLayerLoads) {
+  std::map<std::string, TensorBytes> tensors = read_all(Checkpoint(kFixture.string()));
+  const Glm4MoeConfig config = load_config(kFixture.string());
+  const std::string mtp_prefix = "model.layers." + std::to_string(config.num_hidden_layers) + ".";
+  std::erase_if(tensors, [&](const auto& item) { return item.first.rfind(mtp_prefix, 0) == 0; });
+  const fs::path dir = fresh_dir("nomtp");
+  copy_configs(dir);
+  write_safetensors(dir / "model.safetensors", tensors);
+  const ModelWeights without = bind_weights(Checkpoint(dir.string()), config);
+  EXPECT_FALSE(without.mtp.has_value());
+  const ModelWeights with = bind_weights(Checkpoint(kFixture.string()), config);
+  ASSERT_TRUE(with.mtp.has_value());
+  EXPECT_EQ(with.mtp->eh_proj.shape(), (Shape{config.hidden_size, 2 * config.hidden_size}));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace glm
