@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "io/safetensors_writer.h"
 
 namespace glm {
 namespace {
@@ -23,23 +24,13 @@ struct TensorBytes {
   std::string bytes;
 };
 
-// Writes a single-file safetensors checkpoint (tensors in name order).
+// Writes a single-file safetensors checkpoint with the engine's writer.
 void write_safetensors(const fs::path& path, const std::map<std::string, TensorBytes>& tensors) {
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  uint64_t offset = 0;
-  for (const auto& [name, tensor] : tensors) {
-    header[name] = {{"dtype", std::string(dtype_name(tensor.dtype))},
-                    {"shape", tensor.shape},
-                    {"data_offsets", {offset, offset + tensor.bytes.size()}}};
-    offset += tensor.bytes.size();
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  std::ofstream out(path, std::ios::binary);
-  const uint64_t length = text.size();
-  out.write(reinterpret_cast<const char*>(&length), 8);
-  out << text;
-  for (const auto& [name, tensor] : tensors) out << tensor.bytes;
+  SafetensorsWriter writer(path.string());
+  for (const auto& [name, tensor] : tensors)
+    writer.add(name, tensor.dtype, tensor.shape,
+               {reinterpret_cast<const uint8_t*>(tensor.bytes.data()), tensor.bytes.size()});
+  writer.finish({{"format", "pt"}});
 }
 
 std::map<std::string, TensorBytes> read_all(const Checkpoint& checkpoint) {
@@ -57,6 +48,17 @@ fs::path fresh_dir(const std::string& label) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
+}
+
+// Binding `dir` must fail with a message containing every needle.
+void expect_bind_error(const fs::path& dir, const Glm4MoeConfig& config, const std::vector<std::string>& needles) {
+  try {
+    bind_weights(Checkpoint(dir.string()), config);
+    FAIL() << "expected an error";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    for (const std::string& needle : needles) EXPECT_NE(message.find(needle), std::string::npos) << message;
+  }
 }
 
 const fs::path kFixture = fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / "grouped_bf16_sharded";
@@ -120,14 +122,7 @@ TEST(Binding, UnsupportedDtypeIsReportedByName) {
   const fs::path dir = fresh_dir("dtype");
   copy_configs(dir);
   write_safetensors(dir / "model.safetensors", tensors);
-  try {
-    bind_weights(Checkpoint(dir.string()), load_config(dir.string()));
-    FAIL() << "expected an error";
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find("model.norm.weight"), std::string::npos) << message;
-    EXPECT_NE(message.find("I16"), std::string::npos) << message;
-  }
+  expect_bind_error(dir, load_config(dir.string()), {"model.norm.weight", "I16"});
   fs::remove_all(dir);
 }
 
@@ -139,14 +134,7 @@ TEST(Binding, MissingAndMisShapedTensorsNameExpectedAndFound) {
   fs::path dir = fresh_dir("missing");
   copy_configs(dir);
   write_safetensors(dir / "model.safetensors", tensors);
-  try {
-    bind_weights(Checkpoint(dir.string()), config);
-    FAIL() << "expected an error";
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find(gate), std::string::npos) << message;
-    EXPECT_NE(message.find("missing"), std::string::npos) << message;
-  }
+  expect_bind_error(dir, config, {gate, "missing"});
   fs::remove_all(dir);
 
   tensors = read_all(Checkpoint(kFixture.string()));
@@ -155,15 +143,9 @@ TEST(Binding, MissingAndMisShapedTensorsNameExpectedAndFound) {
   dir = fresh_dir("shape");
   copy_configs(dir);
   write_safetensors(dir / "model.safetensors", tensors);
-  try {
-    bind_weights(Checkpoint(dir.string()), config);
-    FAIL() << "expected an error";
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find("model.layers.0.input_layernorm.weight"), std::string::npos) << message;
-    EXPECT_NE(message.find("expected shape [" + std::to_string(config.hidden_size) + "]"), std::string::npos)
-        << message;
-  }
+  expect_bind_error(dir, config,
+                    {"model.layers.0.input_layernorm.weight",
+                     "expected shape [" + std::to_string(config.hidden_size) + "]"});
   fs::remove_all(dir);
 }
 

@@ -1,0 +1,68 @@
+// SafetensorsWriter: a side file for the data, then header + data.
+#include "io/safetensors_writer.h"
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace glm {
+
+SafetensorsWriter::SafetensorsWriter(std::string path) : path_(std::move(path)), side_path_(path_ + ".partial") {
+  side_ = std::fopen(side_path_.c_str(), "wb+");
+  GLM_CHECK(side_, "cannot create ", side_path_, ": ", std::strerror(errno));
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (side_) std::fclose(side_);
+  if (!finished_) std::remove(side_path_.c_str());
+}
+
+void SafetensorsWriter::add(const std::string& name, DType dtype, const Shape& shape, std::span<const uint8_t> bytes) {
+  GLM_CHECK(!finished_, "internal error: add after finish");
+  const uint64_t expected = static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype);
+  GLM_CHECK(bytes.size() == expected, "internal error: tensor \"", name, "\" has ", bytes.size(), " bytes, shape ",
+            shape_to_string(shape), " needs ", expected);
+  for (const Entry& entry : entries_) GLM_CHECK(entry.name != name, "internal error: tensor \"", name, "\" added twice");
+  if (!bytes.empty())
+    GLM_CHECK(std::fwrite(bytes.data(), 1, bytes.size(), side_) == bytes.size(), "failed writing ", side_path_, ": ",
+              std::strerror(errno));
+  entries_.push_back({name, dtype, shape, offset_, offset_ + bytes.size()});
+  offset_ += bytes.size();
+}
+
+void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<const Entry*> sorted;
+  for (const Entry& entry : entries_) sorted.push_back(&entry);
+  std::sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) { return a->name < b->name; });
+  for (const Entry* entry : sorted)
+    header[entry->name] = {{"dtype", std::string(dtype_name(entry->dtype))},
+                           {"shape", entry->shape},
+                           {"data_offsets", {entry->begin, entry->end}}};
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data area 8-byte aligned
+
+  std::FILE* out = std::fopen(path_.c_str(), "wb");
+  GLM_CHECK(out, "cannot create ", path_, ": ", std::strerror(errno));
+  const uint64_t length = text.size();
+  uint8_t length_bytes[8];
+  for (int i = 0; i < 8; ++i) length_bytes[i] = static_cast<uint8_t>(length >> (8 * i));
+  bool ok = std::fwrite(length_bytes, 1, 8, out) == 8 && std::fwrite(text.data(), 1, text.size(), out) == text.size();
+  std::rewind(side_);
+  std::vector<uint8_t> buffer(size_t{8} << 20);
+  size_t count;
+  while (ok && (count = std::fread(buffer.data(), 1, buffer.size(), side_)) > 0)
+    ok = std::fwrite(buffer.data(), 1, count, out) == count;
+  ok = std::fclose(out) == 0 && ok;
+  std::fclose(side_);
+  side_ = nullptr;
+  std::remove(side_path_.c_str());
+  finished_ = true;
+  GLM_CHECK(ok, "failed writing ", path_, ": ", std::strerror(errno));
+}
+
+}  // namespace glm

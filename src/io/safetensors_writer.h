@@ -1,0 +1,47 @@
+// Writing safetensors files one tensor at a time, without holding the whole
+// file in memory: tensor bytes stream to a side file while the header is
+// collected, and finish() writes header + data. Used by `glm4moe quantize`,
+// the synthetic benchmark checkpoints and the tests.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace glm {
+
+class SafetensorsWriter {
+ public:
+  explicit SafetensorsWriter(std::string path);
+  ~SafetensorsWriter();  // removes the side file if finish() was never called
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // Appends a tensor; `bytes` must hold numel(shape) * dtype_size(dtype) bytes.
+  void add(const std::string& name, DType dtype, const Shape& shape, std::span<const uint8_t> bytes);
+  // Bytes of tensor data added so far.
+  uint64_t data_bytes() const { return offset_; }
+  // Writes the file (tensors in the order added; header entries sorted by name).
+  void finish(const std::map<std::string, std::string>& metadata = {});
+
+ private:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    uint64_t begin, end;
+  };
+  std::string path_;
+  std::string side_path_;
+  std::FILE* side_ = nullptr;
+  uint64_t offset_ = 0;
+  std::vector<Entry> entries_;
+  bool finished_ = false;
+};
+
+}  // namespace glm
