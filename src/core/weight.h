@@ -12,10 +12,27 @@
 
 namespace glm {
 
-// How the bytes encode values. Today: a plain element type. Later additions
-// (affine bits and group size with scale/bias views, FP8 scales) go here.
+// How the bytes encode values.
+//   Float:  `view` holds the values in dtype F32, BF16 or F16.
+//   Affine: mlx-lm's quantization: `view` is U32 words packing `bits`-bit
+//           integers q (little end first, values may straddle words); value =
+//           scale * q + bias with one scale and bias per `group_size` columns.
+//   Fp8:    `view` holds F8_E4M3 values times a scale: one for the tensor,
+//           one per output row (channel), or one per block_rows x block_cols
+//           block (block).
 struct WeightFormat {
-  DType dtype = DType::F32;
+  enum class Kind { Float, Affine, Fp8 } kind = Kind::Float;
+  DType dtype = DType::F32;    // element type of the stored bytes in `view`
+  int bits = 0;               // Affine: bits per value (2..8)
+  int64_t group_size = 0;     // Affine: columns sharing one scale and bias
+  TensorView scales;          // Affine [out, in / group]; Fp8 [] / [out] / [out, 1] / [blocks_out, blocks_in]
+  TensorView biases;          // Affine [out, in / group]
+  enum class Fp8Scale { Tensor, Channel, Block } fp8_scale = Fp8Scale::Channel;
+  int64_t block_rows = 0;     // Fp8 Block
+  int64_t block_cols = 0;     // Fp8 Block
+
+  bool quantized() const { return kind != Kind::Float; }
+  std::string describe() const;  // "BF16", "affine 4-bit g64", "FP8 e4m3 per-channel"
 };
 
 // Which memory holds the bytes: the host (a memory-mapped file or host memory
@@ -39,14 +56,26 @@ struct Shard {
 
 struct Weight {
   std::string name;   // checkpoint tensor name, for messages and `info`
-  TensorView view;    // the bytes, in `format`, of the part given by `shard`
+  Shape shape;        // logical shape of the values, e.g. [out_features, in_features]
+  TensorView view;    // the stored bytes (in `format`) of the part given by `shard`
   WeightFormat format;
   Placement placement;
   Shard shard;
 
   bool present() const { return !view.empty(); }
-  const Shape& shape() const { return view.shape; }
+  int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }
+  // Bytes read to use the whole weight once (values + scales + biases).
+  size_t nbytes() const;
+
+  // Zero-copy slices, carrying the format's scale/bias views along. Column
+  // slices of quantized weights must fall on group / block / word boundaries.
+  Weight slice_rows(int64_t begin, int64_t end) const;     // output features
+  Weight slice_columns(int64_t begin, int64_t end) const;  // input features
+  Weight slice_first(int64_t index) const;                 // one expert of a stacked [E, out, in] weight
 };
+
+// A float weight viewing `view` as it is.
+Weight float_weight(std::string name, const TensorView& view);
 
 // One projection of every routed expert: entry e is expert e's matrix
 // [out_features, in_features]. Entries are views into the checkpoint, whether

@@ -111,7 +111,7 @@ Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const
 }
 
 Tensor Glm4MoeModel::swiglu_mlp(const MlpWeights& mlp, const Tensor& x) {
-  const int64_t n = x.dim(0), width = mlp.gate_proj.view.dim(0);
+  const int64_t n = x.dim(0), width = mlp.gate_proj.dim(0);
   Tensor gate = backend_.scratch({n, width});  // [n, width]
   Tensor up = backend_.scratch({n, width});    // [n, width]
   backend_.linear(gate, x, mlp.gate_proj, nullptr);

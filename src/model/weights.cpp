@@ -30,11 +30,8 @@ class Binder {
               ", found ", shape_to_string(entry->shape));
     GLM_CHECK(is_supported_float(entry->dtype), "tensor \"", name, "\": dtype ", dtype_name(entry->dtype),
               " is not supported (expected F32, BF16 or F16)");
-    Weight weight;
-    weight.name = name;
-    weight.view = checkpoint_.view(name);
-    weight.format.dtype = entry->dtype;
-    if (bound_.insert(name).second) bytes_ += weight.view.nbytes();
+    Weight weight = float_weight(name, checkpoint_.view(name));
+    if (bound_.insert(name).second) bytes_ += weight.nbytes();
     return weight;
   }
 
@@ -45,12 +42,7 @@ class Binder {
     const int64_t part = extent / parallel_.world_size;
     const int64_t begin = parallel_.rank * part;
     if (parallel_.world_size > 1) {
-      if (expected.size() == 1) {
-        weight.view = TensorView(static_cast<const char*>(weight.view.data) + begin * dtype_size(weight.view.dtype),
-                                 weight.view.dtype, {part});
-      } else {
-        weight.view = weight.view.slice_rows(begin, begin + part);
-      }
+      weight = weight.slice_rows(begin, begin + part);
       weight.shard = {Shard::Kind::Rows, parallel_.rank, parallel_.world_size, begin, begin + part};
     }
     return weight;
@@ -62,7 +54,7 @@ class Binder {
     const int64_t part = expected[1] / parallel_.world_size;
     const int64_t begin = parallel_.rank * part;
     if (parallel_.world_size > 1) {
-      weight.view = weight.view.slice_columns(begin, begin + part);
+      weight = weight.slice_columns(begin, begin + part);
       weight.shard = {Shard::Kind::Columns, parallel_.rank, parallel_.world_size, begin, begin + part};
     }
     return weight;
@@ -137,9 +129,7 @@ void bind_experts(Binder& bind, const Checkpoint& checkpoint, const Glm4MoeConfi
       stacked_shape.insert(stacked_shape.begin(), E);
       Weight all = bind.full(prefix + "switch_mlp." + projection.name + ".weight", stacked_shape);
       for (int64_t e = first; e < first + per_rank; ++e) {
-        Weight expert = all;
-        expert.view = all.view.slice_first(e);
-        expert.name = all.name + "[" + std::to_string(e) + "]";
+        Weight expert = all.slice_first(e);
         expert.shard = {Shard::Kind::Experts, parallel.rank, parallel.world_size, first, first + per_rank};
         table.experts.push_back(std::move(expert));
       }

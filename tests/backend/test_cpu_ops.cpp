@@ -16,10 +16,7 @@ namespace glm {
 namespace {
 
 Weight weight_of(const std::vector<float>& values, Shape shape) {
-  Weight weight;
-  weight.view = TensorView(values.data(), DType::F32, std::move(shape));
-  weight.format.dtype = DType::F32;
-  return weight;
+  return float_weight("test", TensorView(values.data(), DType::F32, std::move(shape)));
 }
 
 std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
@@ -146,8 +143,7 @@ TEST(Linear, Bf16AndStridedColumnViews) {
   }
   const std::vector<float> x = random_values(2 * in_features, 5), b = random_values(out_features, 6);
   Tensor input = filled(*backend, {2, in_features}, x);
-  Weight weight;
-  weight.view = TensorView(w_bf16.data(), DType::BF16, {out_features, in_features});
+  const Weight weight = float_weight("w", TensorView(w_bf16.data(), DType::BF16, {out_features, in_features}));
   Weight bias = weight_of(b, {out_features});
   Tensor out = backend->scratch({2, out_features});
   backend->linear(out, input, weight, &bias);
@@ -158,8 +154,7 @@ TEST(Linear, Bf16AndStridedColumnViews) {
       EXPECT_NEAR(out.f32()[t * out_features + o], expected, 1e-5);
     }
   // Columns [2, 6) of the matrix: a strided view, no copy.
-  Weight columns;
-  columns.view = TensorView(w_bf16.data(), DType::BF16, {out_features, in_features}).slice_columns(2, 6);
+  const Weight columns = weight.slice_columns(2, 6);
   Tensor narrow_input = filled(*backend, {1, 4}, {x.begin() + 2, x.begin() + 6});
   Tensor narrow_out = backend->scratch({1, out_features});
   backend->linear(narrow_out, narrow_input, columns, nullptr);

@@ -161,7 +161,7 @@ TEST(Binding, CheckpointWithoutMtpLayerLoads) {
   EXPECT_FALSE(without.mtp.has_value());
   const ModelWeights with = bind_weights(Checkpoint(kFixture.string()), config);
   ASSERT_TRUE(with.mtp.has_value());
-  EXPECT_EQ(with.mtp->eh_proj.shape(), (Shape{config.hidden_size, 2 * config.hidden_size}));
+  EXPECT_EQ(with.mtp->eh_proj.shape, (Shape{config.hidden_size, 2 * config.hidden_size}));
   fs::remove_all(dir);
 }
 

@@ -71,11 +71,11 @@ class CpuBackend final : public Backend {
   }
 
   void embedding(Tensor out, const Weight& table, std::span<const int32_t> ids) override {
-    const int64_t vocab = table.view.dim(0), hidden = table.view.dim(1);
+    const int64_t vocab = table.dim(0), hidden = table.dim(1);
     GLM_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == hidden, "internal error: embedding");
     for (size_t t = 0; t < ids.size(); ++t) {
       GLM_CHECK(ids[t] >= 0 && ids[t] < vocab, "token id ", ids[t], " is outside the vocabulary of ", vocab);
-      cpu::load_row_f32(table.view, ids[t], out.f32() + t * hidden);
+      cpu::dequantize_row(table, ids[t], out.f32() + t * hidden);
     }
   }
   void gather_rows(Tensor out, const Tensor& source, std::span<const int32_t> rows) override {
@@ -85,15 +85,15 @@ class CpuBackend final : public Backend {
   }
   void rms_norm(Tensor out, const Tensor& x, const Weight& gamma, float eps) override {
     check_same_shape("rms_norm", out.shape, x.shape);
-    GLM_CHECK(gamma.view.numel() == x.dim(-1), "internal error: rms_norm weight ", shape_to_string(gamma.shape()),
+    GLM_CHECK(shape_numel(gamma.shape) == x.dim(-1), "internal error: rms_norm weight ", shape_to_string(gamma.shape),
               " for rows of ", x.dim(-1));
-    cpu::rms_norm(out.f32(), x.f32(), gamma.view, x.rows(), x.dim(-1), eps);
+    cpu::rms_norm(out.f32(), x.f32(), gamma, x.rows(), x.dim(-1), eps);
   }
   void linear(Tensor out, const Tensor& x, const Weight& weight, const Weight* bias) override {
-    GLM_CHECK(x.dim(-1) == weight.view.dim(1) && out.dim(-1) == weight.view.dim(0) && out.rows() == x.rows(),
-              "internal error: linear ", weight.name, " ", shape_to_string(weight.shape()), " on ",
+    GLM_CHECK(x.dim(-1) == weight.dim(1) && out.dim(-1) == weight.dim(0) && out.rows() == x.rows(),
+              "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
               shape_to_string(x.shape), " into ", shape_to_string(out.shape));
-    cpu::linear(out.f32(), x.f32(), x.rows(), weight.view, bias ? &bias->view : nullptr);
+    cpu::linear(out.f32(), x.f32(), x.rows(), weight, bias);
   }
   void add(Tensor out, const Tensor& a, const Tensor& b) override {
     check_same_shape("add", a.shape, b.shape);
@@ -132,12 +132,12 @@ class CpuBackend final : public Backend {
   void route(Routing& out, const Tensor& router_logits, const Weight& correction_bias,
              const RouterParams& params) override {
     const int64_t n_tokens = router_logits.dim(0), n_experts = router_logits.dim(1);
-    GLM_CHECK(correction_bias.view.numel() == n_experts && out.expert_ids.dim(0) == n_tokens &&
+    GLM_CHECK(shape_numel(correction_bias.shape) == n_experts && out.expert_ids.dim(0) == n_tokens &&
                   out.expert_ids.dim(1) == params.top_k,
               "internal error: route shapes");
 #pragma omp parallel for schedule(static) if (n_tokens > 16)
     for (int64_t t = 0; t < n_tokens; ++t)
-      cpu::route_token(router_logits.f32() + t * n_experts, correction_bias.view, n_experts, params,
+      cpu::route_token(router_logits.f32() + t * n_experts, correction_bias, n_experts, params,
                        out.expert_ids.i32() + t * params.top_k, out.weights.f32() + t * params.top_k);
   }
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,

@@ -8,9 +8,9 @@ namespace glm::cpu {
 
 // y = x / sqrt(mean(x^2) + eps) * gamma, as transformers computes it: the
 // normalisation in f32, then the weight multiplies the normalised value.
-void rms_norm(float* out, const float* x, const TensorView& gamma, int64_t rows, int64_t dim, float eps) {
+void rms_norm(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps) {
   std::vector<float> scale(static_cast<size_t>(dim));
-  load_row_f32(gamma.rank() == 1 ? TensorView(gamma.data, gamma.dtype, {1, dim}) : gamma, 0, scale.data());
+  for (int64_t i = 0; i < dim; ++i) scale[i] = weight_element(gamma, i);
 #pragma omp parallel for schedule(static) if (rows > 8)
   for (int64_t r = 0; r < rows; ++r) {
     const float* input = x + r * dim;

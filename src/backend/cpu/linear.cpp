@@ -10,10 +10,10 @@
 
 namespace glm::cpu {
 
-void load_row_f32(const TensorView& weight, int64_t row, float* out) {
-  const int64_t width = weight.dim(-1);
-  const void* source = weight.row(row);
-  switch (weight.dtype) {
+void load_row_f32(const TensorView& view, int64_t row, float* out) {
+  const int64_t width = view.dim(-1);
+  const void* source = view.row(row);
+  switch (view.dtype) {
     case DType::F32: {
       const float* values = static_cast<const float*>(source);
       for (int64_t i = 0; i < width; ++i) out[i] = values[i];
@@ -25,11 +25,11 @@ void load_row_f32(const TensorView& weight, int64_t row, float* out) {
       break;
     }
     default:
-      for (int64_t i = 0; i < width; ++i) out[i] = load_as_f32(source, weight.dtype, static_cast<size_t>(i));
+      for (int64_t i = 0; i < width; ++i) out[i] = load_as_f32(source, view.dtype, static_cast<size_t>(i));
   }
 }
 
-void linear(float* out, const float* x, int64_t n_tokens, const TensorView& weight, const TensorView* bias) {
+void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
   const int64_t out_features = weight.dim(0);
   const int64_t in_features = weight.dim(1);
 #pragma omp parallel
@@ -37,8 +37,8 @@ void linear(float* out, const float* x, int64_t n_tokens, const TensorView& weig
     std::vector<float> row(static_cast<size_t>(in_features));
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < out_features; ++o) {
-      load_row_f32(weight, o, row.data());
-      const float bias_value = bias ? load_as_f32(bias->data, bias->dtype, static_cast<size_t>(o)) : 0.0f;
+      dequantize_row(weight, o, row.data());
+      const float bias_value = bias ? weight_element(*bias, o) : 0.0f;
       for (int64_t t = 0; t < n_tokens; ++t) {
         const float* input = x + t * in_features;
         float sum = 0.0f;

@@ -9,7 +9,7 @@
 
 namespace glm::cpu {
 
-void route_token(const float* logits, const TensorView& correction_bias, int64_t n_experts, const RouterParams& params,
+void route_token(const float* logits, const Weight& correction_bias, int64_t n_experts, const RouterParams& params,
                  int32_t* expert_ids, float* weights) {
   // Sigmoid scores are independent per expert (unlike softmax), so an
   // expert's weight does not shrink because another expert scored high.
@@ -17,7 +17,7 @@ void route_token(const float* logits, const TensorView& correction_bias, int64_t
   std::vector<float> choice(static_cast<size_t>(n_experts));  // scores + bias: used only to choose
   for (int64_t e = 0; e < n_experts; ++e) {
     scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
-    choice[e] = scores[e] + load_as_f32(correction_bias.data, correction_bias.dtype, static_cast<size_t>(e));
+    choice[e] = scores[e] + weight_element(correction_bias, e);
   }
 
   // Group-limited routing: score each group by the sum of its two best biased
@@ -90,17 +90,17 @@ void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, c
     if (assigned.empty()) continue;
     const int64_t expert = first + local;
     const int64_t m = static_cast<int64_t>(assigned.size());
-    const int64_t width = gate.at(expert).view.dim(0);
+    const int64_t width = gate.at(expert).dim(0);
     inputs.resize(static_cast<size_t>(m * hidden));
     for (int64_t i = 0; i < m; ++i)
       std::copy(x + assigned[i].token * hidden, x + (assigned[i].token + 1) * hidden, inputs.begin() + i * hidden);
     gate_out.resize(static_cast<size_t>(m * width));
     up_out.resize(static_cast<size_t>(m * width));
     expert_out.resize(static_cast<size_t>(m * hidden));
-    linear(gate_out.data(), inputs.data(), m, gate.at(expert).view, nullptr);
-    linear(up_out.data(), inputs.data(), m, up.at(expert).view, nullptr);
+    linear(gate_out.data(), inputs.data(), m, gate.at(expert), nullptr);
+    linear(up_out.data(), inputs.data(), m, up.at(expert), nullptr);
     swiglu(gate_out.data(), gate_out.data(), up_out.data(), m * width);
-    linear(expert_out.data(), gate_out.data(), m, down.at(expert).view, nullptr);
+    linear(expert_out.data(), gate_out.data(), m, down.at(expert), nullptr);
     for (int64_t i = 0; i < m; ++i) {
       float* target = out + assigned[i].token * hidden;
       const float* source = expert_out.data() + i * hidden;
