@@ -1,8 +1,10 @@
 // The glm4moe command line: `logits`, `generate` and `info` over a checkpoint
-// directory. Every failure is reported as one "error: ..." line on stderr with
+// directory, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
 // exit status 1; nothing here lets an exception escape.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
+#include <optional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <omp.h>
@@ -12,8 +14,10 @@
 
 #include "engine/engine.h"
 #include "engine/generate.h"
+#include "engine/perplexity.h"
 #include "io/npy.h"
 #include "model/weights.h"
+#include "text/tokenizer.h"
 
 namespace {
 
@@ -82,6 +86,9 @@ int run_logits(const CommonOptions& common, const std::string& prompt_ids, const
 
 struct GenerateOptions {
   std::string prompt_ids;
+  bool has_prompt_ids = false;  // given, even if empty
+  std::string prompt_text;
+  std::string prompt_file;
   int64_t max_tokens = 128;
   double temperature = -1.0;
   int64_t top_k = -1;
@@ -92,8 +99,27 @@ struct GenerateOptions {
   bool json = false;
 };
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  GLM_CHECK(in, "cannot read ", path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 int run_generate(const CommonOptions& common, const GenerateOptions& options) {
-  const std::vector<int32_t> prompt = parse_prompt_ids(options.prompt_ids);
+  const int sources = options.has_prompt_ids + !options.prompt_text.empty() + !options.prompt_file.empty();
+  GLM_CHECK(sources == 1, "give exactly one of --prompt-ids, --prompt and --prompt-file");
+  // Text prompts go through the checkpoint's tokenizer.json, encoded as they
+  // are (no special tokens added: a raw completion), and the output streams
+  // as text.
+  std::optional<glm::Tokenizer> tokenizer;
+  std::vector<int32_t> prompt;
+  if (options.has_prompt_ids) {
+    prompt = parse_prompt_ids(options.prompt_ids);
+  } else {
+    tokenizer = glm::Tokenizer::from_file(common.model);
+    prompt = tokenizer->encode(options.prompt_text.empty() ? read_file(options.prompt_file) : options.prompt_text);
+    GLM_CHECK(!prompt.empty(), "the prompt is empty");
+  }
   GLM_CHECK(options.max_tokens >= 0, "--max-tokens must not be negative");
   glm::Engine engine(common.model,
                      engine_options(common, static_cast<int64_t>(prompt.size()) + options.max_tokens));
@@ -110,11 +136,16 @@ int run_generate(const CommonOptions& common, const GenerateOptions& options) {
   if (options.min_p >= 0.0) request.sampling.min_p = options.min_p;
   request.sampling.seed = options.seed;
 
+  std::optional<glm::StreamingDecoder> decoder;
+  if (tokenizer) decoder.emplace(*tokenizer);
   auto stream = [&](int32_t token) {
-    if (!options.json) {
+    if (options.json) return true;
+    if (decoder) {
+      std::fputs(decoder->push(token).c_str(), stdout);
+    } else {
       std::printf("%d ", token);
-      std::fflush(stdout);
     }
+    std::fflush(stdout);
     return true;
   };
   const glm::GenerationResult result = glm::generate(engine, request, stream);
@@ -129,8 +160,10 @@ int run_generate(const CommonOptions& common, const GenerateOptions& options) {
     out["prompt_tokens_per_s"] = prompt_rate;
     out["generated_tokens_per_s"] = generation_rate;
     out["finish_reason"] = result.finish_reason;
+    if (tokenizer) out["text"] = tokenizer->decode(result.tokens);
     std::printf("%s\n", out.dump().c_str());
   } else {
+    if (decoder) std::fputs(decoder->flush().c_str(), stdout);
     std::printf("\n");
     std::fprintf(stderr, "prompt: %zu tokens, %.1f tok/s; generated: %zu tokens, %.1f tok/s; finish: %s\n",
                  prompt.size(), prompt_rate, result.tokens.size(), generation_rate, result.finish_reason.c_str());
@@ -204,6 +237,23 @@ int run_info(const CommonOptions& common, bool json) {
   return 0;
 }
 
+int run_perplexity(const CommonOptions& common, const std::string& file, int64_t context, int64_t stride) {
+  const glm::Tokenizer tokenizer = glm::Tokenizer::from_file(common.model);
+  const std::vector<int32_t> tokens = tokenizer.encode(read_file(file));
+  if (stride <= 0) stride = context / 2 > 0 ? context / 2 : 1;
+  glm::Engine engine(common.model, engine_options(common, context));
+  const glm::PerplexityResult result = glm::perplexity(engine, tokens, context, stride);
+  nlohmann::ordered_json out;
+  out["perplexity"] = result.perplexity;
+  out["scored_tokens"] = result.scored_tokens;
+  out["mean_nll"] = result.total_nll / static_cast<double>(result.scored_tokens);
+  out["context"] = context;
+  out["stride"] = stride;
+  out["tokens_per_s"] = result.seconds > 0 ? result.processed_tokens / result.seconds : 0.0;
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -221,7 +271,10 @@ int main(int argc, char** argv) {
   GenerateOptions generate_options;
   CLI::App* generate = app.add_subcommand("generate", "continue a prompt");
   add_common(generate, generate_common);
-  generate->add_option("--prompt-ids", generate_options.prompt_ids, "comma-separated token ids")->required();
+  CLI::Option* prompt_ids_option =
+      generate->add_option("--prompt-ids", generate_options.prompt_ids, "comma-separated token ids");
+  generate->add_option("--prompt", generate_options.prompt_text, "prompt text (encoded with the model's tokenizer.json)");
+  generate->add_option("--prompt-file", generate_options.prompt_file, "file holding the prompt text");
   generate->add_option("--max-tokens", generate_options.max_tokens, "most tokens to generate (default 128)");
   generate->add_option("--temperature", generate_options.temperature, "0 = greedy (default: generation_config.json)");
   generate->add_option("--top-k", generate_options.top_k, "keep the k most likely tokens (0 = off)");
@@ -237,6 +290,20 @@ int main(int argc, char** argv) {
   add_common(info, info_common);
   info->add_flag("--json", info_json, "print JSON");
 
+  CommonOptions perplexity_common;
+  std::string perplexity_file;
+  int64_t perplexity_context = 1024, perplexity_stride = 0;
+  CLI::App* perplexity = app.add_subcommand("perplexity", "perplexity of a text file with sliding windows");
+  add_common(perplexity, perplexity_common);
+  perplexity->add_option("--file", perplexity_file, "text to score (special tokens are not added)")->required();
+  perplexity->add_option("--context", perplexity_context, "window length in tokens (default 1024)");
+  perplexity->add_option("--stride", perplexity_stride, "tokens between window starts (default context / 2)");
+
+  std::string tokenizer_path, text_file;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "print {\"ids\": [...]} for a file's exact bytes");
+  tokenize->add_option("--tokenizer", tokenizer_path, "tokenizer.json or a model directory")->required();
+  tokenize->add_option("--text-file", text_file, "the text to encode (no special tokens are added)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -244,8 +311,17 @@ int main(int argc, char** argv) {
   }
   try {
     if (logits->parsed()) return run_logits(logits_common, logits_ids, logits_output);
-    if (generate->parsed()) return run_generate(generate_common, generate_options);
+    if (generate->parsed()) {
+      generate_options.has_prompt_ids = prompt_ids_option->count() > 0;
+      return run_generate(generate_common, generate_options);
+    }
     if (info->parsed()) return run_info(info_common, info_json);
+    if (perplexity->parsed())
+      return run_perplexity(perplexity_common, perplexity_file, perplexity_context, perplexity_stride);
+    if (tokenize->parsed()) {
+      std::printf("%s\n", glm::tokenize_file_to_json(tokenizer_path, text_file).c_str());
+      return 0;
+    }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "error: %s\n", error.what());
     return 1;

@@ -57,6 +57,7 @@ class SafetensorsFile {
   const std::vector<SafetensorsEntry>& entries() const { return entries_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::string& path() const { return file_.path(); }
+  const MappedFile& mapping() const { return file_; }
   // A view of the named tensor; throws if absent.
   TensorView view(const std::string& name) const;
   const SafetensorsEntry* find(const std::string& name) const;
@@ -84,6 +85,9 @@ class Checkpoint {
   const std::string& directory() const { return directory_; }
   size_t file_count() const { return files_.size(); }
   uint64_t total_bytes() const;  // sum of the tensors' byte sizes
+  // Reads one byte of every page of every file so later reads hit memory
+  // (benchmarks time warm weights, without major page faults).
+  void touch_all_pages() const;
 
  private:
   std::string directory_;

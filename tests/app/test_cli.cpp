@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <cmath>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
@@ -168,37 +169,42 @@ TEST(CliBadInput, CorruptHeader) {
   fs::remove_all(dir);
 }
 
-TEST(CliBadInput, ConfigDisagreesWithWeights) {
-  const fs::path dir = scratch_copy(kCase, "shape");
+// A scratch copy of the fixture whose config.json was changed by `edit`.
+fs::path copy_with_config(const std::string& label, const std::function<void(nlohmann::json&)>& edit) {
+  const fs::path dir = scratch_copy(kCase, label);
   std::ifstream in(dir / "config.json");
   auto config = nlohmann::json::parse(in);
   in.close();
-  config["moe_intermediate_size"] = config["moe_intermediate_size"].get<int>() * 2;
+  edit(config);
   std::ofstream(dir / "config.json") << config.dump();
+  return dir;
+}
+
+TEST(CliBadInput, ConfigDisagreesWithWeights) {
+  const fs::path dir = copy_with_config("shape", [](nlohmann::json& config) {
+    config["moe_intermediate_size"] = config["moe_intermediate_size"].get<int>() * 2;
+  });
   expect_clean_error(run("info --model " + dir.string()), "expected shape");
   fs::remove_all(dir);
 }
 
 TEST(CliBadInput, MissingTensor) {
-  const fs::path dir = scratch_copy(kCase, "missing");
-  std::ifstream in(dir / "config.json");
-  auto config = nlohmann::json::parse(in);
-  in.close();
-  config["num_hidden_layers"] = config["num_hidden_layers"].get<int>() + 2;
-  std::ofstream(dir / "config.json") << config.dump();
+  const fs::path dir = copy_with_config("missing", [](nlohmann::json& config) {
+    config["num_hidden_layers"] = config["num_hidden_layers"].get<int>() + 2;
+  });
   expect_clean_error(run("info --model " + dir.string()), "is missing from the checkpoint");
   fs::remove_all(dir);
 }
 
 TEST(CliBadInput, UnsupportedConfigValue) {
-  const fs::path dir = scratch_copy(kCase, "topk");
-  std::ifstream in(dir / "config.json");
-  auto config = nlohmann::json::parse(in);
-  in.close();
-  config["topk_method"] = "greedy";
-  std::ofstream(dir / "config.json") << config.dump();
+  const fs::path dir = copy_with_config("topk", [](nlohmann::json& config) { config["topk_method"] = "greedy"; });
   expect_clean_error(run("info --model " + dir.string()), "topk_method");
   fs::remove_all(dir);
+}
+
+TEST(CliBadInput, PromptSourcesAndMissingTokenizer) {
+  expect_clean_error(run("generate --model " + fixture(kCase)), "exactly one of");
+  expect_clean_error(run("generate --model " + fixture(kCase) + " --prompt hello"), "tokenizer.json");
 }
 
 }  // namespace
