@@ -60,6 +60,23 @@ float f16_to_f32(uint16_t bits) {
   return sign ? -magnitude : magnitude;
 }
 
+uint16_t f32_to_f16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u;           // NaN
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;          // rounds past 65504: infinity
+  if (magnitude < 0x38800000u) {                                // below the smallest normal half
+    const float scaled = std::fabs(value) * 16777216.0f;         // units of 2^-24
+    return sign | static_cast<uint16_t>(std::nearbyint(scaled));  // nearest-even (default rounding mode)
+  }
+  uint32_t half = ((magnitude >> 13) - (112u << 10));             // rebias exponent 127 -> 15
+  const uint32_t remainder = magnitude & 0x1fffu;
+  if (remainder > 0x1000u || (remainder == 0x1000u && (half & 1u))) ++half;
+  return sign | static_cast<uint16_t>(half);
+}
+
 float f8_e4m3_to_f32(uint8_t bits) {
   const uint32_t sign = bits >> 7;
   const uint32_t exponent = (bits >> 3) & 0xfu;

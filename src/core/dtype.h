@@ -42,6 +42,8 @@ inline uint16_t f32_to_bf16(float value) {
 }
 
 float f16_to_f32(uint16_t bits);
+// Round-to-nearest-even narrowing to IEEE half (overflow gives infinity).
+uint16_t f32_to_f16(float value);
 // OCP FP8 E4M3 ("e4m3fn"): no infinities, 0x7f/0xff are NaN, max 448.
 float f8_e4m3_to_f32(uint8_t bits);
 float f8_e5m2_to_f32(uint8_t bits);

@@ -295,3 +295,25 @@ TEST(Communicator, ThreadAllReduceSumsOverRanks) {
 
 }  // namespace
 }  // namespace glm
+
+namespace glm {
+namespace {
+
+// f32 -> f16 -> f32 round trip against the exact rounding of every half value.
+TEST(DTypes, HalfRoundTripRoundsToNearestEven) {
+  for (uint32_t bits = 0; bits < 0x7c00; ++bits) {
+    const float value = f16_to_f32(static_cast<uint16_t>(bits));
+    ASSERT_EQ(f32_to_f16(value), bits);
+    ASSERT_EQ(f32_to_f16(-value), bits | 0x8000);
+    if (bits + 1 < 0x7c00) {  // halfway to the next value rounds to the even one
+      const float next = f16_to_f32(static_cast<uint16_t>(bits + 1));
+      const float middle = (value + next) / 2;
+      ASSERT_EQ(f32_to_f16(middle), (bits & 1) ? bits + 1 : bits) << bits;
+    }
+  }
+  EXPECT_EQ(f32_to_f16(70000.0f), 0x7c00);
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 1.0f / 256)), 1.0f);  // halfway: ties to even
+}
+
+}  // namespace
+}  // namespace glm

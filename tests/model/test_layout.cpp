@@ -1,0 +1,64 @@
+// The Hub tensor layout listed from a configuration matches the fixtures that
+// transformers wrote, and synthetic checkpoints built from it load and run.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "model/checkpoint_layout.h"
+#include "model/synthetic.h"
+
+namespace glm {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(CheckpointLayout, ListsExactlyTheTensorsOfTheHubFixtures) {
+  for (const std::string name : {"grouped_bf16_sharded", "plain_f32_tied_mqa", "negbias_quarter_rotary"}) {
+    const std::string dir = std::string(GLM_SOURCE_DIR) + "/tests/fixtures/" + name;
+    const Checkpoint checkpoint(dir);
+    const Glm4MoeConfig config = load_config(dir);
+    std::set<std::string> listed;
+    for (const TensorSpec& spec : checkpoint_tensors(config, true)) {
+      listed.insert(spec.name);
+      ASSERT_NE(checkpoint.find(spec.name), nullptr) << name << ": " << spec.name;
+      EXPECT_EQ(checkpoint.find(spec.name)->shape, spec.shape) << spec.name;
+    }
+    const std::vector<std::string> stored = checkpoint.names();
+    EXPECT_EQ(listed, std::set<std::string>(stored.begin(), stored.end())) << name;
+  }
+}
+
+TEST(Synthetic, TinyShapeWritesALoadableCheckpointAndReusesIt) {
+  SyntheticOptions options;
+  options.shape = "tiny";
+  options.dtype = "bf16";
+  options.directory = (fs::temp_directory_path() / ("glm4moe_synthetic_" + std::to_string(getpid()))).string();
+  fs::remove_all(options.directory);
+  const std::string dir = make_synthetic_checkpoint(options);
+  const auto written = fs::last_write_time(fs::path(dir) / "model-00001-of-00001.safetensors");
+  EXPECT_EQ(make_synthetic_checkpoint(options), dir);  // reused, not rewritten
+  EXPECT_EQ(fs::last_write_time(fs::path(dir) / "model-00001-of-00001.safetensors"), written);
+
+  EngineOptions engine_options;
+  engine_options.max_context = 32;
+  Engine engine(dir, engine_options);
+  const int32_t sequence = engine.cache().create_sequence();
+  const auto logits = engine.step({SequenceWork{sequence, {1, 2, 3, 4}, LogitsWanted::All}})[0].logits;
+  ASSERT_EQ(logits.size(), 4u * 512);
+  for (float value : logits) ASSERT_TRUE(std::isfinite(value));
+  fs::remove_all(dir);
+}
+
+TEST(Synthetic, UnknownShapeOrDtypeIsAClearError) {
+  EXPECT_THROW(synthetic_config("glm-9", 0), Error);
+  SyntheticOptions options;
+  options.dtype = "int3";
+  EXPECT_THROW(make_synthetic_checkpoint(options), Error);
+}
+
+}  // namespace
+}  // namespace glm
