@@ -1,5 +1,5 @@
 // The glm4moe command line: `logits`, `generate` and `info` over a checkpoint
-// directory, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
+// directory, `chat`, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
 // exit status 1; nothing here lets an exception escape.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "app/chat_command.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "engine/perplexity.h"
@@ -299,6 +300,25 @@ int main(int argc, char** argv) {
   perplexity->add_option("--context", perplexity_context, "window length in tokens (default 1024)");
   perplexity->add_option("--stride", perplexity_stride, "tokens between window starts (default context / 2)");
 
+  glm::app::ChatCommandOptions chat_options;
+  CLI::App* chat = app.add_subcommand("chat", "talk with the model in the terminal (its own chat template)");
+  chat->add_option("--model", chat_options.model, "checkpoint directory with tokenizer.json and a chat template")
+      ->required();
+  chat->add_option("--system", chat_options.system, "system message");
+  chat->add_flag("--no-think", chat_options.no_think, "turn reasoning off (enable_thinking=false)");
+  chat->add_flag("--hide-reasoning", chat_options.hide_reasoning, "do not print the reasoning");
+  chat->add_option("--max-tokens", chat_options.max_tokens, "most tokens per reply (default 1024)");
+  chat->add_option("--max-context", chat_options.max_context, "KV cache capacity in tokens (default 8192)");
+  chat->add_option("--temperature", chat_options.temperature, "0 = greedy (default: generation_config.json)");
+  chat->add_option("--top-k", chat_options.top_k, "keep the k most likely tokens (0 = off)");
+  chat->add_option("--top-p", chat_options.top_p, "nucleus sampling mass (1 = off)");
+  chat->add_option("--min-p", chat_options.min_p, "drop tokens below min-p times the best (0 = off)");
+  chat->add_option("--seed", chat_options.seed, "random seed (default 0)");
+  chat->add_option("--threads", chat_options.threads, "CPU threads (default: all cores)");
+  chat->add_option("--chat-template-arg", chat_options.template_arguments,
+                   "key=value passed to the template (value parsed as JSON when it parses)");
+  chat->add_option("--stop", chat_options.stop_strings, "stop the reply at this string (repeatable)");
+
   std::string tokenizer_path, text_file;
   CLI::App* tokenize = app.add_subcommand("tokenize", "print {\"ids\": [...]} for a file's exact bytes");
   tokenize->add_option("--tokenizer", tokenizer_path, "tokenizer.json or a model directory")->required();
@@ -316,6 +336,7 @@ int main(int argc, char** argv) {
       return run_generate(generate_common, generate_options);
     }
     if (info->parsed()) return run_info(info_common, info_json);
+    if (chat->parsed()) return glm::app::run_chat(chat_options);
     if (perplexity->parsed())
       return run_perplexity(perplexity_common, perplexity_file, perplexity_context, perplexity_stride);
     if (tokenize->parsed()) {

@@ -208,3 +208,31 @@ TEST(CliBadInput, PromptSourcesAndMissingTokenizer) {
 }
 
 }  // namespace
+
+namespace {
+
+const std::string kTrained = std::string(GLM_SOURCE_DIR) + "/models/glm4moe-tiny-fortunes";
+
+TEST(Cli, ChatAnswersEachLineOfInputAndExitsAtEnd) {
+  const fs::path input = fs::temp_directory_path() / ("glm4moe_chat_" + std::to_string(getpid()) + ".txt");
+  std::ofstream(input) << "Hello, who are you?\nTell me \\\nsomething.\n/exit\nnever read\n";
+  const CommandResult result = run("chat --model " + kTrained +
+                                   " --temperature 0 --max-tokens 12 --no-think < " + input.string());
+  EXPECT_EQ(result.status, 0) << result.output;
+  EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 2) << result.output;
+  fs::remove(input);
+}
+
+TEST(Cli, TextPromptStreamsTextAndJsonCarriesIt) {
+  const CommandResult streamed = run("generate --model " + kTrained +
+                                     " --prompt 'The meaning of life is' --max-tokens 8 --temperature 0 --ignore-eos");
+  ASSERT_EQ(streamed.status, 0) << streamed.output;
+  const CommandResult json = run("generate --model " + kTrained +
+                                 " --prompt 'The meaning of life is' --max-tokens 8 --temperature 0 --ignore-eos --json");
+  ASSERT_EQ(json.status, 0) << json.output;
+  const auto out = nlohmann::json::parse(json.output);
+  EXPECT_EQ(out["prompt_tokens"], 5);
+  EXPECT_EQ(streamed.output.rfind(out["text"].get<std::string>(), 0), 0u) << streamed.output;
+}
+
+}  // namespace

@@ -1,0 +1,122 @@
+// The chat turn loop: render, reuse the cached prefix, prefill the rest,
+// sample, decode incrementally, parse.
+#include "engine/chat.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace glm {
+
+ChatSession::ChatSession(Engine& engine, const Tokenizer& tokenizer, ChatFormat format, ChatOptions options)
+    : engine_(engine), tokenizer_(tokenizer), format_(std::move(format)), options_(std::move(options)) {
+  sequence_ = engine_.cache().create_sequence();
+  reset();
+}
+
+ChatSession::~ChatSession() { engine_.cache().release_sequence(sequence_); }
+
+void ChatSession::reset() {
+  messages_ = nlohmann::ordered_json::array();
+  if (!options_.system.empty()) messages_.push_back({{"role", "system"}, {"content", options_.system}});
+}
+
+std::string ChatSession::render_prompt() const {
+  nlohmann::ordered_json variables = options_.template_arguments;
+  if (!variables.contains("enable_thinking")) variables["enable_thinking"] = options_.enable_thinking;
+  return format_.render(messages_, options_.tools, true, variables);
+}
+
+ChatReply ChatSession::send(const std::string& user_text, const std::function<void(const ParsedDelta&)>& on_delta,
+                            const std::function<bool()>& interrupted) {
+  using Clock = std::chrono::steady_clock;
+  messages_.push_back({{"role", "user"}, {"content", user_text}});
+  const std::string prompt_text = render_prompt();
+  // The rendered text carries its special tokens: encode without adding any.
+  const std::vector<int32_t> prompt = tokenizer_.encode(prompt_text);
+  GLM_CHECK(!prompt.empty(), "the chat template rendered an empty prompt");
+
+  ChatReply reply;
+  reply.prompt_tokens = static_cast<int64_t>(prompt.size());
+  // Longest common prefix with the cache; at least one token must be run to
+  // get logits for the next one.
+  size_t common = 0;
+  while (common < cached_tokens_.size() && common < prompt.size() && cached_tokens_[common] == prompt[common]) ++common;
+  common = std::min(common, prompt.size() - 1);
+  engine_.cache().truncate(sequence_, static_cast<int64_t>(common));
+  cached_tokens_.resize(common);
+  reply.reused_tokens = static_cast<int64_t>(common);
+
+  auto start = Clock::now();
+  std::vector<float> logits;
+  const size_t chunk = 512;
+  for (size_t begin = common; begin < prompt.size(); begin += chunk) {
+    const size_t end = std::min(prompt.size(), begin + chunk);
+    auto results = engine_.step({SequenceWork{sequence_, {prompt.begin() + begin, prompt.begin() + end},
+                                              end == prompt.size() ? LogitsWanted::Last : LogitsWanted::None}});
+    cached_tokens_.insert(cached_tokens_.end(), prompt.begin() + begin, prompt.begin() + end);
+    logits = std::move(results[0].logits);
+  }
+  reply.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+
+  OutputParserOptions parser_options;
+  // GLM-4.7's template opens <think> in the generation prompt when thinking is on.
+  static const std::string think_open = "<think>";
+  parser_options.starts_in_reasoning = prompt_text.size() >= think_open.size() &&
+                                       prompt_text.compare(prompt_text.size() - think_open.size(), think_open.size(),
+                                                           think_open) == 0;
+  parser_options.tools = options_.tools;
+  parser_options.stop_strings = options_.stop_strings;
+  parser_options.tool_call_id_prefix = "call_" + std::to_string(turn_++) + "_";
+  OutputParser parser(parser_options);
+  StreamingDecoder decoder(tokenizer_);
+
+  auto deliver = [&](ParsedDelta&& delta) {
+    if (delta.empty()) return;
+    if (on_delta) on_delta(delta);
+    reply.message.append(std::move(delta));
+  };
+
+  start = Clock::now();
+  reply.finish_reason = "length";
+  for (int64_t step = 0; step < options_.max_tokens; ++step) {
+    const int32_t token = sample_token(logits, options_.sampling, turn_, static_cast<uint64_t>(step));
+    ++reply.generated_tokens;
+    reply.tokens.push_back(token);
+    if (std::find(options_.eos_token_ids.begin(), options_.eos_token_ids.end(), token) !=
+        options_.eos_token_ids.end()) {
+      reply.finish_reason = "eos";
+      break;
+    }
+    deliver(parser.push(decoder.push(token)));
+    if (parser.stopped()) {
+      reply.finish_reason = "stop";
+      break;
+    }
+    if (interrupted && interrupted()) {
+      reply.finish_reason = "interrupted";
+      break;
+    }
+    if (step + 1 == options_.max_tokens) break;
+    auto results = engine_.step({SequenceWork{sequence_, {token}, LogitsWanted::Last}});
+    cached_tokens_.push_back(token);
+    logits = std::move(results[0].logits);
+  }
+  deliver(parser.push(decoder.flush()));
+  deliver(parser.finish());
+  reply.generation_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+
+  nlohmann::ordered_json assistant = {{"role", "assistant"}, {"content", reply.message.content}};
+  if (!reply.message.reasoning.empty()) assistant["reasoning_content"] = reply.message.reasoning;
+  if (!reply.message.tool_calls.empty()) {
+    assistant["tool_calls"] = nlohmann::ordered_json::array();
+    for (const ToolCall& call : reply.message.tool_calls)
+      assistant["tool_calls"].push_back(
+          {{"id", call.id},
+           {"type", "function"},
+           {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
+  }
+  messages_.push_back(std::move(assistant));
+  return reply;
+}
+
+}  // namespace glm
