@@ -1,5 +1,5 @@
 // The glm4moe command line: `logits`, `generate` and `info` over a checkpoint
-// directory, `chat`, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
+// directory, `chat`, `bench`, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
 // exit status 1; nothing here lets an exception escape.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "app/bench_command.h"
 #include "app/chat_command.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
@@ -319,6 +320,21 @@ int main(int argc, char** argv) {
                    "key=value passed to the template (value parsed as JSON when it parses)");
   chat->add_option("--stop", chat_options.stop_strings, "stop the reply at this string (repeatable)");
 
+  glm::app::BenchOptions bench_options;
+  CLI::App* bench = app.add_subcommand("bench", "prompt and generation throughput, bytes and bandwidth per component");
+  bench->add_option("--model", bench_options.model, "checkpoint directory");
+  bench->add_option("--synthetic", bench_options.synthetic, "random weights of a real shape: glm-4.5-air, glm-4.5");
+  bench->add_option("--layers", bench_options.layers, "synthetic decoder layers (default: full depth)");
+  bench->add_option("--dtype", bench_options.dtype, "synthetic weights: bf16, f16, f32, int8, int4 (default bf16)");
+  bench->add_option("--group-size", bench_options.group_size, "synthetic int8/int4 group size (default 64)");
+  bench->add_option("--synthetic-dir", bench_options.synthetic_dir, "where to write the synthetic checkpoint");
+  bench->add_option("--prompt-tokens", bench_options.prompt_tokens, "prompt lengths (default 512)")->delimiter(',');
+  bench->add_option("--context", bench_options.contexts, "cached tokens before generating (default 0)")
+      ->delimiter(',');
+  bench->add_option("--gen-tokens", bench_options.generate_tokens, "generated tokens timed (default 16)");
+  bench->add_option("--threads", bench_options.threads, "CPU threads (default: all cores)");
+  bench->add_flag("--json", bench_options.json, "print JSON");
+
   std::string tokenizer_path, text_file;
   CLI::App* tokenize = app.add_subcommand("tokenize", "print {\"ids\": [...]} for a file's exact bytes");
   tokenize->add_option("--tokenizer", tokenizer_path, "tokenizer.json or a model directory")->required();
@@ -337,6 +353,7 @@ int main(int argc, char** argv) {
     }
     if (info->parsed()) return run_info(info_common, info_json);
     if (chat->parsed()) return glm::app::run_chat(chat_options);
+    if (bench->parsed()) return glm::app::run_bench(bench_options);
     if (perplexity->parsed())
       return run_perplexity(perplexity_common, perplexity_file, perplexity_context, perplexity_stride);
     if (tokenize->parsed()) {

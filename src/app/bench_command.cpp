@@ -1,0 +1,279 @@
+// The benchmark: memory made warm first (every mapped page touched), a 2-pass
+// read-bandwidth kernel as the yardstick, then timed prompt steps and decode
+// steps. Decode steps are split into components with the model's tracer
+// (attention incl. its KV-cache reads, dense MLP, MoE, lm_head), each reported
+// with the bytes it reads per token and the bandwidth that implies.
+#include "app/bench_command.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "engine/engine.h"
+#include "engine/sampling.h"
+#include "model/synthetic.h"
+
+namespace glm::app {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// Best of several passes summing a 1 GiB buffer with all threads: the read
+// bandwidth the weights could at best stream at.
+double measure_read_bandwidth() {
+  const size_t count = (size_t{1} << 30) / sizeof(uint64_t);
+  std::vector<uint64_t> buffer(count);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < count; ++i) buffer[i] = i * 2654435761u;
+  double best = 0.0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const auto start = Clock::now();
+    uint64_t total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+    for (size_t i = 0; i < count; i += 8) {
+      uint64_t lane = 0;
+      for (size_t j = 0; j < 8; ++j) lane += buffer[i + j];
+      total += lane;
+    }
+    volatile uint64_t sink = total;
+    (void)sink;
+    best = std::max(best, static_cast<double>(count * sizeof(uint64_t)) / seconds_since(start));
+  }
+  return best;
+}
+
+struct Usage {
+  long max_resident_kib = 0;
+  long major_faults = 0;
+};
+Usage usage() {
+  rusage r{};
+  getrusage(RUSAGE_SELF, &r);
+  return {r.ru_maxrss, r.ru_majflt};
+}
+
+// Bytes one decode step reads, by component (weights of this rank).
+struct ComponentBytes {
+  double attention = 0, dense_mlp = 0, experts = 0, lm_head = 0;
+  double kv_cache_per_context_token = 0;
+};
+
+ComponentBytes bytes_per_token(const Glm4MoeConfig& config, const ModelWeights& weights) {
+  ComponentBytes bytes;
+  for (const LayerWeights& layer : weights.layers) {
+    const AttentionWeights& a = layer.attention;
+    for (const Weight* w : {&layer.input_norm, &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &a.q_bias, &a.k_bias,
+                            &a.v_bias, &a.q_norm, &a.k_norm})
+      if (w->present()) bytes.attention += static_cast<double>(w->nbytes());
+    if (!layer.is_moe) {
+      for (const Weight* w : {&layer.post_attention_norm, &layer.dense.gate_proj, &layer.dense.up_proj,
+                              &layer.dense.down_proj})
+        bytes.dense_mlp += static_cast<double>(w->nbytes());
+      continue;
+    }
+    const MoeWeights& m = layer.moe;
+    double expert_bytes = 0;
+    for (size_t e = 0; e < m.gate.experts.size(); ++e)
+      expert_bytes += static_cast<double>(m.gate.experts[e].nbytes() + m.up.experts[e].nbytes() +
+                                          m.down.experts[e].nbytes());
+    expert_bytes /= static_cast<double>(std::max<size_t>(1, m.gate.experts.size()));
+    bytes.experts += static_cast<double>(layer.post_attention_norm.nbytes() + m.router.nbytes() +
+                                         m.correction_bias.nbytes() + m.shared.gate_proj.nbytes() +
+                                         m.shared.up_proj.nbytes() + m.shared.down_proj.nbytes()) +
+                     static_cast<double>(config.num_experts_per_tok) * expert_bytes;
+  }
+  bytes.lm_head = static_cast<double>(weights.lm_head.nbytes() + weights.final_norm.nbytes());
+  // The CPU backend keeps K and V in f32.
+  bytes.kv_cache_per_context_token = static_cast<double>(weights.layers.size()) * 2.0 *
+                                     static_cast<double>(config.num_key_value_heads / weights.parallel.world_size) *
+                                     static_cast<double>(config.head_dim) * sizeof(float);
+  return bytes;
+}
+
+// Accumulates wall time between the model's trace points.
+struct ComponentClock {
+  double attention = 0, dense_mlp = 0, moe = 0, head = 0, total = 0;
+  Clock::time_point mark;
+  const Glm4MoeConfig* config = nullptr;
+
+  void attach(Glm4MoeModel& model) {
+    model.set_tracer([this](const std::string& name, int layer, const Tensor&) {
+      const auto now = Clock::now();
+      const double elapsed = std::chrono::duration<double>(now - mark).count();
+      if (name == "embedding") {
+        mark = now;
+      } else if (name == "after_attention") {
+        attention += elapsed;
+        mark = now;
+      } else if (name == "layer_output") {
+        (config->layer_is_moe(layer) ? moe : dense_mlp) += elapsed;
+        mark = now;
+      } else if (name == "final_norm") {
+        mark = now;
+      }
+    });
+  }
+};
+
+std::string rate(double bytes, double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GB/s", seconds > 0 ? bytes / seconds / 1e9 : 0.0);
+  return text;
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& options) {
+  if (options.threads > 0) omp_set_num_threads(options.threads);
+  GLM_CHECK(options.model.empty() != options.synthetic.empty(), "give exactly one of --model and --synthetic");
+  std::string directory = options.model;
+  if (!options.synthetic.empty()) {
+    SyntheticOptions synthetic;
+    synthetic.shape = options.synthetic;
+    synthetic.layers = options.layers;
+    synthetic.dtype = options.dtype;
+    synthetic.group_size = options.group_size;
+    synthetic.directory = options.synthetic_dir;
+    directory = make_synthetic_checkpoint(synthetic);
+  }
+  const int64_t max_prompt = *std::max_element(options.prompt_tokens.begin(), options.prompt_tokens.end());
+  const int64_t max_context = *std::max_element(options.contexts.begin(), options.contexts.end());
+  EngineOptions engine_options;
+  engine_options.max_context = std::max(max_prompt, max_context + options.generate_tokens) + 64;
+  Engine engine(directory, engine_options);
+  const Glm4MoeConfig& config = engine.config();
+
+  engine.checkpoint().touch_all_pages();
+  const Usage before = usage();
+
+  nlohmann::ordered_json report;
+  report["model"] = directory;
+  report["threads"] = omp_get_max_threads();
+  report["weights_bytes"] = engine.model().weights().bound_bytes;
+
+  auto random_tokens = [&](int64_t count, uint64_t seed) {
+    std::vector<int32_t> tokens(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i)
+      tokens[i] = static_cast<int32_t>(counter_uniform(seed, 0, static_cast<uint64_t>(i)) * 0.9 * config.vocab_size);
+    return tokens;
+  };
+  PagedKvCache& cache = engine.cache();
+  {  // warm-up: one short prompt
+    const int32_t sequence = cache.create_sequence();
+    engine.step({SequenceWork{sequence, random_tokens(8, 99), LogitsWanted::Last}});
+    cache.release_sequence(sequence);
+  }
+
+  const ParameterCounts counts = count_parameters(config);
+  const double flops_per_token = 2.0 * static_cast<double>(counts.active_per_token - config.vocab_size *
+                                                                                         config.hidden_size);
+  report["prompt"] = nlohmann::ordered_json::array();
+  for (int64_t length : options.prompt_tokens) {
+    const int32_t sequence = cache.create_sequence();
+    const auto tokens = random_tokens(length, 7);
+    const auto start = Clock::now();
+    engine.step({SequenceWork{sequence, tokens, LogitsWanted::Last}});
+    const double seconds = seconds_since(start);
+    cache.release_sequence(sequence);
+    report["prompt"].push_back({{"tokens", length},
+                                {"seconds", seconds},
+                                {"tokens_per_s", length / seconds},
+                                {"GFLOP_per_s_excluding_attention", flops_per_token * length / seconds / 1e9}});
+  }
+
+  // The yardstick runs after the prompts (its buffer must not count in their
+  // resident memory) and before generation (whose rates are read against it).
+  const Usage after_prompts = usage();
+  const double read_bandwidth = measure_read_bandwidth();
+  report["read_bandwidth_GBps"] = read_bandwidth / 1e9;
+
+  const ComponentBytes bytes = bytes_per_token(config, engine.model().weights());
+  ComponentClock clock;
+  clock.config = &config;
+  report["generation"] = nlohmann::ordered_json::array();
+  for (int64_t context : options.contexts) {
+    const int32_t sequence = cache.create_sequence();
+    for (int64_t begin = 0; begin < context; begin += 512)
+      engine.step({SequenceWork{sequence, random_tokens(std::min<int64_t>(512, context - begin), 11 + begin),
+                                LogitsWanted::None}});
+    std::vector<float> logits =
+        engine.step({SequenceWork{sequence, random_tokens(1, 5), LogitsWanted::Last}})[0].logits;
+    clock = ComponentClock{};
+    clock.config = &config;
+    clock.attach(engine.model());
+    const auto start = Clock::now();
+    for (int64_t step = 0; step < options.generate_tokens; ++step) {
+      const auto step_start = Clock::now();
+      clock.mark = step_start;
+      const double head_before = clock.attention + clock.dense_mlp + clock.moe;
+      logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
+      const double step_seconds = seconds_since(step_start);
+      clock.head += step_seconds - (clock.attention + clock.dense_mlp + clock.moe - head_before);
+    }
+    const double seconds = seconds_since(start);
+    engine.model().set_tracer({});
+    cache.release_sequence(sequence);
+
+    const double n = static_cast<double>(options.generate_tokens);
+    const double mean_context = static_cast<double>(context) + 1.0 + n / 2.0;
+    const double kv_bytes = bytes.kv_cache_per_context_token * mean_context;
+    const double total_bytes = bytes.attention + bytes.dense_mlp + bytes.experts + bytes.lm_head + kv_bytes;
+    nlohmann::ordered_json components = nlohmann::ordered_json::array();
+    auto component = [&](const char* name, double component_bytes, double component_seconds) {
+      components.push_back({{"component", name},
+                            {"bytes_per_token", component_bytes},
+                            {"seconds_per_token", component_seconds / n},
+                            {"GBps", component_seconds > 0 ? component_bytes * n / component_seconds / 1e9 : 0.0}});
+    };
+    component("attention (weights + KV cache)", bytes.attention + kv_bytes, clock.attention);
+    component("dense MLP", bytes.dense_mlp, clock.dense_mlp);
+    component("MoE (router, shared, top-k experts)", bytes.experts, clock.moe);
+    component("lm_head (+ final norm, sampling, step overhead)", bytes.lm_head, clock.head);
+    report["generation"].push_back({{"context", context},
+                                    {"tokens", options.generate_tokens},
+                                    {"tokens_per_s", n / seconds},
+                                    {"bytes_per_token", total_bytes},
+                                    {"kv_cache_bytes_per_token", kv_bytes},
+                                    {"GBps", total_bytes * n / seconds / 1e9},
+                                    {"fraction_of_read_bandwidth", total_bytes * n / seconds / read_bandwidth},
+                                    {"components", components}});
+  }
+  const Usage after = usage();
+  report["peak_resident_bytes_before_yardstick"] = static_cast<double>(after_prompts.max_resident_kib) * 1024.0;
+  report["major_page_faults_while_timing"] = after.major_faults - before.major_faults;
+
+  if (options.json) {
+    std::printf("%s\n", report.dump(2).c_str());
+    return 0;
+  }
+  std::printf("model %s, %d threads, weights %.2f GB, read bandwidth %.1f GB/s\n", directory.c_str(),
+              omp_get_max_threads(), report["weights_bytes"].get<double>() / 1e9, read_bandwidth / 1e9);
+  for (const auto& p : report["prompt"])
+    std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)\n",
+                static_cast<long long>(p["tokens"].get<int64_t>()), p["tokens_per_s"].get<double>(),
+                p["GFLOP_per_s_excluding_attention"].get<double>());
+  for (const auto& g : report["generation"]) {
+    std::printf("generate at context %lld: %.2f tok/s, %.1f MB/token, %.1f GB/s = %.0f%% of read bandwidth\n",
+                static_cast<long long>(g["context"].get<int64_t>()), g["tokens_per_s"].get<double>(),
+                g["bytes_per_token"].get<double>() / 1e6, g["GBps"].get<double>(),
+                100.0 * g["fraction_of_read_bandwidth"].get<double>());
+    for (const auto& c : g["components"])
+      std::printf("  %-48s %9.1f MB/token %8.2f ms/token %7.1f GB/s\n", c["component"].get<std::string>().c_str(),
+                  c["bytes_per_token"].get<double>() / 1e6, c["seconds_per_token"].get<double>() * 1e3,
+                  c["GBps"].get<double>());
+  }
+  std::printf("peak resident %.2f GB (before the 1 GiB yardstick buffer), major page faults while timing: %lld\n",
+              report["peak_resident_bytes_before_yardstick"].get<double>() / 1e9,
+              static_cast<long long>(report["major_page_faults_while_timing"].get<long>()));
+  return 0;
+}
+
+}  // namespace glm::app
