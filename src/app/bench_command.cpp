@@ -148,6 +148,7 @@ int run_bench(const BenchOptions& options) {
   const int64_t max_context = *std::max_element(options.contexts.begin(), options.contexts.end());
   EngineOptions engine_options;
   engine_options.max_context = std::max(max_prompt, max_context + options.generate_tokens) + 64;
+  engine_options.device = options.device;
   Engine engine(directory, engine_options);
   const Glm4MoeConfig& config = engine.config();
 

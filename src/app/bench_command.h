@@ -12,6 +12,7 @@ namespace glm::app {
 
 struct BenchOptions {
   std::string model;            // a checkpoint directory, or empty with `synthetic`
+  std::string device = "cpu";   // cpu | cuda | cuda:N
   std::string synthetic;        // glm-4.5-air | glm-4.5 | tiny
   int64_t layers = 0;           // synthetic depth (0 = the shape's full depth)
   std::string dtype = "bf16";   // synthetic dtype: bf16 | f16 | f32 | int8 | int4

@@ -60,6 +60,7 @@ int run_chat(const ChatCommandOptions& options) {
   if (options.threads > 0) omp_set_num_threads(options.threads);
   EngineOptions engine_options;
   engine_options.max_context = options.max_context;
+  engine_options.device = options.device;
   Engine engine(options.model, engine_options);
   const Tokenizer tokenizer = Tokenizer::from_file(options.model);
 

@@ -9,6 +9,7 @@ namespace glm::app {
 
 struct ChatCommandOptions {
   std::string model;
+  std::string device = "cpu";
   std::string system;
   bool no_think = false;
   bool hide_reasoning = false;

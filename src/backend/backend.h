@@ -71,6 +71,11 @@ class Backend {
   virtual Tensor allocate(const Shape& shape, DType dtype = DType::F32) = 0;
   virtual void release(Tensor& tensor) = 0;
   virtual void copy_to_host(std::span<float> destination, const Tensor& source) = 0;
+  // Makes a weight usable by this backend: a device backend uploads it once
+  // (returning a descriptor placed on the device), a CPU backend may repack
+  // it or return it as it is. placement_summary() says what happened, for `info`.
+  virtual Weight place(const Weight& weight) { return weight; }
+  virtual std::string placement_summary() const { return "nothing (the CPU reference backend reads the mapped files)"; }
 
   // ---- ops ----
   // out[t] = table[ids[t]]
@@ -117,5 +122,9 @@ class Backend {
 // The reference CPU backend (f32 arithmetic, OpenMP threads).
 // `communicator` may be null (single device).
 std::unique_ptr<Backend> make_cpu_backend(Communicator* communicator = nullptr);
+
+// A backend by name: "cpu", or "cuda" / "cuda:N" when built with CUDA
+// (GLM_CUDA); throws naming the device when it is not available.
+std::unique_ptr<Backend> make_backend(const std::string& device, Communicator* communicator = nullptr);
 
 }  // namespace glm

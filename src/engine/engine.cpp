@@ -9,8 +9,10 @@ namespace glm {
 Engine::Engine(const std::string& model_directory, const EngineOptions& options) {
   config_ = load_config(model_directory, &generation_);
   checkpoint_ = std::make_unique<Checkpoint>(model_directory);
-  backend_ = make_cpu_backend(options.communicator);
-  model_ = std::make_unique<Glm4MoeModel>(config_, bind_weights(*checkpoint_, config_, options.parallel), *backend_);
+  backend_ = make_backend(options.device, options.communicator);
+  ModelWeights weights = bind_weights(*checkpoint_, config_, options.parallel);
+  place_weights(weights, *backend_);
+  model_ = std::make_unique<Glm4MoeModel>(config_, std::move(weights), *backend_);
   KvCacheShape shape;
   shape.n_layers = config_.num_hidden_layers;
   shape.n_kv_heads = model_->local_kv_heads();

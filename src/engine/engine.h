@@ -17,6 +17,7 @@
 namespace glm {
 
 struct EngineOptions {
+  std::string device = "cpu";  // cpu | cuda | cuda:N
   int64_t max_context = 4096;  // tokens the KV cache holds (all sequences together)
   int64_t block_size = 16;     // tokens per KV block
   TensorParallel parallel;     // this process's slice of the model

@@ -88,6 +88,11 @@ struct ModelWeights {
 ModelWeights bind_weights(const Checkpoint& checkpoint, const Glm4MoeConfig& config,
                           TensorParallel parallel = {});
 
+// Hands every weight to `backend.place` (a GPU backend uploads them once),
+// replacing the descriptors with the placed ones.
+class Backend;
+void place_weights(ModelWeights& weights, Backend& backend);
+
 // Parameter counts from the configuration: all trunk parameters, the MTP
 // layers', and those read per token (attention, dense layers, top-k routed +
 // shared experts, routers, norms, lm_head; the embedding row is not counted).
