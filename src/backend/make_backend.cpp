@@ -1,11 +1,13 @@
-// Choosing a backend by device name. The CUDA backend registers itself when
-// the build includes it (GLM_CUDA), so this file needs no CUDA headers.
+// Choosing a backend by device name. The CUDA backend exists when the build
+// includes it (CMake defines GLM_HAVE_CUDA); this file needs no CUDA headers.
 #include "backend/backend.h"
 
 namespace glm {
 
-// Defined in backend/cuda/ when built with CUDA; a weak null otherwise.
-__attribute__((weak)) std::unique_ptr<Backend> make_cuda_backend(int device_index, Communicator* communicator);
+#ifdef GLM_HAVE_CUDA
+// Defined in backend/cuda/.
+std::unique_ptr<Backend> make_cuda_backend(int device_index, Communicator* communicator);
+#endif
 
 std::unique_ptr<Backend> make_backend(const std::string& device, Communicator* communicator) {
   if (device == "cpu") return make_cpu_backend(communicator);
@@ -17,8 +19,11 @@ std::unique_ptr<Backend> make_backend(const std::string& device, Communicator* c
                 "device \"", device, "\" is not cuda or cuda:N");
       index = std::stoi(number);
     }
-    GLM_CHECK(make_cuda_backend != nullptr, "device \"", device, "\": this glm4moe was built without CUDA");
+#ifdef GLM_HAVE_CUDA
     return make_cuda_backend(index, communicator);
+#else
+    fail("device \"", device, "\": this glm4moe was built without CUDA (configure with -DGLM_CUDA=ON)");
+#endif
   }
   fail("unknown device \"", device, "\" (use cpu or cuda[:N])");
 }
