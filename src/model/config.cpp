@@ -292,6 +292,7 @@ Glm4MoeConfig parse_config_json(const std::string& json_text, const std::string&
     fields.read_int("head_dim", &config.head_dim);
 
   validate(config, what, head_dim_derived);
+  config.quantization = parse_quantization(root, what);
   return config;
 }
 

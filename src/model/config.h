@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "model/quantization.h"
+
 namespace glm {
 
 struct Glm4MoeConfig {
@@ -50,6 +52,10 @@ struct Glm4MoeConfig {
   int64_t num_nextn_predict_layers = 0;
 
   bool tie_word_embeddings = false;
+
+  // Quantized weights: mlx-lm affine (`quantization`) or FP8
+  // (`quantization_config`); Method::None for a float checkpoint.
+  QuantizationConfig quantization;
 
   // Special tokens. eos may be a list in config.json and generation_config.json.
   std::optional<int64_t> bos_token_id;

@@ -1,0 +1,144 @@
+// Shared helpers of the quantization tests: fixture paths, rewriting a
+// checkpoint with changed tensors or config, logits of a checkpoint, and
+// checking that an error message names what it should.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "engine/engine.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
+
+namespace glm::quant_test {
+
+namespace fs = std::filesystem;
+
+inline fs::path fixture(const std::string& name) { return fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / name; }
+
+// A fresh empty directory under the system temp dir, unique per process.
+inline fs::path fresh_dir(const std::string& label) {
+  const fs::path dir = fs::temp_directory_path() / ("glm4moe_quant_" + label + "_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+struct TensorBytes {
+  DType dtype;
+  Shape shape;
+  std::string bytes;
+};
+
+inline std::map<std::string, TensorBytes> read_all(const Checkpoint& checkpoint) {
+  std::map<std::string, TensorBytes> tensors;
+  for (const std::string& name : checkpoint.names()) {
+    const TensorView view = checkpoint.view(name);
+    tensors[name] = {view.dtype, view.shape, std::string(static_cast<const char*>(view.data), view.nbytes())};
+  }
+  return tensors;
+}
+
+inline void write_safetensors(const fs::path& path, const std::map<std::string, TensorBytes>& tensors) {
+  SafetensorsWriter writer(path.string());
+  for (const auto& [name, tensor] : tensors)
+    writer.add(name, tensor.dtype, tensor.shape,
+               {reinterpret_cast<const uint8_t*>(tensor.bytes.data()), tensor.bytes.size()});
+  writer.finish({{"format", "pt"}});
+}
+
+inline nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+// Copies checkpoint `from` into a fresh directory as one safetensors file,
+// letting `edit_tensors` and `edit_config` change it first.
+inline fs::path rewrite(const fs::path& from, const std::string& label,
+                        const std::function<void(std::map<std::string, TensorBytes>&)>& edit_tensors,
+                        const std::function<void(nlohmann::json&)>& edit_config = {}) {
+  std::map<std::string, TensorBytes> tensors = read_all(Checkpoint(from.string()));
+  if (edit_tensors) edit_tensors(tensors);
+  nlohmann::json config = read_json(from / "config.json");
+  if (edit_config) edit_config(config);
+  const fs::path dir = fresh_dir(label);
+  std::ofstream(dir / "config.json") << config.dump(2);
+  if (fs::exists(from / "generation_config.json"))
+    fs::copy_file(from / "generation_config.json", dir / "generation_config.json");
+  write_safetensors(dir / "model.safetensors", tensors);
+  return dir;
+}
+
+inline double relative_l2(std::span<const float> actual, std::span<const float> expected) {
+  double difference = 0.0, norm = 0.0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    difference += (actual[i] - expected[i]) * static_cast<double>(actual[i] - expected[i]);
+    norm += expected[i] * static_cast<double>(expected[i]);
+  }
+  return std::sqrt(difference / norm);
+}
+
+inline EngineOptions small_options() {
+  EngineOptions options;
+  options.max_context = 128;
+  options.block_size = 8;
+  return options;
+}
+
+inline std::vector<float> all_logits(Engine& engine, const std::vector<int32_t>& ids) {
+  const int32_t sequence = engine.cache().create_sequence();
+  auto results = engine.step({SequenceWork{sequence, ids, LogitsWanted::All}});
+  engine.cache().release_sequence(sequence);
+  return results[0].logits;
+}
+
+// The prompts of a quant fixture's expected/quant_meta.json with their logits.
+struct ExpectedPrompt {
+  std::vector<int32_t> ids;
+  NpyArray logits;
+};
+inline std::vector<ExpectedPrompt> expected_prompts(const fs::path& fixture_dir) {
+  std::vector<ExpectedPrompt> prompts;
+  const nlohmann::json meta = read_json(fixture_dir / "expected" / "quant_meta.json");
+  for (const auto& prompt : meta["prompts"])
+    prompts.push_back({prompt["ids"].get<std::vector<int32_t>>(),
+                       read_npy((fixture_dir / "expected" / prompt["logits"].get<std::string>()).string())});
+  return prompts;
+}
+
+// Logits of `dir` for every expected prompt, each within `tolerance` relative L2.
+inline void expect_logits_match(const fs::path& dir, const fs::path& fixture_dir, double tolerance,
+                                EngineOptions options = small_options()) {
+  Engine engine(dir.string(), options);
+  for (const ExpectedPrompt& prompt : expected_prompts(fixture_dir)) {
+    const std::vector<float> logits = all_logits(engine, prompt.ids);
+    ASSERT_EQ(logits.size(), prompt.logits.values.size());
+    EXPECT_LT(relative_l2(logits, prompt.logits.values), tolerance)
+        << dir << " vs " << fixture_dir.filename() << ", prompt of " << prompt.ids.size() << " tokens";
+  }
+}
+
+// `action` must throw glm::Error whose message contains every needle.
+inline void expect_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
+  try {
+    action();
+    ADD_FAILURE() << "expected an error mentioning " << (needles.empty() ? "" : needles[0]);
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    for (const std::string& needle : needles)
+      EXPECT_NE(message.find(needle), std::string::npos) << "\"" << needle << "\" not in: " << message;
+  }
+}
+
+}  // namespace glm::quant_test
