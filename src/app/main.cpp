@@ -1,5 +1,5 @@
 // The glm4moe command line: `logits`, `generate` and `info` over a checkpoint
-// directory, `chat`, `bench`, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
+// directory, `chat`, `bench`, `quantize`, `perplexity` of a text, and `tokenize`. Every failure is reported as one "error: ..." line on stderr with
 // exit status 1; nothing here lets an exception escape.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -17,7 +17,9 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "engine/perplexity.h"
+#include "engine/quantize.h"
 #include "io/npy.h"
+#include "model/quantization.h"
 #include "model/weights.h"
 #include "text/tokenizer.h"
 
@@ -216,6 +218,8 @@ int run_info(const CommonOptions& common, bool json) {
   c["tie_word_embeddings"] = config.tie_word_embeddings;
   c["eos_token_ids"] = config.eos_token_ids;
   out["config"] = c;
+  out["formats"] = glm::describe_formats(weights);
+  out["quantization"] = config.quantization.describe();
   out["parameters"] = {{"total", counts.total}, {"active_per_token", counts.active_per_token}, {"mtp", counts.mtp}};
   out["weights"] = {{"files", checkpoint.file_count()},
                     {"bytes_in_files", checkpoint.total_bytes()},
@@ -239,6 +243,9 @@ int run_info(const CommonOptions& common, bool json) {
               human_bytes(static_cast<double>(checkpoint.total_bytes())).c_str(),
               static_cast<unsigned long long>(checkpoint.total_bytes()));
   std::printf("  bound by the model         %s\n", human_bytes(static_cast<double>(weights.bound_bytes)).c_str());
+  std::printf("  quantization               %s\n", config.quantization.describe().c_str());
+  for (const auto& [format, count] : glm::describe_formats(weights))
+    std::printf("    %-24s %lld tensors\n", format.c_str(), static_cast<long long>(count));
   std::printf("  expert layout              %s\n", weights.expert_layout.empty() ? "none" : weights.expert_layout.c_str());
   std::printf("  MTP layer                  %s\n", weights.mtp ? "bound (not run)" : "absent");
   std::printf("  repacked                   %s\n", backend->placement_summary().c_str());
@@ -343,6 +350,15 @@ int main(int argc, char** argv) {
   bench->add_option("--device", bench_options.device, "cpu (default), cuda or cuda:N");
   bench->add_flag("--json", bench_options.json, "print JSON");
 
+  glm::QuantizeOptions quantize_options;
+  CLI::App* quantize = app.add_subcommand("quantize", "write an mlx-compatible affine-quantized copy of a checkpoint");
+  quantize->add_option("--model", quantize_options.model, "source checkpoint directory (float weights)")->required();
+  quantize->add_option("--bits", quantize_options.bits, "4 or 8")->required()->check(CLI::IsMember({4, 8}));
+  quantize->add_option("--group-size", quantize_options.group_size, "values per scale and bias: 32, 64 (default) or 128")
+      ->check(CLI::IsMember({32, 64, 128}));
+  quantize->add_option("--output", quantize_options.output, "output directory (must not exist or be empty)")
+      ->required();
+
   std::string tokenizer_path, text_file;
   CLI::App* tokenize = app.add_subcommand("tokenize", "print {\"ids\": [...]} for a file's exact bytes");
   tokenize->add_option("--tokenizer", tokenizer_path, "tokenizer.json or a model directory")->required();
@@ -362,6 +378,14 @@ int main(int argc, char** argv) {
     if (info->parsed()) return run_info(info_common, info_json);
     if (chat->parsed()) return glm::app::run_chat(chat_options);
     if (bench->parsed()) return glm::app::run_bench(bench_options);
+    if (quantize->parsed()) {
+      const glm::QuantizeReport report = glm::quantize_checkpoint(quantize_options);
+      std::fprintf(stderr, "wrote %s: %lld tensors (%lld quantized modules) in %lld shards, %.2f GB -> %.2f GB\n",
+                   quantize_options.output.c_str(), static_cast<long long>(report.tensors_written),
+                   static_cast<long long>(report.modules_quantized), static_cast<long long>(report.shards),
+                   report.bytes_read / 1e9, report.bytes_written / 1e9);
+      return 0;
+    }
     if (perplexity->parsed())
       return run_perplexity(perplexity_common, perplexity_file, perplexity_context, perplexity_stride);
     if (tokenize->parsed()) {
