@@ -236,3 +236,24 @@ TEST(Cli, TextPromptStreamsTextAndJsonCarriesIt) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Cli, QuantizeWritesACheckpointThatLoads) {
+  const fs::path output = fs::temp_directory_path() / ("glm4moe_quantized_" + std::to_string(getpid()));
+  fs::remove_all(output);
+  const CommandResult quantized = run("quantize --model " + kTrained + " --bits 8 --group-size 64 --output " +
+                                      output.string());
+  ASSERT_EQ(quantized.status, 0) << quantized.output;
+  EXPECT_TRUE(fs::exists(output / "tokenizer.json"));
+  const CommandResult info = run("info --model " + output.string() + " --json");
+  ASSERT_EQ(info.status, 0) << info.output;
+  EXPECT_EQ(nlohmann::json::parse(info.output)["quantization"], "MLX affine 8-bit g64");
+  const CommandResult generated = run("generate --model " + output.string() +
+                                      " --prompt 'The meaning of life is' --max-tokens 4 --json");
+  EXPECT_EQ(generated.status, 0) << generated.output;
+  expect_clean_error(run("quantize --model " + kTrained + " --bits 4 --output " + output.string()), "");
+  fs::remove_all(output);
+}
+
+}  // namespace
