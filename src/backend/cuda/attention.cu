@@ -1,0 +1,173 @@
+// Paged attention on the GPU. First every token's key and value go to their
+// cache slot; then one block per (token, query head) attends over its
+// sequence's positions 0..position, found through the block table, with an
+// online softmax in f32: each of the block's warps takes every kWarps-th
+// position (a warp-wide dot product per position, lanes holding strided
+// dims of q and of the accumulator), and the warps' partial (max, sum,
+// accumulator) are merged at the end. Query head h reads KV head
+// h / (n_heads / n_kv_heads), as the CPU reference does.
+// Splitting long contexts over several blocks (flash-decoding) is later work.
+#include <type_traits>
+#include <vector>
+
+#include "backend/cuda/ops.cuh"
+
+namespace glm::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
+
+__global__ void write_kv_kernel(float* __restrict__ key_cache, float* __restrict__ value_cache,
+                                const float* __restrict__ k, const float* __restrict__ v,
+                                const int64_t* __restrict__ slots, int64_t slot_size) {
+  const int64_t t = blockIdx.x;
+  const int64_t slot = slots[t];  // range-checked on the host
+  for (int64_t i = threadIdx.x; i < slot_size; i += blockDim.x) {
+    key_cache[slot * slot_size + i] = k[t * slot_size + i];
+    value_cache[slot * slot_size + i] = v[t * slot_size + i];
+  }
+}
+
+template <int J>  // dims per lane: head_dim <= 32 * J
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_kernel(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ key_cache,
+                     const float* __restrict__ value_cache, const int32_t* __restrict__ token_sequence,
+                     const int32_t* __restrict__ token_position, const int32_t* __restrict__ table_offsets,
+                     const int32_t* __restrict__ table_blocks, int n_heads, int n_kv_heads, int head_dim,
+                     int block_size, int heads_per_kv, float scale) {
+  const int t = blockIdx.x, h = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t slot_size = static_cast<int64_t>(n_kv_heads) * head_dim;
+  const int64_t kv_offset = static_cast<int64_t>(h / heads_per_kv) * head_dim;
+  const int context = token_position[t] + 1;
+  const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
+
+  float query[J], acc[J];
+  const float* q_row = q + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int d = lane + 32 * j;
+    query[j] = d < head_dim ? q_row[d] : 0.0f;
+    acc[j] = 0.0f;
+  }
+  float running_max = -INFINITY, running_sum = 0.0f;
+  for (int p = warp; p < context; p += kWarps) {
+    const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;
+    const float* key = key_cache + slot * slot_size + kv_offset;
+    const float* value = value_cache + slot * slot_size + kv_offset;
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int d = lane + 32 * j;
+      if (d < head_dim) dot += query[j] * key[d];
+    }
+    const float score = warp_sum(dot) * scale;
+    const float new_max = fmaxf(running_max, score);
+    const float correction = expf(running_max - new_max);  // 0 on the first position
+    const float weight = expf(score - new_max);
+    running_sum = running_sum * correction + weight;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int d = lane + 32 * j;
+      acc[j] = acc[j] * correction + (d < head_dim ? weight * value[d] : 0.0f);
+    }
+    running_max = new_max;
+  }
+
+  // Merge the warps: rescale each to the common max.
+  __shared__ float warp_max[kWarps], warp_sum_[kWarps];
+  __shared__ float warp_acc[kWarps][32 * J];
+  if (lane == 0) {
+    warp_max[warp] = running_max;
+    warp_sum_[warp] = running_sum;
+  }
+#pragma unroll
+  for (int j = 0; j < J; ++j) warp_acc[warp][lane + 32 * j] = acc[j];
+  __syncthreads();
+  float global_max = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) global_max = fmaxf(global_max, warp_max[w]);
+  float total = 0.0f, factors[kWarps];
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    factors[w] = warp_max[w] == -INFINITY ? 0.0f : expf(warp_max[w] - global_max);  // idle warps count 0
+    total += warp_sum_[w] * factors[w];
+  }
+  float* out_row = out + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += warp_acc[w][d] * factors[w];
+    out_row[d] = sum / total;
+  }
+}
+
+}  // namespace
+
+void attention(Context& ctx, float* out, const float* q, const float* k, const float* v, int64_t n, int64_t heads,
+               int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan, float scale) {
+  if (n == 0) return;
+  GLM_CHECK(cache.keys.shape.size() == 4 && cache.keys.dim(2) == kv_heads && cache.keys.dim(3) == head_dim &&
+                cache.keys.dim(1) == plan.block_size && cache.values.shape == cache.keys.shape,
+            "internal error: KV cache ", shape_to_string(cache.keys.shape), " for ", kv_heads, " KV heads of ",
+            head_dim, " with blocks of ", plan.block_size);
+  GLM_CHECK(head_dim <= 32 * kMaxDimsPerLane, "attention with head_dim ", head_dim, " > ", 32 * kMaxDimsPerLane,
+            " is not supported on CUDA yet");
+  GLM_CHECK(static_cast<int64_t>(plan.token_sequence.size()) == n && static_cast<int64_t>(plan.token_position.size()) == n,
+            "internal error: attention plan for ", plan.token_sequence.size(), " tokens, step has ", n);
+  const int64_t n_blocks = cache.keys.dim(0), block_size = plan.block_size;
+  const int64_t total_slots = n_blocks * block_size;
+  for (int64_t slot : plan.token_slot)
+    GLM_CHECK(slot >= 0 && slot < total_slots, "internal error: KV slot ", slot, " outside the cache");
+
+  // Block tables flattened: sequence s owns blocks[offsets[s], offsets[s + 1]).
+  std::vector<int32_t> offsets{0}, blocks;
+  for (const auto& table : plan.block_tables) {
+    for (int32_t block : table)
+      GLM_CHECK(block >= 0 && block < n_blocks, "internal error: KV block ", block, " outside the cache");
+    blocks.insert(blocks.end(), table.begin(), table.end());
+    offsets.push_back(static_cast<int32_t>(blocks.size()));
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t sequence = plan.token_sequence[t];
+    GLM_CHECK(sequence >= 0 && sequence < static_cast<int32_t>(plan.block_tables.size()) &&
+                  plan.token_position[t] >= 0 &&
+                  plan.token_position[t] < static_cast<int64_t>(plan.block_tables[sequence].size()) * block_size,
+              "internal error: token ", t, " at position ", plan.token_position[t], " is outside its block table");
+  }
+
+  const int64_t* slots = ctx.upload(std::span<const int64_t>(plan.token_slot));
+  const int32_t* sequences = ctx.upload(std::span<const int32_t>(plan.token_sequence));
+  const int32_t* positions = ctx.upload(std::span<const int32_t>(plan.token_position));
+  const int32_t* table_offsets = ctx.upload(std::span<const int32_t>(offsets));
+  const int32_t* table_blocks = ctx.upload(std::span<const int32_t>(blocks));
+
+  const int64_t slot_size = kv_heads * head_dim;
+  write_kv_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream>>>(cache.keys.f32(), cache.values.f32(), k, v, slots,
+                                                                   slot_size);
+  CUDA_CHECK_LAUNCH();
+
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(heads));
+  const int per_lane = static_cast<int>((head_dim + 31) / 32);
+  auto launch = [&](auto dims) {
+    constexpr int J = decltype(dims)::value;
+    attention_kernel<J><<<grid, kWarps * 32, 0, ctx.stream>>>(
+        out, q, cache.keys.f32(), cache.values.f32(), sequences, positions, table_offsets, table_blocks,
+        static_cast<int>(heads), static_cast<int>(kv_heads), static_cast<int>(head_dim),
+        static_cast<int>(block_size), static_cast<int>(heads / kv_heads), scale);
+  };
+  switch (per_lane) {
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 3: launch(std::integral_constant<int, 3>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 5: launch(std::integral_constant<int, 5>{}); break;
+    case 6: launch(std::integral_constant<int, 6>{}); break;
+    case 7: launch(std::integral_constant<int, 7>{}); break;
+    default: launch(std::integral_constant<int, 8>{}); break;
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace glm::cuda

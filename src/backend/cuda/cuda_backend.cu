@@ -1,0 +1,427 @@
+// The CUDA backend: one GPU, one stream. Owns device memory (a growing scratch
+// arena for activations, pooled chunks for uploaded weights, plain allocations
+// for the KV cache), pinned staging for the small host inputs of each op, and
+// dispatches every Backend op to its launcher (ops.cuh) after the same shape
+// checks as the CPU reference. Activations are f32 on the device; weights are
+// uploaded once by place() in their stored float dtype.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "backend/cuda/ops.cuh"
+
+namespace glm {
+
+namespace cuda {
+
+Matrix matrix_of(const Weight& weight, int device_index) {
+  GLM_CHECK(weight.placement.kind == Placement::Kind::Device && weight.placement.device_index == device_index,
+            "weight ", weight.name, " is not on cuda:", device_index, " (weights must go through Backend::place)");
+  GLM_CHECK(!weight.format.quantized(), "weight ", weight.name, ": ", weight.format.describe(),
+            " is not supported on CUDA yet");
+  const TensorView& view = weight.view;
+  GLM_CHECK(view.contiguous(), "internal error: placed weight ", weight.name, " is strided");
+  Matrix matrix;
+  matrix.data = view.data;
+  matrix.dtype = view.dtype;
+  matrix.cols = view.shape.empty() ? 1 : view.shape.back();
+  matrix.rows = view.shape.empty() ? 1 : view.numel() / matrix.cols;
+  return matrix;
+}
+
+}  // namespace cuda
+
+namespace {
+
+constexpr size_t kAlignment = 256;
+constexpr size_t kScratchChunk = size_t{64} << 20;   // device scratch grows by at least this
+constexpr size_t kStagingChunk = size_t{1} << 20;    // pinned staging grows by at least this
+constexpr size_t kWeightChunk = size_t{256} << 20;   // weights are pooled: few cudaMallocs for many tensors
+
+size_t aligned(size_t bytes) { return (bytes + kAlignment - 1) & ~(kAlignment - 1); }
+
+std::string gib(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  return text;
+}
+
+void check_same_shape(const char* op, const Shape& a, const Shape& b) {
+  GLM_CHECK(a == b, "internal error: ", op, " shapes ", shape_to_string(a), " and ", shape_to_string(b), " differ");
+}
+
+// A bump allocator over a list of chunks that are kept across resets, so a
+// steady-state step allocates nothing. `grow` makes a chunk of at least n bytes.
+class ChunkArena {
+ public:
+  template <typename Grow>
+  void* take(size_t bytes, Grow&& grow) {
+    bytes = aligned(std::max<size_t>(bytes, 1));
+    while (current_ < chunks_.size() && used_ + bytes > chunks_[current_].second) {
+      ++current_;
+      used_ = 0;
+    }
+    if (current_ == chunks_.size()) {
+      chunks_.push_back(grow(bytes));
+      used_ = 0;
+    }
+    void* out = static_cast<char*>(chunks_[current_].first) + used_;
+    used_ += bytes;
+    return out;
+  }
+  void reset() {
+    current_ = 0;
+    used_ = 0;
+  }
+  template <typename Free>
+  void free_all(Free&& free_chunk) {
+    for (auto& chunk : chunks_) free_chunk(chunk.first);
+    chunks_.clear();
+    reset();
+  }
+
+ private:
+  std::vector<std::pair<void*, size_t>> chunks_;  // (pointer, size)
+  size_t current_ = 0;
+  size_t used_ = 0;
+};
+
+class CudaBackend final : public Backend, public cuda::Context {
+ public:
+  CudaBackend(int device_index, Communicator* communicator) : index_(device_index), communicator_(communicator) {
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess)
+      fail("device cuda:", device_index, " is not available: ", cudaGetErrorString(status));
+    GLM_CHECK(device_index >= 0 && device_index < count, "device cuda:", device_index, " is not available: ", count,
+              " CUDA device(s) found");
+    CUDA_CHECK(cudaSetDevice(index_));
+    CUDA_CHECK(cudaGetDeviceProperties(&properties_, index_));
+    // A blocking stream: it orders with the legacy default stream, so plain
+    // cudaMemcpy calls (tests, tools) see every op queued before them.
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    CUDA_CHECK(cudaEventCreateWithFlags(&staging_done_, cudaEventDisableTiming));
+    CUBLAS_CHECK(cublasCreate(&cublas));
+    CUBLAS_CHECK(cublasSetStream(cublas, stream));
+    // f32 activations are matched against an f32 reference: no TF32.
+    CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH));
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(index_);
+    cudaStreamSynchronize(stream);
+    scratch_.free_all([](void* p) { cudaFree(p); });
+    staging_.free_all([](void* p) { cudaFreeHost(p); });
+    weights_.free_all([](void* p) { cudaFree(p); });
+    for (auto& entry : inverse_frequencies_) cudaFree(entry.second);
+    for (void* p : allocations_) cudaFree(p);
+    cublasDestroy(cublas);
+    cudaEventDestroy(staging_done_);
+    cudaStreamDestroy(stream);
+  }
+
+  std::string name() const override { return "cuda:" + std::to_string(index_); }
+
+  // ---- cuda::Context ----
+  void* scratch_bytes(size_t bytes) override {
+    return scratch_.take(bytes, [&](size_t need) {
+      const size_t size = std::max(need, kScratchChunk);
+      return std::make_pair(device_malloc(size, "activation scratch"), size);
+    });
+  }
+  void* upload_bytes(const void* host, size_t bytes) override {
+    void* device = scratch_bytes(bytes);
+    if (bytes == 0) return device;
+    void* pinned = staging_.take(bytes, [&](size_t need) {
+      const size_t size = std::max(need, kStagingChunk);
+      void* chunk = nullptr;
+      CUDA_CHECK(cudaMallocHost(&chunk, size));
+      return std::make_pair(chunk, size);
+    });
+    std::memcpy(pinned, host, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(device, pinned, bytes, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(staging_done_, stream));
+    staging_pending_ = true;
+    return device;
+  }
+  void download_bytes(void* host, const void* device, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // ---- memory ----
+  Tensor scratch(const Shape& shape, DType dtype) override {
+    select();
+    Tensor out;
+    out.data = scratch_bytes(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
+    out.dtype = dtype;
+    out.shape = shape;
+    return out;
+  }
+  void reset_scratch() override {
+    select();
+    // Device scratch is reused in stream order; pinned staging is reused by
+    // the host, so the copies out of it must have finished.
+    if (staging_pending_) CUDA_CHECK(cudaEventSynchronize(staging_done_));
+    staging_pending_ = false;
+    scratch_.reset();
+    staging_.reset();
+  }
+  Tensor allocate(const Shape& shape, DType dtype) override {
+    select();
+    const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+    Tensor out;
+    out.data = device_malloc(std::max<size_t>(bytes, 1), "the KV cache");
+    CUDA_CHECK(cudaMemsetAsync(out.data, 0, bytes, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    out.dtype = dtype;
+    out.shape = shape;
+    allocations_.push_back(out.data);
+    return out;
+  }
+  void release(Tensor& tensor) override {
+    select();
+    auto found = std::find(allocations_.begin(), allocations_.end(), tensor.data);
+    GLM_CHECK(found != allocations_.end() || tensor.data == nullptr,
+              "internal error: release of memory cuda:", index_, " did not allocate");
+    if (found != allocations_.end()) {
+      CUDA_CHECK(cudaFree(tensor.data));
+      allocations_.erase(found);
+    }
+    tensor.data = nullptr;
+  }
+  void copy_to_host(std::span<float> destination, const Tensor& source) override {
+    select();
+    GLM_CHECK(destination.size() == static_cast<size_t>(source.numel()), "internal error: copy_to_host size");
+    download_bytes(destination.data(), source.f32(), destination.size_bytes());
+  }
+
+  // Uploads a float weight once, packing strided views (tensor-parallel
+  // column slices) into dense rows.
+  Weight place(const Weight& weight) override {
+    select();
+    if (weight.placement.kind == Placement::Kind::Device) {
+      GLM_CHECK(weight.placement.device_index == index_, "weight ", weight.name, " is on cuda:",
+                weight.placement.device_index, ", not on ", name());
+      return weight;
+    }
+    GLM_CHECK(!weight.format.quantized(), "weight ", weight.name, ": ", weight.format.describe(),
+              " is not supported on CUDA yet (the CUDA backend reads F32, BF16 and F16 weights)");
+    const TensorView& view = weight.view;
+    GLM_CHECK(view.dtype == DType::F32 || view.dtype == DType::BF16 || view.dtype == DType::F16, "weight ",
+              weight.name, ": dtype ", dtype_name(view.dtype), " is not supported on CUDA yet");
+    const int64_t cols = view.shape.empty() ? 1 : view.shape.back();
+    const int64_t rows = view.shape.empty() ? 1 : view.numel() / std::max<int64_t>(cols, 1);
+    const size_t element = dtype_size(view.dtype);
+    const size_t bytes = static_cast<size_t>(rows * cols) * element;
+    void* device = weights_.take(bytes, [&](size_t need) {
+      size_t size = std::max(need, kWeightChunk);
+      void* chunk = try_malloc(size);
+      if (!chunk && size > need) chunk = try_malloc(size = need);  // the last weights may fit where a chunk does not
+      if (!chunk) out_of_memory(need, "weight " + weight.name);
+      return std::make_pair(chunk, size);
+    });
+    if (bytes > 0) {
+      const size_t pitch = static_cast<size_t>(view.shape.empty() ? cols : view.row_stride) * element;
+      CUDA_CHECK(cudaMemcpy2DAsync(device, static_cast<size_t>(cols) * element, view.data, pitch,
+                                   static_cast<size_t>(cols) * element, static_cast<size_t>(rows),
+                                   cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));  // the source may be a mapping the caller drops
+    }
+    uploaded_bytes_ += bytes;
+    ++uploaded_count_;
+    Weight placed = weight;
+    placed.view = TensorView(device, view.dtype, view.shape);
+    placed.placement = Placement{Placement::Kind::Device, index_};
+    return placed;
+  }
+  std::string placement_summary() const override {
+    std::ostringstream out;
+    out << "uploaded " << gib(uploaded_bytes_) << " in " << uploaded_count_ << " weights to " << name() << " ("
+        << properties_.name << ", " << gib(properties_.totalGlobalMem) << ")";
+    return out.str();
+  }
+
+  // ---- ops ----
+  void embedding(Tensor out, const Weight& table, std::span<const int32_t> ids) override {
+    select();
+    const cuda::Matrix matrix = cuda::matrix_of(table, index_);
+    const int64_t vocab = matrix.rows, hidden = matrix.cols;
+    GLM_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == hidden, "internal error: embedding");
+    for (int32_t id : ids) GLM_CHECK(id >= 0 && id < vocab, "token id ", id, " is outside the vocabulary of ", vocab);
+    if (ids.empty()) return;
+    cuda::embedding(*this, out.f32(), matrix, upload(ids), static_cast<int64_t>(ids.size()));
+  }
+  void gather_rows(Tensor out, const Tensor& source, std::span<const int32_t> rows) override {
+    select();
+    const int64_t width = source.dim(-1), available = source.rows();
+    GLM_CHECK(out.dim(-1) == width && out.rows() == static_cast<int64_t>(rows.size()),
+              "internal error: gather_rows shapes");
+    for (int32_t row : rows) GLM_CHECK(row >= 0 && row < available, "internal error: gather_rows row ", row);
+    if (rows.empty()) return;
+    cuda::gather_rows(*this, out.f32(), source.f32(), upload(rows), static_cast<int64_t>(rows.size()), width);
+  }
+  void rms_norm(Tensor out, const Tensor& x, const Weight& gamma, float eps) override {
+    select();
+    check_same_shape("rms_norm", out.shape, x.shape);
+    GLM_CHECK(shape_numel(gamma.shape) == x.dim(-1), "internal error: rms_norm weight ", shape_to_string(gamma.shape),
+              " for rows of ", x.dim(-1));
+    cuda::rms_norm(*this, out.f32(), x.f32(), cuda::matrix_of(gamma, index_), x.rows(), x.dim(-1), eps);
+  }
+  void linear(Tensor out, const Tensor& x, const Weight& weight, const Weight* bias) override {
+    select();
+    GLM_CHECK(x.dim(-1) == weight.dim(1) && out.dim(-1) == weight.dim(0) && out.rows() == x.rows(),
+              "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
+              shape_to_string(x.shape), " into ", shape_to_string(out.shape));
+    const cuda::Matrix matrix = cuda::matrix_of(weight, index_);
+    cuda::Matrix bias_matrix;
+    if (bias) {
+      bias_matrix = cuda::matrix_of(*bias, index_);
+      GLM_CHECK(bias_matrix.rows * bias_matrix.cols == weight.dim(0), "internal error: bias of ", weight.name);
+    }
+    cuda::linear(*this, out.f32(), x.f32(), x.rows(), matrix, bias ? &bias_matrix : nullptr);
+  }
+  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+    select();
+    check_same_shape("add", a.shape, b.shape);
+    check_same_shape("add", out.shape, a.shape);
+    cuda::add(*this, out.f32(), a.f32(), b.f32(), out.numel());
+  }
+  void swiglu(Tensor out, const Tensor& gate, const Tensor& up) override {
+    select();
+    check_same_shape("swiglu", gate.shape, up.shape);
+    check_same_shape("swiglu", out.shape, gate.shape);
+    cuda::swiglu(*this, out.f32(), gate.f32(), up.f32(), out.numel());
+  }
+  void rotary(Tensor x, std::span<const int32_t> positions, int64_t rotary_dim, double theta) override {
+    select();
+    GLM_CHECK(x.shape.size() == 3 && x.dim(0) == static_cast<int64_t>(positions.size()) && rotary_dim % 2 == 0 &&
+                  rotary_dim <= x.dim(2),
+              "internal error: rotary on ", shape_to_string(x.shape));
+    if (positions.empty() || rotary_dim == 0) return;
+    cuda::rotary(*this, x.f32(), upload(positions), inverse_frequency(rotary_dim, theta), x.dim(0), x.dim(1), x.dim(2),
+                 rotary_dim);
+  }
+  void attention(Tensor out, const Tensor& q, const Tensor& k, const Tensor& v, KvLayer& cache,
+                 const AttentionPlan& plan, float scale) override {
+    select();
+    check_same_shape("attention", out.shape, q.shape);
+    check_same_shape("attention", k.shape, v.shape);
+    GLM_CHECK(q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0),
+              "internal error: attention shapes ", shape_to_string(q.shape), " ", shape_to_string(k.shape));
+    cuda::attention(*this, out.f32(), q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1), k.dim(1), q.dim(2), cache, plan,
+                    scale);
+  }
+  void copy_kv_block(KvLayer& cache, int32_t from_block, int32_t to_block) override {
+    select();
+    cuda::copy_kv_block(*this, cache, from_block, to_block);
+  }
+  void route(Routing& out, const Tensor& router_logits, const Weight& correction_bias,
+             const RouterParams& params) override {
+    select();
+    const int64_t n_tokens = router_logits.dim(0), n_experts = router_logits.dim(1);
+    GLM_CHECK(shape_numel(correction_bias.shape) == n_experts && out.expert_ids.dim(0) == n_tokens &&
+                  out.expert_ids.dim(1) == params.top_k && out.weights.dim(0) == n_tokens &&
+                  out.weights.dim(1) == params.top_k,
+              "internal error: route shapes");
+    GLM_CHECK(params.n_group >= 1 && n_experts % params.n_group == 0 && params.top_k >= 1 &&
+                  params.top_k <= n_experts && params.topk_group >= 1 && params.topk_group <= params.n_group,
+              "router parameters (n_group ", params.n_group, ", topk_group ", params.topk_group, ", top_k ",
+              params.top_k, ") do not fit ", n_experts, " experts");
+    if (n_tokens == 0) return;
+    cuda::route(*this, out.expert_ids.i32(), out.weights.f32(), router_logits.f32(),
+                cuda::matrix_of(correction_bias, index_), n_tokens, n_experts, params);
+  }
+  void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
+                   const ExpertTable& down) override {
+    select();
+    check_same_shape("moe_experts", out.shape, x.shape);
+    GLM_CHECK(routing.expert_ids.dim(0) == x.dim(0) && routing.weights.shape == routing.expert_ids.shape,
+              "internal error: moe_experts routing shapes");
+    cuda::moe_experts(*this, index_, out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down);
+  }
+  // One GPU: nothing to do. Several ranks without NCCL yet: through the host.
+  void all_reduce(Tensor x) override {
+    if (!communicator_ || communicator_->world_size() <= 1) return;
+    select();
+    std::vector<float> host(static_cast<size_t>(x.numel()));
+    download_bytes(host.data(), x.f32(), host.size() * sizeof(float));
+    communicator_->all_reduce_sum(host.data(), host.size());
+    CUDA_CHECK(cudaMemcpyAsync(x.f32(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // `host` dies with this call
+  }
+
+ private:
+  // Ranks of a tensor-parallel group may drive their GPUs from threads of one
+  // process; the current device is per thread, so every entry point sets it.
+  void select() const { CUDA_CHECK(cudaSetDevice(index_)); }
+
+  template <typename T>
+  const T* upload(std::span<const T> values) {
+    return static_cast<const T*>(upload_bytes(values.data(), values.size_bytes()));
+  }
+
+  void* try_malloc(size_t bytes) {
+    void* pointer = nullptr;
+    if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
+      (void)cudaGetLastError();  // clear the sticky-free error state of the failed allocation
+      return nullptr;
+    }
+    return pointer;
+  }
+  void* device_malloc(size_t bytes, const std::string& what) {
+    void* pointer = try_malloc(bytes);
+    if (!pointer) out_of_memory(bytes, what);
+    return pointer;
+  }
+  [[noreturn]] void out_of_memory(size_t bytes, const std::string& what) {
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    fail("out of GPU memory on ", name(), " (", properties_.name, "): ", what, " needs ", gib(bytes), ", ",
+         gib(free_bytes), " of ", gib(total_bytes), " are free (", gib(uploaded_bytes_),
+         " of weights uploaded so far); the model does not fit on this GPU: use more GPUs or a smaller or "
+         "quantized checkpoint, or a shorter --max-context");
+  }
+
+  // theta^(-2i/rotary_dim) computed on the host exactly as the CPU reference
+  // does, uploaded once per (rotary_dim, theta).
+  const float* inverse_frequency(int64_t rotary_dim, double theta) {
+    const auto key = std::make_pair(rotary_dim, theta);
+    auto found = inverse_frequencies_.find(key);
+    if (found != inverse_frequencies_.end()) return found->second;
+    const int64_t half = rotary_dim / 2;
+    std::vector<float> values(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)
+      values[i] = static_cast<float>(1.0 / std::pow(theta, static_cast<double>(2 * i) / rotary_dim));
+    float* device = static_cast<float*>(device_malloc(values.size() * sizeof(float), "rotary frequencies"));
+    CUDA_CHECK(cudaMemcpyAsync(device, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // once per shape: `values` dies here
+    inverse_frequencies_[key] = device;
+    return device;
+  }
+
+  int index_;
+  Communicator* communicator_;
+  cudaDeviceProp properties_{};
+  cudaEvent_t staging_done_ = nullptr;
+  bool staging_pending_ = false;
+  ChunkArena scratch_, staging_, weights_;
+  std::vector<void*> allocations_;
+  std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;
+  size_t uploaded_bytes_ = 0;
+  int64_t uploaded_count_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index, Communicator* communicator) {
+  return std::make_unique<CudaBackend>(device_index, communicator);
+}
+
+}  // namespace glm

@@ -1,0 +1,58 @@
+// Elementwise ops on f32 activations: add, SwiGLU and row gathering. The
+// arithmetic is written as the CPU reference writes it (silu as g / (1 + e^-g)).
+#include <algorithm>
+
+#include "backend/cuda/ops.cuh"
+
+namespace glm::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void add_kernel(float* out, const float* a, const float* b, int64_t count) {
+  // out may alias a or b: each element is read before it is written, by one thread.
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = a[i] + b[i];
+}
+
+__global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t count) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void gather_rows_kernel(float* __restrict__ out, const float* __restrict__ source,
+                                   const int32_t* __restrict__ rows, int64_t width) {
+  const int64_t r = blockIdx.x;
+  const float* from = source + static_cast<int64_t>(rows[r]) * width;
+  float* to = out + r * width;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+}
+
+// Grid-stride loops: enough blocks to fill the GPU, not one per element.
+unsigned grid_for(int64_t count) { return static_cast<unsigned>(std::min<int64_t>(blocks_for(count, kThreads), 65536)); }
+
+}  // namespace
+
+void add(Context& ctx, float* out, const float* a, const float* b, int64_t count) {
+  if (count == 0) return;
+  add_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(out, a, b, count);
+  CUDA_CHECK_LAUNCH();
+}
+
+void swiglu(Context& ctx, float* out, const float* gate, const float* up, int64_t count) {
+  if (count == 0) return;
+  swiglu_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(out, gate, up, count);
+  CUDA_CHECK_LAUNCH();
+}
+
+void gather_rows(Context& ctx, float* out, const float* source, const int32_t* rows, int64_t m, int64_t width) {
+  if (m == 0) return;
+  gather_rows_kernel<<<static_cast<unsigned>(m), kThreads, 0, ctx.stream>>>(out, source, rows, width);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace glm::cuda

@@ -1,0 +1,117 @@
+// The sigmoid, group-limited, bias-corrected router ("noaux_tc") on the GPU:
+// one warp per token, its scores in shared memory. The steps and their
+// tie-breaking follow the CPU reference (backend/cpu/moe.cpp) exactly:
+//   scores = sigmoid(logits); choice = scores + bias
+//   group score = sum of the group's two best choices; groups ranked by score,
+//   ties to the lower group; all but the best topk_group groups get -inf
+//   top_k experts by choice, ties to the lower expert id, best first
+//   weights = unbiased scores (normalised with +1e-20 if asked) * scaling
+#include "backend/cuda/ops.cuh"
+
+namespace glm::cuda {
+namespace {
+
+// Is candidate (value a, index ia) ahead of (b, ib)? ib < 0 means "none yet".
+__device__ __forceinline__ bool ahead(float a, int ia, float b, int ib) {
+  return ib < 0 || a > b || (a == b && ia < ib);
+}
+
+__global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict__ weights,
+                             const float* __restrict__ logits, const void* bias, DType bias_dtype, int n_experts,
+                             int n_group, int topk_group, int top_k, bool norm_topk_prob, float scaling) {
+  extern __shared__ float shared[];
+  float* scores = shared;                    // [n_experts]
+  float* choice = scores + n_experts;        // [n_experts]
+  float* group_scores = choice + n_experts;  // [n_group]
+  int* chosen = reinterpret_cast<int*>(group_scores + n_group);  // [top_k]
+  const int t = blockIdx.x, lane = threadIdx.x;
+  const float* row = logits + static_cast<int64_t>(t) * n_experts;
+
+  for (int e = lane; e < n_experts; e += 32) {
+    const float score = 1.0f / (1.0f + expf(-row[e]));
+    scores[e] = score;
+    choice[e] = score + element_f32(bias, bias_dtype, e);
+  }
+  __syncwarp();
+
+  if (n_group > 1) {
+    const int group_size = n_experts / n_group;
+    for (int g = lane; g < n_group; g += 32) {
+      float best = -INFINITY, second = -INFINITY;
+      for (int e = g * group_size; e < (g + 1) * group_size; ++e) {
+        const float c = choice[e];
+        if (c > best) {
+          second = best;
+          best = c;
+        } else if (c > second) {
+          second = c;
+        }
+      }
+      group_scores[g] = group_size >= 2 ? 0.0f + best + second : 0.0f + best;
+    }
+    __syncwarp();
+    for (int g = lane; g < n_group; g += 32) {
+      int rank = 0;  // groups ahead of g in a stable descending sort
+      for (int other = 0; other < n_group; ++other)
+        rank += group_scores[other] > group_scores[g] || (group_scores[other] == group_scores[g] && other < g);
+      if (rank >= topk_group)
+        for (int e = g * group_size; e < (g + 1) * group_size; ++e) choice[e] = -INFINITY;
+    }
+    __syncwarp();
+  }
+
+  for (int k = 0; k < top_k; ++k) {
+    float best = 0.0f;
+    int best_index = -1;
+    for (int e = lane; e < n_experts; e += 32) {
+      bool taken = false;
+      for (int i = 0; i < k; ++i) taken |= chosen[i] == e;
+      if (!taken && ahead(choice[e], e, best, best_index)) {
+        best = choice[e];
+        best_index = e;
+      }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int other_index = __shfl_xor_sync(0xffffffffu, best_index, offset);
+      if (other_index >= 0 && ahead(other, other_index, best, best_index)) {
+        best = other;
+        best_index = other_index;
+      }
+    }
+    if (lane == 0) chosen[k] = best_index;
+    __syncwarp();
+  }
+
+  if (lane == 0) {  // sequential, in the CPU's order, so the sums round alike
+    int32_t* ids = expert_ids + static_cast<int64_t>(t) * top_k;
+    float* mix = weights + static_cast<int64_t>(t) * top_k;
+    float total = 0.0f;
+    for (int k = 0; k < top_k; ++k) {
+      ids[k] = chosen[k];
+      mix[k] = scores[chosen[k]];
+      total += mix[k];
+    }
+    for (int k = 0; k < top_k; ++k) {
+      if (norm_topk_prob) mix[k] /= (total + 1e-20f);
+      mix[k] *= scaling;
+    }
+  }
+}
+
+}  // namespace
+
+void route(Context& ctx, int32_t* expert_ids, float* weights, const float* logits, const Matrix& correction_bias,
+           int64_t n, int64_t n_experts, const RouterParams& params) {
+  const size_t shared = sizeof(float) * static_cast<size_t>(2 * n_experts + params.n_group) +
+                        sizeof(int) * static_cast<size_t>(params.top_k);
+  GLM_CHECK(shared <= 48 * 1024, "router over ", n_experts, " experts is too large for the CUDA router kernel");
+  route_kernel<<<static_cast<unsigned>(n), 32, shared, ctx.stream>>>(
+      expert_ids, weights, logits, correction_bias.data, correction_bias.dtype, static_cast<int>(n_experts),
+      static_cast<int>(params.n_group), static_cast<int>(params.topk_group), static_cast<int>(params.top_k),
+      params.norm_topk_prob, params.routed_scaling_factor);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace glm::cuda

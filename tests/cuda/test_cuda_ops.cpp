@@ -1,0 +1,551 @@
+// Every CUDA op against the reference CPU op, through the Backend interface,
+// on random inputs: odd sizes (scalar tails, unaligned rows), f32/bf16/f16
+// weights, strided (tensor-parallel) weight views, GQA 12:1, long contexts
+// over scattered block tables, ragged batches, router ties, ragged expert
+// counts and expert-parallel tables. The measure is the normalised error
+// ||cuda - cpu|| / ||cpu||; each comparison prints a "PARITY" line that
+// scripts/gpu_check.sh collects into its table. Without a GPU (CI has nvcc,
+// no GPU) every test skips.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+
+#ifdef GLM_HAVE_CUDA
+#include <cuda_runtime.h>
+
+namespace glm {
+namespace {
+
+bool gpu_present() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+#define REQUIRE_GPU()                                                            \
+  do {                                                                           \
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU on this machine";           \
+  } while (0)
+
+std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
+  std::mt19937 generator(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(count);
+  for (float& value : values) value = normal(generator);
+  return values;
+}
+
+double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
+  double difference = 0.0, norm = 0.0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const double d = static_cast<double>(actual[i]) - expected[i];
+    difference += d * d;
+    norm += static_cast<double>(expected[i]) * expected[i];
+  }
+  return norm == 0.0 ? std::sqrt(difference) : std::sqrt(difference / norm);
+}
+
+void report(const std::string& what, double error) { std::printf("PARITY %-58s %.3e\n", what.c_str(), error); }
+
+// The two backends under comparison and helpers moving data into and out of them.
+struct Backends {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_backend("cuda");
+};
+
+struct Both {
+  Tensor cpu, gpu;
+};
+
+void to_device(void* device, const void* host, size_t bytes) {
+  ASSERT_EQ(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+}
+
+Both input(Backends& b, const Shape& shape, const std::vector<float>& values) {
+  Both out{b.cpu->scratch(shape), b.gpu->scratch(shape)};
+  std::memcpy(out.cpu.data, values.data(), values.size() * sizeof(float));
+  to_device(out.gpu.data, values.data(), values.size() * sizeof(float));
+  return out;
+}
+
+Both output(Backends& b, const Shape& shape, DType dtype = DType::F32) {
+  return {b.cpu->scratch(shape, dtype), b.gpu->scratch(shape, dtype)};
+}
+
+std::vector<float> read(Backend& backend, const Tensor& tensor) {
+  std::vector<float> values(static_cast<size_t>(tensor.numel()));
+  backend.copy_to_host(values, tensor);
+  return values;
+}
+
+std::vector<int32_t> read_i32(const Tensor& device_tensor) {
+  std::vector<int32_t> values(static_cast<size_t>(device_tensor.numel()));
+  EXPECT_EQ(cudaMemcpy(values.data(), device_tensor.data, values.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  return values;
+}
+
+// Compares the f32 results of both backends, reports and returns the error.
+double compare(Backends& b, const Both& result, const std::string& what) {
+  const double error = relative_error(read(*b.gpu, result.gpu), read(*b.cpu, result.cpu));
+  report(what, error);
+  return error;
+}
+
+// A host weight of the given dtype with its storage, and its upload.
+struct TestWeight {
+  std::vector<float> f32;
+  std::vector<uint16_t> half;
+  Weight host, device;
+};
+
+// [rows, cols] of `dtype` (zeros when scale is 0); with `pad` > 0 the values live in a wider
+// [rows, cols + pad] matrix and the weight is its column slice [pad/2, pad/2 + cols)
+// (the strided view a tensor-parallel shard of o_proj is).
+std::unique_ptr<TestWeight> make_weight(Backends& b, const Shape& shape, DType dtype, unsigned seed,
+                                        float scale = 0.1f, int64_t pad = 0) {
+  auto w = std::make_unique<TestWeight>();
+  const int64_t cols = shape.back() + pad;
+  const int64_t rows = shape_numel(shape) / shape.back();
+  Shape stored = shape;
+  stored.back() = cols;
+  w->f32 = scale == 0.0f ? std::vector<float>(static_cast<size_t>(rows * cols), 0.0f)
+                         : random_values(static_cast<size_t>(rows * cols), seed, scale);
+  const void* data = w->f32.data();
+  if (dtype != DType::F32) {
+    w->half.resize(w->f32.size());
+    for (size_t i = 0; i < w->f32.size(); ++i)
+      w->half[i] = dtype == DType::BF16 ? f32_to_bf16(w->f32[i]) : f32_to_f16(w->f32[i]);
+    data = w->half.data();
+  }
+  w->host = float_weight("test", TensorView(data, dtype, stored));
+  if (pad > 0) w->host = w->host.slice_columns(pad / 2, pad / 2 + shape.back());
+  w->device = b.gpu->place(w->host);
+  return w;
+}
+
+const char* dtype_label(DType dtype) { return dtype == DType::F32 ? "f32" : dtype == DType::BF16 ? "bf16" : "f16"; }
+
+// ---------------------------------------------------------------- memory, place
+
+TEST(CudaBackend, ReportsDevicePlacementAndRejectsWhatItCannotRun) {
+  REQUIRE_GPU();
+  Backends b;
+  EXPECT_EQ(b.gpu->name(), "cuda:0");
+  auto w = make_weight(b, {3, 5}, DType::BF16, 1);
+  EXPECT_EQ(w->device.placement.kind, Placement::Kind::Device);
+  EXPECT_NE(w->device.view.data, w->host.view.data);
+  EXPECT_NE(b.gpu->placement_summary().find("uploaded"), std::string::npos) << b.gpu->placement_summary();
+
+  Weight affine = w->host;
+  affine.format.kind = WeightFormat::Kind::Affine;
+  affine.format.bits = 4;
+  affine.format.group_size = 64;
+  try {
+    b.gpu->place(affine);
+    FAIL() << "an affine weight was placed";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("not supported on CUDA yet"), std::string::npos) << error.what();
+  }
+  EXPECT_THROW(make_backend("cuda:4096"), Error);
+  // A host weight handed to an op is an error, not a crash.
+  Both x = input(b, {1, 5}, random_values(5, 2));
+  Both out = output(b, {1, 3});
+  EXPECT_THROW(b.gpu->linear(out.gpu, x.gpu, w->host, nullptr), Error);
+}
+
+TEST(CudaBackend, ScratchSurvivesGrowthAndAllocateIsZeroed) {
+  REQUIRE_GPU();
+  Backends b;
+  const std::vector<float> values = random_values(1000, 3);
+  Both first = input(b, {1000}, values);
+  for (int i = 0; i < 5; ++i) b.gpu->scratch({int64_t{20} << 20});  // past the first chunk: new chunks
+  EXPECT_EQ(read(*b.gpu, first.gpu), values);
+  b.gpu->reset_scratch();
+  Tensor cache = b.gpu->allocate({4, 3, 2, 5});
+  EXPECT_EQ(read(*b.gpu, cache), std::vector<float>(120, 0.0f));
+  b.gpu->release(cache);
+  EXPECT_EQ(cache.data, nullptr);
+}
+
+// ---------------------------------------------------------------- embedding, gather, norm
+
+TEST(CudaOps, Embedding) {
+  REQUIRE_GPU();
+  Backends b;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (int64_t hidden : {67, 512}) {
+      auto table = make_weight(b, {1000, hidden}, dtype, 10 + static_cast<unsigned>(hidden));
+      const std::vector<int32_t> ids = {0, 999, 5, 5, 123, 7, 998, 1, 500, 42, 3, 77, 640};
+      Both out = output(b, {static_cast<int64_t>(ids.size()), hidden});
+      b.cpu->embedding(out.cpu, table->host, ids);
+      b.gpu->embedding(out.gpu, table->device, ids);
+      EXPECT_EQ(compare(b, out, std::string("embedding ") + dtype_label(dtype) + " hidden " + std::to_string(hidden)),
+                0.0);
+    }
+  auto table = make_weight(b, {10, 8}, DType::F32, 1);
+  Both out = output(b, {1, 8});
+  const std::vector<int32_t> bad = {10};
+  EXPECT_THROW(b.gpu->embedding(out.gpu, table->device, bad), Error);
+}
+
+TEST(CudaOps, GatherRows) {
+  REQUIRE_GPU();
+  Backends b;
+  Both source = input(b, {50, 33}, random_values(50 * 33, 4));
+  const std::vector<int32_t> rows = {49, 0, 7, 7, 3};
+  Both out = output(b, {5, 33});
+  b.cpu->gather_rows(out.cpu, source.cpu, rows);
+  b.gpu->gather_rows(out.gpu, source.gpu, rows);
+  EXPECT_EQ(compare(b, out, "gather_rows 5 of [50, 33]"), 0.0);
+}
+
+TEST(CudaOps, RmsNorm) {
+  REQUIRE_GPU();
+  Backends b;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t rows : {1, 7, 300})
+      for (int64_t dim : {16, 67, 4096}) {
+        auto gamma = make_weight(b, {dim}, dtype, 20, 1.0f);
+        Both x = input(b, {rows, dim}, random_values(static_cast<size_t>(rows * dim), 21, 3.0f));
+        Both out = output(b, {rows, dim});
+        b.cpu->rms_norm(out.cpu, x.cpu, gamma->host, 1e-5f);
+        b.gpu->rms_norm(out.gpu, x.gpu, gamma->device, 1e-5f);
+        const std::string what = std::string("rms_norm ") + dtype_label(dtype) + " [" + std::to_string(rows) + ", " +
+                                 std::to_string(dim) + "]";
+        EXPECT_LT(compare(b, out, what), 1e-6);
+        b.cpu->rms_norm(x.cpu, x.cpu, gamma->host, 1e-5f);  // in place
+        b.gpu->rms_norm(x.gpu, x.gpu, gamma->device, 1e-5f);
+        EXPECT_LT(compare(b, x, what + " in place"), 1e-6);
+      }
+}
+
+// ---------------------------------------------------------------- linear
+
+TEST(CudaOps, LinearAllPathsDtypesAndSizes) {
+  REQUIRE_GPU();
+  Backends b;
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{67, 45}, {256, 512}, {1000, 1024}};  // (out, in)
+  unsigned seed = 100;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (auto [out_features, in_features] : shapes) {
+      auto weight = make_weight(b, {out_features, in_features}, dtype, ++seed);
+      auto bias = make_weight(b, {out_features}, DType::BF16, ++seed);
+      for (int64_t n : {1, 2, 5, 8, 9, 33, 130}) {
+        const bool with_bias = n % 2 == 1;
+        Both x = input(b, {n, in_features}, random_values(static_cast<size_t>(n * in_features), ++seed));
+        Both out = output(b, {n, out_features});
+        b.cpu->linear(out.cpu, x.cpu, weight->host, with_bias ? &bias->host : nullptr);
+        b.gpu->linear(out.gpu, x.gpu, weight->device, with_bias ? &bias->device : nullptr);
+        const std::string what = std::string("linear ") + dtype_label(dtype) + " n=" + std::to_string(n) + " [" +
+                                 std::to_string(out_features) + ", " + std::to_string(in_features) + "]" +
+                                 (with_bias ? " +bias" : "");
+        EXPECT_LT(compare(b, out, what), 1e-5) << what;
+      }
+    }
+}
+
+TEST(CudaOps, LinearStridedShardsAndUnalignedInputs) {
+  REQUIRE_GPU();
+  Backends b;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t n : {1, 4, 40}) {
+      // A column slice of a wider matrix: place() packs it.
+      auto columns = make_weight(b, {96, 128}, dtype, 200 + static_cast<unsigned>(n), 0.1f, /*pad=*/64);
+      EXPECT_TRUE(columns->device.view.contiguous());
+      Both x = input(b, {n, 128}, random_values(static_cast<size_t>(n * 128), 201));
+      Both out = output(b, {n, 96});
+      b.cpu->linear(out.cpu, x.cpu, columns->host, nullptr);
+      b.gpu->linear(out.gpu, x.gpu, columns->device, nullptr);
+      EXPECT_LT(compare(b, out, std::string("linear column shard ") + dtype_label(dtype) + " n=" + std::to_string(n)),
+                1e-5);
+      // Rows [10, 60) of a matrix (a q/k/v shard), input rows starting at an odd offset.
+      auto whole = make_weight(b, {100, 40}, dtype, 300 + static_cast<unsigned>(n));
+      const Weight rows_host = whole->host.slice_rows(10, 60);
+      const Weight rows_device = b.gpu->place(rows_host);
+      Both wide = input(b, {n + 1, 40}, random_values(static_cast<size_t>((n + 1) * 40), 301));
+      Both shifted{wide.cpu.slice_first(1, n + 1), wide.gpu.slice_first(1, n + 1)};
+      Both narrow = output(b, {n, 50});
+      b.cpu->linear(narrow.cpu, shifted.cpu, rows_host, nullptr);
+      b.gpu->linear(narrow.gpu, shifted.gpu, rows_device, nullptr);
+      EXPECT_LT(compare(b, narrow, std::string("linear row shard, offset input ") + dtype_label(dtype) +
+                                       " n=" + std::to_string(n)),
+                1e-5);
+    }
+}
+
+// ---------------------------------------------------------------- elementwise, rotary
+
+TEST(CudaOps, AddAndSwiglu) {
+  REQUIRE_GPU();
+  Backends b;
+  for (int64_t count : {1, 1000003}) {
+    Both a = input(b, {count}, random_values(static_cast<size_t>(count), 30, 4.0f));
+    Both c = input(b, {count}, random_values(static_cast<size_t>(count), 31));
+    Both out = output(b, {count});
+    b.cpu->add(out.cpu, a.cpu, c.cpu);
+    b.gpu->add(out.gpu, a.gpu, c.gpu);
+    EXPECT_EQ(compare(b, out, "add " + std::to_string(count)), 0.0);
+    b.cpu->swiglu(out.cpu, a.cpu, c.cpu);
+    b.gpu->swiglu(out.gpu, a.gpu, c.gpu);
+    EXPECT_LT(compare(b, out, "swiglu " + std::to_string(count)), 1e-6);
+    b.cpu->add(a.cpu, a.cpu, c.cpu);  // aliasing
+    b.gpu->add(a.gpu, a.gpu, c.gpu);
+    EXPECT_EQ(compare(b, a, "add in place " + std::to_string(count)), 0.0);
+  }
+}
+
+TEST(CudaOps, RotaryPartialAndFull) {
+  REQUIRE_GPU();
+  Backends b;
+  struct Case {
+    int64_t n, heads, head_dim, rotary_dim;
+    double theta;
+    int32_t max_position;
+  };
+  for (const Case& c : {Case{9, 12, 128, 64, 1e6, 131072}, Case{5, 3, 64, 64, 1e4, 4096}, Case{1, 2, 32, 8, 1e4, 7}}) {
+    std::mt19937 generator(40);
+    std::vector<int32_t> positions(static_cast<size_t>(c.n));
+    for (int32_t& p : positions) p = static_cast<int32_t>(generator() % static_cast<uint32_t>(c.max_position));
+    Both x = input(b, {c.n, c.heads, c.head_dim}, random_values(static_cast<size_t>(c.n * c.heads * c.head_dim), 41));
+    b.cpu->rotary(x.cpu, positions, c.rotary_dim, c.theta);
+    b.gpu->rotary(x.gpu, positions, c.rotary_dim, c.theta);
+    EXPECT_LT(compare(b, x, "rotary " + std::to_string(c.rotary_dim) + " of " + std::to_string(c.head_dim) +
+                                " positions < " + std::to_string(c.max_position)),
+              1e-6);
+  }
+}
+
+// ---------------------------------------------------------------- attention, KV blocks
+
+struct AttentionCase {
+  std::string name;
+  int64_t heads, kv_heads, head_dim, block_size, n_blocks;
+  // (sequence length before the step, tokens in the step) per sequence
+  std::vector<std::pair<int32_t, int32_t>> sequences;
+};
+
+void run_attention(const AttentionCase& c) {
+  Backends b;
+  const Shape cache_shape = {c.n_blocks, c.block_size, c.kv_heads, c.head_dim};
+  const int64_t cache_elements = shape_numel(cache_shape);
+  // Both caches start with the same random contents (earlier tokens' K/V).
+  KvLayer cpu_cache{b.cpu->allocate(cache_shape), b.cpu->allocate(cache_shape)};
+  KvLayer gpu_cache{b.gpu->allocate(cache_shape), b.gpu->allocate(cache_shape)};
+  const std::vector<float> keys = random_values(static_cast<size_t>(cache_elements), 50);
+  const std::vector<float> values = random_values(static_cast<size_t>(cache_elements), 51);
+  std::memcpy(cpu_cache.keys.data, keys.data(), keys.size() * sizeof(float));
+  std::memcpy(cpu_cache.values.data, values.data(), values.size() * sizeof(float));
+  to_device(gpu_cache.keys.data, keys.data(), keys.size() * sizeof(float));
+  to_device(gpu_cache.values.data, values.data(), values.size() * sizeof(float));
+
+  // Scattered block tables: each sequence takes blocks from a shuffled pool.
+  std::vector<int32_t> pool(static_cast<size_t>(c.n_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), std::mt19937(52));
+  AttentionPlan plan;
+  plan.block_size = c.block_size;
+  size_t next = 0;
+  for (size_t s = 0; s < c.sequences.size(); ++s) {
+    const auto [start, count] = c.sequences[s];
+    const int64_t blocks = (start + count + c.block_size - 1) / c.block_size;
+    std::vector<int32_t> table(pool.begin() + next, pool.begin() + next + blocks);
+    next += static_cast<size_t>(blocks);
+    for (int32_t i = 0; i < count; ++i) {
+      const int32_t position = start + i;
+      plan.token_sequence.push_back(static_cast<int32_t>(s));
+      plan.token_position.push_back(position);
+      plan.token_slot.push_back(static_cast<int64_t>(table[position / c.block_size]) * c.block_size +
+                                position % c.block_size);
+    }
+    plan.block_tables.push_back(table);
+  }
+  ASSERT_LE(next, pool.size());
+  const int64_t n = static_cast<int64_t>(plan.token_slot.size());
+  Both q = input(b, {n, c.heads, c.head_dim}, random_values(static_cast<size_t>(n * c.heads * c.head_dim), 53));
+  Both k = input(b, {n, c.kv_heads, c.head_dim}, random_values(static_cast<size_t>(n * c.kv_heads * c.head_dim), 54));
+  Both v = input(b, {n, c.kv_heads, c.head_dim}, random_values(static_cast<size_t>(n * c.kv_heads * c.head_dim), 55));
+  Both out = output(b, {n, c.heads, c.head_dim});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  b.cpu->attention(out.cpu, q.cpu, k.cpu, v.cpu, cpu_cache, plan, scale);
+  b.gpu->attention(out.gpu, q.gpu, k.gpu, v.gpu, gpu_cache, plan, scale);
+  EXPECT_LT(compare(b, out, "attention " + c.name), 1e-5);
+  EXPECT_EQ(read(*b.gpu, gpu_cache.keys), read(*b.cpu, cpu_cache.keys)) << "keys written to the cache";
+  EXPECT_EQ(read(*b.gpu, gpu_cache.values), read(*b.cpu, cpu_cache.values)) << "values written to the cache";
+  for (Tensor* t : {&cpu_cache.keys, &cpu_cache.values}) b.cpu->release(*t);
+  for (Tensor* t : {&gpu_cache.keys, &gpu_cache.values}) b.gpu->release(*t);
+}
+
+TEST(CudaOps, AttentionPrefillGqa12To1) {
+  REQUIRE_GPU();
+  run_attention({"GQA 12:1, 24 heads of 128, prefill 37", 24, 2, 128, 16, 8, {{0, 37}}});
+}
+
+TEST(CudaOps, AttentionLongContextDecode) {
+  REQUIRE_GPU();
+  run_attention({"GQA 12:1, decode at 4000 / 2500 / 17", 12, 1, 128, 16, 450, {{3999, 1}, {2499, 1}, {16, 1}}});
+}
+
+TEST(CudaOps, AttentionRaggedBatchOddHeadDim) {
+  REQUIRE_GPU();
+  run_attention({"ragged prefill+decode+chunk, head_dim 80", 6, 2, 80, 4, 40, {{0, 5}, {20, 1}, {10, 7}}});
+  run_attention({"MQA, head_dim 16, one block", 4, 1, 16, 16, 2, {{0, 3}}});
+  run_attention({"head_dim 256, long chunk", 8, 4, 256, 32, 40, {{300, 200}}});
+}
+
+TEST(CudaOps, CopyKvBlock) {
+  REQUIRE_GPU();
+  Backends b;
+  const Shape shape = {9, 4, 2, 16};
+  const std::vector<float> keys = random_values(static_cast<size_t>(shape_numel(shape)), 60);
+  const std::vector<float> values = random_values(static_cast<size_t>(shape_numel(shape)), 61);
+  KvLayer cpu_cache{b.cpu->allocate(shape), b.cpu->allocate(shape)};
+  KvLayer gpu_cache{b.gpu->allocate(shape), b.gpu->allocate(shape)};
+  std::memcpy(cpu_cache.keys.data, keys.data(), keys.size() * sizeof(float));
+  std::memcpy(cpu_cache.values.data, values.data(), values.size() * sizeof(float));
+  to_device(gpu_cache.keys.data, keys.data(), keys.size() * sizeof(float));
+  to_device(gpu_cache.values.data, values.data(), values.size() * sizeof(float));
+  b.cpu->copy_kv_block(cpu_cache, 3, 7);
+  b.gpu->copy_kv_block(gpu_cache, 3, 7);
+  b.cpu->copy_kv_block(cpu_cache, 8, 0);
+  b.gpu->copy_kv_block(gpu_cache, 8, 0);
+  EXPECT_EQ(read(*b.gpu, gpu_cache.keys), read(*b.cpu, cpu_cache.keys));
+  EXPECT_EQ(read(*b.gpu, gpu_cache.values), read(*b.cpu, cpu_cache.values));
+  report("copy_kv_block", 0.0);
+}
+
+// ---------------------------------------------------------------- router, experts
+
+struct RouteCase {
+  int64_t n_experts;
+  RouterParams params;
+  DType bias_dtype;
+  bool ties;  // logits from a few values and no bias: many exact ties
+};
+
+TEST(CudaOps, RouterMatchesExactlyIncludingTies) {
+  REQUIRE_GPU();
+  Backends b;
+  const std::vector<RouteCase> cases = {
+      {160, {1, 1, 8, true, 2.5f}, DType::F32, false},   // GLM-4.5 shape
+      {256, {8, 4, 8, true, 2.5f}, DType::BF16, false},  // DeepSeek-V3 shape
+      {16, {4, 2, 2, false, 1.0f}, DType::F32, false},
+      {8, {4, 3, 2, true, 1.5f}, DType::F32, false},
+      {64, {8, 3, 6, true, 1.0f}, DType::F32, true},
+      {40, {1, 1, 40, true, 1.0f}, DType::F32, true},  // every expert chosen
+  };
+  const int64_t n = 37;
+  unsigned seed = 70;
+  for (const RouteCase& c : cases) {
+    std::vector<float> logits = random_values(static_cast<size_t>(n * c.n_experts), ++seed, 2.0f);
+    if (c.ties)
+      for (float& value : logits) value = std::round(value);
+    auto bias = make_weight(b, {c.n_experts}, c.bias_dtype, ++seed, c.ties ? 0.0f : 0.3f);
+    Both router_logits = input(b, {n, c.n_experts}, logits);
+    Both ids = output(b, {n, c.params.top_k}, DType::I32);
+    Both weights = output(b, {n, c.params.top_k});
+    Routing cpu_routing{ids.cpu, weights.cpu}, gpu_routing{ids.gpu, weights.gpu};
+    b.cpu->route(cpu_routing, router_logits.cpu, bias->host, c.params);
+    b.gpu->route(gpu_routing, router_logits.gpu, bias->device, c.params);
+    const std::vector<int32_t> cpu_ids(ids.cpu.i32(), ids.cpu.i32() + n * c.params.top_k);
+    const std::string what = "route E=" + std::to_string(c.n_experts) + " groups " + std::to_string(c.params.n_group) +
+                             "/" + std::to_string(c.params.topk_group) + " top " + std::to_string(c.params.top_k) +
+                             (c.ties ? " ties" : "");
+    EXPECT_EQ(read_i32(ids.gpu), cpu_ids) << what;
+    EXPECT_LT(compare(b, weights, what + " weights"), 1e-6);
+  }
+}
+
+// Routing tables built on the host with a skewed, ragged load: expert 3 takes
+// most tokens, some experts none.
+Routing host_routing(Backend& backend, int64_t n, int64_t top_k, int64_t n_experts, unsigned seed,
+                     std::vector<int32_t>& ids, std::vector<float>& weights) {
+  std::mt19937 generator(seed);
+  ids.assign(static_cast<size_t>(n * top_k), 0);
+  weights = random_values(static_cast<size_t>(n * top_k), seed + 1, 0.5f);
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<int32_t> experts(static_cast<size_t>(n_experts - 6));  // the last 6 experts are never used
+    std::iota(experts.begin(), experts.end(), 0);
+    std::shuffle(experts.begin(), experts.end(), generator);
+    if (t % 4 != 3) {  // expert 3 first for three tokens in four
+      auto at = std::find(experts.begin(), experts.end(), 3);
+      std::iter_swap(experts.begin(), at);
+    }
+    for (int64_t k = 0; k < top_k; ++k) ids[t * top_k + k] = experts[k];
+  }
+  Routing routing{backend.scratch({n, top_k}, DType::I32), backend.scratch({n, top_k})};
+  return routing;
+}
+
+TEST(CudaOps, MoeExpertsRaggedAndExpertParallel) {
+  REQUIRE_GPU();
+  Backends b;
+  const int64_t hidden = 96, width = 40, n_experts = 16, top_k = 4;
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    std::vector<std::unique_ptr<TestWeight>> storage;
+    ExpertTable gate_host, up_host, down_host, gate_dev, up_dev, down_dev;
+    unsigned seed = 80;
+    for (int64_t e = 0; e < n_experts; ++e) {
+      for (auto [host_table, device_table, shape] :
+           {std::tuple{&gate_host, &gate_dev, Shape{width, hidden}}, std::tuple{&up_host, &up_dev, Shape{width, hidden}},
+            std::tuple{&down_host, &down_dev, Shape{hidden, width}}}) {
+        storage.push_back(make_weight(b, shape, dtype, ++seed));
+        host_table->experts.push_back(storage.back()->host);
+        device_table->experts.push_back(storage.back()->device);
+      }
+    }
+    for (int64_t n : {1, 5, 40}) {
+      std::vector<int32_t> ids;
+      std::vector<float> mix;
+      Routing cpu_routing = host_routing(*b.cpu, n, top_k, n_experts, 90 + static_cast<unsigned>(n), ids, mix);
+      Routing gpu_routing{b.gpu->scratch({n, top_k}, DType::I32), b.gpu->scratch({n, top_k})};
+      std::memcpy(cpu_routing.expert_ids.data, ids.data(), ids.size() * sizeof(int32_t));
+      std::memcpy(cpu_routing.weights.data, mix.data(), mix.size() * sizeof(float));
+      to_device(gpu_routing.expert_ids.data, ids.data(), ids.size() * sizeof(int32_t));
+      to_device(gpu_routing.weights.data, mix.data(), mix.size() * sizeof(float));
+      Both x = input(b, {n, hidden}, random_values(static_cast<size_t>(n * hidden), 95));
+      Both out = output(b, {n, hidden});
+      b.cpu->moe_experts(out.cpu, x.cpu, cpu_routing, gate_host, up_host, down_host);
+      b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, gate_dev, up_dev, down_dev);
+      const std::string what = std::string("moe_experts ") + dtype_label(dtype) + " n=" + std::to_string(n);
+      EXPECT_LT(compare(b, out, what), 1e-5);
+
+      // Expert parallelism: a table holding experts [4, 12) only.
+      auto shard = [](const ExpertTable& table) {
+        ExpertTable part;
+        part.first_expert = 4;
+        part.experts.assign(table.experts.begin() + 4, table.experts.begin() + 12);
+        return part;
+      };
+      b.cpu->moe_experts(out.cpu, x.cpu, cpu_routing, shard(gate_host), shard(up_host), shard(down_host));
+      b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, shard(gate_dev), shard(up_dev), shard(down_dev));
+      EXPECT_LT(compare(b, out, what + " experts [4, 12)"), 1e-5);
+    }
+  }
+}
+
+TEST(CudaOps, AllReduceOnOneGpuIsNothing) {
+  REQUIRE_GPU();
+  Backends b;
+  const std::vector<float> values = random_values(100, 99);
+  Both x = input(b, {100}, values);
+  b.gpu->all_reduce(x.gpu);
+  EXPECT_EQ(read(*b.gpu, x.gpu), values);
+}
+
+}  // namespace
+}  // namespace glm
+
+#else  // built without CUDA
+
+TEST(CudaOps, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA backend (GLM_CUDA off or no nvcc)"; }
+
+#endif
