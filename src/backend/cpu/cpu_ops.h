@@ -19,7 +19,11 @@ void dequantize_row(const Weight& weight, int64_t row, float* out /*[weight.dim(
 float weight_element(const Weight& weight, int64_t index);
 
 void rms_norm(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps);
+// out = x W^T + b: the fast kernels of kernels/ when one applies, else linear_reference.
 void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
+// The plain loop (one widened weight row at a time, sequential f32 dot
+// products): the oracle the kernels are tested against.
+void linear_reference(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
 void swiglu(float* out, const float* gate, const float* up, int64_t count);
 void rotary(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, std::span<const int32_t> positions,
             int64_t rotary_dim, double theta);

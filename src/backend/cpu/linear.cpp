@@ -1,12 +1,15 @@
-// Reference projections: out = x W^T + b with W of any float dtype, widened to
-// f32 one row at a time. Each weight row is read once per call and dotted
-// with every token, so prompt processing reads the weights once per batch
-// rather than once per token. Every output element is one sequential dot
-// product, so a token's result does not depend on which other tokens share
-// the batch.
+// Projections: out = x W^T + b. cpu::linear runs a SIMD kernel of kernels/
+// when one handles the weight and the options (kernels/kernels.h), else the
+// reference below: W of any format, widened to f32 one row at a time. Each
+// weight row is read once per call and dotted with every token, so prompt
+// processing reads the weights once per batch rather than once per token.
+// Every output element is one sequential dot product, so a token's result
+// does not depend on which other tokens share the batch (the kernels keep
+// that property with their own fixed order).
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernels.h"
 
 namespace glm::cpu {
 
@@ -30,6 +33,10 @@ void load_row_f32(const TensorView& view, int64_t row, float* out) {
 }
 
 void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
+  if (!kernels::linear(out, x, n_tokens, weight, bias)) linear_reference(out, x, n_tokens, weight, bias);
+}
+
+void linear_reference(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
   const int64_t out_features = weight.dim(0);
   const int64_t in_features = weight.dim(1);
 #pragma omp parallel

@@ -65,7 +65,12 @@ void route_token(const float* logits, const Weight& correction_bias, int64_t n_e
 
 // Tokens are grouped by expert so each expert's weights are read once per
 // batch, and experts are visited in ascending id so every token sums its
-// expert outputs in the same order whatever else is in the batch.
+// expert outputs in the same order whatever else is in the batch. Each
+// expert's projections are one cpu::linear call that splits the expert's
+// rows over all threads (a decode step's 8 experts run one after another,
+// each on every core, rather than one expert per thread). The grouping and
+// the expert activations live in per-thread buffers that keep their
+// capacity, so a steady-state step allocates nothing.
 void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, const Routing& routing,
                  const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
   const int64_t top_k = routing.expert_ids.dim(1);
@@ -77,20 +82,31 @@ void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, c
     int64_t token;
     float weight;
   };
+  struct Buffers {
+    std::vector<std::vector<Assignment>> per_expert;
+    std::vector<float> inputs, gate_out, up_out, expert_out;
+  };
+  thread_local Buffers buffers;
   const int64_t first = gate.first_expert;
   const int64_t held = static_cast<int64_t>(gate.experts.size());
-  std::vector<std::vector<Assignment>> per_expert(static_cast<size_t>(held));
+  auto& per_expert = buffers.per_expert;
+  if (static_cast<int64_t>(per_expert.size()) < held) per_expert.resize(static_cast<size_t>(held));
+  for (auto& assigned : per_expert) assigned.clear();
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int64_t k = 0; k < top_k; ++k)
       if (gate.holds(ids[t * top_k + k])) per_expert[ids[t * top_k + k] - first].push_back({t, mix[t * top_k + k]});
 
-  std::vector<float> inputs, gate_out, up_out, expert_out;
+  auto& inputs = buffers.inputs;
+  auto& gate_out = buffers.gate_out;
+  auto& up_out = buffers.up_out;
+  auto& expert_out = buffers.expert_out;
   for (int64_t local = 0; local < held; ++local) {
     const auto& assigned = per_expert[local];
     if (assigned.empty()) continue;
     const int64_t expert = first + local;
     const int64_t m = static_cast<int64_t>(assigned.size());
     const int64_t width = gate.at(expert).dim(0);
+    // resize() only grows the allocation (capacity is kept across calls).
     inputs.resize(static_cast<size_t>(m * hidden));
     for (int64_t i = 0; i < m; ++i)
       std::copy(x + assigned[i].token * hidden, x + (assigned[i].token + 1) * hidden, inputs.begin() + i * hidden);

@@ -1,0 +1,328 @@
+// Micro-benchmark of the CPU projection kernels against this machine's
+// limits: GEMV (decode, 1 token) in GB/s of weight bytes vs a read-bandwidth
+// kernel on the same threads, and GEMM (a 512-token prompt) in GFLOP/s vs the
+// peak rate of the instruction used (FMA, VDPBF16PS, VPDPBUSD), each peak
+// measured here by a register-only loop. Not built by default:
+//
+//   cmake --build build-simd --target glm_backend
+//   g++ -O2 -std=gnu++20 -fopenmp -Isrc bench/kernels/bench_linear.cpp \
+//       build-simd/libglm_backend.a build-simd/libglm_core.a -o build-simd/bench_linear
+//   OMP_NUM_THREADS=2 build-simd/bench_linear [--quick]
+//
+// GLM_CPU_ISA / GLM_CPU_ACTIVATIONS are honoured for the rows that do not set
+// the mode themselves. Every number is the best of several repetitions (the
+// machine may be shared).
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <utility>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernels.h"
+
+namespace {
+
+using namespace glm;
+using Clock = std::chrono::steady_clock;
+
+double seconds_of(const std::function<void()>& body, int repetitions) {
+  double best = 1e30;
+  for (int i = 0; i < repetitions; ++i) {
+    const auto start = Clock::now();
+    body();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  return best;
+}
+
+// ---- machine limits ----
+
+volatile float sink;
+float sink_total;  // atomically updated (a volatile cannot be)
+
+// One sequential stream, software-prefetched 2 KB ahead (as the kernels
+// prefetch their next rows): the best this machine reads.
+__attribute__((target("avx512f"), noinline)) float read_sum(const float* data, size_t count) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 64 <= count; i += 64) {
+    __builtin_prefetch(data + i + 512, 0, 2);
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(data + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(data + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(data + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+// Read bandwidth of all threads, each summing its part of a buffer far
+// larger than the caches as `streams` interleaved sequential streams (a
+// GEMV tile reads 4 weight rows at once; one stream per core leaves the
+// memory system under-used).
+__attribute__((target("avx512f"), noinline)) float read_streams(const float* data, size_t count, int streams) {
+  const size_t each = count / streams / 64 * 64;
+  __m512 acc[8];
+  for (int s = 0; s < 8; ++s) acc[s] = _mm512_setzero_ps();
+  for (size_t i = 0; i < each; i += 32)
+    for (int s = 0; s < streams; ++s) {
+      acc[s] = _mm512_add_ps(acc[s], _mm512_load_ps(data + s * each + i));
+      acc[s] = _mm512_add_ps(acc[s], _mm512_load_ps(data + s * each + i + 16));
+    }
+  __m512 total = acc[0];
+  for (int s = 1; s < 8; ++s) total = _mm512_add_ps(total, acc[s]);
+  return _mm512_reduce_add_ps(total);
+}
+
+// The read-bandwidth kernels' buffer: 512 MiB, far larger than the caches.
+struct ReadBuffer {
+  size_t count = size_t{128} << 20;
+  float* data = nullptr;
+  ReadBuffer() {
+    data = static_cast<float*>(std::aligned_alloc(64, count * sizeof(float)));
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; ++i) data[i] = 1.0f;
+  }
+  ~ReadBuffer() { std::free(data); }
+};
+
+// One pass of all threads over the buffer, each over its own part.
+double read_seconds(const ReadBuffer& buffer, int streams) {
+  const auto start = Clock::now();
+#pragma omp parallel
+  {
+    const size_t team = omp_get_num_threads(), id = omp_get_thread_num();
+    const size_t begin = buffer.count * id / team / 64 * 64, end = buffer.count * (id + 1) / team / 64 * 64;
+    const float value = streams == 1 ? read_sum(buffer.data + begin, end - begin)
+                                     : read_streams(buffer.data + begin, end - begin, streams);
+#pragma omp atomic
+    sink_total += value;
+  }
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Best GB/s of the 1-stream and 4-stream read kernels.
+double read_bandwidth(const ReadBuffer& buffer, int repetitions) {
+  double best = 1e30;
+  for (int i = 0; i < repetitions; ++i)
+    for (int streams : {1, 4}) best = std::min(best, read_seconds(buffer, streams));
+  return buffer.count * sizeof(float) / best / 1e9;
+}
+
+#define GLM_REP12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+
+__attribute__((target("avx512f,fma"), noinline)) float fma_peak_loop(long iterations) {
+#define GLM_DECLARE(i) __m512 a##i = _mm512_set1_ps(i * 1e-3f);
+  GLM_REP12(GLM_DECLARE)
+  __m512 b = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(0.25f);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_FMA(i) a##i = _mm512_fmadd_ps(a##i, b, c);
+    GLM_REP12(GLM_FMA)
+    __asm__("" : "+v"(b));
+  }
+  __m512 s = _mm512_setzero_ps();
+#define GLM_SUM(i) s = _mm512_add_ps(s, a##i);
+  GLM_REP12(GLM_SUM)
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512bf16"), noinline)) float bf16_peak_loop(long iterations) {
+  GLM_REP12(GLM_DECLARE)
+  __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f00);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_DP(i) a##i = _mm512_dpbf16_ps(a##i, b, b);
+    GLM_REP12(GLM_DP)
+    __asm__("" : "+v"(b));
+  }
+  __m512 s = _mm512_setzero_ps();
+  GLM_REP12(GLM_SUM)
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512vnni"), noinline)) float vnni_peak_loop(long iterations) {
+#define GLM_DECLARE_I(i) __m512i a##i = _mm512_set1_epi32(i);
+  GLM_REP12(GLM_DECLARE_I)
+  __m512i b = _mm512_set1_epi8(1);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_VNNI(i) a##i = _mm512_dpbusd_epi32(a##i, b, b);
+    GLM_REP12(GLM_VNNI)
+    __asm__("" : "+v"(b));
+  }
+  __m512i s = _mm512_setzero_si512();
+#define GLM_SUM_I(i) s = _mm512_add_epi32(s, a##i);
+  GLM_REP12(GLM_SUM_I)
+  return static_cast<float>(_mm512_reduce_add_epi32(s));
+}
+
+// Operations per second of all threads running `loop` (12 independent
+// chains; `per_instruction` flops or int ops per zmm instruction).
+double peak(float (*loop)(long), double per_instruction, int repetitions) {
+  const long iterations = 20000000;
+  const double s = seconds_of(
+      [&] {
+#pragma omp parallel
+        {
+          const float value = loop(iterations);
+#pragma omp atomic
+          sink_total += value;
+        }
+      },
+      repetitions);
+  sink = sink_total;
+  return omp_get_max_threads() * iterations * 12.0 * per_instruction / s / 1e9;
+}
+
+// ---- weights ----
+
+struct Owned {
+  std::vector<uint8_t> values, scales, biases;
+  Weight weight;
+};
+
+Owned make_weight(const std::string& kind, int64_t out, int64_t in, unsigned seed) {
+  Owned o;
+  std::mt19937 generator(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  Weight& w = o.weight;
+  w.name = kind;
+  w.shape = {out, in};
+  if (kind == "f32" || kind == "bf16" || kind == "f16") {
+    const DType dtype = kind == "f32" ? DType::F32 : kind == "bf16" ? DType::BF16 : DType::F16;
+    o.values.resize(static_cast<size_t>(out * in) * dtype_size(dtype));
+    if (dtype == DType::F32) {
+      std::normal_distribution<float> normal;
+      for (size_t i = 0; i < o.values.size(); i += 4) {
+        const float v = normal(generator);
+        std::memcpy(&o.values[i], &v, 4);
+      }
+    } else {
+      for (size_t i = 0; i < o.values.size(); i += 2) {  // small normal numbers in either format
+        o.values[i] = static_cast<uint8_t>(byte(generator));
+        o.values[i + 1] = static_cast<uint8_t>(0x38 + byte(generator) % 8);
+      }
+    }
+    w.view = TensorView(o.values.data(), dtype, {out, in});
+    w.format.dtype = dtype;
+    return o;
+  }
+  const int bits = kind == "int4" ? 4 : 8;
+  const int64_t group = 64, words = in * bits / 32;
+  o.values.resize(static_cast<size_t>(out * words * 4));
+  for (auto& b : o.values) b = static_cast<uint8_t>(byte(generator));
+  o.scales.resize(static_cast<size_t>(out * (in / group) * 2));
+  o.biases.resize(o.scales.size());
+  for (size_t i = 0; i < o.scales.size(); i += 2) {
+    const uint16_t s = f32_to_bf16(0.01f), b = f32_to_bf16(-0.01f * (1 << (bits - 1)));
+    std::memcpy(&o.scales[i], &s, 2);
+    std::memcpy(&o.biases[i], &b, 2);
+  }
+  w.view = TensorView(o.values.data(), DType::U32, {out, words});
+  w.format.kind = WeightFormat::Kind::Affine;
+  w.format.dtype = DType::U32;
+  w.format.bits = bits;
+  w.format.group_size = group;
+  w.format.scales = TensorView(o.scales.data(), DType::BF16, {out, in / group});
+  w.format.biases = TensorView(o.biases.data(), DType::BF16, {out, in / group});
+  return o;
+}
+
+// Decode: one token through enough copies of the weight to defeat the L3
+// (as 8 experts per token do), in GB/s of weight bytes; measured in turns
+// with the read-bandwidth kernel (best of each), so that a machine shared
+// with other work slows both alike. Returns {kernel GB/s, read GB/s}.
+std::pair<double, double> gemv_gbps(const std::string& kind, int64_t out, int64_t in, const ReadBuffer& buffer,
+                                    int repetitions) {
+  const Owned probe = make_weight(kind, out, in, 1);
+  const size_t bytes = probe.weight.nbytes();
+  const int copies = static_cast<int>(std::max<size_t>(1, (size_t{256} << 20) / bytes));
+  std::vector<Owned> weights;
+  for (int i = 0; i < copies; ++i) weights.push_back(make_weight(kind, out, in, 2 + i));
+  std::vector<float> x(static_cast<size_t>(in), 0.5f), y(static_cast<size_t>(out));
+  double kernel = 1e30, read = 1e30;
+  for (int i = 0; i < repetitions; ++i) {
+    kernel = std::min(kernel, seconds_of([&] {
+                        for (const Owned& w : weights) cpu::linear(y.data(), x.data(), 1, w.weight, nullptr);
+                      }, 1));
+    for (int streams : {1, 4}) read = std::min(read, read_seconds(buffer, streams));
+  }
+  return {bytes * copies / kernel / 1e9, buffer.count * sizeof(float) / read / 1e9};
+}
+
+// Prompt: n_tokens through one weight, in GFLOP/s (2 per multiply-add).
+double gemm_gflops(const std::string& kind, int64_t out, int64_t in, int64_t n_tokens, int repetitions) {
+  const Owned w = make_weight(kind, out, in, 7);
+  std::vector<float> x(static_cast<size_t>(n_tokens * in)), y(static_cast<size_t>(n_tokens * out));
+  std::mt19937 generator(3);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(generator);
+  const double s = seconds_of([&] { cpu::linear(y.data(), x.data(), n_tokens, w.weight, nullptr); }, repetitions);
+  return 2.0 * n_tokens * out * in / s / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const int reps = quick ? 3 : 7;
+  auto& options = cpu::kernels::options();
+  std::printf("threads %d, ISA %s\n", omp_get_max_threads(), cpu::kernels::isa_name(options.isa));
+
+  const ReadBuffer buffer;
+  const double bandwidth = read_bandwidth(buffer, reps);
+  const double fma = peak(fma_peak_loop, 32, reps);
+  const double dpbf16 = peak(bf16_peak_loop, 64, reps);
+  const double vnni = peak(vnni_peak_loop, 128, reps);
+  std::printf("read bandwidth %.1f GB/s; peaks: FMA %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
+              bandwidth, fma, dpbf16, vnni);
+
+  struct Shape {
+    const char* name;
+    int64_t out, in;
+  };
+  const Shape shapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
+
+  for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast}) {
+    const bool fast = mode == cpu::kernels::Activations::Fast;
+    std::printf("\nGEMV, 1 token (%s activations)\n", fast ? "fast" : "exact");
+    options.activations = mode;
+    for (const Shape& shape : shapes)
+      for (const char* kind : {"f32", "bf16", "f16", "int8", "int4"}) {
+        const char* kernel = cpu::kernels::kernel_name(make_weight(kind, 8, 64, 0).weight, 1);
+        if (fast && (!kernel || std::string(kernel).find("exact") != std::string::npos)) continue;
+        const auto [gbps, read] = gemv_gbps(kind, shape.out, shape.in, buffer, reps);
+        std::printf("  %-18s %-5s %-18s %6.1f GB/s  %3.0f%% of read bandwidth (%.1f GB/s)\n", shape.name, kind,
+                    kernel ? kernel : "reference", gbps, 100 * gbps / read, read);
+      }
+  }
+
+  const int64_t n_tokens = 512;
+  std::printf("\nGEMM, %lld tokens\n", static_cast<long long>(n_tokens));
+  for (const Shape& shape : shapes)
+    for (const char* kind : {"f32", "bf16", "int8", "int4"})
+      for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast}) {
+        options.activations = mode;
+        const char* kernel = cpu::kernels::kernel_name(make_weight(kind, 8, 64, 0).weight, n_tokens);
+        if (mode == cpu::kernels::Activations::Fast && (!kernel || std::string(kernel).find("exact") != std::string::npos))
+          continue;  // no fast kernel for this format
+        const std::string name = kernel ? kernel : "reference";
+        const bool dot_bf16 = name.find("bf16-dot") != std::string::npos;
+        const bool dot_int8 = name.find("int8") != std::string::npos;
+        double gflops = 0.0, limit = 0.0;
+        for (int i = 0; i < (quick ? 2 : 3); ++i) {  // in turns with the peak loop (a shared machine)
+          gflops = std::max(gflops, gemm_gflops(kind, shape.out, shape.in, n_tokens, 1));
+          limit = std::max(limit, dot_bf16 ? peak(bf16_peak_loop, 64, 1)
+                                  : dot_int8 ? peak(vnni_peak_loop, 128, 1)
+                                             : peak(fma_peak_loop, 32, 1));
+        }
+        std::printf("  %-18s %-5s %-18s %7.1f GFLOP/s  %3.0f%% of the peak of %s (%.0f)\n", shape.name, kind,
+                    name.c_str(), gflops, 100 * gflops / limit, dot_bf16 ? "VDPBF16PS" : dot_int8 ? "VPDPBUSD" : "FMA",
+                    limit);
+      }
+  return 0;
+}

@@ -1,0 +1,714 @@
+// AVX-512 projection kernels: the exact-activation kernel of exact_impl.inc
+// over 16-lane zmm registers, and the fast-activation kernels that use
+// AVX512_BF16 (VDPBF16PS: bf16 weights x bf16-rounded activations) and
+// AVX512_VNNI (VPDPBUSD: affine u8/u4 weights x int8-quantized activations).
+// Everything here is compiled for AVX-512 by a target pragma and only called
+// after dispatch.cpp has checked the CPU, so the rest of the program stays
+// baseline x86-64. No standard-library templates are used past the pragma
+// (their out-of-line copies could be merged with baseline ones).
+//
+// GCC 12 warns that the _mm512_undefined_* placeholders inside its own
+// intrinsic headers are uninitialized (a known false positive).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "backend/cpu/kernels/kernel_args.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GLM_KERNELS_AVX512 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c")
+#endif
+#endif
+
+namespace glm::cpu::kernels::avx512 {
+
+#ifdef GLM_KERNELS_AVX512
+
+bool compiled() { return true; }
+
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+inline float bf16_scalar(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, 4);
+  return value;
+}
+inline float f16_scalar(uint16_t bits) { return _cvtsh_ss(bits); }
+
+inline float scale_scalar(const void* base, ScaleType type, int64_t index) {
+  switch (type) {
+    case ScaleType::F32: return static_cast<const float*>(base)[index];
+    case ScaleType::BF16: return bf16_scalar(static_cast<const uint16_t*>(base)[index]);
+    case ScaleType::F16: return f16_scalar(static_cast<const uint16_t*>(base)[index]);
+  }
+  return 0.0f;
+}
+
+// Up to 16 scales/biases from index on (lanes past `mask` are 0) as f32.
+inline __m512 load_scales16(const void* base, ScaleType type, int64_t index, __mmask16 mask) {
+  switch (type) {
+    case ScaleType::F32: return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + index);
+    case ScaleType::BF16: {
+      const __m256i bits = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + index);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    }
+    case ScaleType::F16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + index));
+  }
+  return _mm512_setzero_ps();
+}
+
+struct V {
+  using Reg = __m512;
+  static constexpr int N = 16;
+  static constexpr int kRows = 4;       // 4 rows x 6 tokens = 24 accumulators of 32 zmm
+  static constexpr int kRowsSmall = 4;  // decode: 4 independent FMA chains per tile cover the latency
+  static constexpr int kTokens = 6;
+  static constexpr int kTokensAffine = 4;  // 4-bit steps hold 2 dequantized zmm per row
+
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg set1(float value) { return _mm512_set1_ps(value); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg loadx(const float* p) { return _mm512_loadu_ps(p); }
+  static float hsum(Reg r) { return _mm512_reduce_add_ps(r); }
+  static Reg load_f32(const uint8_t* p) { return _mm512_loadu_ps(p); }
+  static Reg load_bf16(const uint8_t* p) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  static Reg load_f16(const uint8_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static Reg load_u8(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // 16 bytes = 32 nibbles, column 2i in the low nibble of byte i.
+  static void load_u4(const uint8_t* p, Reg& first, Reg& second) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(bytes, mask), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    first = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));   // columns 0..15
+    second = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));  // columns 16..31
+  }
+};
+
+}  // namespace
+
+#include "backend/cpu/kernels/exact_impl.inc"
+
+// ---- exact activations x affine weights ----
+//
+// exact_impl.inc dequantizes each weight (widen, convert, scale * q + bias)
+// before the FMA; on one Zen 4 core that caps a 4-bit GEMV near 8 GB/s,
+// below the memory's share. These kernels spend fewer instructions:
+//   4-bit: the 16 values a group can take are a 16-float table (scale *
+//     [0..15] + bias, one FMA per row and group), looked up with VPERMPS by
+//     the nibbles themselves: 16 bytes zero-extended to dwords index the
+//     table with their low nibble (even columns) and, shifted right by 4,
+//     their high nibble (odd columns). prepare_exact stores x as [even,
+//     odd] columns of each 32. Then 32 weights cost 1 zero-extension, 1
+//     shift, 2 lookups (all shuffles) and 2 FMAs.
+//   8-bit: sum_j (s q_j + b) x_j = s sum_j q_j x_j + b sum_j x_j: each q_j
+//     is zero-extended and converted (2 ops per 16) and FMA'd; the group
+//     sums of x are prepared once per call and the bias half is one short
+//     dot product per output.
+// (Tried and slower on Zen 4: 64-byte loads of 128 nibbles unpacked with
+// shift+and+convert, 4 ops per 16 weights instead of 3.)
+namespace {
+
+// A tile's scales or biases as f32, [rows][groups <= kMaxGroups]: converted
+// once per tile with 16-wide loads instead of per row and group.
+inline void tile_scales(const void* base, ScaleType type, int64_t stride, int64_t r0, int rows, int64_t groups,
+                        float* out /*[rows][groups]*/) {
+  for (int r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < groups; g += 16) {
+      const int64_t left = groups - g;
+      const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_ps(out + r * groups + g, mask, load_scales16(base, type, (r0 + r) * stride + g, mask));
+    }
+}
+
+// sum_g b_g sums_g for one row: the bias half of the factored affine product.
+inline float bias_dot(const LinearArgs& a, int64_t r, const float* sums, int64_t groups) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; g += 16) {
+    const int64_t left = groups - g;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    acc = _mm512_fmadd_ps(load_scales16(a.biases, a.bias_type, r * a.bias_stride + g, mask),
+                          _mm512_maskz_loadu_ps(mask, sums + g), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+template <int R, int T>
+void affine4_exact_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
+  const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const int64_t groups = a.in / a.group;
+  alignas(64) float scale[R * kMaxGroups], bias[R * kMaxGroups];
+  tile_scales(a.scales, a.scale_type, a.scale_stride, r0, R, groups, scale);
+  tile_scales(a.biases, a.bias_type, a.bias_stride, r0, R, groups, bias);
+  const uint8_t* row[R];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r) row[r] = a.w + (r0 + r) * a.w_stride;
+  const float* xs[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) xs[t] = a.xp + (t0 + t) * a.in;
+  __m512 acc[R][T];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 table[R];
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r)
+      table[r] = _mm512_fmadd_ps(levels, _mm512_set1_ps(scale[r * groups + g]), _mm512_set1_ps(bias[r * groups + g]));
+    for (int64_t k = g * a.group, end = k + a.group; k < end; k += 32) {
+      if ((k & 127) == 0) GLM_PREFETCH_ROWS(row, R, k / 2 + R * a.w_stride);
+      __m512 even[R], odd[R];
+      GLM_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + k / 2)));
+        even[r] = _mm512_permutexvar_ps(bytes, table[r]);  // VPERMPS reads the low 4 bits of each index
+        odd[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table[r]);
+      }
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m512 x = _mm512_loadu_ps(xs[t] + k);
+        GLM_UNROLL
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(even[r], x, acc[r][t]);
+      }
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m512 x = _mm512_loadu_ps(xs[t] + k + 16);
+        GLM_UNROLL
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(odd[r], x, acc[r][t]);
+      }
+    }
+  }
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) store_tile_outputs(a, r0 + r, t0 + t, _mm512_reduce_add_ps(acc[r][t]));
+}
+
+template <int R, int T>
+void affine8_exact_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
+  const int64_t groups = a.in / a.group;
+  alignas(64) float scale[R * kMaxGroups];
+  tile_scales(a.scales, a.scale_type, a.scale_stride, r0, R, groups, scale);
+  const uint8_t* row[R];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r) row[r] = a.w + (r0 + r) * a.w_stride;
+  const float* xs[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) xs[t] = a.x + (t0 + t) * a.in;
+  __m512 acc[R][T];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 part[R][T];  // sum_j q_j x_j over the group
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r)
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) part[r][t] = _mm512_setzero_ps();
+    for (int64_t k = g * a.group, end = k + a.group; k < end; k += 16) {
+      if ((k & 63) == 0) GLM_PREFETCH_ROWS(row, R, k + R * a.w_stride);
+      __m512 q[R];
+      GLM_UNROLL
+      for (int r = 0; r < R; ++r)
+        q[r] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + k))));
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m512 x = _mm512_loadu_ps(xs[t] + k);
+        GLM_UNROLL
+        for (int r = 0; r < R; ++r) part[r][t] = _mm512_fmadd_ps(q[r], x, part[r][t]);
+      }
+    }
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(scale[r * groups + g]);
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(part[r][t], s, acc[r][t]);
+    }
+  }
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t)
+      store_tile_outputs(a, r0 + r, t0 + t,
+                         _mm512_reduce_add_ps(acc[r][t]) + bias_dot(a, r0 + r, a.xgs + (t0 + t) * groups, groups));
+}
+
+template <int BITS, int R, int T>
+inline void affine_exact_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
+  if constexpr (BITS == 4) affine4_exact_tile<R, T>(a, r0, t0);
+  else affine8_exact_tile<R, T>(a, r0, t0);
+}
+
+template <int BITS, int R>
+void affine_exact_tiles(const LinearArgs& a, int64_t r0, int64_t t0, int64_t n_tokens) {
+  switch (n_tokens) {
+    case 1: return affine_exact_tile<BITS, R, 1>(a, r0, t0);
+    case 2: return affine_exact_tile<BITS, R, 2>(a, r0, t0);
+    case 3: return affine_exact_tile<BITS, R, 3>(a, r0, t0);
+    case 4: return affine_exact_tile<BITS, R, 4>(a, r0, t0);
+  }
+}
+
+template <int BITS>
+void affine_exact_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  // Tiles: 3 rows x 4 tokens (12 partial sums + 12 totals of 32 zmm);
+  // decode, 4 rows x 1 token.
+  constexpr int R = 3, T = 4, kRowsSmall = 4;
+  const int64_t block = max64(8, (int64_t{256} << 10) / max64(1, a.w_stride) / 8 * 8);
+  for (int64_t rb = row_begin; rb < row_end; rb += block) {
+    const int64_t re = min64(rb + block, row_end);
+    for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+      const int64_t nt = min64(T, a.n_tokens - t0);
+      int64_t r = rb;
+      if (nt <= 2) {
+        for (; r + kRowsSmall <= re; r += kRowsSmall) affine_exact_tiles<BITS, kRowsSmall>(a, r, t0, nt);
+      } else {
+        for (; r + R <= re; r += R) affine_exact_tiles<BITS, R>(a, r, t0, nt);
+      }
+      for (; r < re; ++r) affine_exact_tiles<BITS, 1>(a, r, t0, nt);
+    }
+  }
+}
+
+}  // namespace
+
+void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
+  switch (args.kind) {
+    case WeightKind::F32: return exact_rows_of<WeightKind::F32>(args, row_begin, row_end);
+    case WeightKind::BF16: return exact_rows_of<WeightKind::BF16>(args, row_begin, row_end);
+    case WeightKind::F16: return exact_rows_of<WeightKind::F16>(args, row_begin, row_end);
+    case WeightKind::Affine4: return affine_exact_rows<4>(args, row_begin, row_end);
+    case WeightKind::Affine8: return affine_exact_rows<8>(args, row_begin, row_end);
+  }
+}
+
+void prepare_exact(const float* x, int64_t in, int64_t group, int bits, float* xp, float* sums) {
+  for (int64_t g = 0; bits == 8 && g < in / group; ++g) {
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t k = 0; k < group; k += 16) total = _mm512_add_ps(total, _mm512_loadu_ps(x + g * group + k));
+    sums[g] = _mm512_reduce_add_ps(total);
+  }
+  if (bits != 4) return;
+  // Each 32 columns as [0, 2, .., 30, 1, 3, .., 31] (see affine4_exact_tile).
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t k = 0; k < in; k += 32) {
+    const __m512 lo = _mm512_loadu_ps(x + k), hi = _mm512_loadu_ps(x + k + 16);
+    _mm512_storeu_ps(xp + k, _mm512_permutex2var_ps(lo, even, hi));
+    _mm512_storeu_ps(xp + k + 16, _mm512_permutex2var_ps(lo, odd, hi));
+  }
+}
+
+// ---- bf16 weights x bf16 activations (VDPBF16PS) ----
+namespace {
+
+// Rows [r0, r0 + R) x tokens [t0, t0 + T). Each output has one accumulator
+// walking the columns 32 at a time (VDPBF16PS adds lane i's pair 2i, 2i+1),
+// so the result does not depend on the tile or on n_tokens.
+template <int R, int T>
+void bf16_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
+  const uint16_t* row[R];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r) row[r] = reinterpret_cast<const uint16_t*>(a.w + (r0 + r) * a.w_stride);
+  const uint16_t* xs[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) xs[t] = a.xb + (t0 + t) * a.xb_stride;
+  __m512 acc[R][T];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t main = a.in & ~int64_t{31};
+  for (int64_t k = 0; k < main; k += 32) {
+    if ((k & 31) == 0) GLM_PREFETCH_ROWS(row, R, 2 * k + R * a.w_stride);
+    __m512bh w[R];
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_loadu_si512(row[r] + k);
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const __m512bh x = (__m512bh)_mm512_loadu_si512(xs[t] + k);
+      GLM_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[r], x);
+    }
+  }
+  if (main < a.in) {  // activations are zero padded to 32; mask the weights
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (a.in - main)) - 1);
+    __m512bh w[R];
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, row[r] + main);
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const __m512bh x = (__m512bh)_mm512_loadu_si512(xs[t] + main);
+      GLM_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[r], x);
+    }
+  }
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) store_tile_outputs(a, r0 + r, t0 + t, _mm512_reduce_add_ps(acc[r][t]));
+}
+
+template <int R>
+void bf16_tiles(const LinearArgs& a, int64_t r0, int64_t t0, int64_t n_tokens) {
+  switch (n_tokens) {
+    case 1: return bf16_tile<R, 1>(a, r0, t0);
+    case 2: return bf16_tile<R, 2>(a, r0, t0);
+    case 3: return bf16_tile<R, 3>(a, r0, t0);
+    case 4: return bf16_tile<R, 4>(a, r0, t0);
+    case 5: return bf16_tile<R, 5>(a, r0, t0);
+    case 6: return bf16_tile<R, 6>(a, r0, t0);
+  }
+}
+
+}  // namespace
+
+void bf16_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  constexpr int R = 4, T = 6;
+  const int64_t block = max64(8, (int64_t{256} << 10) / max64(1, a.w_stride) / 8 * 8);
+  for (int64_t rb = row_begin; rb < row_end; rb += block) {
+    const int64_t re = min64(rb + block, row_end);
+    for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+      const int64_t nt = min64(T, a.n_tokens - t0);
+      int64_t r = rb;
+      for (; r + R <= re; r += R) bf16_tiles<R>(a, r, t0, nt);
+      for (; r < re; ++r) bf16_tiles<1>(a, r, t0, nt);
+    }
+  }
+}
+
+void prepare_bf16(const float* x, int64_t in, uint16_t* out) {
+  const int64_t padded = bf16_stride(in);
+  for (int64_t k = 0; k < padded; k += 32) {
+    const int64_t left = in - k;
+    const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : 0;
+    const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1) : 0;
+    const __m512 lo = _mm512_maskz_loadu_ps(m0, x + k), hi = _mm512_maskz_loadu_ps(m1, x + k + 16);
+    // Round to nearest even, as torch casts; the second operand fills the low half.
+    _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+}
+
+// ---- affine u8/u4 weights x int8 activations (VPDPBUSD) ----
+//
+// Activations are quantized per weight group: xq = round(x / dx), dx =
+// max|x| / 127 over the group, and for each row r and token t
+//   sum_j (s_g q_j + b_g) x_j  ~=  sum_g s_g dx_g sum_{j in g} q_j xq_j  +  sum_g b_g xsum_g
+// with q_j (unsigned) x xq_j (signed) summed exactly in int32 by VPDPBUSD and
+// xsum_g = dx_g sum_{j in g} xq_j (the quantized sum: then the result is the
+// exact dot product of the dequantized weights with the dequantized x, whose
+// error sum_j w_j e_j is smaller than s sum_j q_j e_j would be).
+//
+// Rows go in the 16 lanes. A block of 16 rows is repacked once into the
+// thread's scratch as one zmm per 4 columns (lane r: row r's 4 bytes, via a
+// 16 x 16 dword transpose; 4-bit dwords split into their even and odd
+// columns), and then every token streams over it: per 4 columns one
+// VPDPBUSD with the token's 4 bytes broadcast, summed in int32 over a group,
+// then per group and token one conversion, FMUL (s_g of the 16 rows times
+// the token's dx_g) and two FMAs (scale and bias terms). On Zen 4 VPDPBUSD,
+// FMA and FMUL share one 512-bit multiply slot, so with g/4 VPDPBUSD per 3
+// of those, the bound is 73% (g 32) to 89% (g 128) of the VPDPBUSD rate.
+// (A rows-in-registers design, reducing each output horizontally, spent a
+// conversion, a shuffle and an FMA per 128 columns and output and stayed
+// near 35%.) Outputs come out as 16 contiguous floats per token. For 1-2
+// tokens the transposed quads are used as they come, without the scratch.
+// Each output's arithmetic is fixed (exact int32 group sums, then FMAs in
+// group order), so results do not depend on the token tile or thread.
+//
+// x layout (prepare_int8): 8-bit natural; 4-bit, each 8 columns as the
+// even then the odd ones (a packed dword holds 8 columns; its low nibbles
+// are columns 0, 2, 4, 6).
+namespace {
+
+// In place: r[j] := the 16 rows' dword j (lane i: input r[i]'s dword j).
+inline void transpose16x16(__m512i (&r)[16]) {
+  __m512i a[16], c[16];
+  GLM_UNROLL
+  for (int p = 0; p < 8; ++p) {
+    a[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+    a[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+  }
+  // c[4q + k], 128-bit lane L: rows 4q..4q+3 of dword 4L + k.
+  GLM_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    c[4 * q + 0] = _mm512_unpacklo_epi64(a[4 * q], a[4 * q + 2]);
+    c[4 * q + 1] = _mm512_unpackhi_epi64(a[4 * q], a[4 * q + 2]);
+    c[4 * q + 2] = _mm512_unpacklo_epi64(a[4 * q + 1], a[4 * q + 3]);
+    c[4 * q + 3] = _mm512_unpackhi_epi64(a[4 * q + 1], a[4 * q + 3]);
+  }
+  GLM_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    const __m512i e0 = _mm512_shuffle_i32x4(c[k], c[4 + k], 0x44), e1 = _mm512_shuffle_i32x4(c[k], c[4 + k], 0xee);
+    const __m512i e2 = _mm512_shuffle_i32x4(c[8 + k], c[12 + k], 0x44), e3 = _mm512_shuffle_i32x4(c[8 + k], c[12 + k], 0xee);
+    r[k] = _mm512_shuffle_i32x4(e0, e2, 0x88);       // dword k
+    r[4 + k] = _mm512_shuffle_i32x4(e0, e2, 0xdd);   // dword 4 + k
+    r[8 + k] = _mm512_shuffle_i32x4(e1, e3, 0x88);   // dword 8 + k
+    r[12 + k] = _mm512_shuffle_i32x4(e1, e3, 0xdd);  // dword 12 + k
+  }
+}
+
+// A segment is 16 dwords of a row: 64 columns (8-bit) or 128 (4-bit).
+template <int BITS>
+constexpr int64_t kSegmentColumns = BITS == 8 ? 64 : 128;
+
+// Segment `start` (a column) of rows [r0, r0 + rows) (rows <= 16; missing
+// rows are zero), transposed and handed to use(q, quad) for each 4 columns
+// start + 4q .. + 3 present (lane r of quad = row r's 4 bytes), in order.
+template <int BITS, class Use>
+inline void for_segment_quads(const LinearArgs& a, int64_t r0, int rows, int64_t start, Use&& use) {
+  const int64_t columns = min64(kSegmentColumns<BITS>, a.in - start);
+  const int64_t bytes = columns * BITS / 8;
+  const __mmask64 mask = bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
+  __m512i r[16];
+  GLM_UNROLL
+  for (int i = 0; i < 16; ++i) {
+    const uint8_t* p = a.w + (r0 + i) * a.w_stride + start * BITS / 8;
+    r[i] = i < rows ? _mm512_maskz_loadu_epi8(mask, p) : _mm512_setzero_si512();
+    if (i < rows) __builtin_prefetch(p + 4 * 64, 0, 2);
+  }
+  transpose16x16(r);
+  const int dwords = static_cast<int>(bytes / 4);
+  if constexpr (BITS == 8) {
+    for (int j = 0; j < dwords; ++j) use(j, r[j]);
+  } else {  // dword j: columns 8j..8j+7, the even ones in the low nibbles
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    for (int j = 0; j < dwords; ++j) {
+      use(2 * j, _mm512_and_si512(r[j], nibble));
+      use(2 * j + 1, _mm512_and_si512(_mm512_srli_epi16(r[j], 4), nibble));
+    }
+  }
+}
+
+// Repacks rows [r0, r0 + rows) into packed[q] (zmm per 4 columns, lane r =
+// row r).
+template <int BITS>
+void repack_block(const LinearArgs& a, int64_t r0, int rows, __m512i* packed) {
+  for (int64_t start = 0; start < a.in; start += kSegmentColumns<BITS>)
+    for_segment_quads<BITS>(a, r0, rows, start,
+                            [&](int q, __m512i quad) { _mm512_store_si512(packed + start / 4 + q, quad); });
+}
+
+// The block's scales and biases as [group][16 rows] f32.
+inline void repack_scales(const LinearArgs& a, int64_t r0, int rows, float* scales, float* biases) {
+  const int64_t groups = a.in / a.group;
+  // Scales and biases: 16 groups of 16 rows at a time, transposed the same way.
+  for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+    const int64_t left = groups - g0;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const int n = static_cast<int>(min64(16, left));
+    __m512i s[16], b[16];
+    GLM_UNROLL
+    for (int i = 0; i < 16; ++i) {
+      s[i] = i < rows ? _mm512_castps_si512(load_scales16(a.scales, a.scale_type, (r0 + i) * a.scale_stride + g0, mask))
+                      : _mm512_setzero_si512();
+      b[i] = i < rows ? _mm512_castps_si512(load_scales16(a.biases, a.bias_type, (r0 + i) * a.bias_stride + g0, mask))
+                      : _mm512_setzero_si512();
+    }
+    transpose16x16(s);
+    transpose16x16(b);
+    for (int j = 0; j < n; ++j) {
+      _mm512_store_si512(scales + (g0 + j) * 16, s[j]);
+      _mm512_store_si512(biases + (g0 + j) * 16, b[j]);
+    }
+  }
+}
+
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t value;
+  std::memcpy(&value, p, 4);
+  return _mm512_set1_epi32(value);
+}
+
+// The block's rows x tokens [t0, t0 + T).
+template <int T>
+void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m512i* packed, const float* scales,
+                     const float* biases) {
+  const int64_t groups = a.in / a.group, quads = a.group / 4;
+  const int8_t* xq[T];
+  const float* dx[T];
+  const float* xsum[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) {
+    xq[t] = a.xq + (t0 + t) * a.xq_stride;
+    dx[t] = a.xscale + (t0 + t) * groups;
+    xsum[t] = a.xsum + (t0 + t) * groups;
+  }
+  __m512 acc[T], bias_acc[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) acc[t] = bias_acc[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i dot[T];
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) dot[t] = _mm512_setzero_si512();
+    const __m512i* w = packed + g * quads;
+    const int64_t q0 = g * quads;
+    for (int64_t q = 0; q < quads; ++q) {
+      const __m512i weights = _mm512_load_si512(w + q);
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) dot[t] = _mm512_dpbusd_epi32(dot[t], weights, broadcast4(xq[t] + 4 * (q0 + q)));
+    }
+    const __m512 s = _mm512_load_ps(scales + 16 * g), b = _mm512_load_ps(biases + 16 * g);
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) {
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(s, _mm512_set1_ps(dx[t][g])), acc[t]);
+      bias_acc[t] = _mm512_fmadd_ps(b, _mm512_set1_ps(xsum[t][g]), bias_acc[t]);
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + r0) : _mm512_setzero_ps();
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t)
+    _mm512_mask_storeu_ps(a.out + (t0 + t) * a.out_features + r0, mask,
+                          _mm512_add_ps(_mm512_add_ps(acc[t], bias_acc[t]), bias));
+}
+
+// Decode (1-2 tokens): the same arithmetic as int8_block_tile, with each
+// segment's quads used straight from the transpose instead of through the
+// scratch (a round trip that costs as much as the dot products when every
+// weight is used once).
+template <int BITS, int T>
+void int8_block_stream(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* scales, const float* biases) {
+  const int64_t groups = a.in / a.group, quads = a.group / 4;
+  const int8_t* xq[T];
+  const float* dx[T];
+  const float* xsum[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) {
+    xq[t] = a.xq + (t0 + t) * a.xq_stride;
+    dx[t] = a.xscale + (t0 + t) * groups;
+    xsum[t] = a.xsum + (t0 + t) * groups;
+  }
+  __m512 acc[T], bias_acc[T];
+  __m512i dot[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) {
+    acc[t] = bias_acc[t] = _mm512_setzero_ps();
+    dot[t] = _mm512_setzero_si512();
+  }
+  for (int64_t start = 0; start < a.in; start += kSegmentColumns<BITS>)
+    for_segment_quads<BITS>(a, r0, rows, start, [&](int j, __m512i quad) {
+      const int64_t q = start / 4 + j;
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) dot[t] = _mm512_dpbusd_epi32(dot[t], quad, broadcast4(xq[t] + 4 * q));
+      if ((q + 1) % quads == 0) {  // the end of group g
+        const int64_t g = q / quads;
+        const __m512 s = _mm512_load_ps(scales + 16 * g), b = _mm512_load_ps(biases + 16 * g);
+        GLM_UNROLL
+        for (int t = 0; t < T; ++t) {
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(s, _mm512_set1_ps(dx[t][g])), acc[t]);
+          bias_acc[t] = _mm512_fmadd_ps(b, _mm512_set1_ps(xsum[t][g]), bias_acc[t]);
+          dot[t] = _mm512_setzero_si512();
+        }
+      }
+    });
+  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + r0) : _mm512_setzero_ps();
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t)
+    _mm512_mask_storeu_ps(a.out + (t0 + t) * a.out_features + r0, mask,
+                          _mm512_add_ps(_mm512_add_ps(acc[t], bias_acc[t]), bias));
+}
+
+template <int BITS>
+void int8_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  constexpr int T = 8;  // 8 int32 sums + 8 + 8 f32 sums of 32 zmm
+  const int64_t groups = a.in / a.group;
+  __m512i* packed = reinterpret_cast<__m512i*>(a.scratch);
+  float* scales = reinterpret_cast<float*>(a.scratch + int8_packed_bytes(a.in));
+  float* biases = scales + 16 * groups;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += 16) {
+    const int rows = static_cast<int>(min64(16, row_end - r0));
+    repack_scales(a, r0, rows, scales, biases);
+    if (a.n_tokens <= 2) {
+      if (a.n_tokens == 1) int8_block_stream<BITS, 1>(a, r0, rows, 0, scales, biases);
+      else int8_block_stream<BITS, 2>(a, r0, rows, 0, scales, biases);
+      continue;
+    }
+    repack_block<BITS>(a, r0, rows, packed);
+    for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+      switch (min64(T, a.n_tokens - t0)) {
+        case 1: int8_block_tile<1>(a, r0, rows, t0, packed, scales, biases); break;
+        case 2: int8_block_tile<2>(a, r0, rows, t0, packed, scales, biases); break;
+        case 3: int8_block_tile<3>(a, r0, rows, t0, packed, scales, biases); break;
+        case 4: int8_block_tile<4>(a, r0, rows, t0, packed, scales, biases); break;
+        case 5: int8_block_tile<5>(a, r0, rows, t0, packed, scales, biases); break;
+        case 6: int8_block_tile<6>(a, r0, rows, t0, packed, scales, biases); break;
+        case 7: int8_block_tile<7>(a, r0, rows, t0, packed, scales, biases); break;
+        case 8: int8_block_tile<8>(a, r0, rows, t0, packed, scales, biases); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  if (a.kind == WeightKind::Affine4) int8_rows_of<4>(a, row_begin, row_end);
+  else int8_rows_of<8>(a, row_begin, row_end);
+}
+
+void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums) {
+  const int64_t groups = in / group;
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* block = x + g * group;
+    __m512 absmax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < group; k += 16) absmax = _mm512_max_ps(absmax, _mm512_abs_ps(_mm512_loadu_ps(block + k)));
+    const float top = _mm512_reduce_max_ps(absmax);
+    const __m512 inverse = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+    __m512i total = _mm512_setzero_si512();
+    for (int64_t k = 0; k < group; k += 16) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(block + k), inverse));  // nearest even
+      total = _mm512_add_epi32(total, q);
+      __m128i bytes = _mm512_cvtsepi32_epi8(q);
+      if (bits == 4)  // each 8 columns as [0, 2, 4, 6, 1, 3, 5, 7]
+        bytes = _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + g * group + k), bytes);
+    }
+    steps[g] = top / 127.0f;
+    sums[g] = steps[g] * static_cast<float>(_mm512_reduce_add_epi32(total));
+  }
+}
+
+#else  // not an x86-64 GCC/Clang build: never selected
+
+bool compiled() { return false; }
+void exact_rows(const LinearArgs&, int64_t, int64_t) {}
+void bf16_rows(const LinearArgs&, int64_t, int64_t) {}
+void int8_rows(const LinearArgs&, int64_t, int64_t) {}
+void prepare_bf16(const float*, int64_t, uint16_t*) {}
+void prepare_int8(const float*, int64_t, int64_t, int, int8_t*, float*, float*) {}
+
+#endif
+
+}  // namespace glm::cpu::kernels::avx512
+
+#ifdef GLM_KERNELS_AVX512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif

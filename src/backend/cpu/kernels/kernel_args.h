@@ -1,0 +1,111 @@
+// The contract between the dispatcher (dispatch.cpp: picks a kernel, prepares
+// activations, splits rows over threads) and the per-ISA kernel files
+// (avx2.cpp, avx512.cpp). Plain pointers and integers only: the ISA files are
+// compiled for instructions the baseline CPU may lack, so they include no
+// standard-library templates that the linker could merge with baseline
+// copies.
+#pragma once
+
+#include <cstdint>
+
+// Full unrolling of the loops over a tile's rows, tokens and sub-steps, so
+// that accumulator arrays live in registers whatever the optimisation level
+// (at -O2 GCC otherwise keeps them on the stack).
+#define GLM_UNROLL _Pragma("GCC unroll 16")
+
+// While a tile of R rows is read, the same columns of the next tile's rows
+// (`ahead` = R row strides further) are prefetched into L2. A decode GEMV is
+// memory-bound yet spends real arithmetic per byte (4-bit: a lookup and an
+// FMA per weight); left to the hardware prefetchers, too few misses were in
+// flight and memory time and compute time added up instead of overlapping
+// (Zen 4, one core: bf16 15.7 -> 20.4 GB/s, int8 11.6 -> 18.8, int4 7.4 ->
+// 10.6). A macro, so no function is instantiated under two target ISAs.
+#define GLM_PREFETCH_ROWS(rows, R, ahead)                              \
+  do {                                                                 \
+    for (int prefetch_row_ = 0; prefetch_row_ < (R); ++prefetch_row_) \
+      __builtin_prefetch((rows)[prefetch_row_] + (ahead), 0, 2);       \
+  } while (0)
+
+namespace glm::cpu::kernels {
+
+enum class WeightKind : uint8_t { F32, BF16, F16, Affine4, Affine8 };
+// Element type of affine scales/biases.
+enum class ScaleType : uint8_t { F32, BF16, F16 };
+
+struct LinearArgs {
+  // Activations: x [n_tokens, in] dense f32; out [n_tokens, out_features].
+  const float* x = nullptr;
+  int64_t n_tokens = 0;
+  int64_t in = 0;
+  float* out = nullptr;
+  int64_t out_features = 0;
+  const float* bias = nullptr;  // [out_features] f32, or null
+
+  // Weight row r starts at w + r * w_stride (bytes): in values of `kind`.
+  WeightKind kind = WeightKind::F32;
+  const uint8_t* w = nullptr;
+  int64_t w_stride = 0;
+  // Affine: value = scale * q + bias per `group` columns; scales/biases row r
+  // start at scales + r * scale_stride (elements of scale_type).
+  int64_t group = 0;
+  const void* scales = nullptr;
+  const void* biases = nullptr;
+  int64_t scale_stride = 0;
+  int64_t bias_stride = 0;
+  ScaleType scale_type = ScaleType::F32;
+  ScaleType bias_type = ScaleType::F32;
+
+  // Exact-mode activations of affine weights (AVX-512), prepared once per
+  // call by avx512::prepare_exact: x reordered for 4-bit weights, the exact
+  // f32 sum of x over each group for 8-bit weights.
+  const float* xp = nullptr;  // [n_tokens, in]
+  const float* xgs = nullptr;  // [n_tokens, in / group]
+
+  // Fast-mode activations, prepared once per call by prepare_* below.
+  const uint16_t* xb = nullptr;  // bf16 [n_tokens, xb_stride], zero padded past `in`
+  int64_t xb_stride = 0;
+  const int8_t* xq = nullptr;    // int8 [n_tokens, xq_stride] in the kernel's column order (avx512.cpp)
+  int64_t xq_stride = 0;
+  const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
+  const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
+  // Per-thread scratch of int8_rows: int8_scratch_bytes(in, group), 64-byte aligned.
+  uint8_t* scratch = nullptr;
+};
+
+// Computes out rows [row_begin, row_end) for every token.
+using RowsKernel = void (*)(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+
+// Rounding of activations to the padded widths the fast kernels read.
+inline int64_t bf16_stride(int64_t in) { return (in + 31) / 32 * 32; }
+inline int64_t int8_stride(int64_t in) { return (in + 63) / 64 * 64; }
+// int8_rows' scratch: a block of 16 rows repacked (a zmm per 4 columns)
+// and their scales and biases as f32.
+inline int64_t int8_packed_bytes(int64_t in) { return (in + 127) / 128 * 128 / 4 * 64; }
+inline int64_t int8_scratch_bytes(int64_t in, int64_t group) { return int8_packed_bytes(in) + 2 * 16 * 4 * (in / group); }
+// The AVX-512 affine kernels keep a tile's scales on the stack.
+constexpr int64_t kMaxGroups = 1024;
+
+namespace avx2 {
+bool compiled();
+void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+}  // namespace avx2
+
+namespace avx512 {
+bool compiled();
+void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// BF16 weights, activations args.xb (needs AVX512_BF16).
+void bf16_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// Affine 4/8-bit, group 32, 64 or 128, activations args.xq, scratch
+// args.scratch (needs AVX512_VNNI). Row ranges should start at multiples of
+// 16 (rows go in blocks of 16).
+void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// Token t's activations for exact_rows on affine weights: xp [in] (4-bit),
+// group sums [in / group] (8-bit).
+void prepare_exact(const float* x, int64_t in, int64_t group, int bits, float* xp, float* sums);
+// Token t's activations for bf16_rows: out [bf16_stride(in)].
+void prepare_bf16(const float* x, int64_t in, uint16_t* out);
+// A token's activations for int8_rows: xq [in], steps and sums [in / group].
+void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums);
+}  // namespace avx512
+
+}  // namespace glm::cpu::kernels

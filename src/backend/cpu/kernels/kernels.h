@@ -1,0 +1,62 @@
+// Fast CPU projections (out = x W^T + b): SIMD kernels for AVX2 and AVX-512
+// chosen at run time, threaded over output rows with OpenMP. cpu::linear asks
+// these first and falls back to the reference loop when none applies.
+//
+// Which weights have a fast kernel:
+//   Float F32, BF16, F16                        (AVX2+FMA+F16C, AVX-512F)
+//   Affine 4- and 8-bit, groups multiple of 32  (same; other bit widths and
+//                                                FP8 run the reference)
+//
+// Activations. Every kernel accumulates in f32. Two modes:
+//   Exact (the default): activations stay f32; weights are widened or
+//     dequantized (scale * q + bias) to f32 in registers and FMA'd. Agrees
+//     with the reference to rounding (~1e-6 relative).
+//   Fast: activations are rounded to bf16 for BF16 weights (VDPBF16PS, needs
+//     AVX512_BF16) or quantized to int8 with one absmax scale per weight
+//     group for affine weights (VPDPBUSD, needs AVX512_VNNI). About 3e-3
+//     (bf16) and 7e-3 (int8) relative L2 error on random data;
+//     twice (bf16) to four times (int8) the arithmetic rate of FMA, so it
+//     pays for prompts, not for decode (memory-bound either way).
+//   Other weights, or a CPU without the instructions, run Exact in Fast mode.
+//
+// Determinism: a token's outputs are computed by the same instruction
+// sequence whatever n_tokens, the thread count or the tile a token falls in
+// (one accumulator per (row, token), summed over columns in a fixed order,
+// reduced by a fixed tree), so a token alone and in a ragged batch get
+// bit-identical results in a given mode. Mode FastPrompts (Fast only when
+// n_tokens >= fast_min_tokens) gives up that property on purpose.
+#pragma once
+
+#include <cstdint>
+
+#include "core/weight.h"
+
+namespace glm::cpu::kernels {
+
+enum class Isa { Reference, Avx2, Avx512 };
+enum class Activations { Exact, Fast, FastPrompts };
+
+struct Options {
+  Isa isa = Isa::Reference;                    // clamped to what the CPU supports
+  Activations activations = Activations::Exact;
+  int64_t fast_min_tokens = 32;                // FastPrompts threshold
+};
+
+// The best ISA this CPU (and build) supports.
+Isa supported_isa();
+const char* isa_name(Isa isa);
+// Process-wide options, initialised on first use from the environment:
+//   GLM_CPU_ISA=reference|avx2|avx512         (default: the best supported)
+//   GLM_CPU_ACTIVATIONS=exact|fast|fast-prompts (default: exact)
+// Tests and benchmarks may change them between calls (not during one).
+Options& options();
+
+// The kernel the current options pick for this weight and batch size, e.g.
+// "avx512 bf16-dot", "avx2 exact", or nullptr when the reference would run.
+const char* kernel_name(const Weight& weight, int64_t n_tokens);
+
+// out [n_tokens, out_features] = x [n_tokens, in_features] W^T (+ bias).
+// Returns false, touching nothing, when no fast kernel applies.
+bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
+
+}  // namespace glm::cpu::kernels

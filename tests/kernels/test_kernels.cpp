@@ -1,0 +1,445 @@
+// Tests of the SIMD projection kernels (src/backend/cpu/kernels/) against
+// cpu::linear_reference: every weight format with a kernel (F32, BF16, F16,
+// affine 4/8-bit with groups 32/64/128 and f32/bf16/f16 scales), every ISA
+// path this CPU has, exact and fast (bf16/int8) activations, sizes that are
+// not multiples of any SIMD width, 1/2/3 threads. Also that results are
+// bit-identical across thread counts and for a token alone vs in a batch
+// (the ragged-batch guarantee), and that unsupported formats fall back.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernels.h"
+
+namespace glm {
+namespace {
+
+using cpu::kernels::Activations;
+using cpu::kernels::Isa;
+
+std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
+  std::mt19937 generator(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(count);
+  for (float& value : values) value = normal(generator);
+  return values;
+}
+
+// f32 -> f16 bits, round to nearest even; normal range only (tests keep to it).
+uint16_t f32_to_f16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
+  const int exponent = static_cast<int>((bits >> 23) & 0xff) - 127 + 15;
+  const uint32_t mantissa = bits & 0x7fffff;
+  if (exponent <= 0) return sign;
+  if (exponent >= 31) return sign | 0x7c00;
+  uint16_t half = static_cast<uint16_t>(sign | (exponent << 10) | (mantissa >> 13));
+  const uint32_t rest = mantissa & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) ++half;
+  return half;
+}
+
+// Values stored in `dtype` (F32, BF16 or F16), kept alive with the weight.
+struct Stored {
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;  // what the stored bits mean, as f32
+};
+
+Stored store(const std::vector<float>& values, DType dtype) {
+  Stored s;
+  s.bytes.resize(values.size() * dtype_size(dtype));
+  s.values.resize(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (dtype == DType::F32) {
+      std::memcpy(s.bytes.data() + 4 * i, &values[i], 4);
+      s.values[i] = values[i];
+    } else {
+      const uint16_t bits = dtype == DType::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+      std::memcpy(s.bytes.data() + 2 * i, &bits, 2);
+      s.values[i] = dtype == DType::BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
+    }
+  }
+  return s;
+}
+
+// A weight under test with its exact f32 values (the oracle's input).
+struct TestWeight {
+  Weight weight;
+  std::vector<float> dense;  // [out, in] f32 values of the weight
+  Stored values, scales, biases;
+  std::vector<uint32_t> words;
+};
+
+TestWeight float_test_weight(int64_t out, int64_t in, DType dtype, unsigned seed) {
+  TestWeight t;
+  t.values = store(random_values(static_cast<size_t>(out * in), seed, 0.5f), dtype);
+  // f16 subnormals and zeros are part of the format; put some in.
+  if (dtype == DType::F16)
+    for (size_t i = 0; i < t.values.values.size(); i += 97) {
+      const uint16_t bits = static_cast<uint16_t>(i % 3 == 0 ? 0 : 0x0001 + i % 0x3ff);
+      std::memcpy(t.values.bytes.data() + 2 * i, &bits, 2);
+      t.values.values[i] = f16_to_f32(bits);
+    }
+  t.dense = t.values.values;
+  t.weight = float_weight("w", TensorView(t.values.bytes.data(), dtype, {out, in}));
+  return t;
+}
+
+// mlx-lm affine quantization: `bits`-bit q packed little end first into U32
+// words; value = scale * q + bias per `group` columns.
+TestWeight affine_test_weight(int64_t out, int64_t in, int bits, int64_t group, DType scale_dtype, unsigned seed) {
+  TestWeight t;
+  std::mt19937 generator(seed);
+  std::uniform_int_distribution<uint32_t> level(0, (1u << bits) - 1);
+  const int64_t groups = in / group;
+  std::vector<float> scales(static_cast<size_t>(out * groups)), biases(scales.size());
+  std::uniform_real_distribution<float> uniform(0.5f, 1.5f);
+  for (size_t i = 0; i < scales.size(); ++i) {
+    scales[i] = uniform(generator) * 0.1f / static_cast<float>(1 << (bits - 4));
+    biases[i] = -scales[i] * static_cast<float>((1 << bits) / 2) + 0.01f * (uniform(generator) - 1.0f);
+  }
+  t.scales = store(scales, scale_dtype);
+  t.biases = store(biases, scale_dtype);
+  const int64_t words_per_row = in * bits / 32;
+  t.words.assign(static_cast<size_t>(out * words_per_row), 0u);
+  t.dense.resize(static_cast<size_t>(out * in));
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t c = 0; c < in; ++c) {
+      const uint32_t q = level(generator);
+      const int64_t bit = c * bits;
+      t.words[r * words_per_row + bit / 32] |= q << (bit % 32);
+      const float s = t.scales.values[r * groups + c / group], b = t.biases.values[r * groups + c / group];
+      t.dense[r * in + c] = s * static_cast<float>(q) + b;
+    }
+  Weight& w = t.weight;
+  w.name = "w";
+  w.shape = {out, in};
+  w.view = TensorView(t.words.data(), DType::U32, {out, words_per_row});
+  w.format.kind = WeightFormat::Kind::Affine;
+  w.format.dtype = DType::U32;
+  w.format.bits = bits;
+  w.format.group_size = group;
+  w.format.scales = TensorView(t.scales.bytes.data(), scale_dtype, {out, groups});
+  w.format.biases = TensorView(t.biases.bytes.data(), scale_dtype, {out, groups});
+  return t;
+}
+
+// The oracle: the reference loop over the f32 values of the weight.
+std::vector<float> oracle(const TestWeight& t, const std::vector<float>& x, int64_t n_tokens, const Weight* bias) {
+  const int64_t out = t.weight.dim(0), in = t.weight.dim(1);
+  const Weight dense = float_weight("dense", TensorView(t.dense.data(), DType::F32, {out, in}));
+  std::vector<float> y(static_cast<size_t>(n_tokens * out));
+  cpu::linear_reference(y.data(), x.data(), n_tokens, dense, bias);
+  return y;
+}
+
+// Exact activations: max |a - b| / max |b| (every element within rounding).
+double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
+  double worst = 0.0, scale = 0.0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    worst = std::max(worst, std::abs(static_cast<double>(actual[i]) - expected[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
+  }
+  return worst / scale;
+}
+
+// Fast activations: |a - b|_2 / |b|_2, as the fixture tests measure logits.
+// Rounding x to bf16 or int8 is noise on every term; its sum is judged as a
+// whole (a max-element bound would grade the noise's tail).
+double relative_l2(const std::vector<float>& actual, const std::vector<float>& expected) {
+  double difference = 0.0, norm = 0.0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    difference += (actual[i] - static_cast<double>(expected[i])) * (actual[i] - static_cast<double>(expected[i]));
+    norm += static_cast<double>(expected[i]) * expected[i];
+  }
+  return std::sqrt(difference / norm);
+}
+
+double error_of(bool fast, const std::vector<float>& actual, const std::vector<float>& expected) {
+  return fast ? relative_l2(actual, expected) : relative_error(actual, expected);
+}
+
+// Runs cpu::linear under the given ISA, activation mode and thread count.
+class KernelScope {
+ public:
+  KernelScope(Isa isa, Activations activations) : saved_(cpu::kernels::options()) {
+    cpu::kernels::options().isa = isa;
+    cpu::kernels::options().activations = activations;
+  }
+  ~KernelScope() {
+    cpu::kernels::options() = saved_;
+    omp_set_num_threads(threads_);
+  }
+
+ private:
+  cpu::kernels::Options saved_;
+  int threads_ = omp_get_max_threads();
+};
+
+std::vector<float> run_linear(const Weight& w, const std::vector<float>& x, int64_t n_tokens, const Weight* bias,
+                              int threads) {
+  omp_set_num_threads(threads);
+  std::vector<float> y(static_cast<size_t>(n_tokens * w.dim(0)), NAN);
+  cpu::linear(y.data(), x.data(), n_tokens, w, bias);
+  return y;
+}
+
+std::vector<Isa> available_isas() {
+  std::vector<Isa> isas;
+  if (cpu::kernels::supported_isa() >= Isa::Avx2) isas.push_back(Isa::Avx2);
+  if (cpu::kernels::supported_isa() >= Isa::Avx512) isas.push_back(Isa::Avx512);
+  return isas;
+}
+
+// Whether a fast (bf16/int8-activation) kernel runs for this weight now.
+bool fast_kernel_runs(const Weight& w, Isa isa) {
+  const char* name = cpu::kernels::kernel_name(w, 17);
+  return isa == Isa::Avx512 && name && std::string(name).find("exact") == std::string::npos;
+}
+
+// Checks one weight on every ISA, both activation modes, 1/2/3 threads and
+// 1/3/17 tokens; bit-identity across threads and batch sizes.
+void check_weight(const TestWeight& t, double exact_tolerance, double fast_tolerance, const Weight* bias = nullptr,
+                  const std::string& label = "") {
+  const int64_t in = t.weight.dim(1), out = t.weight.dim(0);
+  const std::vector<float> x = random_values(static_cast<size_t>(17 * in), 99);
+  const std::vector<float> expected = oracle(t, x, 17, bias);
+  for (Isa isa : available_isas())
+    for (Activations mode : {Activations::Exact, Activations::Fast}) {
+      KernelScope scope(isa, mode);
+      const bool fast = mode == Activations::Fast && fast_kernel_runs(t.weight, isa);
+      const double tolerance = fast ? fast_tolerance : exact_tolerance;
+      SCOPED_TRACE(label + " isa " + cpu::kernels::isa_name(isa) + (fast ? " fast" : " exact") + " kernel " +
+                   (cpu::kernels::kernel_name(t.weight, 17) ? cpu::kernels::kernel_name(t.weight, 17) : "none"));
+      ASSERT_NE(cpu::kernels::kernel_name(t.weight, 17), nullptr);
+      const std::vector<float> batch = run_linear(t.weight, x, 17, bias, 1);
+      EXPECT_LE(error_of(fast, batch, expected), tolerance);
+      for (int threads : {2, 3})
+        EXPECT_EQ(std::memcmp(run_linear(t.weight, x, 17, bias, threads).data(), batch.data(),
+                              batch.size() * sizeof(float)),
+                  0)
+            << threads << " threads changed bits";
+      // Tokens alone and in a batch of 3 give the batch-of-17 bits.
+      for (int64_t n : {1, 3})
+        for (int64_t first : {int64_t{0}, int64_t{5}, 17 - n}) {
+          const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
+          const std::vector<float> y = run_linear(t.weight, part, n, bias, n == 1 ? 2 : 3);
+          EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * out, y.size() * sizeof(float)), 0)
+              << n << " tokens from " << first << " differ from the same tokens in a batch of 17";
+        }
+    }
+}
+
+// ---- float weights ----
+
+TEST(KernelsFloat, F32Bf16F16OddSizes) {
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (int64_t in : {int64_t{4100}, int64_t{37}, int64_t{5}}) {
+      const TestWeight t = float_test_weight(37, in, dtype, 1 + static_cast<unsigned>(in));
+      check_weight(t, 1e-5, 1e-2, nullptr, std::string(dtype_name(dtype)) + " in " + std::to_string(in));
+    }
+}
+
+TEST(KernelsFloat, BiasOfAnyFloatType) {
+  const TestWeight t = float_test_weight(37, 300, DType::BF16, 3);
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const Stored b = store(random_values(37, 4), dtype);
+    const Weight bias = float_weight("b", TensorView(b.bytes.data(), dtype, {37}));
+    check_weight(t, 1e-5, 1e-2, &bias, std::string("bias ") + std::string(dtype_name(dtype)));
+  }
+}
+
+TEST(KernelsFloat, StridedColumnSliceOfAMatrix) {
+  const TestWeight full = float_test_weight(37, 4100, DType::BF16, 5);
+  TestWeight t;
+  t.weight = full.weight.slice_columns(1000, 3021);
+  for (int64_t r = 0; r < 37; ++r)
+    t.dense.insert(t.dense.end(), full.dense.begin() + r * 4100 + 1000, full.dense.begin() + r * 4100 + 3021);
+  check_weight(t, 1e-5, 1e-2, nullptr, "column slice");
+}
+
+TEST(KernelsFloat, ManyTokensAndRowsCoverEveryTile) {
+  // 70 tokens x 75 rows: full and partial tiles of every kernel, several row blocks.
+  const TestWeight t = float_test_weight(75, 1000, DType::BF16, 6);
+  const std::vector<float> x = random_values(70 * 1000, 7);
+  const std::vector<float> expected = oracle(t, x, 70, nullptr);
+  for (Isa isa : available_isas())
+    for (Activations mode : {Activations::Exact, Activations::Fast}) {
+      KernelScope scope(isa, mode);
+      const bool fast = mode == Activations::Fast && fast_kernel_runs(t.weight, isa);
+      EXPECT_LE(error_of(fast, run_linear(t.weight, x, 70, nullptr, 2), expected), fast ? 1e-2 : 1e-5)
+          << cpu::kernels::isa_name(isa);
+    }
+}
+
+// ---- affine weights ----
+
+TEST(KernelsAffine, FourAndEightBitsEveryGroupAndScaleType) {
+  for (int bits : {4, 8})
+    for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}})
+      for (DType scale_dtype : {DType::F32, DType::BF16, DType::F16}) {
+        // An odd number of groups: a half 64-column chunk for group 32.
+        const int64_t in = group * (4096 / group + 1);
+        const TestWeight t = affine_test_weight(37, in, bits, group, scale_dtype, static_cast<unsigned>(bits * group));
+        check_weight(t, 1e-5, 1e-2, nullptr,
+                     std::to_string(bits) + "-bit g" + std::to_string(group) + " " +
+                         std::string(dtype_name(scale_dtype)) + " scales");
+      }
+}
+
+TEST(KernelsAffine, ColumnSliceAndBias) {
+  const TestWeight full = affine_test_weight(37, 1024, 4, 64, DType::BF16, 8);
+  TestWeight t;
+  t.weight = full.weight.slice_columns(256, 832);
+  for (int64_t r = 0; r < 37; ++r)
+    t.dense.insert(t.dense.end(), full.dense.begin() + r * 1024 + 256, full.dense.begin() + r * 1024 + 832);
+  const std::vector<float> b = random_values(37, 9);
+  const Weight bias = float_weight("b", TensorView(b.data(), DType::F32, {37}));
+  check_weight(t, 1e-5, 1e-2, &bias, "affine column slice");
+}
+
+TEST(KernelsAffine, SmallAndLargeTokenCounts) {
+  const TestWeight t = affine_test_weight(75, 512, 4, 32, DType::F16, 10);
+  const std::vector<float> x = random_values(70 * 512, 11);
+  const std::vector<float> expected = oracle(t, x, 70, nullptr);
+  for (Isa isa : available_isas())
+    for (Activations mode : {Activations::Exact, Activations::Fast}) {
+      KernelScope scope(isa, mode);
+      const bool fast = mode == Activations::Fast && fast_kernel_runs(t.weight, isa);
+      EXPECT_LE(error_of(fast, run_linear(t.weight, x, 70, nullptr, 3), expected), fast ? 1e-2 : 1e-5)
+          << cpu::kernels::isa_name(isa);
+    }
+}
+
+// Activations with outlier channels (as LLM hidden states have): per-group
+// int8 scales keep the damage to the outliers' groups.
+TEST(KernelsAffine, Int8ActivationsWithOutlierChannels) {
+  const TestWeight t = affine_test_weight(64, 2048, 4, 64, DType::BF16, 12);
+  std::vector<float> x = random_values(5 * 2048, 13);
+  for (int64_t token = 0; token < 5; ++token)
+    for (int64_t channel : {17, 700, 701, 1999}) x[token * 2048 + channel] *= 10.0f;
+  const std::vector<float> expected = oracle(t, x, 5, nullptr);
+  KernelScope scope(Isa::Avx512, Activations::Fast);
+  if (!fast_kernel_runs(t.weight, cpu::kernels::options().isa)) GTEST_SKIP() << "no AVX512_VNNI";
+  EXPECT_LE(relative_l2(run_linear(t.weight, x, 5, nullptr, 2), expected), 1e-2);
+}
+
+// The reference dequantizer (dequantize.cpp) agrees with the test's packing.
+TEST(KernelsAffine, ReferenceDequantizerAgreesWithTheOracle) {
+  const TestWeight t = affine_test_weight(9, 256, 4, 32, DType::BF16, 14);
+  std::vector<float> row(256);
+  try {
+    cpu::dequantize_row(t.weight, 3, row.data());
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "reference affine dequantization not available yet: " << e.what();
+  }
+  for (int c = 0; c < 256; ++c) EXPECT_FLOAT_EQ(row[c], t.dense[3 * 256 + c]) << c;
+}
+
+// ---- mixture of experts ----
+
+// moe_experts through the fast kernels: equal to the reference expert MLP per
+// token, and a token's output has the same bits alone as in a batch (the
+// decode step and the prompt agree).
+TEST(KernelsMoe, ExpertsMatchTheReferenceAndDoNotDependOnTheBatch) {
+  const int64_t hidden = 256, width = 96, n_experts = 8, top_k = 3, n_tokens = 9;
+  std::vector<TestWeight> gates, ups, downs;
+  ExpertTable gate, up, down;
+  for (int64_t e = 0; e < n_experts; ++e) {
+    gates.push_back(affine_test_weight(width, hidden, 4, 64, DType::BF16, 100 + static_cast<unsigned>(e)));
+    ups.push_back(affine_test_weight(width, hidden, 4, 64, DType::BF16, 200 + static_cast<unsigned>(e)));
+    downs.push_back(float_test_weight(hidden, width, DType::BF16, 300 + static_cast<unsigned>(e)));
+  }
+  for (int64_t e = 0; e < n_experts; ++e) {
+    gate.experts.push_back(gates[e].weight);
+    up.experts.push_back(ups[e].weight);
+    down.experts.push_back(downs[e].weight);
+  }
+  const std::vector<float> x = random_values(static_cast<size_t>(n_tokens * hidden), 21);
+  std::vector<int32_t> ids(static_cast<size_t>(n_tokens * top_k));
+  std::vector<float> mix(ids.size());
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t k = 0; k < top_k; ++k) {
+      ids[t * top_k + k] = static_cast<int32_t>((t * 5 + k * 3) % n_experts);
+      mix[t * top_k + k] = 0.2f + 0.1f * static_cast<float>(k);
+    }
+  auto run = [&](int64_t first, int64_t count) {
+    Routing routing;
+    routing.expert_ids.data = ids.data() + first * top_k;
+    routing.expert_ids.dtype = DType::I32;
+    routing.expert_ids.shape = {count, top_k};
+    routing.weights.data = mix.data() + first * top_k;
+    routing.weights.dtype = DType::F32;
+    routing.weights.shape = {count, top_k};
+    std::vector<float> y(static_cast<size_t>(count * hidden));
+    cpu::moe_experts(y.data(), x.data() + first * hidden, count, hidden, routing, gate, up, down);
+    return y;
+  };
+  // Reference: each token through its experts with the reference loop over the
+  // f32 values of the weights.
+  std::vector<float> expected(static_cast<size_t>(n_tokens * hidden), 0.0f);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int64_t e = ids[t * top_k + k];
+      const std::vector<float> token(x.begin() + t * hidden, x.begin() + (t + 1) * hidden);
+      std::vector<float> g = oracle(gates[e], token, 1, nullptr), u = oracle(ups[e], token, 1, nullptr);
+      for (int64_t i = 0; i < width; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      const std::vector<float> d = oracle(downs[e], g, 1, nullptr);
+      for (int64_t i = 0; i < hidden; ++i) expected[t * hidden + i] += mix[t * top_k + k] * d[i];
+    }
+  }
+  for (Isa isa : available_isas()) {
+    KernelScope scope(isa, Activations::Exact);
+    omp_set_num_threads(2);
+    const std::vector<float> batch = run(0, n_tokens);
+    EXPECT_LE(relative_error(batch, expected), 1e-5) << cpu::kernels::isa_name(isa);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const std::vector<float> alone = run(t, 1);
+      EXPECT_EQ(std::memcmp(alone.data(), batch.data() + t * hidden, alone.size() * sizeof(float)), 0)
+          << "token " << t << " alone differs from the batch";
+    }
+  }
+}
+
+// ---- dispatch ----
+
+TEST(KernelsDispatch, UnsupportedFormatsFallBackToTheReference) {
+  TestWeight three = affine_test_weight(8, 256, 8, 64, DType::BF16, 15);
+  three.weight.format.bits = 3;  // the bytes no longer match, only the dispatch is checked
+  EXPECT_EQ(cpu::kernels::kernel_name(three.weight, 1), nullptr);
+  TestWeight fp8 = float_test_weight(8, 64, DType::F32, 16);
+  fp8.weight.format.kind = WeightFormat::Kind::Fp8;
+  EXPECT_EQ(cpu::kernels::kernel_name(fp8.weight, 1), nullptr);
+  const TestWeight bf16 = float_test_weight(8, 64, DType::BF16, 17);
+  {
+    KernelScope scope(Isa::Reference, Activations::Exact);
+    EXPECT_EQ(cpu::kernels::kernel_name(bf16.weight, 1), nullptr);
+  }
+  if (cpu::kernels::supported_isa() == Isa::Avx512) {
+    KernelScope scope(Isa::Avx512, Activations::FastPrompts);
+    EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, 1), "avx512 exact");
+    const char* prompt = cpu::kernels::kernel_name(bf16.weight, 512);
+    ASSERT_NE(prompt, nullptr);
+    EXPECT_TRUE(std::string(prompt) == "avx512 bf16-dot" || std::string(prompt) == "avx512 exact") << prompt;
+  }
+}
+
+TEST(KernelsDispatch, DefaultIsExactAndTheBestIsa) {
+  const cpu::kernels::Options defaults;
+  EXPECT_EQ(defaults.activations, Activations::Exact);
+  if (!std::getenv("GLM_CPU_ISA")) {
+    EXPECT_EQ(cpu::kernels::options().isa, cpu::kernels::supported_isa());
+  }
+  std::printf("supported ISA: %s\n", cpu::kernels::isa_name(cpu::kernels::supported_isa()));
+}
+
+}  // namespace
+}  // namespace glm
