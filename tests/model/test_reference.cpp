@@ -14,45 +14,15 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "io/npy.h"
+#include "../common/reference_fixtures.h"
 
 namespace glm {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> fixture_cases() {
-  std::vector<std::string> cases;
-  const fs::path root = fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures";
-  for (const auto& entry : fs::directory_iterator(root))
-    if (fs::exists(entry.path() / "reference" / "meta.json")) cases.push_back(entry.path().filename().string());
-  std::sort(cases.begin(), cases.end());
-  return cases;
-}
+using namespace testing_fixtures;
 
-fs::path case_dir(const std::string& name) { return fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / name; }
-
-nlohmann::json load_meta(const std::string& name) {
-  std::ifstream in(case_dir(name) / "reference" / "meta.json");
-  return nlohmann::json::parse(in);
-}
-
-double relative_l2(std::span<const float> actual, std::span<const float> expected) {
-  double difference = 0.0, norm = 0.0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    difference += (actual[i] - expected[i]) * static_cast<double>(actual[i] - expected[i]);
-    norm += expected[i] * static_cast<double>(expected[i]);
-  }
-  return std::sqrt(difference / norm);
-}
-
-std::vector<int32_t> ids_of(const nlohmann::json& prompt) { return prompt["ids"].get<std::vector<int32_t>>(); }
-
-std::vector<float> all_logits(Engine& engine, const std::vector<int32_t>& ids) {
-  const int32_t sequence = engine.cache().create_sequence();
-  auto results = engine.step({SequenceWork{sequence, ids, LogitsWanted::All}});
-  engine.cache().release_sequence(sequence);
-  return results[0].logits;
-}
 
 EngineOptions options_with_context(int64_t tokens) {
   EngineOptions options;
