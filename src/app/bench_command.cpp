@@ -157,6 +157,7 @@ int run_bench(const BenchOptions& options) {
 
   nlohmann::ordered_json report;
   report["model"] = directory;
+  report["device"] = options.device;
   report["threads"] = omp_get_max_threads();
   report["weights_bytes"] = engine.model().weights().bound_bytes;
 
@@ -255,8 +256,8 @@ int run_bench(const BenchOptions& options) {
     std::printf("%s\n", report.dump(2).c_str());
     return 0;
   }
-  std::printf("model %s, %d threads, weights %.2f GB, read bandwidth %.1f GB/s\n", directory.c_str(),
-              omp_get_max_threads(), report["weights_bytes"].get<double>() / 1e9, read_bandwidth / 1e9);
+  std::printf("model %s on %s, %d threads, weights %.2f GB, host read bandwidth %.1f GB/s\n", directory.c_str(),
+              options.device.c_str(), omp_get_max_threads(), report["weights_bytes"].get<double>() / 1e9, read_bandwidth / 1e9);
   for (const auto& p : report["prompt"])
     std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)\n",
                 static_cast<long long>(p["tokens"].get<int64_t>()), p["tokens_per_s"].get<double>(),
