@@ -28,7 +28,7 @@ void attention(float* out, const float* q, const float* k, const float* v, int64
   const int64_t block_size = plan.block_size;
 #pragma omp parallel
   {
-    std::vector<float> scores;
+    thread_local std::vector<float> scores;  // keeps its capacity between calls
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t t = 0; t < n_tokens; ++t) {
       for (int64_t h = 0; h < n_heads; ++h) {

@@ -13,8 +13,12 @@ void route_token(const float* logits, const Weight& correction_bias, int64_t n_e
                  int32_t* expert_ids, float* weights) {
   // Sigmoid scores are independent per expert (unlike softmax), so an
   // expert's weight does not shrink because another expert scored high.
-  std::vector<float> scores(static_cast<size_t>(n_experts));
-  std::vector<float> choice(static_cast<size_t>(n_experts));  // scores + bias: used only to choose
+  // Per-thread buffers that keep their capacity: routing allocates nothing in steady state.
+  thread_local std::vector<float> scores, choice, group_scores, members;
+  thread_local std::vector<int64_t> groups;
+  thread_local std::vector<int32_t> order;
+  scores.resize(static_cast<size_t>(n_experts));
+  choice.resize(static_cast<size_t>(n_experts));  // scores + bias: used only to choose
   for (int64_t e = 0; e < n_experts; ++e) {
     scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
     choice[e] = scores[e] + weight_element(correction_bias, e);
@@ -27,14 +31,14 @@ void route_token(const float* logits, const Weight& correction_bias, int64_t n_e
   // lets a pruned expert beat an eligible one whose biased score is negative.
   if (params.n_group > 1) {
     const int64_t group_size = n_experts / params.n_group;
-    std::vector<float> group_scores(static_cast<size_t>(params.n_group));
+    group_scores.resize(static_cast<size_t>(params.n_group));
     for (int64_t g = 0; g < params.n_group; ++g) {
-      std::vector<float> members(choice.begin() + g * group_size, choice.begin() + (g + 1) * group_size);
+      members.assign(choice.begin() + g * group_size, choice.begin() + (g + 1) * group_size);
       const int64_t best = std::min<int64_t>(2, group_size);
       std::partial_sort(members.begin(), members.begin() + best, members.end(), std::greater<float>());
       group_scores[g] = std::accumulate(members.begin(), members.begin() + best, 0.0f);
     }
-    std::vector<int64_t> groups(static_cast<size_t>(params.n_group));
+    groups.resize(static_cast<size_t>(params.n_group));
     std::iota(groups.begin(), groups.end(), 0);
     std::stable_sort(groups.begin(), groups.end(),
                      [&](int64_t a, int64_t b) { return group_scores[a] > group_scores[b]; });
@@ -46,7 +50,7 @@ void route_token(const float* logits, const Weight& correction_bias, int64_t n_e
 
   // The bias steers which experts are chosen (it is tuned during training to
   // balance load), but the weights come from the unbiased scores.
-  std::vector<int32_t> order(static_cast<size_t>(n_experts));
+  order.resize(static_cast<size_t>(n_experts));
   std::iota(order.begin(), order.end(), 0);
   std::partial_sort(order.begin(), order.begin() + params.top_k, order.end(), [&](int32_t a, int32_t b) {
     return choice[a] > choice[b] || (choice[a] == choice[b] && a < b);
