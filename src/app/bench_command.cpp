@@ -104,8 +104,12 @@ struct ComponentClock {
   Clock::time_point mark;
   const Glm4MoeConfig* config = nullptr;
 
-  void attach(Glm4MoeModel& model) {
-    model.set_tracer([this](const std::string& name, int layer, const Tensor&) {
+  // Each mark waits for the device, so asynchronous backends (CUDA) charge
+  // time to the component that issued the work; it adds one synchronisation
+  // per mark, so the per-component run is slower than an unmarked one.
+  void attach(Glm4MoeModel& model, Backend& backend) {
+    model.set_tracer([this, &backend](const std::string& name, int layer, const Tensor&) {
+      backend.synchronize();
       const auto now = Clock::now();
       const double elapsed = std::chrono::duration<double>(now - mark).count();
       if (name == "embedding") {
@@ -210,7 +214,7 @@ int run_bench(const BenchOptions& options) {
         engine.step({SequenceWork{sequence, random_tokens(1, 5), LogitsWanted::Last}})[0].logits;
     clock = ComponentClock{};
     clock.config = &config;
-    clock.attach(engine.model());
+    clock.attach(engine.model(), engine.backend());
     const auto start = Clock::now();
     for (int64_t step = 0; step < options.generate_tokens; ++step) {
       const auto step_start = Clock::now();

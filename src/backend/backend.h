@@ -71,6 +71,9 @@ class Backend {
   virtual Tensor allocate(const Shape& shape, DType dtype = DType::F32) = 0;
   virtual void release(Tensor& tensor) = 0;
   virtual void copy_to_host(std::span<float> destination, const Tensor& source) = 0;
+  // Waits until every op issued so far has finished (devices run ops
+  // asynchronously); for timing, never needed for correctness.
+  virtual void synchronize() {}
   // Makes a weight usable by this backend: a device backend uploads it once
   // (returning a descriptor placed on the device), a CPU backend may repack
   // it or return it as it is. placement_summary() says what happened, for `info`.

@@ -196,6 +196,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     }
     tensor.data = nullptr;
   }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream)); }
   void copy_to_host(std::span<float> destination, const Tensor& source) override {
     select();
     GLM_CHECK(destination.size() == static_cast<size_t>(source.numel()), "internal error: copy_to_host size");
