@@ -489,6 +489,8 @@ int sort_compare(const Value& a, const Value& b, bool case_sensitive) {
 
 }  // namespace
 
+List iterable_items(const Value& v) { return to_list(v); }
+
 Value get_attr(const Value& obj, const std::string& name) {
   switch (obj.kind()) {
     case Value::Kind::Dict: {

@@ -31,4 +31,8 @@ Value higher_order_filter(const std::string& name, const Value& input, CallArgs&
 
 Value builtin_range(CallArgs& args);
 
+// The elements a Python for loop visits: list items, dict keys, string
+// characters (undefined iterates as empty); throws for anything else.
+List iterable_items(const Value& v);
+
 }  // namespace glm::jinja

@@ -148,22 +148,12 @@ class Interpreter {
     for (size_t i = 0; i < targets.size(); ++i) scope.vars[targets[i]] = items[i];
   }
 
-  // The elements a Python for loop would visit: list items, dict keys, string characters.
+  // The elements a Python for loop would visit, with the template line in errors.
   List iterate(const Value& v, int line) {
-    switch (v.kind()) {
-      case Value::Kind::Undefined: return {};
-      case Value::Kind::List: return v.items();
-      case Value::Kind::Dict: {
-        List keys;
-        for (const auto& [k, val] : v.entries()) keys.push_back(k);
-        return keys;
-      }
-      case Value::Kind::String: {
-        List chars;
-        for (char32_t c : utf8_decode(v.str())) chars.push_back(Value(utf8_encode(std::u32string(1, c))));
-        return chars;
-      }
-      default: runtime_error(line, "'" + v.type_name() + "' object is not iterable");
+    try {
+      return iterable_items(v);
+    } catch (const Error& err) {
+      runtime_error(line, err.what());
     }
   }
 
