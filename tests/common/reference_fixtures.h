@@ -9,7 +9,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <span>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/engine.h"
@@ -52,6 +54,33 @@ inline std::vector<float> all_logits(Engine& engine, const std::vector<int32_t>&
   auto results = engine.step({SequenceWork{sequence, ids, LogitsWanted::All}});
   engine.cache().release_sequence(sequence);
   return results[0].logits;
+}
+
+// Logits of `ids` from two tensor-parallel ranks of `dir` run as threads
+// joined by a ThreadCommunicator; throws the first rank's error.
+inline std::vector<std::vector<float>> two_rank_logits(const std::string& dir, const EngineOptions& base,
+                                                       const std::vector<int32_t>& ids) {
+  auto group = std::make_shared<ThreadCommunicator::Group>(2);
+  std::vector<std::vector<float>> logits(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> ranks;
+  for (int rank = 0; rank < 2; ++rank)
+    ranks.emplace_back([&, rank] {
+      try {
+        ThreadCommunicator communicator(group, rank);
+        EngineOptions options = base;
+        options.parallel = {rank, 2};
+        options.communicator = &communicator;
+        Engine engine(dir, options);
+        logits[rank] = all_logits(engine, ids);
+      } catch (const std::exception& error) {
+        errors[rank] = error.what();
+      }
+    });
+  for (auto& rank : ranks) rank.join();
+  for (const std::string& error : errors)
+    if (!error.empty()) throw Error(error);
+  return logits;
 }
 
 }  // namespace glm::testing_fixtures

@@ -127,26 +127,8 @@ TEST_P(CudaModel, TwoRanksOnOneGpuEqualUnsharded) {
   const std::vector<int32_t> ids = ids_of(meta["prompts"][1]);
   Engine whole(dir, options("cuda", 64));
   const std::vector<float> expected = all_logits(whole, ids);
-  auto group = std::make_shared<ThreadCommunicator::Group>(2);
-  std::vector<std::vector<float>> logits(2);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> ranks;
-  for (int rank = 0; rank < 2; ++rank)
-    ranks.emplace_back([&, rank] {
-      try {
-        ThreadCommunicator communicator(group, rank);
-        EngineOptions rank_options = options("cuda", 64);
-        rank_options.parallel = {rank, 2};
-        rank_options.communicator = &communicator;
-        Engine engine(dir, rank_options);
-        logits[rank] = all_logits(engine, ids);
-      } catch (const std::exception& error) {
-        errors[rank] = error.what();
-      }
-    });
-  for (auto& rank : ranks) rank.join();
+  const auto logits = two_rank_logits(dir, options("cuda", 64), ids);
   for (int rank = 0; rank < 2; ++rank) {
-    ASSERT_EQ(errors[rank], "");
     const double error = relative_l2(logits[rank], expected);
     EXPECT_LT(error, 1e-5) << "rank " << rank;
     std::printf("PARITY %-58s %.3e\n", ("e2e " + GetParam() + " 2-way TP rank " + std::to_string(rank)).c_str(),

@@ -12,43 +12,15 @@
 
 #include "engine/engine.h"
 #include "io/safetensors_writer.h"
+#include "../common/checkpoint_files.h"
+#include "../common/reference_fixtures.h"
 
 namespace glm {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TensorBytes {
-  DType dtype;
-  Shape shape;
-  std::string bytes;
-};
-
-// Writes a single-file safetensors checkpoint with the engine's writer.
-void write_safetensors(const fs::path& path, const std::map<std::string, TensorBytes>& tensors) {
-  SafetensorsWriter writer(path.string());
-  for (const auto& [name, tensor] : tensors)
-    writer.add(name, tensor.dtype, tensor.shape,
-               {reinterpret_cast<const uint8_t*>(tensor.bytes.data()), tensor.bytes.size()});
-  writer.finish({{"format", "pt"}});
-}
-
-std::map<std::string, TensorBytes> read_all(const Checkpoint& checkpoint) {
-  std::map<std::string, TensorBytes> tensors;
-  for (const std::string& name : checkpoint.names()) {
-    const TensorView view = checkpoint.view(name);
-    tensors[name] = {view.dtype, view.shape,
-                     std::string(static_cast<const char*>(view.data), view.nbytes())};
-  }
-  return tensors;
-}
-
-fs::path fresh_dir(const std::string& label) {
-  const fs::path dir = fs::temp_directory_path() / ("glm4moe_weights_" + label + "_" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using namespace testing_fixtures;
 
 // Binding `dir` must fail with a message containing every needle.
 void expect_bind_error(const fs::path& dir, const Glm4MoeConfig& config, const std::vector<std::string>& needles) {
@@ -72,8 +44,7 @@ std::vector<float> logits_of(const std::string& dir, const std::vector<int32_t>&
   EngineOptions options;
   options.max_context = 64;
   Engine engine(dir, options);
-  const int32_t sequence = engine.cache().create_sequence();
-  return engine.step({SequenceWork{sequence, ids, LogitsWanted::All}})[0].logits;
+  return all_logits(engine, ids);
 }
 
 TEST(ExpertViews, StackedSwitchMlpLayoutEqualsPerExpertLayout) {

@@ -20,48 +20,23 @@
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
+#include "../common/checkpoint_files.h"
+#include "../common/reference_fixtures.h"
 
 namespace glm::quant_test {
 
 namespace fs = std::filesystem;
 
+using testing_fixtures::all_logits;
+using testing_fixtures::fresh_dir;
+using testing_fixtures::read_all;
+using testing_fixtures::read_json;
+using testing_fixtures::relative_l2;
+using testing_fixtures::TensorBytes;
+using testing_fixtures::two_rank_logits;
+using testing_fixtures::write_safetensors;
+
 inline fs::path fixture(const std::string& name) { return fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / name; }
-
-// A fresh empty directory under the system temp dir, unique per process.
-inline fs::path fresh_dir(const std::string& label) {
-  const fs::path dir = fs::temp_directory_path() / ("glm4moe_quant_" + label + "_" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-struct TensorBytes {
-  DType dtype;
-  Shape shape;
-  std::string bytes;
-};
-
-inline std::map<std::string, TensorBytes> read_all(const Checkpoint& checkpoint) {
-  std::map<std::string, TensorBytes> tensors;
-  for (const std::string& name : checkpoint.names()) {
-    const TensorView view = checkpoint.view(name);
-    tensors[name] = {view.dtype, view.shape, std::string(static_cast<const char*>(view.data), view.nbytes())};
-  }
-  return tensors;
-}
-
-inline void write_safetensors(const fs::path& path, const std::map<std::string, TensorBytes>& tensors) {
-  SafetensorsWriter writer(path.string());
-  for (const auto& [name, tensor] : tensors)
-    writer.add(name, tensor.dtype, tensor.shape,
-               {reinterpret_cast<const uint8_t*>(tensor.bytes.data()), tensor.bytes.size()});
-  writer.finish({{"format", "pt"}});
-}
-
-inline nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
 
 // Copies checkpoint `from` into a fresh directory as one safetensors file,
 // letting `edit_tensors` and `edit_config` change it first.
@@ -80,27 +55,11 @@ inline fs::path rewrite(const fs::path& from, const std::string& label,
   return dir;
 }
 
-inline double relative_l2(std::span<const float> actual, std::span<const float> expected) {
-  double difference = 0.0, norm = 0.0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    difference += (actual[i] - expected[i]) * static_cast<double>(actual[i] - expected[i]);
-    norm += expected[i] * static_cast<double>(expected[i]);
-  }
-  return std::sqrt(difference / norm);
-}
-
 inline EngineOptions small_options() {
   EngineOptions options;
   options.max_context = 128;
   options.block_size = 8;
   return options;
-}
-
-inline std::vector<float> all_logits(Engine& engine, const std::vector<int32_t>& ids) {
-  const int32_t sequence = engine.cache().create_sequence();
-  auto results = engine.step({SequenceWork{sequence, ids, LogitsWanted::All}});
-  engine.cache().release_sequence(sequence);
-  return results[0].logits;
 }
 
 // The prompts of a quant fixture's expected/quant_meta.json with their logits.

@@ -182,30 +182,6 @@ TEST(OurQuantizerOutput, BadOptionsAndSourcesAreRejectedByName) {
 // Tensor parallelism over quantized weights
 // ---------------------------------------------------------------------------
 
-std::vector<std::vector<float>> two_rank_logits(const fs::path& dir, const std::vector<int32_t>& ids) {
-  auto group = std::make_shared<ThreadCommunicator::Group>(2);
-  std::vector<std::vector<float>> logits(2);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> ranks;
-  for (int rank = 0; rank < 2; ++rank)
-    ranks.emplace_back([&, rank] {
-      try {
-        ThreadCommunicator communicator(group, rank);
-        EngineOptions options = small_options();
-        options.parallel = {rank, 2};
-        options.communicator = &communicator;
-        Engine engine(dir.string(), options);
-        logits[rank] = all_logits(engine, ids);
-      } catch (const std::exception& error) {
-        errors[rank] = error.what();
-      }
-    });
-  for (auto& rank : ranks) rank.join();
-  for (const std::string& error : errors)
-    if (!error.empty()) throw Error(error);
-  return logits;
-}
-
 class QuantizedTensorParallel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(QuantizedTensorParallel, TwoRanksEqualTheUnshardedModel) {
@@ -213,7 +189,7 @@ TEST_P(QuantizedTensorParallel, TwoRanksEqualTheUnshardedModel) {
   const std::vector<int32_t> ids = expected_prompts(fixture("quant_mlx_4bit_g64"))[1].ids;
   Engine whole(dir.string(), small_options());
   const std::vector<float> expected = all_logits(whole, ids);
-  const auto logits = two_rank_logits(dir, ids);
+  const auto logits = two_rank_logits(dir.string(), small_options(), ids);
   for (int rank = 0; rank < 2; ++rank) EXPECT_LT(relative_l2(logits[rank], expected), 1e-5) << "rank " << rank;
 }
 
