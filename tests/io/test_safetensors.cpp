@@ -3,6 +3,8 @@
 // produced without real checkpoints.
 #include <gtest/gtest.h>
 
+#include "../common/errors.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +22,8 @@
 #include "io/safetensors.h"
 
 namespace {
+
+using glm::testing_fixtures::error_of;
 
 namespace fs = std::filesystem;
 using glm::DType;
@@ -84,20 +88,6 @@ void write_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-// The message of the glm::Error that `action` throws; a test failure if it
-// throws nothing or anything else.
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const glm::Error& error) {
-    return error.what();
-  } catch (const std::exception& error) {
-    ADD_FAILURE() << "expected glm::Error, got another exception: " << error.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected glm::Error, nothing was thrown";
-  return "";
-}
 
 void expect_contains(const std::string& message, std::initializer_list<const char*> pieces) {
   for (const char* piece : pieces) EXPECT_NE(message.find(piece), std::string::npos) << "\"" << piece << "\" not in: " << message;

@@ -4,6 +4,8 @@
 // checked for a message that names the field and the value.
 #include <gtest/gtest.h>
 
+#include "../common/errors.h"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -18,6 +20,8 @@
 #include "model/config.h"
 
 namespace {
+
+using glm::testing_fixtures::error_of;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -77,18 +81,6 @@ json glm45_config() {
   return config;
 }
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const glm::Error& error) {
-    return error.what();
-  } catch (const std::exception& error) {
-    ADD_FAILURE() << "expected glm::Error, got another exception: " << error.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected glm::Error, nothing was thrown";
-  return "";
-}
 
 void expect_contains(const std::string& message, std::initializer_list<std::string> pieces) {
   for (const auto& piece : pieces)

@@ -21,6 +21,7 @@
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
 #include "../common/checkpoint_files.h"
+#include "../common/errors.h"
 #include "../common/reference_fixtures.h"
 
 namespace glm::quant_test {
@@ -28,6 +29,7 @@ namespace glm::quant_test {
 namespace fs = std::filesystem;
 
 using testing_fixtures::all_logits;
+using testing_fixtures::expect_error;
 using testing_fixtures::fresh_dir;
 using testing_fixtures::read_all;
 using testing_fixtures::read_json;
@@ -85,18 +87,6 @@ inline void expect_logits_match(const fs::path& dir, const fs::path& fixture_dir
     ASSERT_EQ(logits.size(), prompt.logits.values.size());
     EXPECT_LT(relative_l2(logits, prompt.logits.values), tolerance)
         << dir << " vs " << fixture_dir.filename() << ", prompt of " << prompt.ids.size() << " tokens";
-  }
-}
-
-// `action` must throw glm::Error whose message contains every needle.
-inline void expect_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
-  try {
-    action();
-    ADD_FAILURE() << "expected an error mentioning " << (needles.empty() ? "" : needles[0]);
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    for (const std::string& needle : needles)
-      EXPECT_NE(message.find(needle), std::string::npos) << "\"" << needle << "\" not in: " << message;
   }
 }
 
