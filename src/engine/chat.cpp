@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "engine/generate.h"
+
 namespace glm {
 
 ChatSession::ChatSession(Engine& engine, const Tokenizer& tokenizer, ChatFormat format, ChatOptions options)
@@ -47,15 +49,9 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
   reply.reused_tokens = static_cast<int64_t>(common);
 
   auto start = Clock::now();
-  std::vector<float> logits;
-  const size_t chunk = 512;
-  for (size_t begin = common; begin < prompt.size(); begin += chunk) {
-    const size_t end = std::min(prompt.size(), begin + chunk);
-    auto results = engine_.step({SequenceWork{sequence_, {prompt.begin() + begin, prompt.begin() + end},
-                                              end == prompt.size() ? LogitsWanted::Last : LogitsWanted::None}});
-    cached_tokens_.insert(cached_tokens_.end(), prompt.begin() + begin, prompt.begin() + end);
-    logits = std::move(results[0].logits);
-  }
+  const std::span<const int32_t> unseen(prompt.begin() + common, prompt.end());
+  std::vector<float> logits = prefill(engine_, sequence_, unseen, 512);
+  cached_tokens_.insert(cached_tokens_.end(), unseen.begin(), unseen.end());
   reply.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
   OutputParserOptions parser_options;

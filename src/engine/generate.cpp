@@ -6,6 +6,19 @@
 
 namespace glm {
 
+std::vector<float> prefill(Engine& engine, int32_t sequence, std::span<const int32_t> tokens, int64_t chunk) {
+  GLM_CHECK(!tokens.empty(), "prefill needs at least one token");
+  chunk = std::max<int64_t>(1, chunk);
+  std::vector<float> logits;
+  for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(chunk)) {
+    const size_t end = std::min(tokens.size(), begin + static_cast<size_t>(chunk));
+    SequenceWork work{sequence, {tokens.begin() + begin, tokens.begin() + end},
+                      end == tokens.size() ? LogitsWanted::Last : LogitsWanted::None};
+    logits = std::move(engine.step({work})[0].logits);
+  }
+  return logits;
+}
+
 GenerationResult generate(Engine& engine, const GenerationRequest& request, const TokenCallback& on_token) {
   GLM_CHECK(!request.prompt.empty(), "the prompt is empty: give at least one token");
   GLM_CHECK(request.max_tokens >= 0, "max tokens must not be negative");
@@ -23,15 +36,7 @@ GenerationResult generate(Engine& engine, const GenerationRequest& request, cons
   if (request.max_tokens == 0) return result;
 
   auto start = Clock::now();
-  std::vector<float> logits;
-  const int64_t chunk = std::max<int64_t>(1, request.prefill_chunk);
-  for (size_t begin = 0; begin < request.prompt.size(); begin += static_cast<size_t>(chunk)) {
-    const size_t end = std::min(request.prompt.size(), begin + static_cast<size_t>(chunk));
-    SequenceWork work{sequence, {request.prompt.begin() + begin, request.prompt.begin() + end},
-                      end == request.prompt.size() ? LogitsWanted::Last : LogitsWanted::None};
-    auto results = engine.step({work});
-    logits = std::move(results[0].logits);
-  }
+  std::vector<float> logits = prefill(engine, sequence, request.prompt, request.prefill_chunk);
   result.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
   start = Clock::now();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,10 @@ struct GenerationResult {
   double prompt_seconds = 0.0;
   double generation_seconds = 0.0;
 };
+
+// Appends `tokens` to `sequence` in steps of at most `chunk` tokens
+// (matrix-matrix prompt processing) and returns the logits of the last one.
+std::vector<float> prefill(Engine& engine, int32_t sequence, std::span<const int32_t> tokens, int64_t chunk);
 
 // Called with each new token; returning false stops generation ("stopped").
 using TokenCallback = std::function<bool(int32_t token)>;
