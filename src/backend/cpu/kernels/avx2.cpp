@@ -29,25 +29,7 @@ bool compiled() { return true; }
 
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-inline float bf16_scalar(uint16_t bits) {
-  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
-  float value;
-  std::memcpy(&value, &wide, 4);
-  return value;
-}
-inline float f16_scalar(uint16_t bits) { return _cvtsh_ss(bits); }
-
-inline float scale_scalar(const void* base, ScaleType type, int64_t index) {
-  switch (type) {
-    case ScaleType::F32: return static_cast<const float*>(base)[index];
-    case ScaleType::BF16: return bf16_scalar(static_cast<const uint16_t*>(base)[index]);
-    case ScaleType::F16: return f16_scalar(static_cast<const uint16_t*>(base)[index]);
-  }
-  return 0.0f;
-}
+#include "backend/cpu/kernels/scalar_helpers.inc"
 
 struct V {
   using Reg = __m256;
