@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
+#include "engine/generate.h"
 #include "engine/sampling.h"
 #include "model/synthetic.h"
 
@@ -202,27 +203,21 @@ int run_bench(const BenchOptions& options) {
   report["read_bandwidth_GBps"] = read_bandwidth / 1e9;
 
   const ComponentBytes bytes = bytes_per_token(config, engine.model().weights());
-  ComponentClock clock;
-  clock.config = &config;
   report["generation"] = nlohmann::ordered_json::array();
   for (int64_t context : options.contexts) {
     const int32_t sequence = cache.create_sequence();
-    for (int64_t begin = 0; begin < context; begin += 512)
-      engine.step({SequenceWork{sequence, random_tokens(std::min<int64_t>(512, context - begin), 11 + begin),
-                                LogitsWanted::None}});
-    std::vector<float> logits =
-        engine.step({SequenceWork{sequence, random_tokens(1, 5), LogitsWanted::Last}})[0].logits;
-    clock = ComponentClock{};
+    std::vector<float> logits = prefill(engine, sequence, random_tokens(context + 1, 11), 512);
+    ComponentClock clock;
     clock.config = &config;
     clock.attach(engine.model(), engine.backend());
     const auto start = Clock::now();
     for (int64_t step = 0; step < options.generate_tokens; ++step) {
       const auto step_start = Clock::now();
       clock.mark = step_start;
-      const double head_before = clock.attention + clock.dense_mlp + clock.moe;
+      const double layers_before = clock.attention + clock.dense_mlp + clock.moe;
       logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
       const double step_seconds = seconds_since(step_start);
-      clock.head += step_seconds - (clock.attention + clock.dense_mlp + clock.moe - head_before);
+      clock.head += step_seconds - (clock.attention + clock.dense_mlp + clock.moe - layers_before);
     }
     const double seconds = seconds_since(start);
     engine.model().set_tracer({});
