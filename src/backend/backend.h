@@ -57,6 +57,13 @@ struct AttentionPlan {
   std::vector<std::vector<int32_t>> block_tables;  // [n_sequences][blocks] physical block ids
 };
 
+// Device time spent in one kind of op (see Backend::op_profile).
+struct OpTime {
+  std::string op;             // "linear affine 4-bit g64", "attention", ...
+  int64_t calls = 0;
+  double device_seconds = 0;  // measured on the device, launch gaps excluded
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -79,6 +86,15 @@ class Backend {
   // it or return it as it is. placement_summary() says what happened, for `info`.
   virtual Weight place(const Weight& weight) { return weight; }
   virtual std::string placement_summary() const { return "nothing (the CPU reference backend reads the mapped files)"; }
+  // The yardstick for a device's memory: bytes/s of a large device-to-device
+  // copy, reads and writes both counted. 0 for a host backend (the bench
+  // measures host read bandwidth itself).
+  virtual double measure_copy_bandwidth() { return 0.0; }
+  // Per-op timing for benchmarks: while on, a device backend brackets every
+  // op with device events; op_profile() waits for the device and returns the
+  // totals since the last call (then clears them). A host backend has none.
+  virtual void set_op_profiling(bool) {}
+  virtual std::vector<OpTime> op_profile() { return {}; }
 
   // ---- ops ----
   // out[t] = table[ids[t]]

@@ -510,4 +510,36 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& options) {
   return report;
 }
 
+std::unique_ptr<AffineMatrix> quantize_matrix_affine(const std::vector<float>& values, int64_t rows, int64_t cols,
+                                                     int bits, int64_t group_size, const std::string& name) {
+  GLM_CHECK(static_cast<int64_t>(values.size()) == rows * cols && group_size > 0 && cols % group_size == 0 &&
+                cols * bits % 32 == 0,
+            "quantize_matrix_affine: ", rows, " x ", cols, " values do not make ", bits, "-bit groups of ", group_size);
+  auto matrix = std::make_unique<AffineMatrix>();
+  const int64_t words_per_row = cols * bits / 32, groups = cols / group_size;
+  matrix->words.resize(static_cast<size_t>(rows * words_per_row));
+  matrix->scales.resize(static_cast<size_t>(rows * groups));
+  matrix->biases.resize(matrix->scales.size());
+  std::vector<float> scales(static_cast<size_t>(groups)), biases(scales.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    quantize_row_affine(values.data() + r * cols, cols, bits, group_size, matrix->words.data() + r * words_per_row,
+                        scales.data(), biases.data());
+    for (int64_t g = 0; g < groups; ++g) {
+      matrix->scales[r * groups + g] = f32_to_bf16(scales[g]);
+      matrix->biases[r * groups + g] = f32_to_bf16(biases[g]);
+    }
+  }
+  Weight& weight = matrix->weight;
+  weight.name = name;
+  weight.shape = {rows, cols};
+  weight.view = TensorView(matrix->words.data(), DType::U32, {rows, words_per_row});
+  weight.format.kind = WeightFormat::Kind::Affine;
+  weight.format.dtype = DType::U32;
+  weight.format.bits = bits;
+  weight.format.group_size = group_size;
+  weight.format.scales = TensorView(matrix->scales.data(), DType::BF16, {rows, groups});
+  weight.format.biases = TensorView(matrix->biases.data(), DType::BF16, {rows, groups});
+  return matrix;
+}
+
 }  // namespace glm

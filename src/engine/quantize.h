@@ -6,8 +6,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "core/weight.h"
 
 namespace glm {
 
@@ -49,5 +52,20 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& options);
 // bias, before mlx casts them to the model dtype.
 void quantize_row_affine(const float* values, int64_t width, int bits, int64_t group_size, uint32_t* packed,
                          float* scales, float* biases);
+
+// An mlx affine matrix owning its storage, quantized from f32 values row by
+// row as mx.quantize does, scales and biases in bf16 (mlx's usual model
+// dtype). For tests and benchmarks that need quantized weights without a
+// checkpoint; `weight` views the vectors (the object must not move: it is
+// handed out in a unique_ptr).
+struct AffineMatrix {
+  std::vector<uint32_t> words;   // [rows, cols * bits / 32]
+  std::vector<uint16_t> scales;  // [rows, cols / group_size] bf16
+  std::vector<uint16_t> biases;  // [rows, cols / group_size] bf16
+  Weight weight;
+};
+std::unique_ptr<AffineMatrix> quantize_matrix_affine(const std::vector<float>& values /*[rows, cols]*/, int64_t rows,
+                                                     int64_t cols, int bits, int64_t group_size,
+                                                     const std::string& name);
 
 }  // namespace glm

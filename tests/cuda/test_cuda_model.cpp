@@ -3,8 +3,9 @@
 // recorded transformers logits (rel L2 <= 1e-4) and greedy continuations
 // (identical tokens), against the CPU engine, for cached decoding against
 // full recompute, and for two tensor-parallel ranks sharing the GPU (strided
-// weight shards packed by place(), all-reduce through the host). Skips
-// without a GPU.
+// weight shards packed by place(), all-reduce through the host); and the
+// quantized fixtures (mlx affine, FP8) read by the GPU kernels as they are
+// stored. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -138,6 +139,44 @@ TEST_P(CudaModel, TwoRanksOnOneGpuEqualUnsharded) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModel, ::testing::ValuesIn(fixture_cases()),
                          [](const auto& info) { return info.param; });
+
+// The quantized fixtures (mlx-lm affine 4/8-bit and a 3/6-bit mixed recipe
+// with some experts left in bf16, compressed-tensors FP8 per channel and per
+// block) on the GPU: their recorded logits (mlx-lm, or transformers on the
+// dequantized weights) within 1e-4, the CPU engine within 1e-5, and the same
+// greedy tokens as the CPU engine.
+class CudaQuantizedModel : public CudaModel {};
+
+TEST_P(CudaQuantizedModel, LogitsMatchTheReferenceAndTheCpu) {
+  const fs::path dir = fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / GetParam();
+  const nlohmann::json meta = nlohmann::json::parse(std::ifstream(dir / "expected" / "quant_meta.json"));
+  Engine gpu(dir.string(), options("cuda", 512));
+  Engine cpu(dir.string(), options("cpu", 512));
+  for (size_t p = 0; p < meta["prompts"].size(); ++p) {
+    const auto& prompt = meta["prompts"][p];
+    const std::vector<int32_t> ids = prompt["ids"].get<std::vector<int32_t>>();
+    const std::vector<float> logits = all_logits(gpu, ids);
+    const NpyArray expected = read_npy((dir / "expected" / prompt["logits"].get<std::string>()).string());
+    const double vs_reference = relative_l2(logits, expected.values);
+    const double vs_cpu = relative_l2(logits, all_logits(cpu, ids));
+    std::printf("PARITY %-58s %.3e\n", ("e2e " + GetParam() + " p" + std::to_string(p) + " vs reference").c_str(),
+                vs_reference);
+    std::printf("PARITY %-58s %.3e\n", ("e2e " + GetParam() + " p" + std::to_string(p) + " vs cpu engine").c_str(),
+                vs_cpu);
+    EXPECT_LT(vs_reference, 1e-4) << "prompt " << p;
+    EXPECT_LT(vs_cpu, 1e-5) << "prompt " << p;
+  }
+  GenerationRequest request;
+  request.prompt = meta["prompts"].back()["ids"].get<std::vector<int32_t>>();
+  request.max_tokens = 12;
+  request.sampling.temperature = 0.0;
+  request.ignore_eos = true;
+  EXPECT_EQ(generate(gpu, request).tokens, generate(cpu, request).tokens) << "greedy tokens, GPU vs CPU";
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaQuantizedModel,
+                         ::testing::Values("quant_mlx_4bit_g64", "quant_mlx_8bit_g64", "quant_mlx_mixed",
+                                           "quant_fp8_channel", "quant_fp8_block"));
 
 }  // namespace
 }  // namespace glm

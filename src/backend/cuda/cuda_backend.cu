@@ -3,7 +3,8 @@
 // for the KV cache), pinned staging for the small host inputs of each op, and
 // dispatches every Backend op to its launcher (ops.cuh) after the same shape
 // checks as the CPU reference. Activations are f32 on the device; weights are
-// uploaded once by place() in their stored float dtype.
+// uploaded once by place() in their stored format (float, mlx affine or FP8;
+// kernels dequantize in registers).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -23,15 +24,33 @@ namespace cuda {
 Matrix matrix_of(const Weight& weight, int device_index) {
   GLM_CHECK(weight.placement.kind == Placement::Kind::Device && weight.placement.device_index == device_index,
             "weight ", weight.name, " is not on cuda:", device_index, " (weights must go through Backend::place)");
-  GLM_CHECK(!weight.format.quantized(), "weight ", weight.name, ": ", weight.format.describe(),
-            " is not supported on CUDA yet");
   const TensorView& view = weight.view;
   GLM_CHECK(view.contiguous(), "internal error: placed weight ", weight.name, " is strided");
+  const WeightFormat& format = weight.format;
   Matrix matrix;
   matrix.data = view.data;
   matrix.dtype = view.dtype;
-  matrix.cols = view.shape.empty() ? 1 : view.shape.back();
-  matrix.rows = view.shape.empty() ? 1 : view.numel() / matrix.cols;
+  matrix.cols = weight.shape.empty() ? 1 : weight.shape.back();
+  matrix.rows = weight.shape.empty() ? 1 : shape_numel(weight.shape) / std::max<int64_t>(matrix.cols, 1);
+  matrix.kind = format.kind;
+  if (format.quantized()) {
+    matrix.scales = format.scales.data;
+    matrix.scales_dtype = format.scales.dtype;
+    matrix.scales_stride = format.scales.shape.empty() ? 1 : format.scales.shape.back();
+  }
+  if (format.kind == WeightFormat::Kind::Affine) {  // place() interleaved scales and biases: [rows, groups, 2]
+    GLM_CHECK(format.biases.empty() && (matrix.scales_dtype == DType::BF16 || matrix.scales_dtype == DType::F32),
+              "internal error: affine weight ", weight.name, " was not placed by the CUDA backend");
+    matrix.bits = format.bits;
+    matrix.group_size = format.group_size;
+    for (int shift = 0; shift < 31; ++shift)
+      if (int64_t{1} << shift == format.group_size) matrix.group_shift = shift;
+    matrix.scales_stride = weight.dim(-1) / format.group_size;
+  } else if (format.kind == WeightFormat::Kind::Fp8) {
+    matrix.fp8_scale = format.fp8_scale;
+    matrix.block_rows = format.block_rows;
+    matrix.block_cols = format.block_cols;
+  }
   return matrix;
 }
 
@@ -43,6 +62,16 @@ constexpr size_t kAlignment = 256;
 constexpr size_t kScratchChunk = size_t{64} << 20;   // device scratch grows by at least this
 constexpr size_t kStagingChunk = size_t{1} << 20;    // pinned staging grows by at least this
 constexpr size_t kWeightChunk = size_t{256} << 20;   // weights are pooled: few cudaMallocs for many tensors
+
+// The device this thread last selected through select_device (-1: none yet).
+thread_local int selected_device = -1;
+
+void select_device(int index) {
+  if (selected_device != index) {
+    CUDA_CHECK(cudaSetDevice(index));
+    selected_device = index;
+  }
+}
 
 size_t aligned(size_t bytes) { return (bytes + kAlignment - 1) & ~(kAlignment - 1); }
 
@@ -101,8 +130,9 @@ class CudaBackend final : public Backend, public cuda::Context {
       fail("device cuda:", device_index, " is not available: ", cudaGetErrorString(status));
     GLM_CHECK(device_index >= 0 && device_index < count, "device cuda:", device_index, " is not available: ", count,
               " CUDA device(s) found");
-    CUDA_CHECK(cudaSetDevice(index_));
+    select_device(index_);
     CUDA_CHECK(cudaGetDeviceProperties(&properties_, index_));
+    multiprocessors = properties_.multiProcessorCount;
     // A blocking stream: it orders with the legacy default stream, so plain
     // cudaMemcpy calls (tests, tools) see every op queued before them.
     CUDA_CHECK(cudaStreamCreate(&stream));
@@ -114,12 +144,16 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
 
   ~CudaBackend() override {
-    cudaSetDevice(index_);
+    try {
+      select_device(index_);
+    } catch (const Error&) {
+    }
     cudaStreamSynchronize(stream);
     scratch_.free_all([](void* p) { cudaFree(p); });
     staging_.free_all([](void* p) { cudaFreeHost(p); });
     weights_.free_all([](void* p) { cudaFree(p); });
     for (auto& entry : inverse_frequencies_) cudaFree(entry.second);
+    for (cudaEvent_t event : profile_events_) cudaEventDestroy(event);
     for (void* p : allocations_) cudaFree(p);
     cublasDestroy(cublas);
     cudaEventDestroy(staging_done_);
@@ -135,7 +169,14 @@ class CudaBackend final : public Backend, public cuda::Context {
       return std::make_pair(device_malloc(size, "activation scratch"), size);
     });
   }
+  // Every layer uploads the same small step inputs (positions, slots, block
+  // tables): identical bytes uploaded earlier in the step are reused, so a
+  // step copies each once instead of once per layer.
   void* upload_bytes(const void* host, size_t bytes) override {
+    for (size_t i = 0; i < step_upload_count_; ++i) {
+      const StepUpload& earlier = step_uploads_[i];
+      if (earlier.bytes.size() == bytes && std::memcmp(earlier.bytes.data(), host, bytes) == 0) return earlier.device;
+    }
     void* device = scratch_bytes(bytes);
     if (bytes == 0) return device;
     void* pinned = staging_.take(bytes, [&](size_t need) {
@@ -146,13 +187,23 @@ class CudaBackend final : public Backend, public cuda::Context {
     });
     std::memcpy(pinned, host, bytes);
     CUDA_CHECK(cudaMemcpyAsync(device, pinned, bytes, cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaEventRecord(staging_done_, stream));
     staging_pending_ = true;
+    if (bytes <= kReusedUploadBytes) {  // pooled records: their buffers keep their capacity across steps
+      if (step_upload_count_ == step_uploads_.size()) step_uploads_.emplace_back();
+      StepUpload& upload = step_uploads_[step_upload_count_++];
+      upload.bytes.assign(static_cast<const char*>(host), static_cast<const char*>(host) + bytes);
+      upload.device = device;
+    }
     return device;
   }
   void download_bytes(void* host, const void* device, size_t bytes) override {
     CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  const cuda::Matrix* expert_matrices(const ExpertTable& table) override { return expert_table(table).device; }
+  const std::vector<cuda::Matrix>& expert_matrices_host(const ExpertTable& table) override {
+    return expert_table(table).host;
   }
 
   // ---- memory ----
@@ -168,10 +219,14 @@ class CudaBackend final : public Backend, public cuda::Context {
     select();
     // Device scratch is reused in stream order; pinned staging is reused by
     // the host, so the copies out of it must have finished.
-    if (staging_pending_) CUDA_CHECK(cudaEventSynchronize(staging_done_));
+    if (staging_pending_) {
+      CUDA_CHECK(cudaEventRecord(staging_done_, stream));
+      CUDA_CHECK(cudaEventSynchronize(staging_done_));
+    }
     staging_pending_ = false;
     scratch_.reset();
     staging_.reset();
+    step_upload_count_ = 0;
   }
   Tensor allocate(const Shape& shape, DType dtype) override {
     select();
@@ -203,8 +258,9 @@ class CudaBackend final : public Backend, public cuda::Context {
     download_bytes(destination.data(), source.f32(), destination.size_bytes());
   }
 
-  // Uploads a float weight once, packing strided views (tensor-parallel
-  // column slices) into dense rows.
+  // Uploads a weight once, in its stored format (float values, affine words
+  // with their scales and biases, FP8 bytes with their scales), packing
+  // strided views (tensor-parallel column slices) into dense rows.
   Weight place(const Weight& weight) override {
     select();
     if (weight.placement.kind == Placement::Kind::Device) {
@@ -212,35 +268,84 @@ class CudaBackend final : public Backend, public cuda::Context {
                 weight.placement.device_index, ", not on ", name());
       return weight;
     }
-    GLM_CHECK(!weight.format.quantized(), "weight ", weight.name, ": ", weight.format.describe(),
-              " is not supported on CUDA yet (the CUDA backend reads F32, BF16 and F16 weights)");
-    const TensorView& view = weight.view;
-    GLM_CHECK(view.dtype == DType::F32 || view.dtype == DType::BF16 || view.dtype == DType::F16, "weight ",
-              weight.name, ": dtype ", dtype_name(view.dtype), " is not supported on CUDA yet");
-    const int64_t cols = view.shape.empty() ? 1 : view.shape.back();
-    const int64_t rows = view.shape.empty() ? 1 : view.numel() / std::max<int64_t>(cols, 1);
-    const size_t element = dtype_size(view.dtype);
-    const size_t bytes = static_cast<size_t>(rows * cols) * element;
-    void* device = weights_.take(bytes, [&](size_t need) {
-      size_t size = std::max(need, kWeightChunk);
-      void* chunk = try_malloc(size);
-      if (!chunk && size > need) chunk = try_malloc(size = need);  // the last weights may fit where a chunk does not
-      if (!chunk) out_of_memory(need, "weight " + weight.name);
-      return std::make_pair(chunk, size);
-    });
-    if (bytes > 0) {
-      const size_t pitch = static_cast<size_t>(view.shape.empty() ? cols : view.row_stride) * element;
-      CUDA_CHECK(cudaMemcpy2DAsync(device, static_cast<size_t>(cols) * element, view.data, pitch,
-                                   static_cast<size_t>(cols) * element, static_cast<size_t>(rows),
-                                   cudaMemcpyHostToDevice, stream));
-      CUDA_CHECK(cudaStreamSynchronize(stream));  // the source may be a mapping the caller drops
+    const WeightFormat& format = weight.format;
+    const DType stored = weight.view.dtype;
+    switch (format.kind) {
+      case WeightFormat::Kind::Float:
+        GLM_CHECK(stored == DType::F32 || stored == DType::BF16 || stored == DType::F16, "weight ", weight.name,
+                  ": dtype ", dtype_name(stored), " is not supported on CUDA");
+        break;
+      case WeightFormat::Kind::Affine:
+        GLM_CHECK(stored == DType::U32 && format.bits >= 2 && format.bits <= 8 && format.group_size > 0 &&
+                      weight.dim(-1) % format.group_size == 0,
+                  "weight ", weight.name, ": ", format.describe(), " stored as ", dtype_name(stored),
+                  " is not supported on CUDA");
+        break;
+      case WeightFormat::Kind::Fp8:
+        GLM_CHECK(stored == DType::F8_E4M3, "weight ", weight.name, ": FP8 stored as ", dtype_name(stored),
+                  " is not supported on CUDA");
+        break;
     }
-    uploaded_bytes_ += bytes;
-    ++uploaded_count_;
     Weight placed = weight;
-    placed.view = TensorView(device, view.dtype, view.shape);
+    placed.view = upload_view(weight.view, weight.name);
+    if (format.kind == WeightFormat::Kind::Affine) {
+      placed.format.scales = upload_scale_bias_pairs(format, weight.name);
+      placed.format.biases = TensorView();
+    } else if (format.quantized()) {
+      placed.format.scales = upload_view(format.scales, weight.name + " scales");
+    }
     placed.placement = Placement{Placement::Kind::Device, index_};
+    ++uploaded_count_;
     return placed;
+  }
+  void set_op_profiling(bool on) override { profiling_ = on; }
+  std::vector<OpTime> op_profile() override {
+    select();
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<OpTime> totals;
+    for (const TimedOp& timed : timed_ops_) {
+      float milliseconds = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&milliseconds, profile_events_[timed.start], profile_events_[timed.start + 1]));
+      auto found = std::find_if(totals.begin(), totals.end(), [&](const OpTime& t) { return t.op == timed.op; });
+      if (found == totals.end()) found = totals.insert(totals.end(), OpTime{timed.op, 0, 0.0});
+      ++found->calls;
+      found->device_seconds += milliseconds * 1e-3;
+    }
+    timed_ops_.clear();
+    return totals;
+  }
+
+  double measure_copy_bandwidth() override {
+    select();
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    // 1 GiB each way, far past the 50 MB L2; less when memory is short.
+    const size_t bytes = std::min<size_t>(size_t{1} << 30, free_bytes / 4) & ~size_t{255};
+    if (bytes == 0) return 0.0;
+    void* source = device_malloc(bytes, "the copy-bandwidth yardstick");
+    void* destination = try_malloc(bytes);
+    if (!destination) {
+      cudaFree(source);
+      out_of_memory(bytes, "the copy-bandwidth yardstick");
+    }
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    CUDA_CHECK(cudaMemsetAsync(source, 1, bytes, stream));
+    CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDeviceToDevice, stream));  // warm-up
+    constexpr int kCopies = 10;
+    CUDA_CHECK(cudaEventRecord(start, stream));
+    for (int i = 0; i < kCopies; ++i)
+      CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDeviceToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float milliseconds = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    cudaFree(source);
+    cudaFree(destination);
+    return 2.0 * static_cast<double>(bytes) * kCopies / (milliseconds * 1e-3);
   }
   std::string placement_summary() const override {
     std::ostringstream out;
@@ -252,6 +357,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   // ---- ops ----
   void embedding(Tensor out, const Weight& table, std::span<const int32_t> ids) override {
     select();
+    ProfileScope scope(*this, "embedding");
     const cuda::Matrix matrix = cuda::matrix_of(table, index_);
     const int64_t vocab = matrix.rows, hidden = matrix.cols;
     GLM_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && out.dim(1) == hidden, "internal error: embedding");
@@ -261,6 +367,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void gather_rows(Tensor out, const Tensor& source, std::span<const int32_t> rows) override {
     select();
+    ProfileScope scope(*this, "gather_rows");
     const int64_t width = source.dim(-1), available = source.rows();
     GLM_CHECK(out.dim(-1) == width && out.rows() == static_cast<int64_t>(rows.size()),
               "internal error: gather_rows shapes");
@@ -270,6 +377,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void rms_norm(Tensor out, const Tensor& x, const Weight& gamma, float eps) override {
     select();
+    ProfileScope scope(*this, "rms_norm");
     check_same_shape("rms_norm", out.shape, x.shape);
     GLM_CHECK(shape_numel(gamma.shape) == x.dim(-1), "internal error: rms_norm weight ", shape_to_string(gamma.shape),
               " for rows of ", x.dim(-1));
@@ -277,6 +385,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void linear(Tensor out, const Tensor& x, const Weight& weight, const Weight* bias) override {
     select();
+    ProfileScope scope(*this, x.rows() <= 8 ? "linear (n <= 8)" : "linear (n > 8)", &weight);
     GLM_CHECK(x.dim(-1) == weight.dim(1) && out.dim(-1) == weight.dim(0) && out.rows() == x.rows(),
               "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
               shape_to_string(x.shape), " into ", shape_to_string(out.shape));
@@ -290,18 +399,21 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void add(Tensor out, const Tensor& a, const Tensor& b) override {
     select();
+    ProfileScope scope(*this, "add");
     check_same_shape("add", a.shape, b.shape);
     check_same_shape("add", out.shape, a.shape);
     cuda::add(*this, out.f32(), a.f32(), b.f32(), out.numel());
   }
   void swiglu(Tensor out, const Tensor& gate, const Tensor& up) override {
     select();
+    ProfileScope scope(*this, "swiglu");
     check_same_shape("swiglu", gate.shape, up.shape);
     check_same_shape("swiglu", out.shape, gate.shape);
     cuda::swiglu(*this, out.f32(), gate.f32(), up.f32(), out.numel());
   }
   void rotary(Tensor x, std::span<const int32_t> positions, int64_t rotary_dim, double theta) override {
     select();
+    ProfileScope scope(*this, "rotary");
     GLM_CHECK(x.shape.size() == 3 && x.dim(0) == static_cast<int64_t>(positions.size()) && rotary_dim % 2 == 0 &&
                   rotary_dim <= x.dim(2),
               "internal error: rotary on ", shape_to_string(x.shape));
@@ -312,6 +424,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   void attention(Tensor out, const Tensor& q, const Tensor& k, const Tensor& v, KvLayer& cache,
                  const AttentionPlan& plan, float scale) override {
     select();
+    ProfileScope scope(*this, "attention");
     check_same_shape("attention", out.shape, q.shape);
     check_same_shape("attention", k.shape, v.shape);
     GLM_CHECK(q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0),
@@ -326,6 +439,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   void route(Routing& out, const Tensor& router_logits, const Weight& correction_bias,
              const RouterParams& params) override {
     select();
+    ProfileScope scope(*this, "route");
     const int64_t n_tokens = router_logits.dim(0), n_experts = router_logits.dim(1);
     GLM_CHECK(shape_numel(correction_bias.shape) == n_experts && out.expert_ids.dim(0) == n_tokens &&
                   out.expert_ids.dim(1) == params.top_k && out.weights.dim(0) == n_tokens &&
@@ -342,10 +456,11 @@ class CudaBackend final : public Backend, public cuda::Context {
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
                    const ExpertTable& down) override {
     select();
+    ProfileScope scope(*this, "moe_experts", gate.experts.empty() ? nullptr : &gate.experts.front());
     check_same_shape("moe_experts", out.shape, x.shape);
     GLM_CHECK(routing.expert_ids.dim(0) == x.dim(0) && routing.weights.shape == routing.expert_ids.shape,
               "internal error: moe_experts routing shapes");
-    cuda::moe_experts(*this, index_, out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down);
+    cuda::moe_experts(*this, out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down);
   }
   // One GPU: nothing to do. Several ranks without NCCL yet: through the host.
   void all_reduce(Tensor x) override {
@@ -361,11 +476,129 @@ class CudaBackend final : public Backend, public cuda::Context {
  private:
   // Ranks of a tensor-parallel group may drive their GPUs from threads of one
   // process; the current device is per thread, so every entry point sets it.
-  void select() const { CUDA_CHECK(cudaSetDevice(index_)); }
+  // Brackets one op with a pair of events while profiling is on.
+  class ProfileScope {
+   public:
+    ProfileScope(CudaBackend& backend, const char* op, const Weight* weight = nullptr) : backend_(backend) {
+      if (!backend_.profiling_) return;
+      backend_.select();
+      index_ = backend_.next_event_pair();
+      backend_.timed_ops_.push_back({weight ? std::string(op) + " " + weight->format.describe() : op, index_});
+      CUDA_CHECK(cudaEventRecord(backend_.profile_events_[index_], backend_.stream));
+    }
+    ~ProfileScope() {
+      if (index_ >= 0) cudaEventRecord(backend_.profile_events_[index_ + 1], backend_.stream);
+    }
+    ProfileScope(const ProfileScope&) = delete;
+    ProfileScope& operator=(const ProfileScope&) = delete;
+
+   private:
+    CudaBackend& backend_;
+    int index_ = -1;
+  };
+  struct TimedOp {
+    std::string op;
+    int start;  // events start and start + 1
+  };
+  // The first of two events for the next timed op; events are reused once op_profile() has read them.
+  int next_event_pair() {
+    const size_t index = timed_ops_.size() * 2;
+    while (profile_events_.size() < index + 2) {
+      cudaEvent_t event;
+      CUDA_CHECK(cudaEventCreate(&event));
+      profile_events_.push_back(event);
+    }
+    return static_cast<int>(index);
+  }
+
+  // cudaSetDevice only when this thread last selected another device: a
+  // decode step issues hundreds of ops, and the call is not free.
+  void select() const { select_device(index_); }
 
   template <typename T>
   const T* upload(std::span<const T> values) {
     return static_cast<const T*>(upload_bytes(values.data(), values.size_bytes()));
+  }
+
+  struct ExpertTableEntry {
+    std::vector<cuda::Matrix> host;
+    cuda::Matrix* device = nullptr;
+  };
+  // Tables are identified by their first expert's placed bytes and their
+  // length: the same layer's table, whichever ExpertTable object carries it.
+  ExpertTableEntry& expert_table(const ExpertTable& table) {
+    GLM_CHECK(!table.experts.empty(), "internal error: an empty expert table");
+    const auto key = std::make_pair(table.experts.front().view.data, table.experts.size());
+    auto found = expert_tables_.find(key);
+    if (found != expert_tables_.end()) return found->second;
+    ExpertTableEntry entry;
+    for (const Weight& expert : table.experts) {
+      entry.host.push_back(cuda::matrix_of(expert, index_));
+      const cuda::Matrix &first = entry.host.front(), &last = entry.host.back();
+      GLM_CHECK(last.kind == first.kind && last.dtype == first.dtype && last.bits == first.bits &&
+                    last.rows == first.rows && last.cols == first.cols,
+                "expert ", expert.name, " differs in format or shape from ", table.experts.front().name,
+                "; the CUDA experts kernels need one format and shape per table");
+    }
+    const size_t bytes = entry.host.size() * sizeof(cuda::Matrix);
+    entry.device = static_cast<cuda::Matrix*>(device_malloc(bytes, "expert descriptors"));
+    allocations_.push_back(entry.device);
+    CUDA_CHECK(cudaMemcpyAsync(entry.device, entry.host.data(), bytes, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // once per table: entry.host may move
+    return expert_tables_.emplace(key, std::move(entry)).first->second;
+  }
+
+  // An affine weight's scale and bias of each group side by side, [rows,
+  // groups, 2], so a kernel fetches both with one load: in bf16 when both
+  // are bf16 (mlx's usual model dtype), else widened exactly to f32.
+  TensorView upload_scale_bias_pairs(const WeightFormat& format, const std::string& name) {
+    const TensorView &scales = format.scales, &biases = format.biases;
+    GLM_CHECK(scales.rank() == 2 && biases.shape == scales.shape, "weight ", name, ": scales ",
+              shape_to_string(scales.shape), " and biases ", shape_to_string(biases.shape), " do not pair up");
+    const int64_t rows = scales.dim(0), groups = scales.dim(1);
+    const bool bf16 = scales.dtype == DType::BF16 && biases.dtype == DType::BF16;
+    const DType pair_dtype = bf16 ? DType::BF16 : DType::F32;
+    std::vector<uint16_t> halves;
+    std::vector<float> floats;
+    if (bf16) halves.resize(static_cast<size_t>(rows * groups * 2));
+    else floats.resize(static_cast<size_t>(rows * groups * 2));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        const size_t at = static_cast<size_t>((r * groups + g) * 2);
+        if (bf16) {
+          halves[at] = static_cast<const uint16_t*>(scales.row(r))[g];
+          halves[at + 1] = static_cast<const uint16_t*>(biases.row(r))[g];
+        } else {
+          floats[at] = load_as_f32(scales.row(r), scales.dtype, static_cast<size_t>(g));
+          floats[at + 1] = load_as_f32(biases.row(r), biases.dtype, static_cast<size_t>(g));
+        }
+      }
+    const void* data = bf16 ? static_cast<const void*>(halves.data()) : static_cast<const void*>(floats.data());
+    return upload_view(TensorView(data, pair_dtype, {rows, groups * 2}), name + " scales and biases");
+  }
+
+  // A dense device copy of a host view (row by row for strided views).
+  TensorView upload_view(const TensorView& view, const std::string& what) {
+    const int64_t cols = view.shape.empty() ? 1 : view.shape.back();
+    const int64_t rows = view.shape.empty() ? 1 : view.numel() / std::max<int64_t>(cols, 1);
+    const size_t element = dtype_size(view.dtype);
+    const size_t bytes = static_cast<size_t>(rows * cols) * element;
+    void* device = weights_.take(bytes, [&](size_t need) {
+      size_t size = std::max(need, kWeightChunk);
+      void* chunk = try_malloc(size);
+      if (!chunk && size > need) chunk = try_malloc(size = need);  // the last weights may fit where a chunk does not
+      if (!chunk) out_of_memory(need, "weight " + what);
+      return std::make_pair(chunk, size);
+    });
+    if (bytes > 0) {
+      const size_t pitch = static_cast<size_t>(view.shape.size() < 2 ? cols : view.row_stride) * element;
+      CUDA_CHECK(cudaMemcpy2DAsync(device, static_cast<size_t>(cols) * element, view.data, pitch,
+                                   static_cast<size_t>(cols) * element, static_cast<size_t>(rows),
+                                   cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));  // the source may be a mapping the caller drops
+    }
+    uploaded_bytes_ += bytes;
+    return TensorView(device, view.dtype, view.shape);
   }
 
   void* try_malloc(size_t bytes) {
@@ -415,6 +648,17 @@ class CudaBackend final : public Backend, public cuda::Context {
   ChunkArena scratch_, staging_, weights_;
   std::vector<void*> allocations_;
   std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;
+  std::map<std::pair<const void*, size_t>, ExpertTableEntry> expert_tables_;
+  struct StepUpload {
+    std::vector<char> bytes;  // what was uploaded
+    void* device = nullptr;   // where it is, until reset_scratch()
+  };
+  static constexpr size_t kReusedUploadBytes = 64 * 1024;  // larger uploads are not compared
+  std::vector<StepUpload> step_uploads_;
+  size_t step_upload_count_ = 0;
+  bool profiling_ = false;
+  std::vector<cudaEvent_t> profile_events_;
+  std::vector<TimedOp> timed_ops_;
   size_t uploaded_bytes_ = 0;
   int64_t uploaded_count_ = 0;
 };

@@ -1,14 +1,18 @@
 // Projections on the GPU: out[n, O] = x[n, I] W[O, I]^T (+ bias), f32
-// activations, W in its stored float dtype, f32 accumulation.
-//   n <= 8 (decoding): a warp per output feature streams its weight row once
-//       (16-byte loads where aligned) and dots it with every token's row.
+// activations, W in any stored format (float, mlx affine, FP8), dequantized
+// in registers (weight_formats.cuh), f32 accumulation.
+//   n <= 8 (decoding): a block per few output features streams their rows
+//       once, its threads splitting the columns, and dots them with every
+//       token's row (block_row_dots); a warp per output feature for formats
+//       without 8-value pieces (3/5/6/7-bit affine) and odd shapes.
 //   more tokens, f32 W: cuBLAS SGEMM (pedantic math: no TF32), then the bias.
-//   more tokens, 16-bit W: a tiled SIMT GEMM that widens W tiles to f32 in
-//       shared memory, so activations keep full f32 precision (a bf16 tensor-
-//       core path comes with the bf16 activation mode).
+//   more tokens, other formats: a tiled SIMT GEMM that dequantizes W tiles to
+//       f32 in shared memory, so activations keep full f32 precision (tensor
+//       cores for prompts are the next step, issue #6).
 #include <algorithm>
+#include <type_traits>
 
-#include "backend/cuda/ops.cuh"
+#include "backend/cuda/weight_formats.cuh"
 
 namespace glm::cuda {
 namespace {
@@ -16,75 +20,97 @@ namespace {
 constexpr int kGemvWarps = 8;   // output features per 256-thread block
 constexpr int kMaxGemvTokens = 8;
 
-template <typename T, int NT>
+// A warp per output feature: the weight row is read once for all n <= NT tokens.
+template <typename Format, int NT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const T* __restrict__ weight, const void* bias,
-                DType bias_dtype, int64_t out_features, int64_t in_features, bool vectorized) {
+    gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const Matrix weight, const void* bias,
+                DType bias_dtype, int n, bool vectorized) {
   const int64_t o = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (o >= out_features) return;
-  const T* row = weight + o * in_features;
+  if (o >= weight.rows) return;
+  const float* rows[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) rows[t] = x + (t < n ? t : 0) * weight.cols;
   float sums[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) sums[t] = 0.0f;
-  if (vectorized) {  // in_features % 8 == 0 and 16-byte aligned rows: 8 elements per lane per step
-    for (int64_t i = lane * 8; i < in_features; i += 32 * 8) {
-      float w[8];
-      load8(row + i, w);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        float v[8];
-        load8(x + t * in_features + i, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) sums[t] += w[j] * v[j];
-      }
-    }
-  } else {
-    for (int64_t i = lane; i < in_features; i += 32) {
-      const float w = to_f32(row[i]);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) sums[t] += w * x[t * in_features + i];
-    }
-  }
+  warp_row_dots<Format, NT>(weight, o, rows, n, vectorized, sums);
   const float bias_value = bias ? element_f32(bias, bias_dtype, o) : 0.0f;
+  if (threadIdx.x % 32 == 0) {
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    const float total = warp_sum(sums[t]);
-    if (lane == 0) out[t * out_features + o] = total + bias_value;
+    for (int t = 0; t < NT; ++t)
+      if (t < n) out[t * weight.rows + o] = sums[t] + bias_value;
   }
 }
 
-template <typename T, int NT>
-void launch_gemv(Context& ctx, float* out, const float* x, const Matrix& weight, const Matrix* bias) {
-  const bool vectorized = weight.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                          reinterpret_cast<uintptr_t>(weight.data) % 16 == 0;
-  gemv_kernel<T, NT><<<blocks_for(weight.rows, kGemvWarps), kGemvWarps * 32, 0, ctx.stream>>>(
-      out, x, static_cast<const T*>(weight.data), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32,
-      weight.rows, weight.cols, vectorized);
+// A block per R rows, its threads splitting the columns (block_row_dots):
+// the decode path for every format with 8-value pieces.
+template <typename Format, int NT>
+__global__ void __launch_bounds__(256)
+    row_block_gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const Matrix weight,
+                          const void* bias, DType bias_dtype, int n) {
+  constexpr int R = NT <= 2 ? Format::kRows : 4;
+  __shared__ float result[R * NT];
+  const int64_t row0 = blockIdx.x * static_cast<int64_t>(R);
+  const float* rows[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) rows[t] = x + (t < n ? t : 0) * weight.cols;
+  const Matrix matrices[1] = {weight};
+  block_row_dots<Format, NT, R, 1>(matrices, row0, rows, n, result);
+  for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
+    const int64_t row = row0 + i / NT;
+    const int t = i % NT;
+    if (row < weight.rows && t < n) out[t * weight.rows + row] = result[i] + (bias ? element_f32(bias, bias_dtype, row) : 0.0f);
+  }
 }
 
-template <typename T>
+template <typename Format>
+bool row_block_gemv(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
+  if constexpr (!Format::kHasPieces) {
+    return false;
+  } else {
+    if (!Format::pieces_ok(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+    const void* bias_data = bias ? bias->data : nullptr;
+    const DType bias_dtype = bias ? bias->dtype : DType::F32;
+    const int tokens = static_cast<int>(n);
+    auto launch = [&](auto nt) {
+      constexpr int NT = decltype(nt)::value;
+      constexpr int R = NT <= 2 ? Format::kRows : 4;
+      row_block_gemv_kernel<Format, NT><<<blocks_for(weight.rows, R), 256, 0, ctx.stream>>>(out, x, weight, bias_data,
+                                                                                           bias_dtype, tokens);
+    };
+    if (n == 1) launch(std::integral_constant<int, 1>{});
+    else if (n == 2) launch(std::integral_constant<int, 2>{});
+    else if (n <= 4) launch(std::integral_constant<int, 4>{});
+    else launch(std::integral_constant<int, 8>{});
+    return true;
+  }
+}
+
+template <typename Format>
 void gemv(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
-  switch (n) {
-    case 1: launch_gemv<T, 1>(ctx, out, x, weight, bias); break;
-    case 2: launch_gemv<T, 2>(ctx, out, x, weight, bias); break;
-    case 3: launch_gemv<T, 3>(ctx, out, x, weight, bias); break;
-    case 4: launch_gemv<T, 4>(ctx, out, x, weight, bias); break;
-    case 5: launch_gemv<T, 5>(ctx, out, x, weight, bias); break;
-    case 6: launch_gemv<T, 6>(ctx, out, x, weight, bias); break;
-    case 7: launch_gemv<T, 7>(ctx, out, x, weight, bias); break;
-    default: launch_gemv<T, 8>(ctx, out, x, weight, bias); break;
-  }
+  if (row_block_gemv<Format>(ctx, out, x, n, weight, bias)) return;
+  const bool vectorized = Format::vectorizable(weight) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const unsigned blocks = blocks_for(weight.rows, kGemvWarps);
+  const void* bias_data = bias ? bias->data : nullptr;
+  const DType bias_dtype = bias ? bias->dtype : DType::F32;
+  const int tokens = static_cast<int>(n);
+  auto launch = [&](auto nt) {
+    gemv_kernel<Format, decltype(nt)::value>
+        <<<blocks, kGemvWarps * 32, 0, ctx.stream>>>(out, x, weight, bias_data, bias_dtype, tokens, vectorized);
+  };
+  if (n == 1) launch(std::integral_constant<int, 1>{});
+  else if (n == 2) launch(std::integral_constant<int, 2>{});
+  else if (n <= 4) launch(std::integral_constant<int, 4>{});
+  else launch(std::integral_constant<int, 8>{});
 }
 
 // 64 tokens x 64 features per 256-thread block, 16-deep k slices; each thread
 // owns a 4 x 4 sub-tile strided by 16 so that its output stores coalesce.
 constexpr int kTile = 64, kDepth = 16;
 
-template <typename T>
+template <typename Format>
 __global__ void __launch_bounds__(256)
-    gemm_kernel(float* __restrict__ out, const float* __restrict__ x, const T* __restrict__ weight, const void* bias,
-                DType bias_dtype, int64_t n, int64_t out_features, int64_t in_features) {
+    gemm_kernel(float* __restrict__ out, const float* __restrict__ x, const Matrix weight, const void* bias,
+                DType bias_dtype, int64_t n) {
+  const int64_t out_features = weight.rows, in_features = weight.cols;
   __shared__ float xs[kDepth][kTile + 4];  // [k][token]; +4 staggers the banks of the transposed stores
   __shared__ float ws[kDepth][kTile + 4];  // [k][feature]
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -98,7 +124,7 @@ __global__ void __launch_bounds__(256)
       const int64_t k = k0 + load_k + q;
       const bool in_k = k < in_features;
       xs[load_k + q][load_row] = in_k && token < n ? x[token * in_features + k] : 0.0f;
-      ws[load_k + q][load_row] = in_k && feature < out_features ? to_f32(weight[feature * in_features + k]) : 0.0f;
+      ws[load_k + q][load_row] = in_k && feature < out_features ? Format::at(weight, feature, k) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -142,10 +168,10 @@ void linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& w
   if (weight.cols == 0) {  // an empty dot product: the bias alone
     CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * n * weight.rows, ctx.stream));
   } else if (n <= kMaxGemvTokens) {
-    with_float_type(weight.dtype, [&](auto tag) { gemv<decltype(tag)>(ctx, out, x, n, weight, bias); });
+    dispatch_format(weight, [&](auto format) { gemv<decltype(format)>(ctx, out, x, n, weight, bias); });
     CUDA_CHECK_LAUNCH();
     return;
-  } else if (weight.dtype == DType::F32) {
+  } else if (weight.kind == WeightFormat::Kind::Float && weight.dtype == DType::F32) {
     // Row-major out[n, O] is column-major out^T [O, n] = W (col-major [I, O], transposed) * x^T (col-major [I, n]).
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_CHECK(cublasSgemm(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(weight.rows), static_cast<int>(n),
@@ -154,11 +180,9 @@ void linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& w
                              static_cast<int>(weight.rows)));
   } else {
     const dim3 grid(blocks_for(weight.rows, kTile), blocks_for(n, kTile));
-    with_float_type(weight.dtype, [&](auto tag) {
-      using T = decltype(tag);
-      gemm_kernel<T><<<grid, 256, 0, ctx.stream>>>(out, x, static_cast<const T*>(weight.data),
-                                                    bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, n,
-                                                    weight.rows, weight.cols);
+    dispatch_format(weight, [&](auto format) {
+      gemm_kernel<decltype(format)><<<grid, 256, 0, ctx.stream>>>(
+          out, x, weight, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, n);
     });
     CUDA_CHECK_LAUNCH();
     return;

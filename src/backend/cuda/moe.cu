@@ -1,17 +1,179 @@
-// The routed expert MLPs on the GPU. This first version reads the routing
-// back to the host (one synchronisation per MoE layer) to group tokens by
-// expert, then runs each used expert over its tokens with the linear, SwiGLU
-// and gather kernels and adds its weighted output into the result. Experts
-// are visited in ascending id so every token sums its experts in the same
-// order as the CPU reference, whatever else is in the batch. A grouped GEMM
-// driven by device-side counts (no host round trip) is later work.
+// The routed expert MLPs on the GPU, in two ways:
+//
+// Decoding (n <= kDeviceGroupingTokens): everything stays on the device, so a
+// step needs no host round trip (and can later be captured in a graph).
+//   1. moe_plan_kernel groups the (token, k) assignments by expert: the
+//      active experts in ascending id, each with its tokens in ascending
+//      order, and for every (token, k) the row its expert output goes to.
+//   2. moe_gate_up_kernel: a block per (active expert, 8 rows of its width)
+//      reads those gate and up rows once for all the expert's tokens
+//      (block_row_dots) and writes silu(gate) * up. Only the chosen experts'
+//      rows are read.
+//   3. moe_down_kernel: the same over 16 rows of the down projection.
+//   4. moe_combine_kernel: out[t] = sum of weight * expert output over the
+//      token's experts in ascending id, the CPU reference's order.
+// Grids are sized from n and top_k alone (min(n * top_k, held) expert slots;
+// slots past the active count exit at once), never from device values.
+//
+// Prompts: the routing is read back to the host (one synchronisation per MoE
+// layer), each used expert runs over its tokens with the linear (tiled GEMM),
+// SwiGLU and gather kernels, and adds its weighted output into the result,
+// experts in ascending id. Grouped GEMMs on tensor cores replace this in
+// issue #6.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
-#include "backend/cuda/ops.cuh"
+#include "backend/cuda/weight_formats.cuh"
 
 namespace glm::cuda {
 namespace {
+
+constexpr int64_t kDeviceGroupingTokens = 64;
+constexpr int kMaxTopK = 32;
+
+// Device views of one expert table: Matrix descriptors indexed by local expert.
+struct ExpertMatrices {
+  const Matrix* gate;
+  const Matrix* up;
+  const Matrix* down;
+};
+
+// The grouping written by moe_plan_kernel (all device memory).
+struct MoePlan {
+  int32_t* active_count;      // [1]
+  int32_t* active_expert;     // [slots] local expert ids, ascending
+  int32_t* slot_begin;        // [slots + 1] first assignment of each active expert
+  int32_t* assignment_token;  // [n * top_k] token of each assignment, by expert then token
+  int32_t* assignment_of;     // [n * top_k] assignment row of (t, k); -1 when the expert is not held
+};
+
+// One block. Shared memory: counts, first assignment and slot of each held expert.
+__global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert_ids, int entries, int top_k,
+                                int first_expert, int held) {
+  extern __shared__ int32_t shared[];
+  int32_t* counts = shared;          // [held]
+  int32_t* begins = counts + held;   // [held]
+  const int tid = threadIdx.x;
+  for (int e = tid; e < held; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int i = tid; i < entries; i += blockDim.x) {
+    const int e = expert_ids[i] - first_expert;
+    if (e >= 0 && e < held) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  for (int e = tid; e < held; e += blockDim.x) {
+    int begin = 0, slot = 0;
+    for (int other = 0; other < e; ++other) {
+      begin += counts[other];
+      slot += counts[other] > 0;
+    }
+    begins[e] = begin;
+    if (counts[e] > 0) {
+      plan.active_expert[slot] = e;
+      plan.slot_begin[slot] = begin;
+    }
+    if (e == held - 1) {  // the last expert knows the totals
+      const int active = slot + (counts[e] > 0);
+      *plan.active_count = active;
+      plan.slot_begin[active] = begin + counts[e];
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < entries; i += blockDim.x) {
+    const int32_t id = expert_ids[i];
+    const int e = id - first_expert;
+    if (e < 0 || e >= held) {
+      plan.assignment_of[i] = -1;
+      continue;
+    }
+    int rank = 0;  // earlier tokens of the same expert (a token picks an expert at most once)
+    for (int j = 0; j < i; ++j) rank += expert_ids[j] == id;
+    const int row = begins[e] + rank;
+    plan.assignment_of[i] = row;
+    plan.assignment_token[row] = i / top_k;
+  }
+}
+
+// act[a, r] = silu(gate_e[r] . x[token(a)]) * (up_e[r] . x[token(a)]) for the
+// assignments a of the block's expert and its R rows r: gate and up rows are
+// read once for all the expert's tokens (NT at a time).
+template <typename Format, int NT, int R>
+__global__ void __launch_bounds__(256)
+    moe_gate_up_kernel(float* __restrict__ act, const float* __restrict__ x, ExpertMatrices experts, MoePlan plan,
+                       int64_t hidden, int64_t width) {
+  const int slot = blockIdx.y;
+  if (slot >= *plan.active_count) return;  // uniform over the block
+  __shared__ float result[2 * R * NT];
+  const int64_t row0 = blockIdx.x * static_cast<int64_t>(R);
+  const int expert = plan.active_expert[slot];
+  const Matrix matrices[2] = {experts.gate[expert], experts.up[expert]};
+  const int begin = plan.slot_begin[slot], end = plan.slot_begin[slot + 1];
+  for (int a0 = begin; a0 < end; a0 += NT) {
+    const int count = min(NT, end - a0);
+    const float* rows[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) rows[t] = x + plan.assignment_token[a0 + min(t, count - 1)] * hidden;
+    block_row_dots<Format, NT, R, 2>(matrices, row0, rows, count, result);
+    for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
+      const int64_t r = row0 + i / NT;
+      const int t = i % NT;
+      if (r >= width || t >= count) continue;
+      const float g = result[i], u = result[R * NT + i];
+      act[(a0 + t) * width + r] = g / (1.0f + expf(-g)) * u;
+    }
+  }
+}
+
+// expert_out[a, o] = down_e[o] . act[a] for the assignments a of the block's
+// expert and its R rows o.
+template <typename Format, int NT, int R>
+__global__ void __launch_bounds__(256)
+    moe_down_kernel(float* __restrict__ expert_out, const float* __restrict__ act, ExpertMatrices experts,
+                    MoePlan plan, int64_t hidden, int64_t width) {
+  const int slot = blockIdx.y;
+  if (slot >= *plan.active_count) return;
+  __shared__ float result[R * NT];
+  const int64_t row0 = blockIdx.x * static_cast<int64_t>(R);
+  const Matrix matrices[1] = {experts.down[plan.active_expert[slot]]};
+  const int begin = plan.slot_begin[slot], end = plan.slot_begin[slot + 1];
+  for (int a0 = begin; a0 < end; a0 += NT) {
+    const int count = min(NT, end - a0);
+    const float* rows[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) rows[t] = act + (a0 + min(t, count - 1)) * width;
+    block_row_dots<Format, NT, R, 1>(matrices, row0, rows, count, result);
+    for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
+      const int64_t o = row0 + i / NT;
+      const int t = i % NT;
+      if (o < hidden && t < count) expert_out[(a0 + t) * hidden + o] = result[i];
+    }
+  }
+}
+
+// out[t] = sum over the token's held experts, ascending id, of weight * expert_out.
+__global__ void moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
+                                   const int32_t* __restrict__ expert_ids, const float* __restrict__ weights,
+                                   const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden) {
+  const int64_t t = blockIdx.x;
+  int32_t ids[kMaxTopK], rows[kMaxTopK];
+  float mix[kMaxTopK];
+  int used = 0;
+  for (int k = 0; k < top_k; ++k) {  // insertion sort by expert id
+    const int64_t i = t * top_k + k;
+    if (assignment_of[i] < 0) continue;
+    int at = used++;
+    for (; at > 0 && ids[at - 1] > expert_ids[i]; --at) {
+      ids[at] = ids[at - 1], rows[at] = rows[at - 1], mix[at] = mix[at - 1];
+    }
+    ids[at] = expert_ids[i], rows[at] = assignment_of[i], mix[at] = weights[i];
+  }
+  for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int j = 0; j < used; ++j) sum += mix[j] * expert_out[rows[j] * hidden + d];
+    out[t * hidden + d] = sum;
+  }
+}
 
 // out[tokens[i]] += mix[i] * expert_out[i]. A token appears at most once per
 // expert, and experts run one after another, so there are no write races.
@@ -24,12 +186,72 @@ __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restr
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) target[d] += weight * source[d];
 }
 
-}  // namespace
+// The device-side path (see the file comment).
+void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
+                   const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  const int64_t top_k = routing.expert_ids.dim(1), entries = n * top_k;
+  const int64_t held = static_cast<int64_t>(gate.experts.size());
+  const ExpertMatrices experts{ctx.expert_matrices(gate), ctx.expert_matrices(up), ctx.expert_matrices(down)};
+  const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
+  const Matrix& down0 = ctx.expert_matrices_host(down).front();
+  const int64_t width = gate0.rows;
+  const int64_t slots = std::min(entries, held);
+  MoePlan plan;
+  plan.active_count = ctx.scratch<int32_t>(1);
+  plan.active_expert = ctx.scratch<int32_t>(slots);
+  plan.slot_begin = ctx.scratch<int32_t>(slots + 1);
+  plan.assignment_token = ctx.scratch<int32_t>(entries);
+  plan.assignment_of = ctx.scratch<int32_t>(entries);
+  float* act = ctx.scratch<float>(entries * width);         // [n * top_k, width]
+  float* expert_out = ctx.scratch<float>(entries * hidden);  // [n * top_k, hidden]
 
-void moe_experts(Context& ctx, int device_index, float* out, const float* x, int64_t n, int64_t hidden,
-                 const Routing& routing, const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  moe_plan_kernel<<<1, 256, sizeof(int32_t) * 2 * static_cast<size_t>(held), ctx.stream>>>(
+      plan, routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
+      static_cast<int>(gate.first_expert), static_cast<int>(held));
+  CUDA_CHECK_LAUNCH();
+
+  constexpr int kGateUpRows = 8, kDownRows = 16;
+  // Threads split a row's 8-value pieces: no more threads than pieces.
+  auto threads_for = [](int64_t cols) { return static_cast<unsigned>(std::min<int64_t>(256, (cols / 8 + 31) / 32 * 32)); };
+  const dim3 gate_up_grid(blocks_for(width, kGateUpRows), static_cast<unsigned>(slots));
+  const dim3 down_grid(blocks_for(hidden, kDownRows), static_cast<unsigned>(slots));
+  // Gate and up share a format (one kernel reads both); down may differ
+  // (mlx-lm leaves a projection unquantized when its width is not a multiple
+  // of the group size).
+  auto with_tokens = [&](auto&& launch) {
+    if (n == 1) launch(std::integral_constant<int, 1>{});  // each expert has one token
+    else launch(std::integral_constant<int, 2>{});
+  };
+  dispatch_format(gate0, [&](auto format) {
+    using Format = decltype(format);
+    if constexpr (Format::kHasPieces) {
+      with_tokens([&](auto nt) {
+        moe_gate_up_kernel<Format, decltype(nt)::value, kGateUpRows>
+            <<<gate_up_grid, threads_for(hidden), 0, ctx.stream>>>(act, x, experts, plan, hidden, width);
+      });
+    }
+  });
+  CUDA_CHECK_LAUNCH();
+  dispatch_format(down0, [&](auto format) {
+    using Format = decltype(format);
+    if constexpr (Format::kHasPieces) {
+      with_tokens([&](auto nt) {
+        moe_down_kernel<Format, decltype(nt)::value, kDownRows>
+            <<<down_grid, threads_for(width), 0, ctx.stream>>>(expert_out, act, experts, plan, hidden, width);
+      });
+    }
+  });
+  CUDA_CHECK_LAUNCH();
+  moe_combine_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream>>>(
+      out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k),
+      hidden);
+  CUDA_CHECK_LAUNCH();
+}
+
+// The host-grouped path (see the file comment).
+void moe_grouped_on_host(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
+                         const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
   CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(n * hidden), ctx.stream));
-  if (n == 0) return;
   const int64_t top_k = routing.expert_ids.dim(1);
   std::vector<int32_t> ids(static_cast<size_t>(n * top_k));
   std::vector<float> mix(static_cast<size_t>(n * top_k));
@@ -58,28 +280,28 @@ void moe_experts(Context& ctx, int device_index, float* out, const float* x, int
   const int32_t* device_tokens = ctx.upload(std::span<const int32_t>(tokens));
   const float* device_mix = ctx.upload(std::span<const float>(token_mix));
 
+  const std::vector<Matrix>& gates = ctx.expert_matrices_host(gate);
+  const std::vector<Matrix>& ups = ctx.expert_matrices_host(up);
+  const std::vector<Matrix>& downs = ctx.expert_matrices_host(down);
   int64_t max_tokens = 0, max_width = 0;
   for (int64_t e = 0; e < held; ++e) {
     const int64_t m = offsets[e + 1] - offsets[e];
     if (m == 0) continue;
     max_tokens = std::max(max_tokens, m);
-    max_width = std::max(max_width, gate.experts[e].dim(0));
+    max_width = std::max(max_width, gates[e].rows);
   }
-  float* inputs = ctx.scratch<float>(max_tokens * hidden);          // [m, hidden]
-  float* gate_out = ctx.scratch<float>(max_tokens * max_width);     // [m, width]
-  float* up_out = ctx.scratch<float>(max_tokens * max_width);       // [m, width]
-  float* expert_out = ctx.scratch<float>(max_tokens * hidden);      // [m, hidden]
+  float* inputs = ctx.scratch<float>(max_tokens * hidden);       // [m, hidden]
+  float* gate_out = ctx.scratch<float>(max_tokens * max_width);  // [m, width]
+  float* up_out = ctx.scratch<float>(max_tokens * max_width);    // [m, width]
+  float* expert_out = ctx.scratch<float>(max_tokens * hidden);   // [m, hidden]
 
   for (int64_t e = 0; e < held; ++e) {
     const int64_t begin = offsets[e], m = offsets[e + 1] - begin;
     if (m == 0) continue;
-    const int64_t expert = first + e;
-    const Matrix gate_w = matrix_of(gate.at(expert), device_index);
-    const Matrix up_w = matrix_of(up.at(expert), device_index);
-    const Matrix down_w = matrix_of(down.at(expert), device_index);
+    const Matrix &gate_w = gates[e], &up_w = ups[e], &down_w = downs[e];
     GLM_CHECK(gate_w.cols == hidden && up_w.rows == gate_w.rows && up_w.cols == hidden && down_w.rows == hidden &&
                   down_w.cols == gate_w.rows,
-              "internal error: expert ", expert, " shapes");
+              "internal error: expert ", first + e, " shapes");
     const int64_t width = gate_w.rows;
     gather_rows(ctx, inputs, x, device_tokens + begin, m, hidden);
     linear(ctx, gate_out, inputs, m, gate_w, nullptr);
@@ -90,6 +312,32 @@ void moe_experts(Context& ctx, int device_index, float* out, const float* x, int
                                                                          device_mix + begin, hidden);
     CUDA_CHECK_LAUNCH();
   }
+}
+
+}  // namespace
+
+void moe_experts(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
+                 const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  if (n == 0) return;
+  GLM_CHECK(routing.expert_ids.dim(1) <= kMaxTopK, "more than ", kMaxTopK, " experts per token on CUDA");
+  if (gate.experts.empty()) {  // an expert-parallel rank holding nothing
+    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(n * hidden), ctx.stream));
+    return;
+  }
+  const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
+  const Matrix& up0 = ctx.expert_matrices_host(up).front();
+  const Matrix& down0 = ctx.expert_matrices_host(down).front();
+  const bool same_gate_up_format = gate0.kind == up0.kind && gate0.dtype == up0.dtype && gate0.bits == up0.bits &&
+                                   gate0.rows == up0.rows && gate0.cols == up0.cols;
+  bool pieces = reinterpret_cast<uintptr_t>(x) % 16 == 0 && gate0.rows % 4 == 0;  // act rows stay 16-byte aligned
+  for (const Matrix* m : {&gate0, &down0})
+    dispatch_format(*m, [&](auto format) { pieces = pieces && decltype(format)::pieces_ok(*m); });
+  GLM_CHECK(gate0.cols == hidden && down0.rows == hidden && down0.cols == gate0.rows,
+            "internal error: expert shapes for hidden ", hidden);
+  if (n <= kDeviceGroupingTokens && same_gate_up_format && pieces)
+    moe_on_device(ctx, out, x, n, hidden, routing, gate, up, down);
+  else
+    moe_grouped_on_host(ctx, out, x, n, hidden, routing, gate, up, down);
 }
 
 }  // namespace glm::cuda

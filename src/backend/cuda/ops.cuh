@@ -3,23 +3,49 @@
 // CudaBackend in cuda_backend.cu) and the launcher of each op family, one .cu
 // file per family. Launchers take device pointers and do the host-side checks
 // and uploads of their host inputs; they never synchronise with the host
-// (except moe_experts, which reads the routing back to group tokens).
+// (except moe_experts on prompts, which reads the routing back to group tokens).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/cuda/common.cuh"
 
 namespace glm::cuda {
 
+// A weight matrix in device memory, as place() left it: [rows, cols] logical
+// values (a 1-D weight is one row) in one of the formats of core/weight.h.
+// Kernels read it through weight_formats.cuh; it is passed to them by value.
+struct Matrix {
+  const void* data = nullptr;  // F32/BF16/F16 values, U32 affine words or F8_E4M3 bytes; rows packed densely
+  DType dtype = DType::F32;    // the stored element type
+  int64_t rows = 0;
+  int64_t cols = 0;
+  WeightFormat::Kind kind = WeightFormat::Kind::Float;
+  // Affine: bits and group size (group_shift = log2 of it, -1 when not a power
+  // of 2); scales holds (scale, bias) pairs [rows, scales_stride groups, 2]
+  // in BF16 or F32, interleaved by place(); biases is unused.
+  // Fp8: scales [] (tensor), [rows] (channel) or [row blocks, scales_stride] (block).
+  int bits = 0;
+  int64_t group_size = 0;
+  int group_shift = -1;
+  const void* scales = nullptr;
+  DType scales_dtype = DType::F32;
+  int64_t scales_stride = 0;
+  WeightFormat::Fp8Scale fp8_scale = WeightFormat::Fp8Scale::Channel;
+  int64_t block_rows = 0;
+  int64_t block_cols = 0;
+};
+
 class Context {
  public:
   virtual ~Context() = default;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
+  int multiprocessors = 1;  // SMs of the device, for sizing grids
 
   // Device memory valid until the backend's next reset_scratch(); 256-byte aligned.
   virtual void* scratch_bytes(size_t bytes) = 0;
@@ -28,6 +54,12 @@ class Context {
   virtual void* upload_bytes(const void* host, size_t bytes) = 0;
   // Device -> host; waits for the stream (everything queued before it).
   virtual void download_bytes(void* host, const void* device, size_t bytes) = 0;
+
+  // The Matrix descriptors of an expert table's placed weights, indexed by
+  // local expert: in device memory (for kernels that pick experts on the
+  // device) and on the host. Built on first use, kept with the weights.
+  virtual const Matrix* expert_matrices(const ExpertTable& table) = 0;
+  virtual const std::vector<Matrix>& expert_matrices_host(const ExpertTable& table) = 0;
 
   template <typename T>
   T* scratch(int64_t count) {
@@ -39,17 +71,8 @@ class Context {
   }
 };
 
-// A dense float matrix in device memory, as place() left a weight: [rows, cols]
-// (a 1-D weight is one row). dtype is F32, BF16 or F16.
-struct Matrix {
-  const void* data = nullptr;
-  DType dtype = DType::F32;
-  int64_t rows = 0;
-  int64_t cols = 0;
-};
-
 // The device matrix of a weight placed by this backend; throws a clear error
-// for host weights and formats the CUDA kernels do not read yet.
+// for host weights.
 Matrix matrix_of(const Weight& weight, int device_index);
 
 // Calls f with a value of the C++ type of a float dtype, so a launcher can
@@ -74,7 +97,7 @@ __device__ __forceinline__ float element_f32(const void* data, DType dtype, int6
   }
 }
 
-// embedding.cu: out[t] = table[ids[t]] widened to f32. ids on the device.
+// embedding.cu: out[t] = table[ids[t]] dequantized to f32. ids on the device.
 void embedding(Context& ctx, float* out /*[n, cols]*/, const Matrix& table, const int32_t* ids /*[n]*/, int64_t n);
 
 // elementwise.cu
@@ -111,8 +134,9 @@ void route(Context& ctx, int32_t* expert_ids /*[n, top_k]*/, float* weights /*[n
            const float* logits /*[n, n_experts]*/, const Matrix& correction_bias, int64_t n, int64_t n_experts,
            const RouterParams& params);
 
-// moe.cu: the routed expert MLPs, grouped by expert.
-void moe_experts(Context& ctx, int device_index, float* out /*[n, hidden]*/, const float* x /*[n, hidden]*/, int64_t n,
+// moe.cu: the routed expert MLPs, grouped by expert on the device for
+// decoding (no host round trip), on the host for prompts.
+void moe_experts(Context& ctx, float* out /*[n, hidden]*/, const float* x /*[n, hidden]*/, int64_t n,
                  int64_t hidden, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
                  const ExpertTable& down);
 

@@ -9,22 +9,22 @@
 namespace glm::cuda {
 namespace {
 
-// One block per token; threads walk (head, pair) so cos/sin are computed once per pair.
+// A thread per (token, head, pair): blockIdx.x is the token, blockIdx.y a
+// slice of the heads. (A thread walking all 96 heads of a token one after
+// another was latency-bound: 15 us a call.)
 __global__ void rotary_kernel(float* x, const int32_t* __restrict__ positions,
                               const float* __restrict__ inverse_frequency, int64_t heads, int64_t head_dim,
                               int64_t half) {
   const int64_t t = blockIdx.x;
-  const float position = static_cast<float>(positions[t]);
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = position * inverse_frequency[i];
-    const float cosine = cosf(angle), sine = sinf(angle);
-    for (int64_t h = 0; h < heads; ++h) {
-      float* head = x + (t * heads + h) * head_dim;
-      const float first = head[i], second = head[i + half];
-      head[i] = first * cosine - second * sine;
-      head[i + half] = second * cosine + first * sine;
-    }
-  }
+  const int64_t item = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // head * half + pair
+  if (item >= heads * half) return;
+  const int64_t h = item / half, i = item % half;
+  const float angle = static_cast<float>(positions[t]) * inverse_frequency[i];
+  const float cosine = cosf(angle), sine = sinf(angle);
+  float* head = x + (t * heads + h) * head_dim;
+  const float first = head[i], second = head[i + half];
+  head[i] = first * cosine - second * sine;
+  head[i + half] = second * cosine + first * sine;
 }
 
 }  // namespace
@@ -32,9 +32,9 @@ __global__ void rotary_kernel(float* x, const int32_t* __restrict__ positions,
 void rotary(Context& ctx, float* x, const int32_t* positions, const float* inverse_frequency, int64_t n, int64_t heads,
             int64_t head_dim, int64_t rotary_dim) {
   const int64_t half = rotary_dim / 2;
-  const int threads = static_cast<int>(std::min<int64_t>(128, (half + 31) / 32 * 32));
-  rotary_kernel<<<static_cast<unsigned>(n), threads, 0, ctx.stream>>>(x, positions, inverse_frequency, heads,
-                                                                       head_dim, half);
+  constexpr int kThreads = 128;
+  const dim3 grid(static_cast<unsigned>(n), blocks_for(heads * half, kThreads));
+  rotary_kernel<<<grid, kThreads, 0, ctx.stream>>>(x, positions, inverse_frequency, heads, head_dim, half);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,483 @@
+// How CUDA kernels read weights of every stored format, dequantizing in
+// registers (a quantized weight is never expanded in device memory).
+//
+// A format is a small struct with one interface, so a kernel is written once
+// and instantiated per format (dispatch_format picks the instance):
+//   kValues             values covered by one chunk (the unit a lane loads)
+//   Raw                 the chunk's stored bytes and its scales, in registers
+//   load(m, row, c)     chunk c of a row (columns [c*kValues, (c+1)*kValues))
+//   Decoded, decode(raw)  the chunk widened to f32 once, for every token
+//   dot(decoded, x)     sum over the chunk of value_i * x_i, in f32
+//   at(m, row, col)     one value (the scalar path for odd shapes, the GEMM)
+//   vectorizable(m)     host: whether chunks tile the rows and are aligned
+//
+// Values are those of the CPU oracle (backend/cpu/dequantize.cpp):
+//   float:   the stored value widened to f32;
+//   affine:  scale * q + bias, q from a little-endian bit stream over 32-bit
+//            words (3/5/6/7-bit values straddle words);
+//   FP8:     float(e4m3) * scale, the scale per tensor, row or block.
+// Decoding is where a GEMV on quantized weights spends its instructions, so
+// the chunk dot products keep the scales out of the inner loop: a chunk lies
+// in one group (or FP8 scale block), so
+//   sum_i (scale * q_i + bias) * x_i = scale * sum_i q_i x_i + bias * sum_i x_i,
+// and 4/8-bit integers become floats by the exponent trick (the integer
+// placed in the mantissa of 2^23, then 2^23 subtracted: exact, and cheaper
+// than a conversion instruction). The results differ from the oracle's
+// per-element rounding only in the last bits (tests bound it at 1e-5).
+// One chunk is 16 bytes where the format allows (one vector load a lane),
+// which keeps enough bytes in flight to saturate HBM; the scales are loaded
+// with the chunk so their latency overlaps the weights'.
+#pragma once
+
+#include <cuda_fp8.h>
+
+#include "backend/cuda/ops.cuh"
+
+namespace glm::cuda {
+
+// ---- float weights: 8 values of T per chunk (16 bytes for 16-bit types)
+template <typename T>
+struct FloatFormat {
+  static constexpr int kValues = 8;
+  struct Raw {
+    float values[8];
+  };
+  __device__ static Raw load(const Matrix& m, int64_t row, int64_t chunk) {
+    Raw raw;
+    load8(static_cast<const T*>(m.data) + row * m.cols + chunk * kValues, raw.values);
+    return raw;
+  }
+  using Decoded = Raw;
+  __device__ static Decoded decode(const Raw& raw) { return raw; }
+  __device__ static float dot(const Decoded& d, const float* x) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kValues; i += 4) {
+      const float4 a = *reinterpret_cast<const float4*>(x + i);
+      sum += d.values[i] * a.x + d.values[i + 1] * a.y + d.values[i + 2] * a.z + d.values[i + 3] * a.w;
+    }
+    return sum;
+  }
+  __device__ static float at(const Matrix& m, int64_t row, int64_t col) {
+    return to_f32(static_cast<const T*>(m.data)[row * m.cols + col]);
+  }
+  static bool vectorizable(const Matrix& m) {
+    return m.cols % kValues == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
+  }
+
+  // Pieces (block_row_dots): 8 values, 16 bytes at 16 bits.
+  static constexpr bool kHasPieces = true;
+  static constexpr int kRows = sizeof(T) == 4 ? 4 : 8;
+  static constexpr bool kPipelined = false;  // 16-byte pieces keep enough in flight; a second set would spill
+  using Piece = Raw;
+  using Row = const T*;
+  __device__ static Row row_of(const Matrix& m, int64_t row) { return static_cast<const T*>(m.data) + row * m.cols; }
+  __device__ static Piece load_piece(const Matrix&, Row row, int64_t piece) {
+    Piece p;
+    load8(row + piece * 8, p.values);
+    return p;
+  }
+  __device__ static float piece_dot(const Piece& p, const float (&x)[8], float) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum += p.values[i] * x[i];
+    return sum;
+  }
+  static bool pieces_ok(const Matrix& m) { return vectorizable(m); }
+};
+
+// ---- mlx affine: 32 values per chunk = BITS words (16 bytes at 4 bits)
+template <int BITS>
+struct AffineFormat {
+  static constexpr int kValues = 32;
+  static constexpr uint32_t kMask = (1u << BITS) - 1u;
+  struct Raw {
+    uint32_t words[BITS];
+    float scale, bias;  // of the chunk's group
+  };
+  struct Decoded {
+    float q[kValues];  // the integers, exactly, as floats
+    float scale, bias;
+  };
+  __device__ static const uint32_t* row_words(const Matrix& m, int64_t row) {
+    return static_cast<const uint32_t*>(m.data) + row * (m.cols * BITS / 32);
+  }
+  // Scales and biases are interleaved pairs ([rows, groups, 2], BF16 or F32: see place()).
+  __device__ static void pair_at(const void* pairs, DType dtype, int64_t group, float& scale, float& bias) {
+    if (dtype == DType::BF16) {
+      const uint32_t both = static_cast<const uint32_t*>(pairs)[group];
+      scale = __uint_as_float(both << 16);
+      bias = __uint_as_float(both & 0xffff0000u);
+    } else {
+      const float2 both = static_cast<const float2*>(pairs)[group];
+      scale = both.x;
+      bias = both.y;
+    }
+  }
+  __device__ static void group_scale_bias(const Matrix& m, int64_t row, int64_t col, float& scale, float& bias) {
+    pair_at(m.scales, m.scales_dtype, row * m.scales_stride + col / m.group_size, scale, bias);
+  }
+  __device__ static Raw load(const Matrix& m, int64_t row, int64_t chunk) {
+    Raw raw;
+    const uint32_t* words = row_words(m, row) + chunk * BITS;
+    if constexpr (BITS % 4 == 0) {  // whole 16-byte vectors (rows are multiples of 32 values)
+#pragma unroll
+      for (int v = 0; v < BITS / 4; ++v) {
+        const uint4 vector = reinterpret_cast<const uint4*>(words)[v];
+        raw.words[4 * v] = vector.x, raw.words[4 * v + 1] = vector.y;
+        raw.words[4 * v + 2] = vector.z, raw.words[4 * v + 3] = vector.w;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < BITS; ++i) raw.words[i] = words[i];
+    }
+    group_scale_bias(m, row, chunk * kValues, raw.scale, raw.bias);  // a chunk never straddles groups
+    return raw;
+  }
+  // 2^23 + b for a byte b, as a float: the byte in the mantissa of 2^23.
+  __device__ static float byte_to_float(uint32_t bytes, int index) {
+    return __uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7440u | static_cast<uint32_t>(index))) - 8388608.0f;
+  }
+  __device__ static Decoded decode(const Raw& raw) {
+    Decoded d;
+    d.scale = raw.scale;
+    d.bias = raw.bias;
+    if constexpr (BITS == 4) {
+      // Value 8w + 2j is the low nibble of byte j of word w, value 8w + 2j + 1 its high nibble.
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const uint32_t low = raw.words[w] & 0x0F0F0F0Fu, high = (raw.words[w] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          d.q[8 * w + 2 * j] = byte_to_float(low, j);
+          d.q[8 * w + 2 * j + 1] = byte_to_float(high, j);
+        }
+      }
+    } else if constexpr (BITS == 8) {
+#pragma unroll
+      for (int w = 0; w < 8; ++w)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) d.q[4 * w + j] = byte_to_float(raw.words[w], j);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kValues; ++i) {
+        const int bit = i * BITS, word = bit / 32, shift = bit % 32;
+        uint32_t q = raw.words[word] >> shift;
+        if (shift + BITS > 32) q |= raw.words[word + 1] << (32 - shift);
+        d.q[i] = static_cast<float>(q & kMask);
+      }
+    }
+    return d;
+  }
+  __device__ static float dot(const Decoded& d, const float* x) {
+    float qx = 0.0f, sum_x = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kValues; i += 4) {
+      const float4 a = *reinterpret_cast<const float4*>(x + i);
+      qx += d.q[i] * a.x + d.q[i + 1] * a.y + d.q[i + 2] * a.z + d.q[i + 3] * a.w;
+      sum_x += (a.x + a.y) + (a.z + a.w);
+    }
+    return d.scale * qx + d.bias * sum_x;
+  }
+  __device__ static float at(const Matrix& m, int64_t row, int64_t col) {
+    const uint32_t* words = row_words(m, row);
+    const int64_t bit = col * BITS;
+    const int shift = static_cast<int>(bit % 32);
+    uint64_t window = words[bit / 32];
+    if (shift + BITS > 32) window |= static_cast<uint64_t>(words[bit / 32 + 1]) << 32;
+    float scale, bias;
+    group_scale_bias(m, row, col, scale, bias);
+    return __fadd_rn(__fmul_rn(scale, static_cast<float>(static_cast<uint32_t>(window >> shift) & kMask)), bias);
+  }
+  static bool vectorizable(const Matrix& m) {
+    return m.cols % kValues == 0 && m.group_size % kValues == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
+  }
+
+  // Pieces (block_row_dots): 8 values = one word at 4 bits, two at 8 bits.
+  static constexpr bool kHasPieces = BITS == 4 || BITS == 8;
+  static constexpr int kRows = 8;
+  static constexpr bool kPipelined = true;  // 4- and 8-byte pieces: latency-bound without a second set in flight
+  struct Piece {
+    uint32_t words[BITS == 8 ? 2 : 1];
+    float scale, bias;
+  };
+  struct Row {
+    const uint32_t* words;
+    const char* pairs;  // this row's (scale, bias) pairs
+  };
+  __device__ static Row row_of(const Matrix& m, int64_t row) {
+    const int pair_bytes = m.scales_dtype == DType::BF16 ? 4 : 8;
+    return {row_words(m, row), static_cast<const char*>(m.scales) + row * m.scales_stride * pair_bytes};
+  }
+  __device__ static Piece load_piece(const Matrix& m, const Row& row, int64_t piece) {
+    Piece p;
+    if constexpr (BITS == 8) {
+      const uint2 pair = reinterpret_cast<const uint2*>(row.words)[piece];
+      p.words[0] = pair.x;
+      p.words[1] = pair.y;
+    } else {
+      p.words[0] = row.words[piece];
+    }
+    pair_at(row.pairs, m.scales_dtype, (piece * 8) >> m.group_shift, p.scale, p.bias);
+    return p;
+  }
+  // scale * sum(q x) + bias * sum(x), sum(x) given (it is the same for every row).
+  __device__ static float piece_dot(const Piece& p, const float (&x)[8], float x_sum) {
+    float qx = 0.0f;
+    if constexpr (BITS == 4) {
+      const uint32_t low = p.words[0] & 0x0F0F0F0Fu, high = (p.words[0] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) qx += byte_to_float(low, j) * x[2 * j] + byte_to_float(high, j) * x[2 * j + 1];
+    } else if constexpr (BITS == 8) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) qx += byte_to_float(p.words[j / 4], j % 4) * x[j];
+    }
+    return p.scale * qx + p.bias * x_sum;
+  }
+  static bool pieces_ok(const Matrix& m) {
+    return kHasPieces && m.cols % 8 == 0 && m.group_size % 8 == 0 && m.group_size == (int64_t{1} << m.group_shift) &&
+           reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
+  }
+};
+
+// ---- FP8 e4m3 with a tensor, channel or block scale: 16 values per chunk
+struct Fp8Format {
+  static constexpr int kValues = 16;
+  struct Raw {
+    uint4 bytes;
+    float scale;  // of the chunk's block (or row, or tensor)
+  };
+  struct Decoded {
+    float values[kValues];  // e4m3 widened, before the scale
+    float scale;
+  };
+  __device__ static float scale_of(const Matrix& m, int64_t row, int64_t col) {
+    switch (m.fp8_scale) {
+      case WeightFormat::Fp8Scale::Tensor: return element_f32(m.scales, m.scales_dtype, 0);
+      case WeightFormat::Fp8Scale::Channel: return element_f32(m.scales, m.scales_dtype, row);
+      default: return element_f32(m.scales, m.scales_dtype, (row / m.block_rows) * m.scales_stride + col / m.block_cols);
+    }
+  }
+  __device__ static float widen(uint8_t bits) {
+    __nv_fp8_e4m3 value;
+    value.__x = bits;
+    return static_cast<float>(value);
+  }
+  __device__ static Raw load(const Matrix& m, int64_t row, int64_t chunk) {
+    // One scale per chunk: block_cols % 16 == 0 (vectorizable), so a chunk lies in one block.
+    return {reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(m.data) + row * m.cols)[chunk],
+            scale_of(m, row, chunk * kValues)};
+  }
+  __device__ static Decoded decode(const Raw& raw) {
+    Decoded d;
+    d.scale = raw.scale;
+    const uint32_t words[4] = {raw.bytes.x, raw.bytes.y, raw.bytes.z, raw.bytes.w};
+#pragma unroll
+    for (int i = 0; i < kValues; ++i) d.values[i] = widen(static_cast<uint8_t>(words[i / 4] >> (8 * (i % 4))));
+    return d;
+  }
+  __device__ static float dot(const Decoded& d, const float* x) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kValues; i += 4) {
+      const float4 a = *reinterpret_cast<const float4*>(x + i);
+      sum += d.values[i] * a.x + d.values[i + 1] * a.y + d.values[i + 2] * a.z + d.values[i + 3] * a.w;
+    }
+    return d.scale * sum;
+  }
+  __device__ static float at(const Matrix& m, int64_t row, int64_t col) {
+    return widen(static_cast<const uint8_t*>(m.data)[row * m.cols + col]) * scale_of(m, row, col);
+  }
+  static bool vectorizable(const Matrix& m) {
+    return m.cols % kValues == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0 &&
+           (m.fp8_scale != WeightFormat::Fp8Scale::Block || m.block_cols % kValues == 0);
+  }
+
+  // Pieces (block_row_dots): 8 values in 8 bytes.
+  static constexpr bool kHasPieces = true;
+  static constexpr int kRows = 8;
+  static constexpr bool kPipelined = true;
+  struct Piece {
+    uint2 bytes;
+    float scale;
+  };
+  struct Row {
+    const uint2* bytes;
+    int64_t row;
+  };
+  __device__ static Row row_of(const Matrix& m, int64_t row) {
+    return {reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(m.data) + row * m.cols), row};
+  }
+  __device__ static Piece load_piece(const Matrix& m, const Row& row, int64_t piece) {
+    return {row.bytes[piece], scale_of(m, row.row, piece * 8)};
+  }
+  __device__ static float piece_dot(const Piece& p, const float (&x)[8], float) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum += widen(static_cast<uint8_t>((i < 4 ? p.bytes.x : p.bytes.y) >> (8 * (i % 4)))) * x[i];
+    return p.scale * sum;
+  }
+  static bool pieces_ok(const Matrix& m) {
+    return m.cols % 8 == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0 &&
+           (m.fp8_scale != WeightFormat::Fp8Scale::Block || m.block_cols % 8 == 0);
+  }
+};
+
+// Calls f with a value of the format type of `m`: FloatFormat<T>,
+// AffineFormat<2..8> or Fp8Format.
+template <typename F>
+void dispatch_format(const Matrix& m, F&& f) {
+  switch (m.kind) {
+    case WeightFormat::Kind::Float:
+      with_float_type(m.dtype, [&](auto tag) { f(FloatFormat<decltype(tag)>{}); });
+      return;
+    case WeightFormat::Kind::Affine:
+      switch (m.bits) {
+        case 2: f(AffineFormat<2>{}); return;
+        case 3: f(AffineFormat<3>{}); return;
+        case 4: f(AffineFormat<4>{}); return;
+        case 5: f(AffineFormat<5>{}); return;
+        case 6: f(AffineFormat<6>{}); return;
+        case 7: f(AffineFormat<7>{}); return;
+        case 8: f(AffineFormat<8>{}); return;
+        default: fail("internal error: affine ", m.bits, "-bit weights reached a CUDA kernel");
+      }
+    case WeightFormat::Kind::Fp8: f(Fp8Format{}); return;
+  }
+}
+
+// The dot products of one weight row with up to NT activation rows, summed
+// over the warp: lanes take chunks lane, lane + 32, ... and issue kUnroll
+// chunk loads before using any, so enough bytes are in flight. x[t] is the
+// t-th activation row (valid for t < n_rows; rows >= n_rows are skipped).
+// With `vectorized` false every lane reads single values (odd shapes).
+template <typename Format, int NT>
+__device__ __forceinline__ void warp_row_dots(const Matrix& m, int64_t row, const float* const* x, int n_rows,
+                                              bool vectorized, float* sums) {
+  constexpr int kUnroll = 4;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) sums[t] = 0.0f;
+  if (vectorized) {
+    const int64_t n_chunks = m.cols / Format::kValues;
+    for (int64_t base = lane; base < n_chunks; base += 32 * kUnroll) {
+      typename Format::Raw raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (base + 32 * u < n_chunks) raw[u] = Format::load(m, row, base + 32 * u);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t chunk = base + 32 * u;
+        if (chunk >= n_chunks) break;
+        const typename Format::Decoded decoded = Format::decode(raw[u]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          if (t >= n_rows) break;
+          sums[t] += Format::dot(decoded, x[t] + chunk * Format::kValues);
+        }
+      }
+    }
+  } else {
+    for (int64_t col = lane; col < m.cols; col += 32) {
+      const float w = Format::at(m, row, col);
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t < n_rows) sums[t] += w * x[t][col];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) sums[t] = warp_sum(sums[t]);
+}
+
+// Dot products of R consecutive rows of each of NM matrices (sharing their
+// input, e.g. an expert's gate and up projections) with up to NT activation
+// rows, by a whole block. The columns are cut into 8-value pieces; thread i
+// of the block takes pieces i, i + blockDim.x, ..., so a warp reads 32
+// consecutive pieces of a row (coalesced) and its 32 x 8 activations once for
+// all R rows: the activations cost no more L1 traffic than the weights, which
+// is what lets a 4-bit GEMV run at memory speed (a warp per row, re-reading
+// the activations for every row, is L1-bound). Per-thread partial sums are
+// reduced over the warp by shuffles and over the warps through shared memory.
+//   rows:    the R rows row0 .. row0 + R - 1 (rows past m.rows read row m.rows - 1; ignore their results)
+//   x[t]:    activation row t (t < n_rows), 16-byte aligned, cols long
+//   result:  shared [NM][R][NT], valid after the call for t < n_rows
+// Every thread of the block must call it (it synchronises).
+template <typename Format, int NT, int R, int NM>
+__device__ __forceinline__ void block_row_dots(const Matrix (&m)[NM], int64_t row0, const float* const* x, int n_rows,
+                                               float* result) {
+  constexpr int kMaxWarps = 32;
+  __shared__ float partial[kMaxWarps * NM * R * NT];
+  float acc[NM][R][NT];
+#pragma unroll
+  for (int k = 0; k < NM; ++k)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) acc[k][r][t] = 0.0f;
+  const int64_t n_pieces = m[0].cols / 8;
+  typename Format::Row rows[NM][R];  // row cursors: the address arithmetic is done once
+#pragma unroll
+  for (int k = 0; k < NM; ++k)
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[k][r] = Format::row_of(m[k], min(row0 + r, m[0].rows - 1));
+  // Software-pipelined for formats with small pieces: the next piece's
+  // weights are requested before this piece's arithmetic, so memory stays
+  // busy while the thread computes (measured: int4 GEMV 22% -> 38% of copy
+  // bandwidth; 16-byte bf16 pieces lose from the extra registers).
+  typename Format::Piece pieces[NM][R], next[NM][R];
+  auto load = [&](typename Format::Piece (&into)[NM][R], int64_t piece) {
+#pragma unroll
+    for (int k = 0; k < NM; ++k)
+#pragma unroll
+      for (int r = 0; r < R; ++r) into[k][r] = Format::load_piece(m[k], rows[k][r], piece);
+  };
+  int64_t piece = threadIdx.x;
+  if (piece < n_pieces) load(pieces, piece);
+  for (; piece < n_pieces; piece += blockDim.x) {
+    const int64_t following = piece + blockDim.x;
+    if constexpr (Format::kPipelined) {
+      if (following < n_pieces) load(next, following);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t >= n_rows) break;
+      float values[8];
+      const float4 a = reinterpret_cast<const float4*>(x[t] + piece * 8)[0];
+      const float4 b = reinterpret_cast<const float4*>(x[t] + piece * 8)[1];
+      values[0] = a.x, values[1] = a.y, values[2] = a.z, values[3] = a.w;
+      values[4] = b.x, values[5] = b.y, values[6] = b.z, values[7] = b.w;
+      const float sum = (a.x + a.y) + (a.z + a.w) + ((b.x + b.y) + (b.z + b.w));
+#pragma unroll
+      for (int k = 0; k < NM; ++k)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[k][r][t] += Format::piece_dot(pieces[k][r], values, sum);
+    }
+    if constexpr (Format::kPipelined) {
+#pragma unroll
+      for (int k = 0; k < NM; ++k)
+#pragma unroll
+        for (int r = 0; r < R; ++r) pieces[k][r] = next[k][r];
+    } else if (following < n_pieces) {
+      load(pieces, following);
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+#pragma unroll
+  for (int k = 0; k < NM; ++k)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const float total = warp_sum(acc[k][r][t]);
+        if (lane == 0) partial[((warp * NM + k) * R + r) * NT + t] = total;
+      }
+  __syncthreads();
+  for (int i = threadIdx.x; i < NM * R * NT; i += blockDim.x) {
+    float total = 0.0f;
+    for (int w = 0; w < warps; ++w) total += partial[w * NM * R * NT + i];
+    result[i] = total;
+  }
+  __syncthreads();
+}
+
+}  // namespace glm::cuda
