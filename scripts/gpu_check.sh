@@ -4,9 +4,15 @@
 # ctest suite, optionally compute-sanitizer memcheck on a short run, and print
 # a short table: per-op parity errors and the pass/fail of each stage.
 #
-#   scripts/gpu_check.sh [--build-dir DIR] [--no-build] [--sanitize] [--jobs N]
+#   scripts/gpu_check.sh [--build-dir DIR] [--no-build] [--no-ctest] [--sanitize] [--bench] [--jobs N]
 #
 # --no-build runs binaries already in DIR (built elsewhere and copied in).
+# --no-ctest skips the whole-suite run (the CPU tests run in CI anyway).
+# --bench then benchmarks decoding on the GLM-4.5-Air shape with synthetic
+#   weights: int4 (GPU_BENCH_INT4_LAYERS layers, default 8) and bf16
+#   (GPU_BENCH_BF16_LAYERS, default 4) at contexts GPU_BENCH_CONTEXTS
+#   (default "0 4096"), written to a scratch dir (GPU_BENCH_DIR, default
+#   /tmp/glm-bench) and deleted after each run.
 # The parity lines ("PARITY <what> <error>") come from tests/cuda/.
 set -uo pipefail
 
@@ -14,12 +20,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$root/build-cuda"
 do_build=1
 sanitize=0
+bench=0
+ctest_all=1
 jobs="$(nproc)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build_dir="$(realpath -m "$2")"; shift 2 ;;
     --no-build) do_build=0; shift ;;
     --sanitize) sanitize=1; shift ;;
+    --bench) bench=1; shift ;;
+    --no-ctest) ctest_all=0; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -50,7 +60,9 @@ fi
 
 cd "$root"  # tests find their fixtures from the source tree
 stage test_cuda "$build_dir/test_cuda"
-stage ctest ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure --timeout 900
+if [ "$ctest_all" = 1 ]; then
+  stage ctest ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure --timeout 900
+fi
 
 if [ "$sanitize" = 1 ]; then
   if command -v compute-sanitizer >/dev/null; then
@@ -62,12 +74,27 @@ if [ "$sanitize" = 1 ]; then
   fi
 fi
 
+if [ "$bench" = 1 ]; then
+  bench_dir="${GPU_BENCH_DIR:-/tmp/glm-bench}"
+  contexts="${GPU_BENCH_CONTEXTS:-0 4096}"
+  bench_run() {  # bench_run DTYPE LAYERS
+    rm -rf "$bench_dir"
+    "$build_dir/glm4moe" bench --device cuda --synthetic glm-4.5-air --dtype "$1" --layers "$2" \
+      --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32
+    local status=$?
+    rm -rf "$bench_dir"
+    return $status
+  }
+  stage bench_int4 bench_run int4 "${GPU_BENCH_INT4_LAYERS:-8}"
+  stage bench_bf16 bench_run bf16 "${GPU_BENCH_BF16_LAYERS:-4}"
+fi
+
 echo
 echo "=== parity (normalised error |cuda - cpu| / |cpu| unless said otherwise)"
 grep -h '^PARITY' "$log_dir/test_cuda.log" | sed 's/^PARITY //' | sort -u
 echo
 echo "=== ctest summary"
-grep -E 'tests passed|tests failed|\*\*\*Failed|Not Run|Timeout' "$log_dir/ctest.log" | head -n 40
+[ -f "$log_dir/ctest.log" ] && grep -E 'tests passed|tests failed|\*\*\*Failed|Not Run|Timeout' "$log_dir/ctest.log" | head -n 40
 echo
 echo "=== stages"
 status=0

@@ -128,12 +128,6 @@ struct ComponentClock {
   }
 };
 
-std::string rate(double bytes, double seconds) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f GB/s", seconds > 0 ? bytes / seconds / 1e9 : 0.0);
-  return text;
-}
-
 }  // namespace
 
 int run_bench(const BenchOptions& options) {
@@ -152,7 +146,8 @@ int run_bench(const BenchOptions& options) {
   const int64_t max_prompt = *std::max_element(options.prompt_tokens.begin(), options.prompt_tokens.end());
   const int64_t max_context = *std::max_element(options.contexts.begin(), options.contexts.end());
   EngineOptions engine_options;
-  engine_options.max_context = std::max(max_prompt, max_context + options.generate_tokens) + 64;
+  // Decoding runs twice (unmarked, then marked), three times with --profile.
+  engine_options.max_context = std::max(max_prompt, max_context + 3 * options.generate_tokens) + 64;
   engine_options.device = options.device;
   Engine engine(directory, engine_options);
   const Glm4MoeConfig& config = engine.config();
@@ -201,16 +196,27 @@ int run_bench(const BenchOptions& options) {
   const Usage after_prompts = usage();
   const double read_bandwidth = measure_read_bandwidth();
   report["read_bandwidth_GBps"] = read_bandwidth / 1e9;
+  // A device's weights stream from its own memory: its copy bandwidth is the yardstick there.
+  const double copy_bandwidth = engine.backend().measure_copy_bandwidth();
+  if (copy_bandwidth > 0) report["device_copy_bandwidth_GBps"] = copy_bandwidth / 1e9;
+  const double yardstick = copy_bandwidth > 0 ? copy_bandwidth : read_bandwidth;
+  const char* yardstick_name = copy_bandwidth > 0 ? "device copy bandwidth" : "read bandwidth";
 
   const ComponentBytes bytes = bytes_per_token(config, engine.model().weights());
   report["generation"] = nlohmann::ordered_json::array();
   for (int64_t context : options.contexts) {
     const int32_t sequence = cache.create_sequence();
     std::vector<float> logits = prefill(engine, sequence, random_tokens(context + 1, 11), 512);
+    // First an unmarked run for the rate, then a marked one (a synchronisation
+    // per component, which slows a device) for the split. The second starts
+    // generate_tokens later in the context: both are reported at their means.
+    const auto start = Clock::now();
+    for (int64_t step = 0; step < options.generate_tokens; ++step)
+      logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
+    const double seconds = seconds_since(start);
     ComponentClock clock;
     clock.config = &config;
     clock.attach(engine.model(), engine.backend());
-    const auto start = Clock::now();
     for (int64_t step = 0; step < options.generate_tokens; ++step) {
       const auto step_start = Clock::now();
       clock.mark = step_start;
@@ -219,8 +225,32 @@ int run_bench(const BenchOptions& options) {
       const double step_seconds = seconds_since(step_start);
       clock.head += step_seconds - (clock.attention + clock.dense_mlp + clock.moe - layers_before);
     }
-    const double seconds = seconds_since(start);
     engine.model().set_tracer({});
+    // Per-op device time (a third run): what the kernels take, and by
+    // difference what launching and host work between them cost.
+    nlohmann::ordered_json op_times = nlohmann::ordered_json::array();
+    if (options.profile) {
+      engine.backend().op_profile();  // drop anything timed before
+      engine.backend().set_op_profiling(true);
+      const auto profile_start = Clock::now();
+      for (int64_t step = 0; step < options.generate_tokens; ++step)
+        logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
+      const double profile_seconds = seconds_since(profile_start);
+      engine.backend().set_op_profiling(false);
+      double device_seconds = 0.0;
+      for (const OpTime& op : engine.backend().op_profile()) {
+        device_seconds += op.device_seconds;
+        op_times.push_back({{"op", op.op},
+                            {"calls_per_token", static_cast<double>(op.calls) / options.generate_tokens},
+                            {"device_seconds_per_token", op.device_seconds / options.generate_tokens}});
+      }
+      op_times.push_back({{"op", "(wall time of the profiled run)"},
+                          {"calls_per_token", 0},
+                          {"device_seconds_per_token", profile_seconds / options.generate_tokens}});
+      op_times.push_back({{"op", "(sum of op device times)"},
+                          {"calls_per_token", 0},
+                          {"device_seconds_per_token", device_seconds / options.generate_tokens}});
+    }
     cache.release_sequence(sequence);
 
     const double n = static_cast<double>(options.generate_tokens);
@@ -244,8 +274,10 @@ int run_bench(const BenchOptions& options) {
                                     {"bytes_per_token", total_bytes},
                                     {"kv_cache_bytes_per_token", kv_bytes},
                                     {"GBps", total_bytes * n / seconds / 1e9},
-                                    {"fraction_of_read_bandwidth", total_bytes * n / seconds / read_bandwidth},
-                                    {"components", components}});
+                                    {"yardstick", yardstick_name},
+                                    {"fraction_of_yardstick", total_bytes * n / seconds / yardstick},
+                                    {"components", components},
+                                    {"op_device_times", op_times}});
   }
   const Usage after = usage();
   report["peak_resident_bytes_before_yardstick"] = static_cast<double>(after_prompts.max_resident_kib) * 1024.0;
@@ -257,19 +289,23 @@ int run_bench(const BenchOptions& options) {
   }
   std::printf("model %s on %s, %d threads, weights %.2f GB, host read bandwidth %.1f GB/s\n", directory.c_str(),
               options.device.c_str(), omp_get_max_threads(), report["weights_bytes"].get<double>() / 1e9, read_bandwidth / 1e9);
+  if (copy_bandwidth > 0) std::printf("device copy bandwidth %.1f GB/s (read + write)\n", copy_bandwidth / 1e9);
   for (const auto& p : report["prompt"])
     std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)\n",
                 static_cast<long long>(p["tokens"].get<int64_t>()), p["tokens_per_s"].get<double>(),
                 p["GFLOP_per_s_excluding_attention"].get<double>());
   for (const auto& g : report["generation"]) {
-    std::printf("generate at context %lld: %.2f tok/s, %.1f MB/token, %.1f GB/s = %.0f%% of read bandwidth\n",
+    std::printf("generate at context %lld: %.2f tok/s, %.1f MB/token, %.1f GB/s = %.0f%% of %s\n",
                 static_cast<long long>(g["context"].get<int64_t>()), g["tokens_per_s"].get<double>(),
                 g["bytes_per_token"].get<double>() / 1e6, g["GBps"].get<double>(),
-                100.0 * g["fraction_of_read_bandwidth"].get<double>());
+                100.0 * g["fraction_of_yardstick"].get<double>(), yardstick_name);
     for (const auto& c : g["components"])
       std::printf("  %-48s %9.1f MB/token %8.2f ms/token %7.1f GB/s\n", c["component"].get<std::string>().c_str(),
                   c["bytes_per_token"].get<double>() / 1e6, c["seconds_per_token"].get<double>() * 1e3,
                   c["GBps"].get<double>());
+    for (const auto& op : g["op_device_times"])
+      std::printf("    op %-46s %6.1f calls/token %9.1f us/token\n", op["op"].get<std::string>().c_str(),
+                  op["calls_per_token"].get<double>(), op["device_seconds_per_token"].get<double>() * 1e6);
   }
   std::printf("peak resident %.2f GB (before the 1 GiB yardstick buffer), major page faults while timing: %lld\n",
               report["peak_resident_bytes_before_yardstick"].get<double>() / 1e9,

@@ -23,6 +23,7 @@ struct BenchOptions {
   int64_t generate_tokens = 16;
   int threads = 0;
   bool json = false;
+  bool profile = false;         // per-op device time of decoding (device backends)
 };
 
 int run_bench(const BenchOptions& options);

@@ -349,6 +349,8 @@ int main(int argc, char** argv) {
   bench->add_option("--threads", bench_options.threads, "CPU threads (default: all cores)");
   bench->add_option("--device", bench_options.device, "cpu (default), cuda or cuda:N");
   bench->add_flag("--json", bench_options.json, "print JSON");
+  bench->add_flag("--profile", bench_options.profile,
+                  "also time every op of decoding on the device (CUDA events): kernel time vs launch gaps");
 
   glm::QuantizeOptions quantize_options;
   CLI::App* quantize = app.add_subcommand("quantize", "write an mlx-compatible affine-quantized copy of a checkpoint");

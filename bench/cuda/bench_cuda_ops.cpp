@@ -1,0 +1,185 @@
+// Per-op timings of the CUDA backend at GLM-4.5-Air shapes, through the
+// Backend interface the model uses: each op repeated back to back, the mean
+// time per call (the larger of the host's issue time and the GPU's run time,
+// as in a real decode step) and the bytes it must read from device memory,
+// against the card's device-to-device copy bandwidth measured in the same
+// run. Weights are random: bf16, and mlx affine int8/int4 (group 64).
+//
+//   cmake --build build --target bench_cuda_ops && build/bench_cuda_ops [--quick] [--format bf16|int8|int4]
+//
+// --quick times one projection shape per format; --format one format only.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/dtype.h"
+#include "engine/quantize.h"
+
+namespace glm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A weight of `format` ("bf16", "int8", "int4" with groups of 64) with its host storage.
+struct HostWeight {
+  std::vector<uint16_t> half;
+  std::unique_ptr<AffineMatrix> affine;
+  Weight host;
+};
+
+std::unique_ptr<HostWeight> make_weight(int64_t rows, int64_t cols, const std::string& format, unsigned seed) {
+  auto w = std::make_unique<HostWeight>();
+  std::mt19937 generator(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  if (format == "bf16") {
+    w->half.resize(static_cast<size_t>(rows * cols));
+    for (auto& value : w->half) value = f32_to_bf16(normal(generator));
+    w->host = float_weight("bench", TensorView(w->half.data(), DType::BF16, {rows, cols}));
+    return w;
+  }
+  std::vector<float> values(static_cast<size_t>(rows * cols));
+  for (float& value : values) value = normal(generator);
+  w->affine = quantize_matrix_affine(values, rows, cols, format == "int8" ? 8 : 4, 64, "bench");
+  w->host = w->affine->weight;
+  return w;
+}
+
+// Mean seconds per call of `op` over enough calls to last ~50 ms.
+double time_op(Backend& backend, const std::function<void()>& op) {
+  op();
+  backend.synchronize();
+  int reps = 1;
+  for (;;) {
+    const auto start = Clock::now();
+    for (int i = 0; i < reps; ++i) op();
+    backend.synchronize();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (seconds > 0.05 || reps >= (1 << 16)) return seconds / reps;
+    reps *= 4;
+  }
+}
+
+void report(const std::string& what, double seconds, double bytes, double copy_bandwidth) {
+  std::printf("%-58s %9.1f us %9.1f MB %8.1f GB/s %5.0f%%\n", what.c_str(), seconds * 1e6, bytes / 1e6,
+              bytes / seconds / 1e9, 100.0 * bytes / seconds / copy_bandwidth);
+}
+
+}  // namespace
+}  // namespace glm
+
+int main(int argc, char** argv) {
+  using namespace glm;
+  bool quick = false;
+  std::string only;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--format") == 0 && i + 1 < argc) only = argv[++i];
+  }
+  auto backend = make_backend("cuda");
+  const double copy_bandwidth = backend->measure_copy_bandwidth();
+  std::printf("%s: device copy bandwidth %.1f GB/s (read + write)\n", backend->name().c_str(), copy_bandwidth / 1e9);
+  std::printf("%-58s %12s %12s %13s %6s\n", "op", "time", "bytes", "rate", "copy");
+
+  const int64_t hidden = 4096;
+  backend->reset_scratch();
+  Tensor x = backend->scratch({32, 12288});
+  Tensor out = backend->scratch({32, 151552});
+  backend->synchronize();
+  // A tiny op: what one launch costs, the floor under every op below.
+  Tensor small_in{x.data, DType::F32, {1, hidden}}, small_out{out.data, DType::F32, {1, hidden}};
+  report("add [1, 4096] (launch floor)", time_op(*backend, [&] { backend->add(small_out, small_in, small_in); }),
+         3.0 * hidden * 4, copy_bandwidth);
+
+  for (const std::string format : {"bf16", "int8", "int4"}) {
+    if (!only.empty() && format != only) continue;
+    struct Shape2 {
+      const char* name;
+      int64_t rows, cols;
+    };
+    std::vector<Shape2> shapes = {{"q_proj", 12288, hidden}, {"o_proj", hidden, 12288}, {"lm_head", 151552, hidden}};
+    if (quick) shapes.resize(1);
+    for (const Shape2& shape : shapes) {
+      auto weight = make_weight(shape.rows, shape.cols, format, 1);
+      const Weight placed = backend->place(weight->host);
+      for (int64_t n : {1, 8}) {
+        Tensor input{x.data, DType::F32, {n, shape.cols}};
+        Tensor output{out.data, DType::F32, {n, shape.rows}};
+        const double seconds = time_op(*backend, [&] { backend->linear(output, input, placed, nullptr); });
+        report("linear " + format + " " + shape.name + " [" + std::to_string(shape.rows) + ", " +
+                   std::to_string(shape.cols) + "] n=" + std::to_string(n),
+               seconds, static_cast<double>(placed.nbytes()), copy_bandwidth);
+      }
+    }
+
+    // The routed experts of one MoE layer: 128 experts of 1408, top 8.
+    const int64_t n_experts = 128, width = 1408, top_k = 8;
+    auto gate = make_weight(width, hidden, format, 2), up = make_weight(width, hidden, format, 3);
+    auto down = make_weight(hidden, width, format, 4);
+    ExpertTable gates, ups, downs;
+    for (int64_t e = 0; e < n_experts; ++e) {  // every expert views the same bytes on the host, uploaded apart
+      gates.experts.push_back(backend->place(gate->host));
+      ups.experts.push_back(backend->place(up->host));
+      downs.experts.push_back(backend->place(down->host));
+    }
+    for (int64_t n : {1, 8, 32}) {
+      std::vector<int32_t> ids(static_cast<size_t>(n * top_k));
+      std::mt19937 generator(7);
+      for (int64_t t = 0; t < n; ++t) {
+        std::vector<int32_t> experts(n_experts);
+        for (int32_t e = 0; e < n_experts; ++e) experts[e] = e;
+        std::shuffle(experts.begin(), experts.end(), generator);
+        for (int64_t k = 0; k < top_k; ++k) ids[t * top_k + k] = experts[k];
+      }
+      std::vector<int32_t> distinct(ids);
+      std::sort(distinct.begin(), distinct.end());
+      const int64_t used = std::unique(distinct.begin(), distinct.end()) - distinct.begin();
+      std::vector<float> mix(ids.size(), 0.125f);
+      Routing routing{backend->scratch({n, top_k}, DType::I32), backend->scratch({n, top_k})};
+      cudaMemcpy(routing.expert_ids.data, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice);
+      cudaMemcpy(routing.weights.data, mix.data(), mix.size() * 4, cudaMemcpyHostToDevice);
+      Tensor input{x.data, DType::F32, {n, hidden}};
+      Tensor output{out.data, DType::F32, {n, hidden}};
+      const double seconds =
+          time_op(*backend, [&] { backend->moe_experts(output, input, routing, gates, ups, downs); });
+      const double bytes = static_cast<double>(used) *
+                           static_cast<double>(gates.experts[0].nbytes() * 2 + downs.experts[0].nbytes());
+      report("moe_experts " + format + " 128 x [1408, 4096] top 8 n=" + std::to_string(n) + " (" +
+                 std::to_string(used) + " experts)",
+             seconds, bytes, copy_bandwidth);
+    }
+  }
+
+  // Decode attention over the paged cache: 96 query heads over 8 KV heads of 128.
+  for (int32_t context : {4096, 32768}) {
+    const int64_t heads = 96, kv_heads = 8, head_dim = 128, block_size = 16;
+    const int64_t blocks = context / block_size + 1;
+    KvLayer cache{backend->allocate({blocks, block_size, kv_heads, head_dim}),
+                  backend->allocate({blocks, block_size, kv_heads, head_dim})};
+    AttentionPlan plan;
+    plan.block_size = block_size;
+    std::vector<int32_t> table(static_cast<size_t>(blocks));
+    for (int64_t b = 0; b < blocks; ++b) table[b] = static_cast<int32_t>(b);
+    plan.block_tables = {table};
+    plan.token_sequence = {0};
+    plan.token_position = {context - 1};
+    plan.token_slot = {context - 1};
+    Tensor q{x.data, DType::F32, {1, heads, head_dim}};
+    Tensor k{x.data, DType::F32, {1, kv_heads, head_dim}};
+    Tensor o{out.data, DType::F32, {1, heads, head_dim}};
+    const double seconds = time_op(*backend, [&] { backend->attention(o, q, k, k, cache, plan, 0.088f); });
+    report("attention decode 96/8 heads of 128, context " + std::to_string(context), seconds,
+           2.0 * context * kv_heads * head_dim * 4, copy_bandwidth);
+    backend->release(cache.keys);
+    backend->release(cache.values);
+  }
+  return 0;
+}
