@@ -111,8 +111,9 @@ void gather_rows(Context& ctx, float* out /*[m, width]*/, const float* source, c
 void rms_norm(Context& ctx, float* out, const float* x, const Matrix& gamma /*[dim]*/, int64_t rows, int64_t dim,
               float eps);
 
-// linear.cu: out = x W^T (+ bias). A warp per output feature for a few tokens,
-// cuBLAS SGEMM (f32 weights) or a tiled GEMM widening 16-bit weights for more.
+// linear.cu: out = x W^T (+ bias), W in any format. A block per few output
+// features for up to 8 tokens (decoding), cuBLAS SGEMM (f32 weights) or a
+// tiled GEMM dequantizing W tiles for more.
 void linear(Context& ctx, float* out /*[n, rows]*/, const float* x /*[n, cols]*/, int64_t n, const Matrix& weight,
             const Matrix* bias /*[rows] or null*/);
 
@@ -121,7 +122,8 @@ void linear(Context& ctx, float* out /*[n, rows]*/, const float* x /*[n, cols]*/
 void rotary(Context& ctx, float* x /*[n, heads, head_dim]*/, const int32_t* positions, const float* inverse_frequency,
             int64_t n, int64_t heads, int64_t head_dim, int64_t rotary_dim);
 
-// attention.cu: writes k/v to their slots, then paged causal attention.
+// attention.cu: writes k/v to their slots, then paged causal attention
+// (GQA groups in one block, long contexts split over blocks).
 void attention(Context& ctx, float* out /*[n, heads, head_dim]*/, const float* q, const float* k, const float* v,
                int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan,
                float scale);
