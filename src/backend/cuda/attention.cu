@@ -114,6 +114,13 @@ __global__ void __launch_bounds__(kWarps * 32)
 // from leaving most of the GPU idle at long contexts. Each split writes its
 // unnormalised accumulator with its (max, sum); attention_combine_kernel
 // merges the splits. With one split the block normalises and writes `out`.
+//
+// Inside a block each warp takes chunks of 32 positions, a lane per position
+// for the scores (a whole key row per lane against the group's queries in
+// shared memory), so the softmax needs one warp reduction per head per 32
+// positions rather than one per head per position (which bound the earlier
+// version at 10% of the copy bandwidth); then a lane per J consecutive dims
+// for P.V, reading each value row coalesced.
 // J = head_dim / 32 dims per lane; G >= group query heads in registers.
 template <int J, int G>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -124,6 +131,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                              const int32_t* __restrict__ table_offsets, const int32_t* __restrict__ table_blocks,
                              int n_heads, int n_kv_heads, int block_size, int group, int split_length, float scale) {
   constexpr int kDims = 32 * J;
+  __shared__ float queries[G][kDims];            // the group's queries, pre-scaled
+  __shared__ float probabilities[kWarps][32][G + 1];  // this chunk's p, per warp: [position][head], padded against bank conflicts
   const int t = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t slot_size = static_cast<int64_t>(n_kv_heads) * kDims;
@@ -131,46 +140,83 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int begin = split * split_length, end = min(begin + split_length, context);
   const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
 
-  float query[G][J], acc[G][J], running_max[G], running_sum[G];
+  for (int i = threadIdx.x; i < G * kDims; i += blockDim.x) {
+    const int head = min(i / kDims, group - 1);  // heads past the group repeat the last (never used)
+    queries[i / kDims][i % kDims] =
+        q[(static_cast<int64_t>(t) * n_heads + kv_head * group + head) * kDims + i % kDims] * scale;
+  }
+  __syncthreads();
+
+  float acc[G][J], running_max[G], running_sum[G];
 #pragma unroll
   for (int i = 0; i < G; ++i) {
-    const float* q_row = q + (static_cast<int64_t>(t) * n_heads + kv_head * group + min(i, group - 1)) * kDims;
 #pragma unroll
-    for (int j = 0; j < J; ++j) {
-      query[i][j] = q_row[lane + 32 * j] * scale;  // scaling q once saves a multiply per position
-      acc[i][j] = 0.0f;
-    }
+    for (int j = 0; j < J; ++j) acc[i][j] = 0.0f;
     running_max[i] = -INFINITY;
     running_sum[i] = 0.0f;
   }
-  for (int p = begin + warp; p < end; p += kWarps) {
-    const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;
-    const float* key = key_cache + slot * slot_size + static_cast<int64_t>(kv_head) * kDims;
-    const float* value = value_cache + slot * slot_size + static_cast<int64_t>(kv_head) * kDims;
-    float k[J], v[J];
+  for (int chunk = begin + warp * 32; chunk < end; chunk += kWarps * 32) {
+    // Scores: this lane's position against every head of the group.
+    const int p = chunk + lane;
+    const bool valid = p < end;
+    float score[G];
 #pragma unroll
-    for (int j = 0; j < J; ++j) {
-      k[j] = key[lane + 32 * j];
-      v[j] = value[lane + 32 * j];
+    for (int i = 0; i < G; ++i) score[i] = 0.0f;
+    if (valid) {
+      const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;
+      const float4* key = reinterpret_cast<const float4*>(key_cache + slot * slot_size + kv_head * kDims);
+#pragma unroll 4
+      for (int d4 = 0; d4 < kDims / 4; ++d4) {
+        const float4 k = __ldg(key + d4);
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          if (i >= group) break;
+          const float4 qi = *reinterpret_cast<const float4*>(&queries[i][4 * d4]);
+          score[i] += qi.x * k.x + qi.y * k.y + qi.z * k.z + qi.w * k.w;
+        }
+      }
     }
+    // Online softmax over the chunk, one reduction per head.
 #pragma unroll
     for (int i = 0; i < G; ++i) {
       if (i >= group) break;
-      float dot = 0.0f;
-#pragma unroll
-      for (int j = 0; j < J; ++j) dot += query[i][j] * k[j];
-      const float score = warp_sum(dot);
-      const float new_max = fmaxf(running_max[i], score);
-      const float correction = expf(running_max[i] - new_max);  // 0 on the first position
-      const float weight = expf(score - new_max);
-      running_sum[i] = running_sum[i] * correction + weight;
-#pragma unroll
-      for (int j = 0; j < J; ++j) acc[i][j] = acc[i][j] * correction + weight * v[j];
+      const float chunk_max = warp_max(valid ? score[i] : -INFINITY);
+      const float new_max = fmaxf(running_max[i], chunk_max);
+      const float correction = expf(running_max[i] - new_max);  // 0 on the first chunk
+      const float weight = valid ? expf(score[i] - new_max) : 0.0f;
+      running_sum[i] = running_sum[i] * correction + warp_sum(weight);
       running_max[i] = new_max;
+#pragma unroll
+      for (int j = 0; j < J; ++j) acc[i][j] *= correction;
+      probabilities[warp][lane][i] = weight;
     }
+    __syncwarp();
+    // P.V: lanes over dims, positions of the chunk in turn.
+    const int count = min(32, end - chunk);
+    for (int c = 0; c < count; ++c) {
+      const int pc = chunk + c;
+      const int64_t slot = static_cast<int64_t>(blocks[pc / block_size]) * block_size + pc % block_size;
+      const float* value = value_cache + slot * slot_size + kv_head * kDims + J * lane;
+      float v[J];
+      if constexpr (J == 4) {
+        const float4 four = *reinterpret_cast<const float4*>(value);
+        v[0] = four.x, v[1] = four.y, v[2] = four.z, v[3] = four.w;
+      } else {
+#pragma unroll
+        for (int j = 0; j < J; ++j) v[j] = value[j];
+      }
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        if (i >= group) break;
+        const float weight = probabilities[warp][c][i];
+#pragma unroll
+        for (int j = 0; j < J; ++j) acc[i][j] += weight * v[j];
+      }
+    }
+    __syncwarp();  // probabilities is rewritten by the next chunk
   }
 
-  // Merge the warps head by head through one shared buffer.
+  // Merge the warps head by head through shared memory.
   __shared__ float warp_stats[kWarps][2];
   __shared__ float warp_acc[kWarps][kDims];
 #pragma unroll
@@ -181,7 +227,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       warp_stats[warp][1] = running_sum[i];
     }
 #pragma unroll
-    for (int j = 0; j < J; ++j) warp_acc[warp][lane + 32 * j] = acc[i][j];
+    for (int j = 0; j < J; ++j) warp_acc[warp][J * lane + j] = acc[i][j];
     __syncthreads();
     float split_max = -INFINITY;
 #pragma unroll
@@ -206,7 +252,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       partial_stats[(head_row * splits + split) * 2] = split_max;
       partial_stats[(head_row * splits + split) * 2 + 1] = split_sum;
     }
-    __syncthreads();  // the buffer is reused by the next head
+    __syncthreads();  // the buffers are reused by the next head
   }
 }
 
