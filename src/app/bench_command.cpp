@@ -1,6 +1,7 @@
-// The benchmark: memory made warm first (every mapped page touched), a 2-pass
-// read-bandwidth kernel as the yardstick, then timed prompt steps and decode
-// steps. Decode steps are split into components with the model's tracer
+// The benchmark: memory made warm first (every mapped page touched), timed
+// prompt steps, then the yardsticks measured in the same run (a read-bandwidth
+// kernel and, on the CPU, the FMA / VDPBF16PS / VPDPBUSD peaks; on a device,
+// its copy bandwidth), then decode steps. Decode steps are split into components with the model's tracer
 // (attention incl. its KV-cache reads, dense MLP, MoE, lm_head), each reported
 // with the bytes it reads per token and the bandwidth that implies.
 #include "app/bench_command.h"
@@ -15,6 +16,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/peak.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "engine/sampling.h"
@@ -200,6 +202,22 @@ int run_bench(const BenchOptions& options) {
   const double copy_bandwidth = engine.backend().measure_copy_bandwidth();
   if (copy_bandwidth > 0) report["device_copy_bandwidth_GBps"] = copy_bandwidth / 1e9;
   const double yardstick = copy_bandwidth > 0 ? copy_bandwidth : read_bandwidth;
+  // On the CPU, prompt rates against the peak of each instruction the kernels
+  // use, measured now (exact activations run on FMA, the bf16 prompt path on
+  // VDPBF16PS, int8 activations on VPDPBUSD).
+  if (copy_bandwidth == 0) {
+    const cpu::CpuPeaks peaks = cpu::measure_cpu_peaks();
+    report["peaks"] = {{"fma_isa", peaks.fma_isa},
+                       {"fma_GFLOPps", peaks.fma_gflops},
+                       {"vdpbf16ps_GFLOPps", peaks.bf16_gflops},
+                       {"vpdpbusd_GOPps", peaks.vnni_gops}};
+    for (auto& p : report["prompt"]) {
+      const double rate = p["GFLOP_per_s_excluding_attention"].get<double>();
+      p["fraction_of_fma_peak"] = peaks.fma_gflops > 0 ? rate / peaks.fma_gflops : 0.0;
+      p["fraction_of_vdpbf16ps_peak"] = peaks.bf16_gflops > 0 ? rate / peaks.bf16_gflops : 0.0;
+      p["fraction_of_vpdpbusd_peak"] = peaks.vnni_gops > 0 ? rate / peaks.vnni_gops : 0.0;
+    }
+  }
   const char* yardstick_name = copy_bandwidth > 0 ? "device copy bandwidth" : "read bandwidth";
 
   const ComponentBytes bytes = bytes_per_token(config, engine.model().weights());
@@ -290,10 +308,20 @@ int run_bench(const BenchOptions& options) {
   std::printf("model %s on %s, %d threads, weights %.2f GB, host read bandwidth %.1f GB/s\n", directory.c_str(),
               options.device.c_str(), omp_get_max_threads(), report["weights_bytes"].get<double>() / 1e9, read_bandwidth / 1e9);
   if (copy_bandwidth > 0) std::printf("device copy bandwidth %.1f GB/s (read + write)\n", copy_bandwidth / 1e9);
-  for (const auto& p : report["prompt"])
-    std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)\n",
+  if (report.contains("peaks"))
+    std::printf("CPU peaks: FMA (%s) %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
+                report["peaks"]["fma_isa"].get<std::string>().c_str(), report["peaks"]["fma_GFLOPps"].get<double>(),
+                report["peaks"]["vdpbf16ps_GFLOPps"].get<double>(), report["peaks"]["vpdpbusd_GOPps"].get<double>());
+  for (const auto& p : report["prompt"]) {
+    std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)",
                 static_cast<long long>(p["tokens"].get<int64_t>()), p["tokens_per_s"].get<double>(),
                 p["GFLOP_per_s_excluding_attention"].get<double>());
+    if (p.contains("fraction_of_fma_peak"))
+      std::printf(" = %.0f%% of FMA, %.0f%% of VDPBF16PS, %.0f%% of VPDPBUSD peak",
+                  100.0 * p["fraction_of_fma_peak"].get<double>(), 100.0 * p["fraction_of_vdpbf16ps_peak"].get<double>(),
+                  100.0 * p["fraction_of_vpdpbusd_peak"].get<double>());
+    std::printf("\n");
+  }
   for (const auto& g : report["generation"]) {
     std::printf("generate at context %lld: %.2f tok/s, %.1f MB/token, %.1f GB/s = %.0f%% of %s\n",
                 static_cast<long long>(g["context"].get<int64_t>()), g["tokens_per_s"].get<double>(),

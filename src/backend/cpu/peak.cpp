@@ -1,0 +1,117 @@
+// Register-only loops measuring the CPU's arithmetic peaks (peak.h). Each
+// loop keeps 12 independent accumulator chains, enough to cover the
+// instruction latency on current cores, and an empty asm statement keeps the
+// compiler from hoisting the work out of the loop. Functions are compiled
+// for their ISA by target attributes and called only where the CPU has it.
+#include "backend/cpu/peak.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace glm::cpu {
+namespace {
+
+constexpr int kChains = 12;
+constexpr long kIterations = 20000000;
+
+#define GLM_PEAK_CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+
+__attribute__((target("avx512f,fma"), noinline)) float fma512_loop(long iterations) {
+#define GLM_PEAK_DECLARE(i) __m512 a##i = _mm512_set1_ps(i * 1e-3f);
+  GLM_PEAK_CHAINS(GLM_PEAK_DECLARE)
+  __m512 b = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(0.25f);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_PEAK_FMA(i) a##i = _mm512_fmadd_ps(a##i, b, c);
+    GLM_PEAK_CHAINS(GLM_PEAK_FMA)
+    __asm__("" : "+v"(b));
+  }
+  __m512 sum = _mm512_setzero_ps();
+#define GLM_PEAK_SUM(i) sum = _mm512_add_ps(sum, a##i);
+  GLM_PEAK_CHAINS(GLM_PEAK_SUM)
+  return _mm512_reduce_add_ps(sum);
+}
+
+__attribute__((target("avx2,fma"), noinline)) float fma256_loop(long iterations) {
+#define GLM_PEAK_DECLARE_Y(i) __m256 a##i = _mm256_set1_ps(i * 1e-3f);
+  GLM_PEAK_CHAINS(GLM_PEAK_DECLARE_Y)
+  __m256 b = _mm256_set1_ps(0.5f), c = _mm256_set1_ps(0.25f);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_PEAK_FMA_Y(i) a##i = _mm256_fmadd_ps(a##i, b, c);
+    GLM_PEAK_CHAINS(GLM_PEAK_FMA_Y)
+    __asm__("" : "+x"(b));
+  }
+  __m256 sum = _mm256_setzero_ps();
+#define GLM_PEAK_SUM_Y(i) sum = _mm256_add_ps(sum, a##i);
+  GLM_PEAK_CHAINS(GLM_PEAK_SUM_Y)
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+__attribute__((target("avx512f,avx512bf16"), noinline)) float bf16_loop(long iterations) {
+  GLM_PEAK_CHAINS(GLM_PEAK_DECLARE)
+  __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f00);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_PEAK_DP(i) a##i = _mm512_dpbf16_ps(a##i, b, b);
+    GLM_PEAK_CHAINS(GLM_PEAK_DP)
+    __asm__("" : "+v"(b));
+  }
+  __m512 sum = _mm512_setzero_ps();
+  GLM_PEAK_CHAINS(GLM_PEAK_SUM)
+  return _mm512_reduce_add_ps(sum);
+}
+
+__attribute__((target("avx512f,avx512vnni"), noinline)) float vnni_loop(long iterations) {
+#define GLM_PEAK_DECLARE_I(i) __m512i a##i = _mm512_set1_epi32(i);
+  GLM_PEAK_CHAINS(GLM_PEAK_DECLARE_I)
+  __m512i b = _mm512_set1_epi8(1);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_PEAK_VNNI(i) a##i = _mm512_dpbusd_epi32(a##i, b, b);
+    GLM_PEAK_CHAINS(GLM_PEAK_VNNI)
+    __asm__("" : "+v"(b));
+  }
+  __m512i sum = _mm512_setzero_si512();
+#define GLM_PEAK_SUM_I(i) sum = _mm512_add_epi32(sum, a##i);
+  GLM_PEAK_CHAINS(GLM_PEAK_SUM_I)
+  return static_cast<float>(_mm512_reduce_add_epi32(sum));
+}
+
+volatile float sink;  // keeps the loops' results alive
+
+// Operations per second (in G) of every thread running `loop`, best of `repetitions`.
+double rate(float (*loop)(long), double operations_per_instruction, int repetitions) {
+  double best = 1e30;
+  for (int r = 0; r < repetitions; ++r) {
+    float total = 0.0f;
+    const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : total)
+    total += loop(kIterations);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    sink = total;
+  }
+  return omp_get_max_threads() * static_cast<double>(kIterations) * kChains * operations_per_instruction / best / 1e9;
+}
+
+}  // namespace
+
+CpuPeaks measure_cpu_peaks(int repetitions) {
+  CpuPeaks peaks;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) {
+    peaks.fma_isa = "AVX-512";
+    peaks.fma_gflops = rate(fma512_loop, 32, repetitions);
+    if (__builtin_cpu_supports("avx512bf16")) peaks.bf16_gflops = rate(bf16_loop, 64, repetitions);
+    if (__builtin_cpu_supports("avx512vnni")) peaks.vnni_gops = rate(vnni_loop, 128, repetitions);
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    peaks.fma_isa = "AVX2";
+    peaks.fma_gflops = rate(fma256_loop, 16, repetitions);
+  }
+  return peaks;
+}
+
+}  // namespace glm::cpu
