@@ -74,6 +74,10 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
 
   start = Clock::now();
   reply.finish_reason = "length";
+  // One plan, one result list and two swapped logits buffers for the whole
+  // reply: the engine step allocates nothing per token.
+  std::vector<SequenceWork> plan{SequenceWork{sequence_, {0}, LogitsWanted::Last}};
+  std::vector<SequenceResult> results;
   for (int64_t step = 0; step < options_.max_tokens; ++step) {
     const int32_t token = sample_token(logits, options_.sampling, turn_, static_cast<uint64_t>(step));
     ++reply.generated_tokens;
@@ -93,9 +97,10 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
       break;
     }
     if (step + 1 == options_.max_tokens) break;
-    auto results = engine_.step({SequenceWork{sequence_, {token}, LogitsWanted::Last}});
+    plan[0].tokens[0] = token;
+    engine_.step(plan, results);
     cached_tokens_.push_back(token);
-    logits = std::move(results[0].logits);
+    logits.swap(results[0].logits);
   }
   deliver(parser.push(decoder.flush()));
   deliver(parser.finish());

@@ -2,8 +2,6 @@
 // the model's StepInput (token ids, positions, KV slots, block tables).
 #include "engine/engine.h"
 
-#include <map>
-
 namespace glm {
 
 Engine::Engine(const std::string& model_directory, const EngineOptions& options) {
@@ -25,15 +23,28 @@ Engine::Engine(const std::string& model_directory, const EngineOptions& options)
 Engine::~Engine() = default;
 
 std::vector<SequenceResult> Engine::step(const std::vector<SequenceWork>& plan) {
-  StepInput input;
-  input.attention.block_size = cache_->shape().block_size;
-  std::map<int32_t, int32_t> table_index;  // sequence id -> index into block_tables
   std::vector<SequenceResult> results;
-  std::vector<std::pair<size_t, int64_t>> result_rows;  // (result, first logit row)
+  step(plan, results);
+  return results;
+}
 
-  for (const SequenceWork& work : plan) {
+void Engine::step(const std::vector<SequenceWork>& plan, std::vector<SequenceResult>& results) {
+  StepInput& input = step_input_;
+  AttentionPlan& attention = input.attention;
+  input.token_ids.clear();
+  input.logit_rows.clear();
+  attention.block_size = cache_->shape().block_size;
+  attention.token_sequence.clear();
+  attention.token_position.clear();
+  attention.token_slot.clear();
+  first_logit_row_.clear();
+  results.resize(plan.size());
+
+  for (size_t index = 0; index < plan.size(); ++index) {
+    const SequenceWork& work = plan[index];
     GLM_CHECK(!work.tokens.empty(), "sequence ", work.sequence, " has no tokens in this step");
-    GLM_CHECK(!table_index.count(work.sequence), "sequence ", work.sequence, " appears twice in one step");
+    for (size_t earlier = 0; earlier < index; ++earlier)
+      GLM_CHECK(plan[earlier].sequence != work.sequence, "sequence ", work.sequence, " appears twice in one step");
     for (int32_t id : work.tokens)
       GLM_CHECK(id >= 0 && id < config_.vocab_size, "token id ", id, " is outside the vocabulary (vocab_size ",
                 config_.vocab_size, ")");
@@ -41,43 +52,48 @@ std::vector<SequenceResult> Engine::step(const std::vector<SequenceWork>& plan) 
     GLM_CHECK(start + static_cast<int64_t>(work.tokens.size()) <= config_.max_position_embeddings,
               "sequence ", work.sequence, " would reach ", start + work.tokens.size(),
               " tokens, past max_position_embeddings ", config_.max_position_embeddings);
-    const std::vector<int64_t> slots = cache_->append(work.sequence, static_cast<int64_t>(work.tokens.size()));
-    const int32_t table = static_cast<int32_t>(table_index.size());
-    table_index[work.sequence] = table;
+    // The sequence's block table is entry `index` of the plan's tables.
+    cache_->append(work.sequence, static_cast<int64_t>(work.tokens.size()), attention.token_slot);
 
-    SequenceResult result;
+    SequenceResult& result = results[index];
     result.sequence = work.sequence;
-    const int64_t first_logit_row = static_cast<int64_t>(input.logit_rows.size());
+    result.rows = 0;
+    first_logit_row_.push_back(static_cast<int64_t>(input.logit_rows.size()));
     for (size_t i = 0; i < work.tokens.size(); ++i) {
       const int32_t token_index = static_cast<int32_t>(input.token_ids.size());
       input.token_ids.push_back(work.tokens[i]);
-      input.attention.token_sequence.push_back(table);
-      input.attention.token_position.push_back(static_cast<int32_t>(start + static_cast<int64_t>(i)));
-      input.attention.token_slot.push_back(slots[i]);
+      attention.token_sequence.push_back(static_cast<int32_t>(index));
+      attention.token_position.push_back(static_cast<int32_t>(start + static_cast<int64_t>(i)));
       const bool last = i + 1 == work.tokens.size();
       if (work.logits == LogitsWanted::All || (work.logits == LogitsWanted::Last && last)) {
         input.logit_rows.push_back(token_index);
         ++result.rows;
       }
     }
-    result_rows.emplace_back(results.size(), first_logit_row);
-    results.push_back(std::move(result));
   }
-  // Block tables are read after every append so they include this step's blocks.
-  for (const SequenceWork& work : plan) input.attention.block_tables.push_back(cache_->block_table(work.sequence));
+  // Block tables are read after every append so they include this step's
+  // blocks. Each keeps room for the whole cache, so a growing sequence never
+  // reallocates its copy.
+  attention.block_tables.resize(plan.size());
+  for (size_t index = 0; index < plan.size(); ++index) {
+    std::vector<int32_t>& table = attention.block_tables[index];
+    table.reserve(static_cast<size_t>(cache_->shape().n_blocks));
+    const std::vector<int32_t>& blocks = cache_->block_table(plan[index].sequence);
+    table.assign(blocks.begin(), blocks.end());
+  }
 
-  StepOutput output;
-  model_->forward(input, cache_->layers(), output);
+  model_->forward(input, cache_->layers(), step_output_);
 
   const int64_t vocab = config_.vocab_size, hidden = config_.hidden_size;
-  for (auto [index, first_row] : result_rows) {
+  const StepOutput& output = step_output_;
+  for (size_t index = 0; index < plan.size(); ++index) {
     SequenceResult& result = results[index];
+    const int64_t first_row = first_logit_row_[index];
     result.logits.assign(output.logits.begin() + first_row * vocab,
                          output.logits.begin() + (first_row + result.rows) * vocab);
     result.final_hidden.assign(output.final_hidden.begin() + first_row * hidden,
                                output.final_hidden.begin() + (first_row + result.rows) * hidden);
   }
-  return results;
 }
 
 }  // namespace glm

@@ -54,6 +54,10 @@ class Engine {
 
   // Runs the model over every sequence's new tokens in one forward pass.
   std::vector<SequenceResult> step(const std::vector<SequenceWork>& plan);
+  // The same into `results` (one per plan entry, in plan order), reusing the
+  // storage its entries already have: a decode loop that keeps its plan and
+  // results allocates nothing per step.
+  void step(const std::vector<SequenceWork>& plan, std::vector<SequenceResult>& results);
 
  private:
   Glm4MoeConfig config_;
@@ -62,6 +66,11 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Glm4MoeModel> model_;
   std::unique_ptr<PagedKvCache> cache_;
+  // One step's model input and output, kept between steps: cleared, never
+  // shrunk, so steady-state steps reuse their storage.
+  StepInput step_input_;
+  StepOutput step_output_;
+  std::vector<int64_t> first_logit_row_;  // [plan entries] first row of each entry's logits
 };
 
 }  // namespace glm

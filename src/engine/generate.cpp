@@ -40,6 +40,13 @@ GenerationResult generate(Engine& engine, const GenerationRequest& request, cons
   result.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
   start = Clock::now();
+  // The decode loop reuses one plan, one result list and two logits buffers
+  // (swapped each step), and the token list has room for every token it may
+  // get: nothing is allocated per step.
+  std::vector<SequenceWork> plan{SequenceWork{sequence, {0}, LogitsWanted::Last}};
+  std::vector<SequenceResult> results;
+  result.tokens.reserve(static_cast<size_t>(
+      std::min<int64_t>(request.max_tokens, cache.shape().n_blocks * cache.shape().block_size)));
   for (int64_t step = 0; step < request.max_tokens; ++step) {
     const int32_t token = sample_token(logits, request.sampling, request.random_stream,
                                        static_cast<uint64_t>(step));
@@ -54,8 +61,9 @@ GenerationResult generate(Engine& engine, const GenerationRequest& request, cons
       break;
     }
     if (step + 1 == request.max_tokens) break;
-    auto results = engine.step({SequenceWork{sequence, {token}, LogitsWanted::Last}});
-    logits = std::move(results[0].logits);
+    plan[0].tokens[0] = token;
+    engine.step(plan, results);
+    logits.swap(results[0].logits);
   }
   result.generation_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;

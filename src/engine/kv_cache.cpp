@@ -2,6 +2,7 @@
 #include "engine/kv_cache.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace glm {
 
@@ -24,9 +25,15 @@ PagedKvCache::~PagedKvCache() {
   }
 }
 
+PagedKvCache::Sequence PagedKvCache::empty_sequence() const {
+  Sequence sequence;
+  sequence.blocks.reserve(static_cast<size_t>(shape_.n_blocks));
+  return sequence;
+}
+
 int32_t PagedKvCache::create_sequence() {
   const int32_t id = next_sequence_++;
-  sequences_[id] = Sequence{};
+  sequences_[id] = empty_sequence();
   return id;
 }
 
@@ -36,10 +43,13 @@ void PagedKvCache::release_sequence(int32_t sequence) {
 }
 
 int32_t PagedKvCache::fork(int32_t sequence) {
-  const Sequence source = get(sequence);
-  for (int32_t block : source.blocks) ++references_[block];
+  Sequence copy = empty_sequence();
+  const Sequence& source = get(sequence);
+  copy.blocks.assign(source.blocks.begin(), source.blocks.end());
+  copy.length = source.length;
+  for (int32_t block : copy.blocks) ++references_[block];
   const int32_t id = next_sequence_++;
-  sequences_[id] = source;
+  sequences_[id] = std::move(copy);
   return id;
 }
 
@@ -58,6 +68,13 @@ void PagedKvCache::truncate(int32_t sequence, int64_t length) {
 int64_t PagedKvCache::length(int32_t sequence) const { return get(sequence).length; }
 
 std::vector<int64_t> PagedKvCache::append(int32_t sequence, int64_t count) {
+  std::vector<int64_t> slots;
+  slots.reserve(static_cast<size_t>(count));
+  append(sequence, count, slots);
+  return slots;
+}
+
+void PagedKvCache::append(int32_t sequence, int64_t count, std::vector<int64_t>& slots) {
   Sequence& entry = get(sequence);
   const int64_t new_length = entry.length + count;
   const int64_t blocks_needed = (new_length + shape_.block_size - 1) / shape_.block_size;
@@ -78,13 +95,10 @@ std::vector<int64_t> PagedKvCache::append(int32_t sequence, int64_t count) {
   }
   while (static_cast<int64_t>(entry.blocks.size()) < blocks_needed) entry.blocks.push_back(take_block());
 
-  std::vector<int64_t> slots;
-  slots.reserve(static_cast<size_t>(count));
   for (int64_t position = entry.length; position < new_length; ++position)
     slots.push_back(static_cast<int64_t>(entry.blocks[position / shape_.block_size]) * shape_.block_size +
                     position % shape_.block_size);
   entry.length = new_length;
-  return slots;
 }
 
 const std::vector<int32_t>& PagedKvCache::block_table(int32_t sequence) const { return get(sequence).blocks; }

@@ -40,6 +40,8 @@ class PagedKvCache {
   // Reserves slots for `count` tokens at the end of the sequence and returns
   // them; throws when the cache is full.
   std::vector<int64_t> append(int32_t sequence, int64_t count);
+  // The same, appending the slots to `slots` (no allocation once it has room).
+  void append(int32_t sequence, int64_t count, std::vector<int64_t>& slots);
   const std::vector<int32_t>& block_table(int32_t sequence) const;
 
   std::vector<KvLayer>& layers() { return layers_; }
@@ -48,9 +50,10 @@ class PagedKvCache {
 
  private:
   struct Sequence {
-    std::vector<int32_t> blocks;
+    std::vector<int32_t> blocks;  // room for the whole cache, so appends never reallocate
     int64_t length = 0;
   };
+  Sequence empty_sequence() const;
   int32_t take_block();
   void drop_block(int32_t block);
   Sequence& get(int32_t sequence);

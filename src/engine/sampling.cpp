@@ -47,33 +47,46 @@ int32_t sample_token(std::span<const float> logits, const SamplingParams& params
   if (params.greedy()) return argmax(logits);
   const int64_t vocab = static_cast<int64_t>(logits.size());
 
-  // Candidates sorted by logit, best first (stable: lower id first on ties).
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  int64_t kept = vocab;
+  // Per-thread buffers that keep their capacity: sampling a token allocates
+  // nothing once they have grown to the vocabulary.
+  thread_local std::vector<int32_t> order;
+  thread_local std::vector<double> p;
 
-  // top-k: keep the k best (and every token tied with the k-th, like the
-  // reference's `logits < kth value` test).
-  if (params.top_k > 0 && params.top_k < kept) {
-    const float kth = logits[order[params.top_k - 1]];
-    int64_t count = params.top_k;
-    while (count < kept && logits[order[count]] == kth) ++count;
-    kept = count;
+  // Candidates sorted by logit, best first, lower id first on ties (the
+  // order of a stable sort; the tie rule makes the in-place sorts below give
+  // it without a stable sort's temporary buffer).
+  const auto ranks_before = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  order.resize(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  int64_t kept = vocab;
+  if (params.top_k > 0 && params.top_k < vocab) {
+    // top-k: keep the k best and every token tied with the k-th (the
+    // reference's `logits < kth value` test). Only they can be drawn, so only
+    // they are ordered.
+    const auto kth_end = order.begin() + params.top_k;
+    std::partial_sort(order.begin(), kth_end, order.end(), ranks_before);
+    const float kth = logits[*(kth_end - 1)];
+    const auto ties_end = std::partition(kth_end, order.end(), [&](int32_t id) { return logits[id] == kth; });
+    std::sort(kth_end, ties_end);  // equal logits: ascending id
+    kept = ties_end - order.begin();
+  } else {
+    std::sort(order.begin(), order.end(), ranks_before);
   }
 
   const double inverse_temperature = 1.0 / params.temperature;
+  // p[0, count) = softmax of the `count` best logits at the temperature.
   auto probabilities = [&](int64_t count) {
-    std::vector<double> p(static_cast<size_t>(count));
+    p.resize(static_cast<size_t>(count));
     const double best = logits[order[0]] * inverse_temperature;
     double total = 0.0;
     for (int64_t i = 0; i < count; ++i) total += p[i] = std::exp(logits[order[i]] * inverse_temperature - best);
     for (double& value : p) value /= total;
-    return p;
   };
 
   if (params.top_p < 1.0) {
-    std::vector<double> p = probabilities(kept);
+    probabilities(kept);
     // Ascending cumulative mass from the worst token; drop while <= 1 - top_p.
     double cumulative = 0.0;
     int64_t dropped = 0;
@@ -85,14 +98,14 @@ int32_t sample_token(std::span<const float> logits, const SamplingParams& params
     kept -= dropped;
   }
   if (params.min_p > 0.0) {
-    std::vector<double> p = probabilities(kept);
+    probabilities(kept);
     const double threshold = params.min_p * p[0];
     int64_t count = 1;
     while (count < kept && p[count] >= threshold) ++count;
     kept = count;
   }
 
-  std::vector<double> p = probabilities(kept);
+  probabilities(kept);
   const double u = counter_uniform(params.seed, sequence, step);
   double cumulative = 0.0;
   for (int64_t i = 0; i < kept; ++i) {

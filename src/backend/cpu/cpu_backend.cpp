@@ -1,6 +1,6 @@
-// The reference CPU backend: memory (a growing scratch arena and plain
-// allocations) and dispatch of each op to its reference implementation in
-// this folder, with shape checks at the boundary.
+// The CPU backend: memory (a growing scratch arena and plain allocations) and
+// dispatch of each op to its implementation in this folder (a SIMD path when
+// one applies, else the reference loop), with shape checks at the boundary.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -93,16 +93,13 @@ class CpuBackend final : public Backend {
     GLM_CHECK(x.dim(-1) == weight.dim(1) && out.dim(-1) == weight.dim(0) && out.rows() == x.rows(),
               "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
               shape_to_string(x.shape), " into ", shape_to_string(out.shape));
+    const cpu::SerialBelowMinMacs small(x.rows() * weight.dim(0) * weight.dim(1));
     cpu::linear(out.f32(), x.f32(), x.rows(), weight, bias);
   }
   void add(Tensor out, const Tensor& a, const Tensor& b) override {
     check_same_shape("add", a.shape, b.shape);
     check_same_shape("add", out.shape, a.shape);
-    float* o = out.f32();
-    const float* x = a.f32();
-    const float* y = b.f32();
-    const int64_t count = out.numel();
-    for (int64_t i = 0; i < count; ++i) o[i] = x[i] + y[i];
+    cpu::add(out.f32(), a.f32(), b.f32(), out.numel());
   }
   void swiglu(Tensor out, const Tensor& gate, const Tensor& up) override {
     check_same_shape("swiglu", gate.shape, up.shape);
@@ -135,10 +132,8 @@ class CpuBackend final : public Backend {
     GLM_CHECK(shape_numel(correction_bias.shape) == n_experts && out.expert_ids.dim(0) == n_tokens &&
                   out.expert_ids.dim(1) == params.top_k,
               "internal error: route shapes");
-#pragma omp parallel for schedule(static) if (n_tokens > 16)
-    for (int64_t t = 0; t < n_tokens; ++t)
-      cpu::route_token(router_logits.f32() + t * n_experts, correction_bias, n_experts, params,
-                       out.expert_ids.i32() + t * params.top_k, out.weights.f32() + t * params.top_k);
+    cpu::route(out.expert_ids.i32(), out.weights.f32(), router_logits.f32(), n_tokens, correction_bias, n_experts,
+               params);
   }
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,
                    const ExpertTable& up, const ExpertTable& down) override {

@@ -1,21 +1,37 @@
-// Reference RMSNorm, SwiGLU and rotary embedding.
+// RMSNorm, SwiGLU, add and rotary embedding: the reference loops, and the
+// dispatch to their AVX-512 versions (elementwise_avx512.cpp) when allowed.
 #include <cmath>
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernels.h"
+#include "backend/cpu/simd_ops.h"
 
 namespace glm::cpu {
 
-// y = x / sqrt(mean(x^2) + eps) * gamma, as transformers computes it: the
-// normalisation in f32, then the weight multiplies the normalised value.
-void rms_norm(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps) {
-  thread_local std::vector<float> scale_buffer;  // keeps its capacity between calls
+bool simd::simd_ops_available() {
+  return kernels::options().isa == kernels::Isa::Avx512 && simd::compiled_for_avx512();
+}
+
+namespace {
+
+// gamma widened to f32 into the calling thread's buffer (kept between calls).
+const float* widened_gamma(const Weight& gamma, int64_t dim) {
+  thread_local std::vector<float> scale_buffer;
   scale_buffer.resize(static_cast<size_t>(dim));
   for (int64_t i = 0; i < dim; ++i) scale_buffer[i] = weight_element(gamma, i);
+  return scale_buffer.data();
+}
+
+}  // namespace
+
+// y = x / sqrt(mean(x^2) + eps) * gamma, as transformers computes it: the
+// normalisation in f32, then the weight multiplies the normalised value.
+void rms_norm_reference(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps) {
   // The worker threads read the calling thread's buffer (a thread_local named
   // inside the parallel loop would be each worker's own, empty one).
-  const float* scale = scale_buffer.data();
-#pragma omp parallel for schedule(static) if (rows > 8)
+  const float* scale = widened_gamma(gamma, dim);
+#pragma omp parallel for schedule(static) if (rows * dim >= kParallelMinElements)
   for (int64_t r = 0; r < rows; ++r) {
     const float* input = x + r * dim;
     float sum_squares = 0.0f;
@@ -26,11 +42,52 @@ void rms_norm(float* out, const float* x, const Weight& gamma, int64_t rows, int
   }
 }
 
-void swiglu(float* out, const float* gate, const float* up, int64_t count) {
-#pragma omp parallel for schedule(static) if (count > 4096)
+void rms_norm(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps) {
+  if (!simd::simd_ops_available()) {
+    rms_norm_reference(out, x, gamma, rows, dim, eps);
+    return;
+  }
+  const float* scale = widened_gamma(gamma, dim);
+#pragma omp parallel for schedule(static) if (rows * dim >= kParallelMinElements)
+  for (int64_t r = 0; r < rows; ++r) simd::rms_norm_row(out + r * dim, x + r * dim, scale, dim, eps);
+}
+
+void swiglu_reference(float* out, const float* gate, const float* up, int64_t count) {
+#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
   for (int64_t i = 0; i < count; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+// The fast version is lane-wise (masked tails, no scalar remainder), so an
+// element's result depends on neither its piece nor its thread.
+void swiglu(float* out, const float* gate, const float* up, int64_t count) {
+  if (!simd::simd_ops_available()) {
+    swiglu_reference(out, gate, up, count);
+    return;
+  }
+  constexpr int64_t kPiece = 1024;
+  const int64_t pieces = (count + kPiece - 1) / kPiece;
+#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
+  for (int64_t p = 0; p < pieces; ++p) {
+    const int64_t begin = p * kPiece;
+    simd::swiglu(out + begin, gate + begin, up + begin, std::min(kPiece, count - begin));
+  }
+}
+
+void add(float* out, const float* a, const float* b, int64_t count) {
+  if (!simd::simd_ops_available()) {
+#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
+    for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
+    return;
+  }
+  constexpr int64_t kPiece = 4096;
+  const int64_t pieces = (count + kPiece - 1) / kPiece;
+#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
+  for (int64_t p = 0; p < pieces; ++p) {
+    const int64_t begin = p * kPiece;
+    simd::add(out + begin, a + begin, b + begin, std::min(kPiece, count - begin));
   }
 }
 
@@ -46,7 +103,8 @@ void rotary(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, std::
   for (int64_t i = 0; i < half; ++i)
     frequency_buffer[i] = static_cast<float>(1.0 / std::pow(theta, static_cast<double>(2 * i) / rotary_dim));
   const float* inverse_frequency = frequency_buffer.data();  // shared with the worker threads
-#pragma omp parallel for schedule(static) if (n_tokens > 4)
+  // Each token's cosines and sines cost about as much as rotating 16 heads.
+#pragma omp parallel for schedule(static) if (n_tokens * (n_heads + 16) * rotary_dim >= kParallelMinElements)
   for (int64_t t = 0; t < n_tokens; ++t) {
     thread_local std::vector<float> cosines, sines;
     cosines.resize(static_cast<size_t>(half));

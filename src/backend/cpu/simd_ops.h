@@ -1,0 +1,74 @@
+// The AVX-512 versions of the non-projection CPU ops (attention, SwiGLU,
+// RMSNorm, add), behind plain-pointer entry points: their files are compiled
+// for AVX-512 by a target pragma and are only called after
+// simd_ops_available() has said the CPU (and GLM_CPU_ISA) allows it. The
+// reference versions in attention.cpp / elementwise.cpp stay the oracle the
+// tests compare these with.
+//
+// Every function here computes a token's (or row's) result with one fixed
+// instruction sequence that depends only on that token's own inputs, never on
+// the batch, the tile it falls in or the thread running it, so a token alone
+// and the same token in a ragged batch get identical bits.
+#pragma once
+
+#include <cstdint>
+
+namespace glm::cpu::simd {
+
+// True when the AVX-512 versions may run: built with them, the CPU has
+// AVX-512 F/BW/VL/DQ, and GLM_CPU_ISA (kernels::options().isa) is avx512.
+bool simd_ops_available();
+// Whether this build compiled the AVX-512 versions (elementwise_avx512.cpp).
+bool compiled_for_avx512();
+
+// ---- attention ----
+
+// One block of queries that share a KV head and attend to the same sequence:
+// n_tokens consecutive tokens of the step (positions[i] each) times n_heads
+// consecutive query heads, at most kMaxBlockRows rows in all. Row (i, j)
+// reads its query at q + i * token_stride + j * head_dim and writes its
+// output at out + i * token_stride + j * head_dim.
+struct AttentionBlock {
+  const float* q = nullptr;
+  float* out = nullptr;
+  int64_t token_stride = 0;  // floats from one token's heads to the next's (n_heads_total * head_dim)
+  int64_t n_tokens = 0;
+  int64_t n_heads = 0;
+  int64_t head_dim = 0;
+  const int32_t* positions = nullptr;  // [n_tokens]
+  // The sequence's paged cache: position p lives in slot
+  // block_table[p / block_size] * block_size + p % block_size, whose key is
+  // keys + slot * slot_stride (the KV head's offset already added).
+  const int32_t* block_table = nullptr;
+  int64_t block_size = 0;
+  const float* keys = nullptr;
+  const float* values = nullptr;
+  int64_t slot_stride = 0;  // floats between consecutive slots (n_kv_heads * head_dim)
+  float scale = 1.0f;
+  float* scratch = nullptr;  // attention_scratch_floats(head_dim) floats, 64-byte aligned
+};
+
+// Rows (tokens x heads) one block may hold: 4 vectors of 16.
+constexpr int64_t kMaxBlockRows = 64;
+// Keys per online-softmax step. Steps start at positions that are multiples
+// of this (not at the block's first query), which is what makes a query's
+// arithmetic independent of the other queries in its block.
+constexpr int64_t kKeyChunk = 64;
+
+int64_t attention_scratch_floats(int64_t head_dim);
+// Causal attention of every row of the block over its sequence's cached
+// positions 0..positions[i] (the block's K/V must already be in the cache).
+void attend_block(const AttentionBlock& block);
+
+// ---- elementwise ----
+
+// out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
+void swiglu(float* out, const float* gate, const float* up, int64_t count);
+// One row: out = x / sqrt(mean(x^2) + eps) * gamma; out may alias x.
+void rms_norm_row(float* out, const float* x, const float* gamma, int64_t dim, float eps);
+// out[i] = a[i] + b[i]; out may alias a or b.
+void add(float* out, const float* a, const float* b, int64_t count);
+// out[i] += weight * x[i] (one expert's contribution to a token).
+void add_scaled(float* out, const float* x, float weight, int64_t count);
+
+}  // namespace glm::cpu::simd
