@@ -7,11 +7,16 @@
 //   cmake --build build-simd --target glm_backend
 //   g++ -O2 -std=gnu++20 -fopenmp -Isrc bench/kernels/bench_linear.cpp \
 //       build-simd/libglm_backend.a build-simd/libglm_core.a -o build-simd/bench_linear
-//   OMP_NUM_THREADS=2 build-simd/bench_linear [--quick]
+//   OMP_NUM_THREADS=2 build-simd/bench_linear [--quick] [--decode]
+//
+// --decode runs only the GEMV rows: from memory on all threads, and on one
+// core with the weight in L2 (what the core can compute, with memory out of
+// the way: a kernel far above its share of the read bandwidth there is
+// memory-bound from DRAM, one near it is core-bound).
 //
 // GLM_CPU_ISA / GLM_CPU_ACTIVATIONS are honoured for the rows that do not set
 // the mode themselves. Every number is the best of several repetitions (the
-// machine may be shared).
+// machine may be shared; decode from memory: the 90th percentile of calls).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -92,19 +97,27 @@ struct ReadBuffer {
   ~ReadBuffer() { std::free(data); }
 };
 
-// One pass of all threads over the buffer, each over its own part.
-double read_seconds(const ReadBuffer& buffer, int streams) {
+// One pass of all threads over floats [first, first + count) of the buffer
+// (default: all of it), each over its own part.
+double read_seconds(const ReadBuffer& buffer, int streams, size_t first = 0, size_t count = 0) {
+  if (count == 0) count = buffer.count;
   const auto start = Clock::now();
 #pragma omp parallel
   {
     const size_t team = omp_get_num_threads(), id = omp_get_thread_num();
-    const size_t begin = buffer.count * id / team / 64 * 64, end = buffer.count * (id + 1) / team / 64 * 64;
+    const size_t begin = first + count * id / team / 64 * 64, end = first + count * (id + 1) / team / 64 * 64;
     const float value = streams == 1 ? read_sum(buffer.data + begin, end - begin)
                                      : read_streams(buffer.data + begin, end - begin, streams);
 #pragma omp atomic
     sink_total += value;
   }
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The value below which `fraction` of `rates` lie.
+double percentile(std::vector<double> rates, double fraction) {
+  std::sort(rates.begin(), rates.end());
+  return rates[static_cast<size_t>(fraction * (rates.size() - 1))];
 }
 
 // Best GB/s of the 1-stream and 4-stream read kernels.
@@ -233,9 +246,12 @@ Owned make_weight(const std::string& kind, int64_t out, int64_t in, unsigned see
 }
 
 // Decode: one token through enough copies of the weight to defeat the L3
-// (as 8 experts per token do), in GB/s of weight bytes; measured in turns
-// with the read-bandwidth kernel (best of each), so that a machine shared
-// with other work slows both alike. Returns {kernel GB/s, read GB/s}.
+// (as 8 experts per token do), in GB/s of weight bytes. Each call is timed
+// alone, in turns with a read of as many bytes by the read kernel (a
+// different part of its buffer each time), and each side reports its 90th
+// percentile rate: on a machine shared with other work a call that lost a
+// core to another process is an outlier, and such calls slow kernel and
+// read alike. Returns {kernel GB/s, read GB/s}.
 std::pair<double, double> gemv_gbps(const std::string& kind, int64_t out, int64_t in, const ReadBuffer& buffer,
                                     int repetitions) {
   const Owned probe = make_weight(kind, out, in, 1);
@@ -244,14 +260,35 @@ std::pair<double, double> gemv_gbps(const std::string& kind, int64_t out, int64_
   std::vector<Owned> weights;
   for (int i = 0; i < copies; ++i) weights.push_back(make_weight(kind, out, in, 2 + i));
   std::vector<float> x(static_cast<size_t>(in), 0.5f), y(static_cast<size_t>(out));
-  double kernel = 1e30, read = 1e30;
-  for (int i = 0; i < repetitions; ++i) {
-    kernel = std::min(kernel, seconds_of([&] {
-                        for (const Owned& w : weights) cpu::linear(y.data(), x.data(), 1, w.weight, nullptr);
-                      }, 1));
-    for (int streams : {1, 4}) read = std::min(read, read_seconds(buffer, streams));
-  }
-  return {bytes * copies / kernel / 1e9, buffer.count * sizeof(float) / read / 1e9};
+  const size_t floats = std::min(bytes / sizeof(float) / 64 * 64, buffer.count);
+  std::vector<double> kernel, read;
+  size_t first = 0;
+  for (int i = 0; i < repetitions; ++i)
+    for (const Owned& w : weights) {
+      kernel.push_back(bytes / seconds_of([&] { cpu::linear(y.data(), x.data(), 1, w.weight, nullptr); }, 1) / 1e9);
+      if (first + floats > buffer.count) first = 0;
+      const int streams = read.size() % 2 ? 4 : 1;  // both read kernels, on fresh bytes each time
+      read.push_back(floats * sizeof(float) / read_seconds(buffer, streams, first, floats) / 1e9);
+      first += floats;
+    }
+  return {percentile(kernel, 0.9), percentile(read, 0.9)};
+}
+
+// Decode on one thread with the weight (~400 KB) in L2: GB/s of weight
+// bytes, the best of many short calls (each shorter than a scheduler time
+// slice, so a shared machine still yields the quiet number).
+double gemv_core_gbps(const std::string& kind, int64_t in, int repetitions) {
+  const int64_t out = (int64_t{400} << 10) / (in * (kind == "int4" ? 1 : 2) / 2);
+  const Owned w = make_weight(kind, out - out % 16, in, 5);
+  std::vector<float> x(static_cast<size_t>(in)), y(static_cast<size_t>(out));
+  std::mt19937 generator(3);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(generator);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const double s = seconds_of([&] { cpu::linear(y.data(), x.data(), 1, w.weight, nullptr); }, 200 * repetitions);
+  omp_set_num_threads(threads);
+  return w.weight.nbytes() / s / 1e9;
 }
 
 // Prompt: n_tokens through one weight, in GFLOP/s (2 per multiply-add).
@@ -268,7 +305,11 @@ double gemm_gflops(const std::string& kind, int64_t out, int64_t in, int64_t n_t
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false, decode_only = false;
+  for (int i = 1; i < argc; ++i) {
+    quick = quick || std::string(argv[i]) == "--quick";
+    decode_only = decode_only || std::string(argv[i]) == "--decode";
+  }
   const int reps = quick ? 3 : 7;
   auto& options = cpu::kernels::options();
   std::printf("threads %d, ISA %s\n", omp_get_max_threads(), cpu::kernels::isa_name(options.isa));
@@ -287,9 +328,21 @@ int main(int argc, char** argv) {
   };
   const Shape shapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
 
+  const cpu::kernels::Activations initial_mode = options.activations;
+  std::printf("\nGEMV, 1 token, one core, weight in L2 (q_proj width 4096)\n");
+  for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast})  // fast: int8 for these
+    for (const char* kind : {"int8", "int4"}) {
+      options.activations = mode;
+      const char* kernel = cpu::kernels::kernel_name(make_weight(kind, 16, 64, 0).weight, 1);
+      if (mode != cpu::kernels::Activations::Exact && (!kernel || std::string(kernel).find("exact") != std::string::npos))
+        continue;
+      std::printf("  %-5s %-18s %6.1f GB/s\n", kind, kernel ? kernel : "reference", gemv_core_gbps(kind, 4096, reps));
+    }
+  options.activations = initial_mode;
+
   for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast}) {
     const bool fast = mode == cpu::kernels::Activations::Fast;
-    std::printf("\nGEMV, 1 token (%s activations)\n", fast ? "fast" : "exact");
+    std::printf("\nGEMV, 1 token (%s activations)\n", fast ? "fast: bf16 or int8" : "exact");
     options.activations = mode;
     for (const Shape& shape : shapes)
       for (const char* kind : {"f32", "bf16", "f16", "int8", "int4"}) {
@@ -300,6 +353,8 @@ int main(int argc, char** argv) {
                     kernel ? kernel : "reference", gbps, 100 * gbps / read, read);
       }
   }
+
+  if (decode_only) return 0;
 
   const int64_t n_tokens = 512;
   std::printf("\nGEMM, %lld tokens\n", static_cast<long long>(n_tokens));

@@ -5,6 +5,8 @@
 // not multiples of any SIMD width, 1/2/3 threads. Also that results are
 // bit-identical across thread counts and for a token alone vs in a batch
 // (the ragged-batch guarantee), and that unsupported formats fall back.
+// Activation modes: exact (f32, within 1e-5 of the reference), fast (bf16 or
+// int8) and int8 (int8 for affine weights only), within 1e-2 relative L2.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -199,25 +201,38 @@ std::vector<Isa> available_isas() {
   return isas;
 }
 
+// Every activation mode: exact, fast (bf16/int8) and int8 (affine only).
+constexpr Activations kModes[] = {Activations::Exact, Activations::Fast, Activations::Int8};
+
+std::string mode_name(Activations mode) {
+  switch (mode) {
+    case Activations::Exact: return "exact";
+    case Activations::Fast: return "fast";
+    case Activations::FastPrompts: return "fast-prompts";
+    case Activations::Int8: return "int8";
+  }
+  return "?";
+}
+
 // Whether a fast (bf16/int8-activation) kernel runs for this weight now.
 bool fast_kernel_runs(const Weight& w, Isa isa) {
   const char* name = cpu::kernels::kernel_name(w, 17);
-  return isa == Isa::Avx512 && name && std::string(name).find("exact") == std::string::npos;
+  return isa != Isa::Reference && name && std::string(name).find("exact") == std::string::npos;
 }
 
-// Checks one weight on every ISA, both activation modes, 1/2/3 threads and
-// 1/3/17 tokens; bit-identity across threads and batch sizes.
+// Checks one weight on every ISA, every activation mode, 1/2/3 threads and
+// 1/2/3/17 tokens; bit-identity across threads and batch sizes.
 void check_weight(const TestWeight& t, double exact_tolerance, double fast_tolerance, const Weight* bias = nullptr,
                   const std::string& label = "") {
   const int64_t in = t.weight.dim(1), out = t.weight.dim(0);
   const std::vector<float> x = random_values(static_cast<size_t>(17 * in), 99);
   const std::vector<float> expected = oracle(t, x, 17, bias);
   for (Isa isa : available_isas())
-    for (Activations mode : {Activations::Exact, Activations::Fast}) {
+    for (Activations mode : kModes) {
       KernelScope scope(isa, mode);
-      const bool fast = mode == Activations::Fast && fast_kernel_runs(t.weight, isa);
+      const bool fast = mode != Activations::Exact && fast_kernel_runs(t.weight, isa);
       const double tolerance = fast ? fast_tolerance : exact_tolerance;
-      SCOPED_TRACE(label + " isa " + cpu::kernels::isa_name(isa) + (fast ? " fast" : " exact") + " kernel " +
+      SCOPED_TRACE(label + " isa " + cpu::kernels::isa_name(isa) + " " + mode_name(mode) + " kernel " +
                    (cpu::kernels::kernel_name(t.weight, 17) ? cpu::kernels::kernel_name(t.weight, 17) : "none"));
       ASSERT_NE(cpu::kernels::kernel_name(t.weight, 17), nullptr);
       const std::vector<float> batch = run_linear(t.weight, x, 17, bias, 1);
@@ -227,8 +242,8 @@ void check_weight(const TestWeight& t, double exact_tolerance, double fast_toler
                               batch.size() * sizeof(float)),
                   0)
             << threads << " threads changed bits";
-      // Tokens alone and in a batch of 3 give the batch-of-17 bits.
-      for (int64_t n : {1, 3})
+      // Tokens alone and in batches of 2 and 3 give the batch-of-17 bits.
+      for (int64_t n : {1, 2, 3})
         for (int64_t first : {int64_t{0}, int64_t{5}, 17 - n}) {
           const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
           const std::vector<float> y = run_linear(t.weight, part, n, bias, n == 1 ? 2 : 3);
@@ -272,11 +287,11 @@ TEST(KernelsFloat, ManyTokensAndRowsCoverEveryTile) {
   const std::vector<float> x = random_values(70 * 1000, 7);
   const std::vector<float> expected = oracle(t, x, 70, nullptr);
   for (Isa isa : available_isas())
-    for (Activations mode : {Activations::Exact, Activations::Fast}) {
+    for (Activations mode : kModes) {
       KernelScope scope(isa, mode);
-      const bool fast = mode == Activations::Fast && fast_kernel_runs(t.weight, isa);
+      const bool fast = mode != Activations::Exact && fast_kernel_runs(t.weight, isa);
       EXPECT_LE(error_of(fast, run_linear(t.weight, x, 70, nullptr, 2), expected), fast ? 1e-2 : 1e-5)
-          << cpu::kernels::isa_name(isa);
+          << cpu::kernels::isa_name(isa) << " " << mode_name(mode);
     }
 }
 
@@ -311,11 +326,11 @@ TEST(KernelsAffine, SmallAndLargeTokenCounts) {
   const std::vector<float> x = random_values(70 * 512, 11);
   const std::vector<float> expected = oracle(t, x, 70, nullptr);
   for (Isa isa : available_isas())
-    for (Activations mode : {Activations::Exact, Activations::Fast}) {
+    for (Activations mode : kModes) {
       KernelScope scope(isa, mode);
-      const bool fast = mode == Activations::Fast && fast_kernel_runs(t.weight, isa);
+      const bool fast = mode != Activations::Exact && fast_kernel_runs(t.weight, isa);
       EXPECT_LE(error_of(fast, run_linear(t.weight, x, 70, nullptr, 3), expected), fast ? 1e-2 : 1e-5)
-          << cpu::kernels::isa_name(isa);
+          << cpu::kernels::isa_name(isa) << " " << mode_name(mode);
     }
 }
 
@@ -330,6 +345,101 @@ TEST(KernelsAffine, Int8ActivationsWithOutlierChannels) {
   KernelScope scope(Isa::Avx512, Activations::Fast);
   if (!fast_kernel_runs(t.weight, cpu::kernels::options().isa)) GTEST_SKIP() << "no AVX512_VNNI";
   EXPECT_LE(relative_l2(run_linear(t.weight, x, 5, nullptr, 2), expected), 1e-2);
+}
+
+// Decode with int8 activations: calls of up to 5 tokens run each token
+// through the one-token kernel (rows kept in registers and reduced across
+// rows, int8_block_gemv), larger ones through repacked blocks; both against
+// the reference (1e-2 relative L2) and bit for bit against the same tokens
+// in a batch of 17. Calls of 1, 2, 5 and 6 tokens; row counts below, at
+// and past the 16-row blocks (a copied partial block, a next block to
+// prefetch); widths with a part last segment (group 32: 32, 64 or 96 of
+// 128 columns); 1/2/3 threads; on AVX2 the VPMADDUBSW kernel (4-bit).
+TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
+  struct Shape {
+    int bits;
+    int64_t group, out, in;
+    DType scale_dtype;
+  };
+  const Shape shapes[] = {
+      {4, 64, 5, 4096, DType::BF16},    {4, 64, 16, 1408, DType::BF16},  {4, 64, 100, 4096, DType::BF16},
+      {4, 32, 37, 4128, DType::F16},    {4, 32, 48, 4160, DType::BF16},  {4, 32, 33, 4192, DType::F32},
+      {4, 128, 70, 2048, DType::BF16},  {4, 64, 3, 64, DType::F16},      {8, 64, 37, 4096, DType::BF16},
+      {8, 32, 100, 1440, DType::F16},   {8, 128, 50, 1408 - 128, DType::BF16}, {8, 64, 16, 128, DType::F32},
+  };
+  for (const Shape& shape : shapes)
+   for (Isa isa : available_isas()) {
+    const TestWeight t = affine_test_weight(shape.out, shape.in, shape.bits, shape.group, shape.scale_dtype,
+                                            static_cast<unsigned>(shape.out + shape.in));
+    const std::vector<float> x = random_values(static_cast<size_t>(17 * shape.in), 23);
+    const std::vector<float> expected = oracle(t, x, 17, nullptr);
+    KernelScope scope(isa, Activations::Int8);
+    if (!fast_kernel_runs(t.weight, isa)) continue;  // no int8 kernel for it here (8-bit on AVX2, no VNNI)
+    SCOPED_TRACE(std::to_string(shape.bits) + "-bit g" + std::to_string(shape.group) + " " +
+                 std::to_string(shape.out) + "x" + std::to_string(shape.in) + " " +
+                 std::string(dtype_name(shape.scale_dtype)) + " scales, " + cpu::kernels::kernel_name(t.weight, 1));
+    const std::vector<float> batch = run_linear(t.weight, x, 17, nullptr, 2);
+    EXPECT_LE(relative_l2(batch, expected), 1e-2);
+    // All 17 tokens decoded n at a time (the last call may hold fewer), on
+    // 1, 2, 3, 1, ... threads: the error is judged over all of them, as a
+    // few outputs alone measure the rounding noise's spread, not its size.
+    for (int64_t n : {1, 2, 5, 6}) {
+      std::vector<float> decoded(batch.size(), NAN);
+      for (int64_t first = 0; first < 17; first += n) {
+        const int64_t count = std::min<int64_t>(n, 17 - first);
+        const int threads = 1 + static_cast<int>(first / n % 3);
+        const std::vector<float> part(x.begin() + first * shape.in, x.begin() + (first + count) * shape.in);
+        const std::vector<float> y = run_linear(t.weight, part, count, nullptr, threads);
+        std::copy(y.begin(), y.end(), decoded.begin() + first * shape.out);
+        EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * shape.out, y.size() * sizeof(float)), 0)
+            << count << " tokens from " << first << " on " << threads << " threads differ from the batch";
+      }
+      EXPECT_LE(relative_l2(decoded, expected), 1e-2) << n << " tokens per call";
+    }
+  }
+}
+
+// The AVX2 int8 kernel (VPMADDUBSW, 4-bit) gives the bits of the AVX-512
+// one (VPDPBUSD): the same quantized x, the same exact int32 group sums,
+// the same f32 operations per output.
+TEST(KernelsAffine, Int8ActivationsSameBitsOnAvx2AndAvx512) {
+  const TestWeight t = affine_test_weight(45, 4128, 4, 32, DType::BF16, 24);
+  const std::vector<float> x = random_values(5 * 4128, 25);
+  std::vector<float> avx2, avx512;
+  {
+    KernelScope scope(Isa::Avx2, Activations::Int8);
+    if (!fast_kernel_runs(t.weight, Isa::Avx2)) GTEST_SKIP() << "no AVX2";
+    avx2 = run_linear(t.weight, x, 5, nullptr, 2);
+  }
+  KernelScope scope(Isa::Avx512, Activations::Int8);
+  if (!fast_kernel_runs(t.weight, Isa::Avx512) ||
+      std::string(cpu::kernels::kernel_name(t.weight, 5)) != "avx512 int8-vnni")
+    GTEST_SKIP() << "no AVX512_VNNI";
+  avx512 = run_linear(t.weight, x, 5, nullptr, 3);
+  EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), avx2.size() * sizeof(float)), 0);
+}
+
+// The int8 mode quantizes activations for affine weights only: float weights
+// keep the exact kernel (and its 1e-5), unlike the fast mode. VNNI
+// instructions run only where the CPU has them: AVX2 gets VPMADDUBSW for
+// 4-bit weights and the exact kernel for 8-bit ones.
+TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
+  if (cpu::kernels::supported_isa() == Isa::Reference) GTEST_SKIP() << "no SIMD kernels";
+  const TestWeight bf16 = float_test_weight(8, 64, DType::BF16, 18);
+  const TestWeight four = affine_test_weight(16, 256, 4, 64, DType::BF16, 19);
+  const TestWeight eight = affine_test_weight(16, 256, 8, 64, DType::BF16, 20);
+  if (cpu::kernels::supported_isa() == Isa::Avx512) {
+    KernelScope scope(Isa::Avx512, Activations::Int8);
+    for (int64_t n : {1, 512}) {
+      EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, n), "avx512 exact");
+      const std::string name = cpu::kernels::kernel_name(four.weight, n);
+      EXPECT_TRUE(name == "avx512 int8-vnni" || name == "avx2 int8-maddubs") << name;  // the latter without VNNI
+    }
+  }
+  KernelScope scope(Isa::Avx2, Activations::Int8);
+  EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, 1), "avx2 exact");
+  EXPECT_STREQ(cpu::kernels::kernel_name(four.weight, 1), "avx2 int8-maddubs");
+  EXPECT_STREQ(cpu::kernels::kernel_name(eight.weight, 1), "avx2 exact");
 }
 
 // The reference dequantizer (dequantize.cpp) agrees with the test's packing.

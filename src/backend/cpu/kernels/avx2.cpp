@@ -1,9 +1,11 @@
 // AVX2 + FMA + F16C projection kernels: the exact-activation kernel of
 // exact_impl.inc over 8-lane ymm registers, for CPUs without AVX-512 (and
-// for GLM_CPU_ISA=avx2). Compiled for those instructions by a target pragma
-// and only called after dispatch.cpp has checked the CPU. No fast
-// (bf16/int8-activation) kernels here: AVX2 has no bf16 dot product, and its
-// u8 x s8 product (VPMADDUBSW) saturates in int16.
+// for GLM_CPU_ISA=avx2), and an int8-activation kernel for affine 4-bit
+// weights (VPMADDUBSW) for CPUs without AVX512_VNNI. Compiled for those
+// instructions by a target pragma and only called after dispatch.cpp has
+// checked the CPU. No bf16-activation kernel (AVX2 has no bf16 dot
+// product) and no int8 one for 8-bit weights (VPMADDUBSW's int16 pair sums
+// saturate for 255 x 127 x 2).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -83,10 +85,167 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// ---- affine 4-bit weights x int8 activations (VPMADDUBSW) ----
+//
+// The arithmetic of the AVX-512 VPDPBUSD kernels (avx512.cpp), with the
+// int32 group sums formed another way: x is quantized the same way
+// (prepare_int8 below: per group xq = round(x / dx), dx = max|x| / 127,
+// xsum = dx sum xq), each row's exact int32 group sums are dotted the same
+// way, and per group and output the same f32 operations follow (one FMA of
+// the scale term, one of the bias term, in group order). So a token gets
+// the bits the AVX-512 kernels give it, and the same bits alone or in any
+// batch (each token is computed on its own).
+//
+// Rows go in blocks of 8 (the lanes of the finishing FMAs). For each row and
+// 64 columns (32 bytes), the low nibbles (even columns) and high nibbles
+// (odd columns) meet x's even and odd columns in VPMADDUBSW (u8 x s8 pairs
+// to int16: 2 x 15 x 127 at most, far from saturating), their sum in
+// VPMADDWD by ones (to int32, lane k = columns 8k..8k+7), and a tree of
+// horizontal adds over the block's 8 rows turns those into the rows' group
+// sums, rows in lanes.
+//
+// x layout (prepare_int8): each 64 columns as the 32 even ones then the 32
+// odd ones.
+namespace {
+
+// Lane k of v[i] is row i's sum over columns 8k..8k+7 of a 64-column chunk.
+// kLanes = 4: out[0] = the 8 rows' sums over lanes 0-3 (columns 0-31),
+// out[1] over lanes 4-7; kLanes = 8: out[0] = the whole sums.
+template <int kLanes>
+inline void reduce_rows8(const __m256i (&v)[8], __m256i* out) {
+  const __m256i h0 = _mm256_hadd_epi32(v[0], v[1]), h1 = _mm256_hadd_epi32(v[2], v[3]);
+  const __m256i h2 = _mm256_hadd_epi32(v[4], v[5]), h3 = _mm256_hadd_epi32(v[6], v[7]);
+  // 128-bit half h of k0: rows 0-3, each the sum of its lanes 4h..4h+3; k1: rows 4-7.
+  const __m256i k0 = _mm256_hadd_epi32(h0, h1), k1 = _mm256_hadd_epi32(h2, h3);
+  const __m256i low = _mm256_permute2x128_si256(k0, k1, 0x20), high = _mm256_permute2x128_si256(k0, k1, 0x31);
+  if constexpr (kLanes == 4) {
+    out[0] = low;
+    out[1] = high;
+  } else {
+    out[0] = _mm256_add_epi32(low, high);
+  }
+}
+
+// One token through rows [r0, r0 + rows) (rows <= 8; missing rows repeat the
+// last and are not stored). scales/biases: the block's, [group][8] f32.
+template <int G>
+void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales, const float* biases) {
+  constexpr int kChunk = 64;                          // columns per 32 weight bytes
+  constexpr int kLanes = G == 32 ? 4 : 8;             // int32 lanes per group within a chunk
+  constexpr int kChunksPerGroup = G == 128 ? 2 : 1;
+  const int64_t groups = a.in / G;
+  const int64_t full = a.in / kChunk, chunks = full + (full * kChunk < a.in);
+  const int8_t* xq = a.xq + t * a.xq_stride;
+  const float* dx = a.xscale + t * groups;
+  const float* xsum = a.xsum + t * groups;
+  const uint8_t* row[8];
+  GLM_UNROLL
+  for (int i = 0; i < 8; ++i) row[i] = a.w + (r0 + min64(i, rows - 1)) * a.w_stride;
+  const __m256i nibble = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps(), bias_acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  __m256i v[8] = {};  // (8-bit groups of 128 add two chunks into it)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const __m256i x_even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
+    const __m256i x_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
+    const bool part = c == full;  // 32 columns: 16 bytes, the rest zero
+    GLM_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* p = row[i] + c * 32;
+      const __m256i w = part ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(w, nibble), x_even),
+                                             _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), nibble), x_odd));
+      const __m256i sums = _mm256_madd_epi16(pairs, ones);
+      v[i] = kChunksPerGroup == 2 && c % 2 == 1 ? _mm256_add_epi32(v[i], sums) : sums;
+    }
+    if (kChunksPerGroup == 2 && c % 2 == 0) continue;  // the group's second half is next
+    __m256i group_sums[8 / kLanes];
+    reduce_rows8<kLanes>(v, group_sums);
+    const int present = part ? 1 : 8 / kLanes;  // a part chunk holds one group of 32
+    for (int k = 0; k < present; ++k, ++g) {
+      const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums[k]), _mm256_mul_ps(s, _mm256_set1_ps(dx[g])), acc);
+      bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
+    }
+  }
+  alignas(32) float result[8];
+  _mm256_store_ps(result, _mm256_add_ps(acc, bias_acc));
+  for (int i = 0; i < rows; ++i)
+    a.out[t * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+}
+
+}  // namespace
+
+void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = a.in / a.group;
+  float* scales = reinterpret_cast<float*>(a.scratch);  // [group][8]
+  float* biases = scales + 8 * groups;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += 8) {
+    const int rows = static_cast<int>(min64(8, row_end - r0));
+    for (int i = 0; i < 8; ++i) {
+      const int64_t r = r0 + min64(i, rows - 1);
+      for (int64_t g = 0; g < groups; ++g) {
+        scales[8 * g + i] = scale_scalar(a.scales, a.scale_type, r * a.scale_stride + g);
+        biases[8 * g + i] = scale_scalar(a.biases, a.bias_type, r * a.bias_stride + g);
+      }
+    }
+    for (int64_t t = 0; t < a.n_tokens; ++t) {
+      switch (a.group) {
+        case 32: int8_block_token<32>(a, r0, rows, t, scales, biases); break;
+        case 64: int8_block_token<64>(a, r0, rows, t, scales, biases); break;
+        default: int8_block_token<128>(a, r0, rows, t, scales, biases); break;
+      }
+    }
+  }
+}
+
+void prepare_int8(const float* x, int64_t in, int64_t group, int8_t* xq, float* steps, float* sums) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t g = 0; g < in / group; ++g) {  // natural column order first
+    const float* block = x + g * group;
+    __m256 absmax = _mm256_setzero_ps();
+    for (int64_t k = 0; k < group; k += 8) absmax = _mm256_max_ps(absmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(block + k)));
+    __m128 top4 = _mm_max_ps(_mm256_castps256_ps128(absmax), _mm256_extractf128_ps(absmax, 1));
+    top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
+    const float top = _mm_cvtss_f32(_mm_max_ss(top4, _mm_movehdup_ps(top4)));
+    const __m256 inverse = _mm256_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+    __m256i total = _mm256_setzero_si256();
+    for (int64_t k = 0; k < group; k += 16) {
+      const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(block + k), inverse));  // nearest even
+      const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(block + k + 8), inverse));
+      total = _mm256_add_epi32(total, _mm256_add_epi32(q0, q1));
+      const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xd8);  // 16 int16 in order
+      const __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + g * group + k), bytes);
+    }
+    __m128i total4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    total4 = _mm_add_epi32(total4, _mm_shuffle_epi32(total4, 0x4e));
+    total4 = _mm_add_epi32(total4, _mm_shuffle_epi32(total4, 0xb1));
+    steps[g] = top / 127.0f;
+    sums[g] = steps[g] * static_cast<float>(_mm_cvtsi128_si32(total4));
+  }
+  // Then each 64 columns as [even | odd]; a last chunk of 32 is zero padded.
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
+                                         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  for (int64_t c = 0; c < in; c += 64) {
+    if (in - c < 64) std::memset(xq + in, 0, static_cast<size_t>(c + 64 - in));
+    // Per 128-bit lane: [8 even, 8 odd]; then qwords regrouped even first.
+    const __m256i a = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c)), split), 0xd8);
+    const __m256i b = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c + 32)), split), 0xd8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + c), _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + c + 32), _mm256_permute2x128_si256(a, b, 0x31));
+  }
+}
+
 #else  // not an x86-64 GCC/Clang build: never selected
 
 bool compiled() { return false; }
 void exact_rows(const LinearArgs&, int64_t, int64_t) {}
+void int8_rows(const LinearArgs&, int64_t, int64_t) {}
+void prepare_int8(const float*, int64_t, int64_t, int8_t*, float*, float*) {}
 
 #endif
 

@@ -68,7 +68,8 @@ Options options_from_environment() {
     if (value == "exact") o.activations = Activations::Exact;
     else if (value == "fast") o.activations = Activations::Fast;
     else if (value == "fast-prompts") o.activations = Activations::FastPrompts;
-    else fail("GLM_CPU_ACTIVATIONS=", value, ": expected exact, fast or fast-prompts");
+    else if (value == "int8") o.activations = Activations::Int8;
+    else fail("GLM_CPU_ACTIVATIONS=", value, ": expected exact, fast, fast-prompts or int8");
   }
   return o;
 }
@@ -111,17 +112,22 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
   return true;
 }
 
-enum class Path { Exact, Bf16, Int8 };
+// Int8: VPDPBUSD (AVX512_VNNI), affine 4/8-bit. Int8Avx2: VPMADDUBSW,
+// affine 4-bit, for CPUs without VNNI (or GLM_CPU_ISA=avx2); same bits.
+enum class Path { Exact, Bf16, Int8, Int8Avx2 };
 
 Path choose_path(const Options& o, const LinearArgs& a, int64_t n_tokens) {
-  const bool fast = o.activations == Activations::Fast ||
+  const bool int8_only = o.activations == Activations::Int8;  // affine weights only
+  const bool fast = int8_only || o.activations == Activations::Fast ||
                     (o.activations == Activations::FastPrompts && n_tokens >= o.fast_min_tokens);
-  if (!fast || o.isa != Isa::Avx512) return Path::Exact;
+  if (!fast || o.isa == Isa::Reference) return Path::Exact;
   const CpuFeatures& cpu = cpu_features();
-  if (a.kind == WeightKind::BF16 && cpu.bf16) return Path::Bf16;
-  if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && cpu.vnni &&
-      (a.group == 32 || a.group == 64 || a.group == 128))
-    return Path::Int8;
+  const bool int8_group = a.group == 32 || a.group == 64 || a.group == 128;
+  if (o.isa == Isa::Avx512) {
+    if (a.kind == WeightKind::BF16 && cpu.bf16 && !int8_only) return Path::Bf16;
+    if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && cpu.vnni && int8_group) return Path::Int8;
+  }
+  if (a.kind == WeightKind::Affine4 && int8_group) return Path::Int8Avx2;  // AVX2, or AVX-512 without VNNI
   return Path::Exact;
 }
 
@@ -148,9 +154,10 @@ struct CallBuffers {
 // Below this many multiply-adds a parallel region costs more than it saves.
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 // Threads split rows in units of this many (the kernels' row tiles: 4 rows,
-// or blocks of 16 for int8_rows).
+// or blocks of 16 for avx512::int8_rows, 8 for avx2::int8_rows).
 constexpr int64_t kRowUnit = 4;
 constexpr int64_t kInt8RowUnit = 16;
+constexpr int64_t kInt8Avx2RowUnit = 8;
 
 }  // namespace
 
@@ -179,6 +186,7 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens) {
   switch (choose_path(o, a, n_tokens)) {
     case Path::Bf16: return "avx512 bf16-dot";
     case Path::Int8: return "avx512 int8-vnni";
+    case Path::Int8Avx2: return "avx2 int8-maddubs";
     case Path::Exact: return o.isa == Isa::Avx512 ? "avx512 exact" : "avx2 exact";
   }
   return nullptr;
@@ -215,8 +223,8 @@ bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, 
     kernel = avx512::bf16_rows;
     a.xb_stride = bf16_stride(in);
     a.xb = buffers.activations.get<uint16_t>(static_cast<size_t>(n_tokens * a.xb_stride));
-  } else if (path == Path::Int8) {
-    kernel = avx512::int8_rows;
+  } else if (path == Path::Int8 || path == Path::Int8Avx2) {
+    kernel = path == Path::Int8 ? avx512::int8_rows : avx2::int8_rows;
     a.xq_stride = int8_stride(in);
     a.xq = buffers.activations.get<int8_t>(static_cast<size_t>(n_tokens * a.xq_stride));
     a.xscale = buffers.scales.get<float>(static_cast<size_t>(n_tokens * (in / a.group)));
@@ -225,11 +233,12 @@ bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, 
 
   const int64_t work = n_tokens * in * a.out_features;
   const int threads = work < kMinParallelWork ? 1 : omp_get_max_threads();
-  const int64_t row_unit = path == Path::Int8 ? kInt8RowUnit : kRowUnit;
+  const bool int8 = path == Path::Int8 || path == Path::Int8Avx2;
+  const int64_t row_unit = path == Path::Int8 ? kInt8RowUnit : path == Path::Int8Avx2 ? kInt8Avx2RowUnit : kRowUnit;
   const int64_t units = (a.out_features + row_unit - 1) / row_unit;
   uint8_t* scratch = nullptr;
-  const int64_t scratch_each = path == Path::Int8 ? (int8_scratch_bytes(in, a.group) + 63) / 64 * 64 : 0;
-  if (path == Path::Int8) scratch = buffers.scratch.get<uint8_t>(static_cast<size_t>(threads * scratch_each));
+  const int64_t scratch_each = int8 ? (int8_scratch_bytes(in, a.group) + 63) / 64 * 64 : 0;
+  if (int8) scratch = buffers.scratch.get<uint8_t>(static_cast<size_t>(threads * scratch_each));
 #pragma omp parallel num_threads(threads)
   {
     if (exact_prepared) {
@@ -248,6 +257,12 @@ bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, 
       for (int64_t t = 0; t < n_tokens; ++t)
         avx512::prepare_int8(x + t * in, in, a.group, weight.format.bits, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                              const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
+    } else if (path == Path::Int8Avx2) {
+      const int64_t groups = in / a.group;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < n_tokens; ++t)
+        avx2::prepare_int8(x + t * in, in, a.group, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
+                           const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
     }
     // Even contiguous row ranges (whole tiles); each output is computed by
     // one thread in a fixed order, so the thread count changes no bits.

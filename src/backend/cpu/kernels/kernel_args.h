@@ -64,7 +64,7 @@ struct LinearArgs {
   // Fast-mode activations, prepared once per call by prepare_* below.
   const uint16_t* xb = nullptr;  // bf16 [n_tokens, xb_stride], zero padded past `in`
   int64_t xb_stride = 0;
-  const int8_t* xq = nullptr;    // int8 [n_tokens, xq_stride] in the kernel's column order (avx512.cpp)
+  const int8_t* xq = nullptr;    // int8 [n_tokens, xq_stride] in the kernel's column order (prepare_int8)
   int64_t xq_stride = 0;
   const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
   const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
@@ -77,9 +77,11 @@ using RowsKernel = void (*)(const LinearArgs& args, int64_t row_begin, int64_t r
 
 // Rounding of activations to the padded widths the fast kernels read.
 inline int64_t bf16_stride(int64_t in) { return (in + 31) / 32 * 32; }
-inline int64_t int8_stride(int64_t in) { return (in + 63) / 64 * 64; }
-// int8_rows' scratch: a block of 16 rows repacked (a zmm per 4 columns)
-// and their scales and biases as f32.
+// (int8: whole 128-column segments, which the one-token kernel loads whole.)
+inline int64_t int8_stride(int64_t in) { return (in + 127) / 128 * 128; }
+// int8_rows' scratch: a block of 16 rows repacked (a zmm per 4 columns; for
+// the one-token kernel, a partial last block copied whole, which fits the
+// same bytes) and their scales and biases as f32 (or 16-bit pairs).
 inline int64_t int8_packed_bytes(int64_t in) { return (in + 127) / 128 * 128 / 4 * 64; }
 inline int64_t int8_scratch_bytes(int64_t in, int64_t group) { return int8_packed_bytes(in) + 2 * 16 * 4 * (in / group); }
 // The AVX-512 affine kernels keep a tile's scales on the stack.
@@ -88,6 +90,14 @@ constexpr int64_t kMaxGroups = 1024;
 namespace avx2 {
 bool compiled();
 void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// Affine 4-bit, group 32, 64 or 128, activations args.xq, scratch
+// args.scratch (int8_scratch_bytes). Row ranges should start at multiples
+// of 8 (rows go in blocks of 8).
+void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// A token's activations for int8_rows: xq [int8_stride(in)] (each 64
+// columns as the even then the odd ones), steps and sums [in / group], the
+// values avx512::prepare_int8 gives.
+void prepare_int8(const float* x, int64_t in, int64_t group, int8_t* xq, float* steps, float* sums);
 }  // namespace avx2
 
 namespace avx512 {
@@ -104,7 +114,7 @@ void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 void prepare_exact(const float* x, int64_t in, int64_t group, int bits, float* xp, float* sums);
 // Token t's activations for bf16_rows: out [bf16_stride(in)].
 void prepare_bf16(const float* x, int64_t in, uint16_t* out);
-// A token's activations for int8_rows: xq [in], steps and sums [in / group].
+// A token's activations for int8_rows: xq [int8_stride(in)], steps and sums [in / group].
 void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums);
 }  // namespace avx512
 

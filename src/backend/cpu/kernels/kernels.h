@@ -7,17 +7,22 @@
 //   Affine 4- and 8-bit, groups multiple of 32  (same; other bit widths and
 //                                                FP8 run the reference)
 //
-// Activations. Every kernel accumulates in f32. Two modes:
+// Activations. Every kernel accumulates in f32. Three modes (and FastPrompts):
 //   Exact (the default): activations stay f32; weights are widened or
 //     dequantized (scale * q + bias) to f32 in registers and FMA'd. Agrees
 //     with the reference to rounding (~1e-6 relative).
 //   Fast: activations are rounded to bf16 for BF16 weights (VDPBF16PS, needs
 //     AVX512_BF16) or quantized to int8 with one absmax scale per weight
-//     group for affine weights (VPDPBUSD, needs AVX512_VNNI). About 3e-3
-//     (bf16) and 7e-3 (int8) relative L2 error on random data;
-//     twice (bf16) to four times (int8) the arithmetic rate of FMA, so it
-//     pays for prompts, not for decode (memory-bound either way).
-//   Other weights, or a CPU without the instructions, run Exact in Fast mode.
+//     group for affine weights (VPDPBUSD with AVX512_VNNI; for 4-bit
+//     weights VPMADDUBSW on AVX2 otherwise, with the same results). About
+//     3e-3 (bf16) and 7e-3 (int8) relative L2 error on random data;
+//     twice (bf16) to four times (int8) the arithmetic rate of FMA.
+//   Int8: affine 4/8-bit weights take int8 activations as in Fast (the same
+//     kernels, at every batch size); float weights stay exact. Meant for
+//     decoding quantized checkpoints: a 4-bit GEMV with f32 activations is
+//     bound by unpacking nibbles on each core, the VPDPBUSD one by memory.
+//   Other weights, or a CPU without the instructions, run Exact in Fast and
+//   Int8 modes.
 //
 // Determinism: a token's outputs are computed by the same instruction
 // sequence whatever n_tokens, the thread count or the tile a token falls in
@@ -34,7 +39,7 @@
 namespace glm::cpu::kernels {
 
 enum class Isa { Reference, Avx2, Avx512 };
-enum class Activations { Exact, Fast, FastPrompts };
+enum class Activations { Exact, Fast, FastPrompts, Int8 };
 
 struct Options {
   Isa isa = Isa::Reference;                    // clamped to what the CPU supports
@@ -47,7 +52,7 @@ Isa supported_isa();
 const char* isa_name(Isa isa);
 // Process-wide options, initialised on first use from the environment:
 //   GLM_CPU_ISA=reference|avx2|avx512         (default: the best supported)
-//   GLM_CPU_ACTIVATIONS=exact|fast|fast-prompts (default: exact)
+//   GLM_CPU_ACTIVATIONS=exact|fast|fast-prompts|int8 (default: exact)
 // Tests and benchmarks may change them between calls (not during one).
 Options& options();
 
