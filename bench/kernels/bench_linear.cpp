@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/peak.h"
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/kernels/kernels.h"
 
@@ -128,68 +129,7 @@ double read_bandwidth(const ReadBuffer& buffer, int repetitions) {
   return buffer.count * sizeof(float) / best / 1e9;
 }
 
-#define GLM_REP12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-
-__attribute__((target("avx512f,fma"), noinline)) float fma_peak_loop(long iterations) {
-#define GLM_DECLARE(i) __m512 a##i = _mm512_set1_ps(i * 1e-3f);
-  GLM_REP12(GLM_DECLARE)
-  __m512 b = _mm512_set1_ps(0.5f), c = _mm512_set1_ps(0.25f);
-  for (long it = 0; it < iterations; ++it) {
-#define GLM_FMA(i) a##i = _mm512_fmadd_ps(a##i, b, c);
-    GLM_REP12(GLM_FMA)
-    __asm__("" : "+v"(b));
-  }
-  __m512 s = _mm512_setzero_ps();
-#define GLM_SUM(i) s = _mm512_add_ps(s, a##i);
-  GLM_REP12(GLM_SUM)
-  return _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx512f,avx512bf16"), noinline)) float bf16_peak_loop(long iterations) {
-  GLM_REP12(GLM_DECLARE)
-  __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f00);
-  for (long it = 0; it < iterations; ++it) {
-#define GLM_DP(i) a##i = _mm512_dpbf16_ps(a##i, b, b);
-    GLM_REP12(GLM_DP)
-    __asm__("" : "+v"(b));
-  }
-  __m512 s = _mm512_setzero_ps();
-  GLM_REP12(GLM_SUM)
-  return _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx512f,avx512vnni"), noinline)) float vnni_peak_loop(long iterations) {
-#define GLM_DECLARE_I(i) __m512i a##i = _mm512_set1_epi32(i);
-  GLM_REP12(GLM_DECLARE_I)
-  __m512i b = _mm512_set1_epi8(1);
-  for (long it = 0; it < iterations; ++it) {
-#define GLM_VNNI(i) a##i = _mm512_dpbusd_epi32(a##i, b, b);
-    GLM_REP12(GLM_VNNI)
-    __asm__("" : "+v"(b));
-  }
-  __m512i s = _mm512_setzero_si512();
-#define GLM_SUM_I(i) s = _mm512_add_epi32(s, a##i);
-  GLM_REP12(GLM_SUM_I)
-  return static_cast<float>(_mm512_reduce_add_epi32(s));
-}
-
-// Operations per second of all threads running `loop` (12 independent
-// chains; `per_instruction` flops or int ops per zmm instruction).
-double peak(float (*loop)(long), double per_instruction, int repetitions) {
-  const long iterations = 20000000;
-  const double s = seconds_of(
-      [&] {
-#pragma omp parallel
-        {
-          const float value = loop(iterations);
-#pragma omp atomic
-          sink_total += value;
-        }
-      },
-      repetitions);
-  sink = sink_total;
-  return omp_get_max_threads() * iterations * 12.0 * per_instruction / s / 1e9;
-}
+// The instruction peaks come from backend/cpu/peak.h, as in `glm4moe bench`.
 
 // ---- weights ----
 
@@ -316,9 +256,8 @@ int main(int argc, char** argv) {
 
   const ReadBuffer buffer;
   const double bandwidth = read_bandwidth(buffer, reps);
-  const double fma = peak(fma_peak_loop, 32, reps);
-  const double dpbf16 = peak(bf16_peak_loop, 64, reps);
-  const double vnni = peak(vnni_peak_loop, 128, reps);
+  const glm::cpu::CpuPeaks peaks = glm::cpu::measure_cpu_peaks(reps);
+  const double fma = peaks.fma_gflops, dpbf16 = peaks.bf16_gflops, vnni = peaks.vnni_gops;
   std::printf("read bandwidth %.1f GB/s; peaks: FMA %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
               bandwidth, fma, dpbf16, vnni);
 
@@ -371,9 +310,8 @@ int main(int argc, char** argv) {
         double gflops = 0.0, limit = 0.0;
         for (int i = 0; i < (quick ? 2 : 3); ++i) {  // in turns with the peak loop (a shared machine)
           gflops = std::max(gflops, gemm_gflops(kind, shape.out, shape.in, n_tokens, 1));
-          limit = std::max(limit, dot_bf16 ? peak(bf16_peak_loop, 64, 1)
-                                  : dot_int8 ? peak(vnni_peak_loop, 128, 1)
-                                             : peak(fma_peak_loop, 32, 1));
+          const glm::cpu::CpuPeaks now = glm::cpu::measure_cpu_peaks(1);
+          limit = std::max(limit, dot_bf16 ? now.bf16_gflops : dot_int8 ? now.vnni_gops : now.fma_gflops);
         }
         std::printf("  %-18s %-5s %-18s %7.1f GFLOP/s  %3.0f%% of the peak of %s (%.0f)\n", shape.name, kind,
                     name.c_str(), gflops, 100 * gflops / limit, dot_bf16 ? "VDPBF16PS" : dot_int8 ? "VPDPBUSD" : "FMA",
