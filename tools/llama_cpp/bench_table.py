@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Print the markdown table of one or more bench/llama_cpp_cpu.sh runs (glm4moe against llama.cpp, CPU).
+
+Reads, from each results directory the script wrote (several directories are pooled: their runs
+count as more rounds of the same measurement):
+  llama-<format>-<round>.json        llama-bench -o json (tests pp512 and tg16; llama-<format>.json too)
+  glm-<format>-<mode>-<round>.json   glm4moe bench --json, mode = exact | fast-prompts | fast
+  <result>.env                       waited, load, share of the CPU others took while the run went on
+  ours-<format>.bytes                size of our checkpoint's safetensors files
+  meta.txt, uptime.log               machine, versions, load before each timed command
+and prints: the main table, each cell the best of the runs (fastest sample: the least disturbed on a
+shared machine) with, in brackets, llama-bench's mean ± std or our median, and the ratios
+ours/llama.cpp of the bests (our generation rate pools the exact and fast-prompts runs: decode runs
+the exact kernels in both); decode with GLM_CPU_ACTIVATIONS=fast if such runs exist; then per-run
+details (read-kernel bandwidth, major page faults, others' CPU share, load).
+
+Usage: python tools/llama_cpp/bench_table.py RESULTS_DIR [RESULTS_DIR ...]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+FORMATS = [("bf16", "BF16"), ("int8", "Q8_0"), ("int4", "Q4_0")]
+OURS_NAME = {"bf16": "bf16", "int8": "int8 (affine g64)", "int4": "int4 (affine g64)"}
+
+
+def files(dirs: list[Path], pattern: str) -> list[Path]:
+    """Non-empty files matching pattern, "*" standing for a round number (so "fast-*" is not "fast-prompts-1")."""
+    name = re.compile(re.escape(pattern).replace(r"\*", r"\d+") + "$")
+    return [path for d in dirs for path in sorted(d.iterdir()) if name.match(path.name) and path.read_text().strip()]
+
+
+def llama_rates(paths: list[Path]) -> dict:
+    """Samples of tests pp512 ("prompt") and tg16 ("gen") over llama-bench JSON files."""
+    samples: dict[str, list[float]] = {"prompt": [], "gen": []}
+    size = 0
+    for path in paths:
+        for test in json.loads(path.read_text()):
+            samples["prompt" if test["n_gen"] == 0 else "gen"] += test["samples_ts"]
+            size = test["model_size"]
+    return {"size": size, **samples}
+
+
+def mean_sd(values: list[float], digits: int) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def environment(path: Path) -> str:
+    env = path.with_name(path.name + ".env")
+    if not env.exists():
+        return ""
+    e = json.loads(env.read_text())
+    faults = f"; {e['major_faults_machine']} major faults (machine, load included)" if "major_faults_machine" in e else ""
+    return f"{e['others_cpu_share']:.2f}; {e['load'].split()[0]}{faults}"
+
+
+def label(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem.split('-')[-1]}"
+
+
+def main() -> None:
+    dirs = [Path(arg) for arg in sys.argv[1:]]
+    for d in dirs:
+        if (d / "meta.txt").exists():
+            print((d / "meta.txt").read_text().rstrip())
+    print()
+    print("| format (llama.cpp / ours) | size GB (llama.cpp / ours) | generate ctx 0: llama.cpp | ours | ours/llama.cpp "
+          "| prompt 512: llama.cpp | ours exact | ours/llama.cpp | ours fast-prompts | ours/llama.cpp |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    details, fast_rows = [], []
+    for fmt, gguf_type in FORMATS:
+        llama_files = files(dirs, f"llama-{fmt}.json") + files(dirs, f"llama-{fmt}-*.json")
+        llama = llama_rates(llama_files)
+        runs = {mode: [json.loads(p.read_text()) for p in files(dirs, f"glm-{fmt}-{mode}-*.json")]
+                for mode in ("exact", "fast-prompts", "fast")}
+        if not llama["gen"] or not llama["prompt"] or not runs["exact"]:
+            continue
+        # Decode runs the exact kernels in both exact and fast-prompts runs (fast-prompts switches only
+        # calls of >= 32 tokens): both are samples of our generation rate.
+        gen = [r["generation"][0]["tokens_per_s"] for r in runs["exact"] + runs["fast-prompts"]]
+        prompt = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]]
+        prompt_fast = [r["prompt"][0]["tokens_per_s"] for r in runs["fast-prompts"]] or [float("nan")]
+        lg, lp = max(llama["gen"]), max(llama["prompt"])
+        g, p, pf = max(gen), max(prompt), max(prompt_fast)
+        size_files = [d / f"ours-{fmt}.bytes" for d in dirs if (d / f"ours-{fmt}.bytes").exists()]
+        ours_size = int(size_files[0].read_text()) if size_files else runs["exact"][0]["weights_bytes"]
+        print(f"| {gguf_type} / {OURS_NAME[fmt]} | {llama['size'] / 1e9:.2f} / {ours_size / 1e9:.2f} "
+              f"| {lg:.2f} ({mean_sd(llama['gen'], 2)}) | {g:.2f} ({statistics.median(gen):.2f}) | {g / lg:.2f} "
+              f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {p:.1f} ({statistics.median(prompt):.1f}) | {p / lp:.2f} "
+              f"| {pf:.1f} ({statistics.median(prompt_fast):.1f}) | {pf / lp:.2f} |")
+        if runs["fast"]:
+            fg = [r["generation"][0]["tokens_per_s"] for r in runs["fast"]]
+            fp = [r["prompt"][0]["tokens_per_s"] for r in runs["fast"]]
+            fast_rows.append(f"| {gguf_type} / {OURS_NAME[fmt]} | {lg:.2f} | {max(fg):.2f} ({statistics.median(fg):.2f}) "
+                             f"| {max(fg) / lg:.2f} | {max(fp):.1f} ({statistics.median(fp):.1f}) | {max(fp) / lp:.2f} |")
+        for path in llama_files:
+            rates = llama_rates([path])
+            details.append(f"| {fmt} | llama.cpp {label(path)} | {' '.join(f'{x:.2f}' for x in rates['gen'])} "
+                           f"| {' '.join(f'{x:.1f}' for x in rates['prompt'])} | | | {environment(path)} |")
+        for mode in ("exact", "fast-prompts", "fast"):
+            for path in files(dirs, f"glm-{fmt}-{mode}-*.json"):
+                r = json.loads(path.read_text())
+                details.append(f"| {fmt} | ours {mode} {label(path)} | {r['generation'][0]['tokens_per_s']:.2f} "
+                               f"| {r['prompt'][0]['tokens_per_s']:.1f} | {r['read_bandwidth_GBps']:.1f} GB/s "
+                               f"| {r['major_page_faults_while_timing']} | {environment(path)} |")
+    if fast_rows:
+        print("\nOurs with GLM_CPU_ACTIVATIONS=fast (bf16/int8 activations in decode too), best (median):\n")
+        print("| format | generate, llama.cpp | ours fast | ours/llama.cpp | prompt 512, ours fast | ours/llama.cpp |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(fast_rows))
+    print("\n| format | run | generate tok/s | prompt-512 tok/s | read kernel | major faults "
+          "| others' CPU share while running; load before |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(details))
+    loads = []
+    for d in dirs:
+        if (d / "uptime.log").exists():
+            loads += re.findall(r"load (?:average: )?([0-9.]+),? ([0-9.]+),? ([0-9.]+)", (d / "uptime.log").read_text())
+    if loads:
+        ones = [float(x[0]) for x in loads]
+        print(f"\n1-minute load average before the {len(loads)} timed commands (attempts included): "
+              f"{min(ones):.2f}-{max(ones):.2f}, median {statistics.median(ones):.2f}")
+
+
+if __name__ == "__main__":
+    main()
