@@ -16,17 +16,12 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/simd_ops.h"
+#include "../common/random_values.h"
 
 namespace glm {
 namespace {
 
-std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> values(count);
-  for (float& value : values) value = normal(generator);
-  return values;
-}
+using testing_random::random_values;
 
 Weight weight_of(const std::vector<float>& values, Shape shape) {
   return float_weight("test", TensorView(values.data(), DType::F32, std::move(shape)));

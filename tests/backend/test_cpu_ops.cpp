@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "../common/random_values.h"
 
 namespace glm {
 namespace {
@@ -19,13 +20,7 @@ Weight weight_of(const std::vector<float>& values, Shape shape) {
   return float_weight("test", TensorView(values.data(), DType::F32, std::move(shape)));
 }
 
-std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> values(count);
-  for (float& value : values) value = normal(generator);
-  return values;
-}
+using testing_random::random_values;
 
 Tensor filled(Backend& backend, Shape shape, const std::vector<float>& values) {
   Tensor tensor = backend.scratch(shape);

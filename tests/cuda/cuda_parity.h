@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "../common/random_values.h"
 
 namespace glm::cuda_parity {
 
@@ -33,13 +34,7 @@ inline bool gpu_present() {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU on this machine";           \
   } while (0)
 
-inline std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> values(count);
-  for (float& value : values) value = normal(generator);
-  return values;
-}
+using testing_random::random_values;
 
 inline double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
   double difference = 0.0, norm = 0.0;

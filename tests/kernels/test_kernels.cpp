@@ -19,6 +19,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/kernels/kernels.h"
+#include "../common/random_values.h"
 
 namespace glm {
 namespace {
@@ -26,13 +27,7 @@ namespace {
 using cpu::kernels::Activations;
 using cpu::kernels::Isa;
 
-std::vector<float> random_values(size_t count, unsigned seed, float scale = 1.0f) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> values(count);
-  for (float& value : values) value = normal(generator);
-  return values;
-}
+using testing_random::random_values;
 
 // f32 -> f16 bits, round to nearest even; normal range only (tests keep to it).
 uint16_t f32_to_f16(float value) {
