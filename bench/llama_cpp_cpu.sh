@@ -29,8 +29,8 @@
 #
 # Run:   bash bench/llama_cpp_cpu.sh /work/llamacpp-scratch
 # Knobs (environment): LAYERS=3 THREADS=2 REPS=5 FORMATS="bf16 int8 int4"
-#   OUR_MODES="exact fast-prompts" (values of GLM_CPU_ACTIVATIONS our bench runs with; add "fast" for
-#   bf16/int8 activations in decode too)
+#   OUR_MODES="exact fast-prompts" (values of GLM_CPU_ACTIVATIONS our bench runs with; add "int8" for
+#   int8 activations with affine weights at every batch size, "fast" for bf16/int8 activations everywhere)
 #   LLAMA_BUILD=/work/llamacpp-build   GLM_SRC=<repo> (the glm4moe tree built; a clean copy of a commit:
 #   git archive HEAD | tar -x -C DIR, with the hash in DIR/.commit)   GLM_BUILD=<repo>/build-llamacmp
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 (vendors ggml-org/llama.cpp@0c1e57098)
@@ -52,7 +52,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAYERS=${LAYERS:-3}
 THREADS=${THREADS:-2}
 REPS=${REPS:-5}
-FORMATS=${FORMATS:-"bf16 int8 int4"}
+FORMATS=${FORMATS-"bf16 int8 int4"}  # FORMATS="" only fetches and builds
 OUR_MODES=${OUR_MODES:-"exact fast-prompts"}
 KEEP=${KEEP:-quantized}
 NICE=${NICE:--10}

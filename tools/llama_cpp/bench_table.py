@@ -4,14 +4,14 @@
 Reads, from each results directory the script wrote (several directories are pooled: their runs
 count as more rounds of the same measurement):
   llama-<format>-<round>.json        llama-bench -o json (tests pp512 and tg16; llama-<format>.json too)
-  glm-<format>-<mode>-<round>.json   glm4moe bench --json, mode = exact | fast-prompts | fast
+  glm-<format>-<mode>-<round>.json   glm4moe bench --json, mode = exact | fast-prompts | int8 | fast
   <result>.env                       waited, load, share of the CPU others took while the run went on
   ours-<format>.bytes                size of our checkpoint's safetensors files
   meta.txt, uptime.log               machine, versions, load before each timed command
 and prints: the main table, each cell the best of the runs (fastest sample: the least disturbed on a
 shared machine) with, in brackets, llama-bench's mean ± std or our median, and the ratios
 ours/llama.cpp of the bests (our generation rate pools the exact and fast-prompts runs: decode runs
-the exact kernels in both); decode with GLM_CPU_ACTIVATIONS=fast if such runs exist; then per-run
+the exact kernels in both); rows for the other modes (int8, fast) if such runs exist; then per-run
 details (read-kernel bandwidth, major page faults, others' CPU share, load).
 
 Usage: python tools/llama_cpp/bench_table.py RESULTS_DIR [RESULTS_DIR ...]
@@ -27,6 +27,7 @@ from pathlib import Path
 
 FORMATS = [("bf16", "BF16"), ("int8", "Q8_0"), ("int4", "Q4_0")]
 OURS_NAME = {"bf16": "bf16", "int8": "int8 (affine g64)", "int4": "int4 (affine g64)"}
+MODES = ("exact", "fast-prompts", "int8", "fast")  # GLM_CPU_ACTIVATIONS values; the first two fill the main table
 
 
 def files(dirs: list[Path], pattern: str) -> list[Path]:
@@ -73,12 +74,12 @@ def main() -> None:
     print("| format (llama.cpp / ours) | size GB (llama.cpp / ours) | generate ctx 0: llama.cpp | ours | ours/llama.cpp "
           "| prompt 512: llama.cpp | ours exact | ours/llama.cpp | ours fast-prompts | ours/llama.cpp |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    details, fast_rows = [], []
+    details, other_rows = [], []
     for fmt, gguf_type in FORMATS:
         llama_files = files(dirs, f"llama-{fmt}.json") + files(dirs, f"llama-{fmt}-*.json")
         llama = llama_rates(llama_files)
         runs = {mode: [json.loads(p.read_text()) for p in files(dirs, f"glm-{fmt}-{mode}-*.json")]
-                for mode in ("exact", "fast-prompts", "fast")}
+                for mode in MODES}
         if not llama["gen"] or not llama["prompt"] or not runs["exact"]:
             continue
         # Decode runs the exact kernels in both exact and fast-prompts runs (fast-prompts switches only
@@ -94,26 +95,28 @@ def main() -> None:
               f"| {lg:.2f} ({mean_sd(llama['gen'], 2)}) | {g:.2f} ({statistics.median(gen):.2f}) | {g / lg:.2f} "
               f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {p:.1f} ({statistics.median(prompt):.1f}) | {p / lp:.2f} "
               f"| {pf:.1f} ({statistics.median(prompt_fast):.1f}) | {pf / lp:.2f} |")
-        if runs["fast"]:
-            fg = [r["generation"][0]["tokens_per_s"] for r in runs["fast"]]
-            fp = [r["prompt"][0]["tokens_per_s"] for r in runs["fast"]]
-            fast_rows.append(f"| {gguf_type} / {OURS_NAME[fmt]} | {lg:.2f} | {max(fg):.2f} ({statistics.median(fg):.2f}) "
-                             f"| {max(fg) / lg:.2f} | {max(fp):.1f} ({statistics.median(fp):.1f}) | {max(fp) / lp:.2f} |")
+        for mode in MODES[2:]:
+            if runs[mode]:
+                fg = [r["generation"][0]["tokens_per_s"] for r in runs[mode]]
+                fp = [r["prompt"][0]["tokens_per_s"] for r in runs[mode]]
+                other_rows.append(f"| {gguf_type} / {OURS_NAME[fmt]} | {mode} | {lg:.2f} | {max(fg):.2f} ({statistics.median(fg):.2f}) "
+                                  f"| {max(fg) / lg:.2f} | {max(fp):.1f} ({statistics.median(fp):.1f}) | {max(fp) / lp:.2f} |")
         for path in llama_files:
             rates = llama_rates([path])
             details.append(f"| {fmt} | llama.cpp {label(path)} | {' '.join(f'{x:.2f}' for x in rates['gen'])} "
                            f"| {' '.join(f'{x:.1f}' for x in rates['prompt'])} | | | {environment(path)} |")
-        for mode in ("exact", "fast-prompts", "fast"):
+        for mode in MODES:
             for path in files(dirs, f"glm-{fmt}-{mode}-*.json"):
                 r = json.loads(path.read_text())
                 details.append(f"| {fmt} | ours {mode} {label(path)} | {r['generation'][0]['tokens_per_s']:.2f} "
                                f"| {r['prompt'][0]['tokens_per_s']:.1f} | {r['read_bandwidth_GBps']:.1f} GB/s "
                                f"| {r['major_page_faults_while_timing']} | {environment(path)} |")
-    if fast_rows:
-        print("\nOurs with GLM_CPU_ACTIVATIONS=fast (bf16/int8 activations in decode too), best (median):\n")
-        print("| format | generate, llama.cpp | ours fast | ours/llama.cpp | prompt 512, ours fast | ours/llama.cpp |")
-        print("|---|---|---|---|---|---|")
-        print("\n".join(fast_rows))
+    if other_rows:
+        print("\nOurs in the other GLM_CPU_ACTIVATIONS modes run (int8: int8 activations for affine weights at every"
+              " batch size; fast: int8/bf16 activations everywhere), best (median):\n")
+        print("| format | mode | generate, llama.cpp | ours | ours/llama.cpp | prompt 512, ours | ours/llama.cpp |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(other_rows))
     print("\n| format | run | generate tok/s | prompt-512 tok/s | read kernel | major faults "
           "| others' CPU share while running; load before |")
     print("|---|---|---|---|---|---|---|")
