@@ -228,10 +228,15 @@ int run_bench(const BenchOptions& options) {
     // First an unmarked run for the rate, then a marked one (a synchronisation
     // per component, which slows a device) for the split. The second starts
     // generate_tokens later in the context: both are reported at their means.
-    const auto start = Clock::now();
-    for (int64_t step = 0; step < options.generate_tokens; ++step)
+    auto decode_step = [&] {  // one greedy token
       logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
-    const double seconds = seconds_since(start);
+    };
+    auto decode_run = [&] {  // seconds for generate_tokens greedy steps
+      const auto start = Clock::now();
+      for (int64_t step = 0; step < options.generate_tokens; ++step) decode_step();
+      return seconds_since(start);
+    };
+    const double seconds = decode_run();
     ComponentClock clock;
     clock.config = &config;
     clock.attach(engine.model(), engine.backend());
@@ -239,7 +244,7 @@ int run_bench(const BenchOptions& options) {
       const auto step_start = Clock::now();
       clock.mark = step_start;
       const double layers_before = clock.attention + clock.dense_mlp + clock.moe;
-      logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
+      decode_step();
       const double step_seconds = seconds_since(step_start);
       clock.head += step_seconds - (clock.attention + clock.dense_mlp + clock.moe - layers_before);
     }
@@ -250,10 +255,7 @@ int run_bench(const BenchOptions& options) {
     if (options.profile) {
       engine.backend().op_profile();  // drop anything timed before
       engine.backend().set_op_profiling(true);
-      const auto profile_start = Clock::now();
-      for (int64_t step = 0; step < options.generate_tokens; ++step)
-        logits = engine.step({SequenceWork{sequence, {argmax(logits)}, LogitsWanted::Last}})[0].logits;
-      const double profile_seconds = seconds_since(profile_start);
+      const double profile_seconds = decode_run();
       engine.backend().set_op_profiling(false);
       double device_seconds = 0.0;
       for (const OpTime& op : engine.backend().op_profile()) {
