@@ -4,7 +4,8 @@
 # ctest suite, optionally compute-sanitizer memcheck on a short run, and print
 # a short table: per-op parity errors and the pass/fail of each stage.
 #
-#   scripts/gpu_check.sh [--build-dir DIR] [--no-build] [--no-ctest] [--sanitize] [--bench] [--jobs N]
+#   scripts/gpu_check.sh [--build-dir DIR] [--no-build] [--no-ctest] [--sanitize] [--bench] [--bench-eager]
+#                        [--jobs N]
 #
 # --no-build runs binaries already in DIR (built elsewhere and copied in).
 # --no-ctest skips the whole-suite run (the CPU tests run in CI anyway).
@@ -12,7 +13,11 @@
 #   weights: int4 (GPU_BENCH_INT4_LAYERS layers, default 8) and bf16
 #   (GPU_BENCH_BF16_LAYERS, default 4) at contexts GPU_BENCH_CONTEXTS
 #   (default "0 4096"), written to a scratch dir (GPU_BENCH_DIR, default
-#   /tmp/glm-bench) and deleted after each run.
+#   /tmp/glm-bench) and deleted after each run. GPU_BENCH_ARGS adds bench
+#   options (e.g. --profile).
+# --bench-eager runs each benchmark first with CUDA graphs off
+#   (GLM_CUDA_GRAPHS=0), for the difference graphs make.
+# Prebuilt binaries from another machine: see scripts/gpu_carry.sh.
 # The parity lines ("PARITY <what> <error>") come from tests/cuda/.
 set -uo pipefail
 
@@ -21,6 +26,7 @@ build_dir="$root/build-cuda"
 do_build=1
 sanitize=0
 bench=0
+bench_eager=0
 ctest_all=1
 jobs="$(nproc)"
 while [ $# -gt 0 ]; do
@@ -29,6 +35,7 @@ while [ $# -gt 0 ]; do
     --no-build) do_build=0; shift ;;
     --sanitize) sanitize=1; shift ;;
     --bench) bench=1; shift ;;
+    --bench-eager) bench=1; bench_eager=1; shift ;;
     --no-ctest) ctest_all=0; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -79,9 +86,17 @@ if [ "$bench" = 1 ]; then
   contexts="${GPU_BENCH_CONTEXTS:-0 4096}"
   bench_run() {  # bench_run DTYPE LAYERS
     rm -rf "$bench_dir"
+    local status=0
+    if [ "$bench_eager" = 1 ]; then
+      echo "--- CUDA graphs off"
+      GLM_CUDA_GRAPHS=0 "$build_dir/glm4moe" bench --device cuda --synthetic glm-4.5-air --dtype "$1" --layers "$2" \
+        --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32 ${GPU_BENCH_ARGS:-} ||
+        status=$?
+      echo "--- CUDA graphs on"
+    fi
     "$build_dir/glm4moe" bench --device cuda --synthetic glm-4.5-air --dtype "$1" --layers "$2" \
-      --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32
-    local status=$?
+      --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32 ${GPU_BENCH_ARGS:-} ||
+      status=$?
     rm -rf "$bench_dir"
     return $status
   }

@@ -57,6 +57,13 @@ struct AttentionPlan {
   std::vector<std::vector<int32_t>> block_tables;  // [n_sequences][blocks] physical block ids
 };
 
+// One projection of a shared input (see Backend::linears).
+struct LinearOutput {
+  Tensor out;                    // [n, out_features]
+  const Weight* weight;          // [out_features, in_features]
+  const Weight* bias = nullptr;  // [out_features] or null
+};
+
 // Device time spent in one kind of op (see Backend::op_profile).
 struct OpTime {
   std::string op;             // "linear affine 4-bit g64", "attention", ...
@@ -95,6 +102,9 @@ class Backend {
   // totals since the last call (then clears them). A host backend has none.
   virtual void set_op_profiling(bool) {}
   virtual std::vector<OpTime> op_profile() { return {}; }
+  // How the backend ran its work so far, for benchmarks and tests (the CUDA
+  // backend: graphs captured and replayed); empty when there is nothing to say.
+  virtual std::string execution_summary() const { return {}; }
 
   // ---- ops ----
   // out[t] = table[ids[t]]
@@ -136,6 +146,34 @@ class Backend {
                            const ExpertTable& down /*[E][hidden, width]*/) = 0;
   // Sums x over the tensor-parallel group; nothing on a single device.
   virtual void all_reduce(Tensor x) = 0;
+
+  // ---- fused ops ----
+  // Each equals the plain ops it names (tests/cuda checks a device's version
+  // against them); a device backend overrides it to save launches and
+  // passes over memory. The defaults call the plain ops.
+
+  // residual += delta, then normed = RMSNorm(residual) * gamma.
+  virtual void add_rms_norm(Tensor residual /*[rows, d]*/, Tensor normed /*[rows, d]*/, const Tensor& delta /*[rows, d]*/,
+                            const Weight& gamma /*[d]*/, float eps) {
+    add(residual, residual, delta);
+    rms_norm(normed, residual, gamma, eps);
+  }
+  // out_i = x W_i^T (+ bias_i) for every output: several projections of one
+  // input (q, k and v), in one pass over x where the weights share a format.
+  virtual void linears(const Tensor& x /*[n, in_features]*/, std::span<const LinearOutput> outputs) {
+    for (const LinearOutput& output : outputs) linear(output.out, x, *output.weight, output.bias);
+  }
+  // Per-head RMSNorm of q and of k (each only when its weight is given), then
+  // rotary on both (see rotary()).
+  virtual void head_norm_rotary(Tensor q /*[n, heads, head_dim]*/, Tensor k /*[n, kv_heads, head_dim]*/,
+                                const Weight* q_norm /*[head_dim] or null*/, const Weight* k_norm /*[head_dim] or null*/,
+                                float eps, std::span<const int32_t> positions /*[n]*/, int64_t rotary_dim,
+                                double theta) {
+    if (q_norm) rms_norm(q, q, *q_norm, eps);
+    if (k_norm) rms_norm(k, k, *k_norm, eps);
+    rotary(q, positions, rotary_dim, theta);
+    rotary(k, positions, rotary_dim, theta);
+  }
 };
 
 // The reference CPU backend (f32 arithmetic, OpenMP threads).

@@ -37,21 +37,27 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   backend_.embedding(hidden, weights_.embed_tokens, step.token_ids);
   trace("embedding", -1, hidden);
 
+  // Each residual add is fused with the RMSNorm that reads its result (the
+  // next sublayer's input norm): add_rms_norm(h, normed, delta, gamma) is
+  // h = h + delta; normed = RMSNorm(h) * gamma.
   Tensor normed = backend_.scratch({n, H});  // [n, H]
+  if (!weights_.layers.empty()) backend_.rms_norm(normed, hidden, weights_.layers.front().input_norm, eps);
   for (size_t index = 0; index < weights_.layers.size(); ++index) {
     const LayerWeights& layer = weights_.layers[index];
     const int layer_index = static_cast<int>(index);
 
-    backend_.rms_norm(normed, hidden, layer.input_norm, eps);
     Tensor attention_out = attention(layer, normed, step, cache[index], layer_index);  // [n, H]
-    backend_.add(hidden, hidden, attention_out);
+    backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
     trace("after_attention", layer_index, hidden);
 
-    backend_.rms_norm(normed, hidden, layer.post_attention_norm, eps);
     Tensor ffn_out = layer.is_moe ? mixture_of_experts(layer.moe, normed, layer_index)  // [n, H]
                                   : swiglu_mlp(layer.dense, normed);
     backend_.all_reduce(ffn_out);
-    backend_.add(hidden, hidden, ffn_out);
+    if (index + 1 < weights_.layers.size()) {
+      backend_.add_rms_norm(hidden, normed, ffn_out, weights_.layers[index + 1].input_norm, eps);
+    } else {
+      backend_.add(hidden, hidden, ffn_out);
+    }
     trace("layer_output", layer_index, hidden);
   }
 
@@ -84,19 +90,19 @@ Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const
   Tensor q = backend_.scratch({n, n_heads_ * D});     // [n, Nq * D]
   Tensor k = backend_.scratch({n, n_kv_heads_ * D});  // [n, Nkv * D]
   Tensor v = backend_.scratch({n, n_kv_heads_ * D});  // [n, Nkv * D]
-  backend_.linear(q, x, w.q_proj, bias(w.q_bias));
-  backend_.linear(k, x, w.k_proj, bias(w.k_bias));
-  backend_.linear(v, x, w.v_proj, bias(w.v_bias));
+  const LinearOutput projections[] = {{q, &w.q_proj, bias(w.q_bias)},
+                                      {k, &w.k_proj, bias(w.k_bias)},
+                                      {v, &w.v_proj, bias(w.v_bias)}};
+  backend_.linears(x, projections);  // q, k and v from one read of x
   q = q.reshaped({n, n_heads_, D});     // [n, Nq, D]
   k = k.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
   v = v.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
 
-  if (config_.use_qk_norm) {  // normalises each head's vector on its own
-    backend_.rms_norm(q, q, w.q_norm, eps);
-    backend_.rms_norm(k, k, w.k_norm, eps);
-  }
-  backend_.rotary(q, step.attention.token_position, config_.rotary_dim(), config_.rope_theta);
-  backend_.rotary(k, step.attention.token_position, config_.rotary_dim(), config_.rope_theta);
+  // With use_qk_norm, each head's q and k vector is RMS-normalised on its
+  // own before the rotation; the rotation covers the first rotary_dim dims.
+  const bool qk_norm = config_.use_qk_norm;
+  backend_.head_norm_rotary(q, k, qk_norm ? &w.q_norm : nullptr, qk_norm ? &w.k_norm : nullptr, eps,
+                            step.attention.token_position, config_.rotary_dim(), config_.rope_theta);
   trace("q_rotated", index, q);
   trace("k_rotated", index, k);
 

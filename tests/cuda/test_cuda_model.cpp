@@ -5,7 +5,8 @@
 // full recompute, and for two tensor-parallel ranks sharing the GPU (strided
 // weight shards packed by place(), all-reduce through the host); and the
 // quantized fixtures (mlx affine, FP8) read by the GPU kernels as they are
-// stored. Skips without a GPU.
+// stored; and decode steps replayed from CUDA graphs against launching every
+// op. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 
 #include "engine/engine.h"
 #include "engine/generate.h"
+#include "engine/sampling.h"
 #include "io/npy.h"
 #include "../common/reference_fixtures.h"
 
@@ -120,6 +122,50 @@ TEST_P(CudaModel, CachedDecodingEqualsFullRecompute) {
   std::printf("PARITY %-58s %.3e\n", ("e2e " + GetParam() + " cached decode vs recompute (worst)").c_str(), worst);
 }
 
+// Decode steps are replayed from CUDA graphs once they repeat: the replayed
+// steps must give exactly the logits of launching every op (graphs off), for
+// one sequence and for several decoding together.
+TEST_P(CudaModel, GraphReplayEqualsOpByOpLaunches) {
+  const nlohmann::json meta = load_meta(GetParam());
+  const std::string dir = case_dir(GetParam()).string();
+  const std::vector<int32_t> ids = ids_of(meta["prompts"].back());
+  auto decode = [&](bool graphs, std::string* summary) {
+    if (graphs) unsetenv("GLM_CUDA_GRAPHS");
+    else setenv("GLM_CUDA_GRAPHS", "0", 1);
+    Engine engine(dir, options("cuda", 1024));  // room for three sequences of up to 256 tokens
+    unsetenv("GLM_CUDA_GRAPHS");
+    std::vector<float> logits;
+    std::vector<int32_t> sequences;
+    std::vector<int32_t> next;
+    for (int s = 0; s < 3; ++s) {  // three prompts of different lengths
+      sequences.push_back(engine.cache().create_sequence());
+      const std::vector<int32_t> prompt(ids.begin(), ids.begin() + static_cast<long>(ids.size()) - s);
+      auto results = engine.step({SequenceWork{sequences.back(), prompt, LogitsWanted::Last}});
+      next.push_back(argmax(results[0].logits));
+    }
+    const int64_t steps = engine.config().max_position_embeddings - static_cast<int64_t>(ids.size()) - 1;
+    for (int64_t step = 0; step < steps; ++step) {
+      std::vector<SequenceWork> plan;
+      const size_t batch = step < 20 ? 1 : sequences.size();  // one sequence, then all three
+      for (size_t s = 0; s < batch; ++s) plan.push_back(SequenceWork{sequences[s], {next[s]}, LogitsWanted::Last});
+      auto results = engine.step(plan);
+      for (size_t s = 0; s < batch; ++s) {
+        next[s] = argmax(results[s].logits);
+        logits.insert(logits.end(), results[s].logits.begin(), results[s].logits.end());
+      }
+    }
+    *summary = engine.backend().execution_summary();
+    return logits;
+  };
+  std::string eager_summary, graph_summary;
+  const std::vector<float> eager = decode(false, &eager_summary);
+  const std::vector<float> replayed = decode(true, &graph_summary);
+  std::printf("GRAPHS %s: %s\n", GetParam().c_str(), graph_summary.c_str());
+  EXPECT_EQ(eager, replayed);  // bit for bit: the same kernels on the same data
+  EXPECT_NE(eager_summary.find(" 0 replays"), std::string::npos) << eager_summary;
+  EXPECT_EQ(graph_summary.find(" 0 replays"), std::string::npos) << graph_summary;
+}
+
 TEST_P(CudaModel, TwoRanksOnOneGpuEqualUnsharded) {
   const nlohmann::json meta = load_meta(GetParam());
   const std::string dir = case_dir(GetParam()).string();
@@ -172,6 +218,39 @@ TEST_P(CudaQuantizedModel, LogitsMatchTheReferenceAndTheCpu) {
   request.sampling.temperature = 0.0;
   request.ignore_eos = true;
   EXPECT_EQ(generate(gpu, request).tokens, generate(cpu, request).tokens) << "greedy tokens, GPU vs CPU";
+}
+
+// GLM_CUDA_ACTIVATIONS=int8 end to end. The int8 path serves decode steps,
+// so the prompts are decoded token by token; every position's logits stay
+// within 2e-2 of the CPU engine (f32 activations) and the top-1 token agrees
+// at >= 99% of positions (the bounds for the fast mode).
+TEST_P(CudaQuantizedModel, Int8ActivationsStayCloseToTheCpu) {
+  const fs::path dir = fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / GetParam();
+  const nlohmann::json meta = nlohmann::json::parse(std::ifstream(dir / "expected" / "quant_meta.json"));
+  setenv("GLM_CUDA_ACTIVATIONS", "int8", 1);
+  Engine gpu(dir.string(), options("cuda", 512));
+  unsetenv("GLM_CUDA_ACTIVATIONS");
+  Engine cpu(dir.string(), options("cpu", 512));
+  const int64_t vocab = cpu.config().vocab_size;
+  double worst = 0.0;
+  int agree = 0, total = 0;
+  for (const auto& prompt : meta["prompts"]) {
+    const std::vector<int32_t> ids = prompt["ids"].get<std::vector<int32_t>>();
+    const std::vector<float> expected = all_logits(cpu, ids);
+    const int32_t sequence = gpu.cache().create_sequence();
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const auto results = gpu.step({SequenceWork{sequence, {ids[t]}, LogitsWanted::Last}});
+      const std::span<const float> row(expected.data() + t * vocab, static_cast<size_t>(vocab));
+      worst = std::max(worst, relative_l2(results[0].logits, row));
+      agree += argmax(results[0].logits) == argmax(row);
+      ++total;
+    }
+    gpu.cache().release_sequence(sequence);
+  }
+  std::printf("PARITY %-58s %.3e, top-1 %d/%d\n", ("e2e " + GetParam() + " int8 activations vs cpu (worst)").c_str(),
+              worst, agree, total);
+  EXPECT_LT(worst, 2e-2);
+  EXPECT_GE(agree, 0.99 * total);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaQuantizedModel,

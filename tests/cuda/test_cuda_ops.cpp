@@ -251,6 +251,90 @@ TEST(CudaOps, RotaryPartialAndFull) {
   }
 }
 
+// ---------------------------------------------------------------- fused ops against the plain ops
+
+TEST(CudaOps, AddRmsNormFused) {
+  REQUIRE_GPU();
+  Backends b;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t rows : {1, 7})
+      for (int64_t dim : {16, 67, 4096}) {
+        auto gamma = make_weight(b, {dim}, dtype, 50, 1.0f);
+        const std::vector<float> residual = random_values(static_cast<size_t>(rows * dim), 51, 3.0f);
+        Both delta = input(b, {rows, dim}, random_values(static_cast<size_t>(rows * dim), 52));
+        Both fused = input(b, {rows, dim}, residual), plain = input(b, {rows, dim}, residual);
+        Both fused_normed = output(b, {rows, dim}), plain_normed = output(b, {rows, dim});
+        b.cpu->add_rms_norm(fused.cpu, fused_normed.cpu, delta.cpu, gamma->host, 1e-5f);  // the default: plain ops
+        b.gpu->add_rms_norm(fused.gpu, fused_normed.gpu, delta.gpu, gamma->device, 1e-5f);
+        b.gpu->add(plain.gpu, plain.gpu, delta.gpu);
+        b.gpu->rms_norm(plain_normed.gpu, plain.gpu, gamma->device, 1e-5f);
+        const std::string what = std::string("add_rms_norm ") + dtype_label(dtype) + " [" + std::to_string(rows) +
+                                 ", " + std::to_string(dim) + "]";
+        EXPECT_EQ(compare(b, fused, what + " sum"), 0.0);
+        EXPECT_LT(compare(b, fused_normed, what), 1e-6);
+        EXPECT_EQ(read(*b.gpu, fused_normed.gpu), read(*b.gpu, plain_normed.gpu)) << what << " vs the plain CUDA ops";
+      }
+}
+
+TEST(CudaOps, LinearsFusedOverSharedInput) {
+  REQUIRE_GPU();
+  Backends b;
+  // q/k/v-like shapes; the last case mixes dtypes (no single launch: one linear each).
+  struct Case {
+    DType q, k, v;
+  };
+  unsigned seed = 600;
+  for (const Case& c : {Case{DType::BF16, DType::BF16, DType::BF16}, Case{DType::F32, DType::F32, DType::F32},
+                        Case{DType::BF16, DType::F32, DType::BF16}}) {
+    auto q = make_weight(b, {96, 64}, c.q, ++seed);
+    auto k = make_weight(b, {16, 64}, c.k, ++seed);
+    auto v = make_weight(b, {24, 64}, c.v, ++seed);
+    auto q_bias = make_weight(b, {96}, DType::BF16, ++seed);
+    auto v_bias = make_weight(b, {24}, DType::F32, ++seed);
+    for (int64_t n : {1, 3, 8, 9}) {
+      Both x = input(b, {n, 64}, random_values(static_cast<size_t>(n * 64), ++seed));
+      Both q_out = output(b, {n, 96}), k_out = output(b, {n, 16}), v_out = output(b, {n, 24});
+      const LinearOutput cpu_outputs[] = {
+          {q_out.cpu, &q->host, &q_bias->host}, {k_out.cpu, &k->host, nullptr}, {v_out.cpu, &v->host, &v_bias->host}};
+      const LinearOutput gpu_outputs[] = {{q_out.gpu, &q->device, &q_bias->device},
+                                          {k_out.gpu, &k->device, nullptr},
+                                          {v_out.gpu, &v->device, &v_bias->device}};
+      b.cpu->linears(x.cpu, cpu_outputs);
+      b.gpu->linears(x.gpu, gpu_outputs);
+      const std::string what = std::string("linears ") + dtype_label(c.q) + "/" + dtype_label(c.k) + "/" +
+                               dtype_label(c.v) + " n=" + std::to_string(n);
+      EXPECT_LT(compare(b, q_out, what + " q"), 1e-5);
+      EXPECT_LT(compare(b, k_out, what + " k"), 1e-5);
+      EXPECT_LT(compare(b, v_out, what + " v"), 1e-5);
+      Both k_plain = output(b, {n, 16});
+      b.gpu->linear(k_plain.gpu, x.gpu, k->device, nullptr);
+      EXPECT_EQ(read(*b.gpu, k_out.gpu), read(*b.gpu, k_plain.gpu)) << what << " vs the plain CUDA linear";
+    }
+  }
+}
+
+TEST(CudaOps, HeadNormRotaryFused) {
+  REQUIRE_GPU();
+  Backends b;
+  for (bool norms : {false, true})
+    for (int64_t n : {1, 5}) {
+      const int64_t heads = 12, kv_heads = 2, head_dim = 128, rotary_dim = 64;
+      auto q_norm = make_weight(b, {head_dim}, DType::BF16, 70, 1.0f);
+      auto k_norm = make_weight(b, {head_dim}, DType::F32, 71, 1.0f);
+      std::vector<int32_t> positions(static_cast<size_t>(n));
+      for (int64_t t = 0; t < n; ++t) positions[t] = static_cast<int32_t>(1000 * t + 3);
+      Both q = input(b, {n, heads, head_dim}, random_values(static_cast<size_t>(n * heads * head_dim), 72, 2.0f));
+      Both k = input(b, {n, kv_heads, head_dim}, random_values(static_cast<size_t>(n * kv_heads * head_dim), 73));
+      b.cpu->head_norm_rotary(q.cpu, k.cpu, norms ? &q_norm->host : nullptr, norms ? &k_norm->host : nullptr, 1e-5f,
+                              positions, rotary_dim, 1e6);
+      b.gpu->head_norm_rotary(q.gpu, k.gpu, norms ? &q_norm->device : nullptr, norms ? &k_norm->device : nullptr,
+                              1e-5f, positions, rotary_dim, 1e6);
+      const std::string what = std::string("head_norm_rotary") + (norms ? " +norms" : "") + " n=" + std::to_string(n);
+      EXPECT_LT(compare(b, q, what + " q"), 1e-6);
+      EXPECT_LT(compare(b, k, what + " k"), 1e-6);
+    }
+}
+
 // ---------------------------------------------------------------- attention, KV blocks
 
 struct AttentionCase {

@@ -88,16 +88,21 @@ std::unique_ptr<QuantWeight> make_fp8(Backends& b, int64_t rows, int64_t cols, W
   return w;
 }
 
-void check_linear(Backends& b, const QuantWeight& w, const std::vector<int64_t>& token_counts, unsigned seed) {
+void check_linear(Backends& b, const QuantWeight& w, const std::vector<int64_t>& token_counts, unsigned seed,
+                  double tolerance = 1e-5, const std::string& mode = "") {
   const int64_t out_features = w.host.dim(0), in_features = w.host.dim(1);
   for (int64_t n : token_counts) {
     Both x = input(b, {n, in_features}, random_values(static_cast<size_t>(n * in_features), seed + n));
     Both out = output(b, {n, out_features});
     b.cpu->linear(out.cpu, x.cpu, w.host, nullptr);
     b.gpu->linear(out.gpu, x.gpu, w.device, nullptr);
-    const std::string what = "linear " + w.label + " n=" + std::to_string(n) + " [" + std::to_string(out_features) +
-                             ", " + std::to_string(in_features) + "]";
-    EXPECT_LT(compare(b, out, what), 1e-5) << what;
+    const std::string what = "linear " + w.label + mode + " n=" + std::to_string(n) + " [" +
+                             std::to_string(out_features) + ", " + std::to_string(in_features) + "]";
+    const double error = compare(b, out, what);
+    EXPECT_LT(error, tolerance) << what;
+    if (tolerance > 1e-5) {
+      EXPECT_GT(error, 1e-7) << what << ": the int8 path did not run";
+    }
   }
 }
 
@@ -168,6 +173,41 @@ TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
   for (int64_t n : {1, 3, 40, 100})
     check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
                       "moe_experts affine 4-bit");
+}
+
+// GLM_CUDA_ACTIVATIONS=int8: decode GEMVs and experts on 4- and 8-bit affine
+// weights quantize their input per 32 values and use dp4a. The bound
+// for int8 activations is 1e-2 against the f32 reference; the error must also
+// be above f32 rounding, or the int8 path did not run.
+TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
+  REQUIRE_GPU();
+  setenv("GLM_CUDA_ACTIVATIONS", "int8", 1);
+  Backends b;
+  unsetenv("GLM_CUDA_ACTIVATIONS");
+  unsigned seed = 6000;
+  for (int bits : {4, 8})
+    for (int64_t group : {32, 64, 128}) {
+      auto w = make_affine(b, 67, 256, bits, group, ++seed);
+      check_linear(b, *w, {1, 3, 8}, ++seed, 1e-2, " int8 activations");
+    }
+  auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
+  check_linear(b, *large, {1, 2, 5}, ++seed, 1e-2, " int8 activations");
+  for (int bits : {4, 8}) {
+    const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
+    std::vector<std::unique_ptr<QuantWeight>> storage;
+    ExpertTable gate_host, up_host, down_host, gate_dev, up_dev, down_dev;
+    for (int64_t e = 0; e < n_experts; ++e)
+      for (auto [host_table, device_table, rows, cols] :
+           {std::tuple{&gate_host, &gate_dev, width, hidden}, std::tuple{&up_host, &up_dev, width, hidden},
+            std::tuple{&down_host, &down_dev, hidden, width}}) {
+        storage.push_back(make_affine(b, rows, cols, bits, 32, ++seed));
+        host_table->experts.push_back(storage.back()->host);
+        device_table->experts.push_back(storage.back()->device);
+      }
+    for (int64_t n : {1, 3, 40})
+      check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
+                        "moe_experts affine " + std::to_string(bits) + "-bit int8 activations", 1e-2);
+  }
 }
 
 // Decode steps of several sequences at GLM-4.5-Air's head counts (96 query

@@ -9,6 +9,7 @@
 // That per-head kernel serves odd head sizes; head_dim 32/64/128 with up to
 // 16 query heads per KV head goes to the grouped, split kernel below.
 #include <algorithm>
+#include <bit>
 #include <type_traits>
 #include <vector>
 
@@ -276,6 +277,16 @@ __global__ void attention_combine_kernel(float* __restrict__ out, const float* _
   }
 }
 
+// Contexts up to 256 share one bucket; longer ones round up to a quarter of
+// the power of two below them (4096..5119 -> 5120), so at most a quarter of
+// the splits find nothing to do, and a step's work changes every 1024
+// tokens at a 4k context.
+int64_t context_bucket(int64_t context) {
+  if (context <= 256) return 256;
+  const int64_t quarter = static_cast<int64_t>(std::bit_floor(static_cast<uint64_t>(context))) / 4;
+  return (context + quarter - 1) / quarter * quarter;
+}
+
 }  // namespace
 
 void attention(Context& ctx, float* out, const float* q, const float* k, const float* v, int64_t n, int64_t heads,
@@ -294,12 +305,24 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   for (int64_t slot : plan.token_slot)
     GLM_CHECK(slot >= 0 && slot < total_slots, "internal error: KV slot ", slot, " outside the cache");
 
-  // Block tables flattened: sequence s owns blocks[offsets[s], offsets[s + 1]).
+  // The context is rounded up to a bucket, and the work is sized from the
+  // bucket rather than from the exact length, so consecutive decode steps
+  // launch identical work (replayable from a CUDA graph) until the context
+  // crosses into the next bucket. Kernels read the true lengths on the device.
+  int32_t max_context = 0;
+  for (int32_t position : plan.token_position) max_context = std::max(max_context, position + 1);
+  const int64_t context_capacity = context_bucket(max_context);
+
+  // Block tables flattened, each padded to the bucket's block count (with
+  // block 0, never read): sequence s owns blocks[offsets[s], offsets[s + 1]).
+  int64_t table_capacity = (context_capacity + block_size - 1) / block_size;
+  for (const auto& table : plan.block_tables) table_capacity = std::max<int64_t>(table_capacity, table.size());
   std::vector<int32_t> offsets{0}, blocks;
   for (const auto& table : plan.block_tables) {
     for (int32_t block : table)
       GLM_CHECK(block >= 0 && block < n_blocks, "internal error: KV block ", block, " outside the cache");
     blocks.insert(blocks.end(), table.begin(), table.end());
+    blocks.resize(blocks.size() + static_cast<size_t>(table_capacity) - table.size(), 0);
     offsets.push_back(static_cast<int32_t>(blocks.size()));
   }
   for (int64_t t = 0; t < n; ++t) {
@@ -317,9 +340,8 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   const int32_t* table_blocks = ctx.upload(std::span<const int32_t>(blocks));
 
   const int64_t slot_size = kv_heads * head_dim;
-  write_kv_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream>>>(cache.keys.f32(), cache.values.f32(), k, v, slots,
-                                                                   slot_size);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, write_kv_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, cache.keys.f32(), cache.values.f32(), k,
+         v, slots, slot_size);
 
   const int64_t group = heads / kv_heads;
   const int dims_per_lane = static_cast<int>(head_dim / 32);
@@ -327,63 +349,58 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
                        group <= kMaxGroup;
   if (grouped) {
     // Enough blocks to cover the GPU twice; splits no shorter than 32 positions
-    // (4x and 16 measured slower: 99 against 80 us at context 4096).
-    int32_t max_context = 0;
-    for (int32_t position : plan.token_position) max_context = std::max(max_context, position + 1);
+    // (4x and 16 measured slower: 99 against 80 us at context 4096). Splits
+    // past a token's true context find no positions and weigh 0.
     const int64_t base_blocks = n * kv_heads, target_blocks = 2 * static_cast<int64_t>(ctx.multiprocessors);
-    int64_t splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (max_context + 31) / 32);
-    const int64_t split_length = (max_context + splits - 1) / splits;
-    splits = (max_context + split_length - 1) / split_length;
+    int64_t splits =
+        std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (context_capacity + 31) / 32);
+    const int64_t split_length = (context_capacity + splits - 1) / splits;
+    splits = (context_capacity + split_length - 1) / split_length;
     float* partial_acc = splits > 1 ? ctx.scratch<float>(n * heads * splits * head_dim) : nullptr;  // [n, heads, splits, D]
     float* partial_stats = splits > 1 ? ctx.scratch<float>(n * heads * splits * 2) : nullptr;      // [n, heads, splits, 2]
     const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(kv_heads), static_cast<unsigned>(splits));
-    auto launch = [&](auto dims, auto max_group) {
-      grouped_attention_kernel<decltype(dims)::value, decltype(max_group)::value><<<grid, kWarps * 32, 0, ctx.stream>>>(
-          out, partial_acc, partial_stats, q, cache.keys.f32(), cache.values.f32(), sequences, positions,
-          table_offsets, table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads),
-          static_cast<int>(block_size), static_cast<int>(group), static_cast<int>(split_length), scale);
+    auto launch_grouped = [&](auto dims, auto max_group) {
+      launch(ctx, grouped_attention_kernel<decltype(dims)::value, decltype(max_group)::value>, grid,
+             dim3(kWarps * 32), 0, out, partial_acc, partial_stats, q, cache.keys.f32(), cache.values.f32(),
+             sequences, positions, table_offsets, table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads),
+             static_cast<int>(block_size), static_cast<int>(group), static_cast<int>(split_length), scale);
     };
     auto with_group = [&](auto dims) {
-      if (group == 1) launch(dims, std::integral_constant<int, 1>{});
-      else if (group == 2) launch(dims, std::integral_constant<int, 2>{});
-      else if (group <= 4) launch(dims, std::integral_constant<int, 4>{});
-      else if (group <= 8) launch(dims, std::integral_constant<int, 8>{});
-      else launch(dims, std::integral_constant<int, 16>{});
+      if (group == 1) launch_grouped(dims, std::integral_constant<int, 1>{});
+      else if (group == 2) launch_grouped(dims, std::integral_constant<int, 2>{});
+      else if (group <= 4) launch_grouped(dims, std::integral_constant<int, 4>{});
+      else if (group <= 8) launch_grouped(dims, std::integral_constant<int, 8>{});
+      else launch_grouped(dims, std::integral_constant<int, 16>{});
     };
     if (dims_per_lane == 1) with_group(std::integral_constant<int, 1>{});
     else if (dims_per_lane == 2) with_group(std::integral_constant<int, 2>{});
     else with_group(std::integral_constant<int, 4>{});
-    CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-      attention_combine_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
-                                 static_cast<unsigned>(head_dim), 0, ctx.stream>>>(
-          out, partial_acc, partial_stats, static_cast<int>(splits), static_cast<int>(head_dim));
-      CUDA_CHECK_LAUNCH();
-    }
+    if (splits > 1)
+      launch(ctx, attention_combine_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
+             dim3(static_cast<unsigned>(head_dim)), 0, out, partial_acc, partial_stats, static_cast<int>(splits),
+             static_cast<int>(head_dim));
     return;
   }
 
   // Other head sizes and groups: a block per (token, query head).
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(heads));
   const int per_lane = static_cast<int>((head_dim + 31) / 32);
-  auto launch = [&](auto dims) {
-    constexpr int J = decltype(dims)::value;
-    attention_kernel<J><<<grid, kWarps * 32, 0, ctx.stream>>>(
-        out, q, cache.keys.f32(), cache.values.f32(), sequences, positions, table_offsets, table_blocks,
-        static_cast<int>(heads), static_cast<int>(kv_heads), static_cast<int>(head_dim),
-        static_cast<int>(block_size), static_cast<int>(heads / kv_heads), scale);
+  auto launch_per_head = [&](auto dims) {
+    launch(ctx, attention_kernel<decltype(dims)::value>, grid, dim3(kWarps * 32), 0, out, q, cache.keys.f32(),
+           cache.values.f32(), sequences, positions, table_offsets, table_blocks, static_cast<int>(heads),
+           static_cast<int>(kv_heads), static_cast<int>(head_dim), static_cast<int>(block_size),
+           static_cast<int>(heads / kv_heads), scale);
   };
   switch (per_lane) {
-    case 1: launch(std::integral_constant<int, 1>{}); break;
-    case 2: launch(std::integral_constant<int, 2>{}); break;
-    case 3: launch(std::integral_constant<int, 3>{}); break;
-    case 4: launch(std::integral_constant<int, 4>{}); break;
-    case 5: launch(std::integral_constant<int, 5>{}); break;
-    case 6: launch(std::integral_constant<int, 6>{}); break;
-    case 7: launch(std::integral_constant<int, 7>{}); break;
-    default: launch(std::integral_constant<int, 8>{}); break;
+    case 1: launch_per_head(std::integral_constant<int, 1>{}); break;
+    case 2: launch_per_head(std::integral_constant<int, 2>{}); break;
+    case 3: launch_per_head(std::integral_constant<int, 3>{}); break;
+    case 4: launch_per_head(std::integral_constant<int, 4>{}); break;
+    case 5: launch_per_head(std::integral_constant<int, 5>{}); break;
+    case 6: launch_per_head(std::integral_constant<int, 6>{}); break;
+    case 7: launch_per_head(std::integral_constant<int, 7>{}); break;
+    default: launch_per_head(std::integral_constant<int, 8>{}); break;
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace glm::cuda

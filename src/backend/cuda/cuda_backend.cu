@@ -4,10 +4,12 @@
 // dispatches every Backend op to its launcher (ops.cuh) after the same shape
 // checks as the CPU reference. Activations are f32 on the device; weights are
 // uploaded once by place() in their stored format (float, mlx affine or FP8;
-// kernels dequantize in registers).
+// kernels dequantize in registers). Steps that repeat exactly (decoding) are
+// replayed from CUDA graphs: see submit() and flush().
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -141,6 +143,13 @@ class CudaBackend final : public Backend, public cuda::Context {
     CUBLAS_CHECK(cublasSetStream(cublas, stream));
     // f32 activations are matched against an f32 reference: no TF32.
     CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH));
+    const char* graphs = std::getenv("GLM_CUDA_GRAPHS");
+    graphs_enabled_ = !(graphs && std::string(graphs) == "0");
+    const char* activations = std::getenv("GLM_CUDA_ACTIVATIONS");
+    const std::string activation_mode = activations ? activations : "f32";
+    GLM_CHECK(activation_mode == "f32" || activation_mode == "int8", "GLM_CUDA_ACTIVATIONS=", activation_mode,
+              " is not a mode: use f32 (exact, the default) or int8 (4- and 8-bit affine weights on dp4a)");
+    int8_activations = activation_mode == "int8";
   }
 
   ~CudaBackend() override {
@@ -149,6 +158,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     } catch (const Error&) {
     }
     cudaStreamSynchronize(stream);
+    for (auto& entry : graphs_)
+      if (entry.second.exec) cudaGraphExecDestroy(entry.second.exec);
     scratch_.free_all([](void* p) { cudaFree(p); });
     staging_.free_all([](void* p) { cudaFreeHost(p); });
     weights_.free_all([](void* p) { cudaFree(p); });
@@ -186,7 +197,7 @@ class CudaBackend final : public Backend, public cuda::Context {
       return std::make_pair(chunk, size);
     });
     std::memcpy(pinned, host, bytes);
-    CUDA_CHECK(cudaMemcpyAsync(device, pinned, bytes, cudaMemcpyHostToDevice, stream));
+    cuda::copy_async(*this, device, pinned, bytes, cudaMemcpyHostToDevice);
     staging_pending_ = true;
     if (bytes <= kReusedUploadBytes) {  // pooled records: their buffers keep their capacity across steps
       if (step_upload_count_ == step_uploads_.size()) step_uploads_.emplace_back();
@@ -197,8 +208,21 @@ class CudaBackend final : public Backend, public cuda::Context {
     return device;
   }
   void download_bytes(void* host, const void* device, size_t bytes) override {
+    flush();
     CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // Stream work runs at once, or, in a segment expected to repeat, is kept
+  // until flush() decides between a graph replay, a capture and eager runs.
+  void submit(cuda::StreamWork work, uint64_t signature, bool capturable) override {
+    cuda::Signature mixed{segment_signature_};
+    mixed.add_word(signature);
+    segment_signature_ = mixed.value;
+    segment_capturable_ = segment_capturable_ && capturable;
+    ++segment_ops_;
+    if (deferring_) pending_.push_back(std::move(work));
+    else work(stream);
   }
 
   const cuda::Matrix* expert_matrices(const ExpertTable& table) override { return expert_table(table).device; }
@@ -217,6 +241,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void reset_scratch() override {
     select();
+    flush();
     // Device scratch is reused in stream order; pinned staging is reused by
     // the host, so the copies out of it must have finished.
     if (staging_pending_) {
@@ -230,6 +255,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   Tensor allocate(const Shape& shape, DType dtype) override {
     select();
+    flush();
     const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
     Tensor out;
     out.data = device_malloc(std::max<size_t>(bytes, 1), "the KV cache");
@@ -242,6 +268,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void release(Tensor& tensor) override {
     select();
+    flush();
     auto found = std::find(allocations_.begin(), allocations_.end(), tensor.data);
     GLM_CHECK(found != allocations_.end() || tensor.data == nullptr,
               "internal error: release of memory cuda:", index_, " did not allocate");
@@ -251,7 +278,11 @@ class CudaBackend final : public Backend, public cuda::Context {
     }
     tensor.data = nullptr;
   }
-  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream)); }
+  void synchronize() override {
+    select();
+    flush();
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
   void copy_to_host(std::span<float> destination, const Tensor& source) override {
     select();
     GLM_CHECK(destination.size() == static_cast<size_t>(source.numel()), "internal error: copy_to_host size");
@@ -263,6 +294,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   // strided views (tensor-parallel column slices) into dense rows.
   Weight place(const Weight& weight) override {
     select();
+    flush();
     if (weight.placement.kind == Placement::Kind::Device) {
       GLM_CHECK(weight.placement.device_index == index_, "weight ", weight.name, " is on cuda:",
                 weight.placement.device_index, ", not on ", name());
@@ -298,9 +330,15 @@ class CudaBackend final : public Backend, public cuda::Context {
     ++uploaded_count_;
     return placed;
   }
-  void set_op_profiling(bool on) override { profiling_ = on; }
+  void set_op_profiling(bool on) override {
+    select();
+    flush();
+    profiling_ = on;
+    deferring_ = false;
+  }
   std::vector<OpTime> op_profile() override {
     select();
+    flush();
     CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<OpTime> totals;
     for (const TimedOp& timed : timed_ops_) {
@@ -317,6 +355,7 @@ class CudaBackend final : public Backend, public cuda::Context {
 
   double measure_copy_bandwidth() override {
     select();
+    flush();
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     // 1 GiB each way, far past the 50 MB L2; less when memory is short.
@@ -346,6 +385,14 @@ class CudaBackend final : public Backend, public cuda::Context {
     cudaFree(source);
     cudaFree(destination);
     return 2.0 * static_cast<double>(bytes) * kCopies / (milliseconds * 1e-3);
+  }
+  std::string execution_summary() const override {
+    std::ostringstream out;
+    out << "CUDA graphs " << (graphs_enabled_ ? "on" : "off (GLM_CUDA_GRAPHS=0)") << ": " << graphs_captured_
+        << " captured, " << graph_replays_ << " replays, " << eager_segments_ << " segments run op by op; "
+        << (int8_activations ? "int8 activations for 4/8-bit affine weights (GLM_CUDA_ACTIVATIONS=int8)"
+                             : "f32 activations");
+    return out.str();
   }
   std::string placement_summary() const override {
     std::ostringstream out;
@@ -462,6 +509,57 @@ class CudaBackend final : public Backend, public cuda::Context {
               "internal error: moe_experts routing shapes");
     cuda::moe_experts(*this, out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down);
   }
+  // ---- fused ops ----
+  void add_rms_norm(Tensor residual, Tensor normed, const Tensor& delta, const Weight& gamma, float eps) override {
+    select();
+    ProfileScope scope(*this, "add_rms_norm");
+    check_same_shape("add_rms_norm", residual.shape, delta.shape);
+    check_same_shape("add_rms_norm", normed.shape, residual.shape);
+    GLM_CHECK(shape_numel(gamma.shape) == residual.dim(-1), "internal error: add_rms_norm weight ",
+              shape_to_string(gamma.shape), " for rows of ", residual.dim(-1));
+    cuda::add_rms_norm(*this, residual.f32(), normed.f32(), delta.f32(), cuda::matrix_of(gamma, index_),
+                       residual.rows(), residual.dim(-1), eps);
+  }
+  void linears(const Tensor& x, std::span<const LinearOutput> outputs) override {
+    select();
+    ProfileScope scope(*this, x.rows() <= 8 ? "linears (n <= 8)" : "linears (n > 8)",
+                       outputs.empty() ? nullptr : outputs.front().weight);
+    GLM_CHECK(outputs.size() <= 8, "internal error: linears of ", outputs.size(), " outputs");
+    cuda::LinearTarget targets[8];
+    cuda::Matrix biases[8];
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const LinearOutput& output = outputs[i];
+      const Weight& weight = *output.weight;
+      GLM_CHECK(x.dim(-1) == weight.dim(1) && output.out.dim(-1) == weight.dim(0) && output.out.rows() == x.rows(),
+                "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
+                shape_to_string(x.shape), " into ", shape_to_string(output.out.shape));
+      targets[i] = {output.out.f32(), cuda::matrix_of(weight, index_), nullptr};
+      if (output.bias) {
+        biases[i] = cuda::matrix_of(*output.bias, index_);
+        GLM_CHECK(biases[i].rows * biases[i].cols == weight.dim(0), "internal error: bias of ", weight.name);
+        targets[i].bias = &biases[i];
+      }
+    }
+    cuda::linears(*this, x.f32(), x.rows(), std::span<const cuda::LinearTarget>(targets, outputs.size()));
+  }
+  void head_norm_rotary(Tensor q, Tensor k, const Weight* q_norm, const Weight* k_norm, float eps,
+                        std::span<const int32_t> positions, int64_t rotary_dim, double theta) override {
+    select();
+    ProfileScope scope(*this, "head_norm_rotary");
+    GLM_CHECK(q.shape.size() == 3 && k.shape.size() == 3 && q.dim(0) == static_cast<int64_t>(positions.size()) &&
+                  k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2) && rotary_dim % 2 == 0 && rotary_dim <= q.dim(2),
+              "internal error: head_norm_rotary on ", shape_to_string(q.shape), " and ", shape_to_string(k.shape));
+    for (const Weight* gamma : {q_norm, k_norm})
+      GLM_CHECK(!gamma || shape_numel(gamma->shape) == q.dim(2), "internal error: head norm weight ",
+                shape_to_string(gamma->shape), " for heads of ", q.dim(2));
+    if (positions.empty()) return;
+    const cuda::Matrix q_gamma = q_norm ? cuda::matrix_of(*q_norm, index_) : cuda::Matrix{};
+    const cuda::Matrix k_gamma = k_norm ? cuda::matrix_of(*k_norm, index_) : cuda::Matrix{};
+    const float* frequencies = rotary_dim > 0 ? inverse_frequency(rotary_dim, theta) : nullptr;
+    cuda::head_norm_rotary(*this, q.f32(), k.f32(), q_gamma, k_gamma, eps, upload(positions), frequencies, q.dim(0),
+                           q.dim(1), k.dim(1), q.dim(2), rotary_dim);
+  }
+
   // One GPU: nothing to do. Several ranks without NCCL yet: through the host.
   void all_reduce(Tensor x) override {
     if (!communicator_ || communicator_->world_size() <= 1) return;
@@ -509,6 +607,80 @@ class CudaBackend final : public Backend, public cuda::Context {
       profile_events_.push_back(event);
     }
     return static_cast<int>(index);
+  }
+
+  // A segment signature's history and, once it repeated, its graph.
+  struct GraphEntry {
+    int64_t seen = 0;                // segments flushed with this signature
+    cudaGraphExec_t exec = nullptr;  // captured on the first repeat
+    uint64_t last_used = 0;
+  };
+  // Ends the current segment of stream work (everything submitted since the
+  // last flush; a segment ends wherever the host needs the device's results,
+  // so a decode step is one segment). A segment whose signature was seen
+  // before was recorded rather than run (deferring_): the first repeat is
+  // captured into a CUDA graph, later ones replay it with one launch. The
+  // pinned upload buffers the graph copies from were refilled while the
+  // segment was recorded, at the same addresses (they are in the signature).
+  // Segments that never repeat (prompts) run as they are submitted.
+  void flush() {
+    if (segment_ops_ == 0) return;
+    GraphEntry& entry = graphs_[segment_signature_];
+    const bool seen_before = entry.seen > 0;
+    ++entry.seen;
+    entry.last_used = ++use_clock_;
+    if (deferring_) {
+      if (!entry.exec && seen_before && segment_capturable_) capture(entry);
+      if (entry.exec) {
+        CUDA_CHECK(cudaGraphLaunch(entry.exec, stream));
+        ++graph_replays_;
+      } else {
+        for (cuda::StreamWork& work : pending_) work(stream);
+        ++eager_segments_;
+      }
+    } else {
+      ++eager_segments_;
+    }
+    pending_.clear();
+    segment_signature_ = cuda::Signature{}.value;
+    segment_ops_ = 0;
+    segment_capturable_ = true;
+    deferring_ = graphs_enabled_ && !profiling_ && seen_before;
+    if (graphs_.size() > kMaxSignatures) forget_unused_signatures();
+  }
+  // Records the pending work into a graph (nothing runs during capture).
+  void capture(GraphEntry& entry) {
+    if (graph_count_ >= kMaxGraphs) evict_least_recent_graph();
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (cuda::StreamWork& work : pending_) work(stream);
+    } catch (...) {
+      if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    const cudaError_t status = cudaGraphInstantiate(&entry.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(status);
+    ++graph_count_;
+    ++graphs_captured_;
+  }
+  void evict_least_recent_graph() {
+    auto oldest = graphs_.end();
+    for (auto it = graphs_.begin(); it != graphs_.end(); ++it)
+      if (it->second.exec && (oldest == graphs_.end() || it->second.last_used < oldest->second.last_used)) oldest = it;
+    if (oldest == graphs_.end()) return;
+    CUDA_CHECK(cudaGraphExecDestroy(oldest->second.exec));
+    oldest->second.exec = nullptr;
+    --graph_count_;
+  }
+  // Signatures seen once and never repeated (prompt segments) are dropped.
+  void forget_unused_signatures() {
+    for (auto it = graphs_.begin(); it != graphs_.end();) {
+      if (!it->second.exec && it->second.seen <= 1) it = graphs_.erase(it);
+      else ++it;
+    }
   }
 
   // cudaSetDevice only when this thread last selected another device: a
@@ -657,6 +829,21 @@ class CudaBackend final : public Backend, public cuda::Context {
   std::vector<StepUpload> step_uploads_;
   size_t step_upload_count_ = 0;
   bool profiling_ = false;
+  // Step graphs (flush()): GLM_CUDA_GRAPHS=0 turns them off.
+  // One per (batch size, context bucket) in use; a run that synchronises
+  // inside steps (bench's per-component split) has one per segment.
+  static constexpr size_t kMaxGraphs = 512;
+  static constexpr size_t kMaxSignatures = 4096;
+  bool graphs_enabled_ = true;
+  bool deferring_ = false;                         // recording the current segment into pending_
+  std::vector<cuda::StreamWork> pending_;
+  uint64_t segment_signature_ = cuda::Signature{}.value;
+  int64_t segment_ops_ = 0;
+  bool segment_capturable_ = true;
+  std::map<uint64_t, GraphEntry> graphs_;
+  size_t graph_count_ = 0;  // graphs held now
+  int64_t graphs_captured_ = 0, graph_replays_ = 0, eager_segments_ = 0;
+  uint64_t use_clock_ = 0;
   std::vector<cudaEvent_t> profile_events_;
   std::vector<TimedOp> timed_ops_;
   size_t uploaded_bytes_ = 0;

@@ -39,20 +39,17 @@ unsigned grid_for(int64_t count) { return static_cast<unsigned>(std::min<int64_t
 
 void add(Context& ctx, float* out, const float* a, const float* b, int64_t count) {
   if (count == 0) return;
-  add_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(out, a, b, count);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, add_kernel, dim3(grid_for(count)), dim3(kThreads), 0, out, a, b, count);
 }
 
 void swiglu(Context& ctx, float* out, const float* gate, const float* up, int64_t count) {
   if (count == 0) return;
-  swiglu_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(out, gate, up, count);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, swiglu_kernel, dim3(grid_for(count)), dim3(kThreads), 0, out, gate, up, count);
 }
 
 void gather_rows(Context& ctx, float* out, const float* source, const int32_t* rows, int64_t m, int64_t width) {
   if (m == 0) return;
-  gather_rows_kernel<<<static_cast<unsigned>(m), kThreads, 0, ctx.stream>>>(out, source, rows, width);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, gather_rows_kernel, dim3(static_cast<unsigned>(m)), dim3(kThreads), 0, out, source, rows, width);
 }
 
 }  // namespace glm::cuda

@@ -18,9 +18,8 @@ __global__ void embedding_kernel(float* __restrict__ out, const Matrix table, co
 
 void embedding(Context& ctx, float* out, const Matrix& table, const int32_t* ids, int64_t n) {
   dispatch_format(table, [&](auto format) {
-    embedding_kernel<decltype(format)><<<static_cast<unsigned>(n), 256, 0, ctx.stream>>>(out, table, ids);
+    launch(ctx, embedding_kernel<decltype(format)>, dim3(static_cast<unsigned>(n)), dim3(256), 0, out, table, ids);
   });
-  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace glm::cuda

@@ -12,8 +12,8 @@ void copy_kv_block(Context& ctx, KvLayer& cache, int32_t from_block, int32_t to_
   const size_t block_bytes = static_cast<size_t>(cache.keys.numel() / n_blocks) * dtype_size(cache.keys.dtype);
   for (Tensor* part : {&cache.keys, &cache.values}) {
     char* base = static_cast<char*>(part->data);
-    CUDA_CHECK(cudaMemcpyAsync(base + to_block * block_bytes, base + from_block * block_bytes, block_bytes,
-                               cudaMemcpyDeviceToDevice, ctx.stream));
+    copy_async(ctx, base + to_block * block_bytes, base + from_block * block_bytes, block_bytes,
+               cudaMemcpyDeviceToDevice);
   }
 }
 

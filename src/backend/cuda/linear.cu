@@ -40,20 +40,45 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 }
 
-// A block per R rows, its threads splitting the columns (block_row_dots):
-// the decode path for every format with 8-value pieces.
-template <typename Format, int NT>
+// Up to three projections of one input in one launch (q, k and v): each owns
+// a range of the grid's blocks.
+constexpr int kMaxTargets = 3;
+struct GemvTargets {
+  Matrix weights[kMaxTargets];
+  float* outs[kMaxTargets];
+  const void* biases[kMaxTargets];
+  DType bias_dtypes[kMaxTargets];
+  unsigned first_block[kMaxTargets + 1];  // target i owns blocks [first_block[i], first_block[i + 1])
+  int count;
+};
+
+void append_signature(Signature& signature, const GemvTargets& targets) {
+  signature.add(targets.count);
+  for (int i = 0; i < targets.count; ++i)
+    signature.add_all(targets.weights[i], targets.outs[i], targets.biases[i], targets.bias_dtypes[i],
+                      targets.first_block[i + 1]);
+}
+
+// A block per R rows of one target, its threads splitting the columns
+// (block_row_dots, or block_row_dots_int8 for int8 activations): the decode
+// path for every format with 8-value pieces.
+template <typename Format, int NT, typename Activations>
 __global__ void __launch_bounds__(256)
-    row_block_gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const Matrix weight,
-                          const void* bias, DType bias_dtype, int n) {
+    row_block_gemv_kernel(const Activations x, const GemvTargets targets, int n) {
   constexpr int R = NT <= 2 ? Format::kRows : 4;
   __shared__ float result[R * NT];
-  const int64_t row0 = blockIdx.x * static_cast<int64_t>(R);
-  const float* rows[NT];
+  int target = 0;
+  while (target + 1 < targets.count && blockIdx.x >= targets.first_block[target + 1]) ++target;
+  const Matrix& weight = targets.weights[target];
+  float* __restrict__ out = targets.outs[target];
+  const void* bias = targets.biases[target];
+  const DType bias_dtype = targets.bias_dtypes[target];
+  const int64_t row0 = (blockIdx.x - targets.first_block[target]) * static_cast<int64_t>(R);
+  int64_t rows[NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) rows[t] = x + (t < n ? t : 0) * weight.cols;
+  for (int t = 0; t < NT; ++t) rows[t] = t < n ? t : 0;
   const Matrix matrices[1] = {weight};
-  block_row_dots<Format, NT, R, 1>(matrices, row0, rows, n, result);
+  row_dots<Format, NT, R, 1>(matrices, row0, x, rows, n, result);
   for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
     const int64_t row = row0 + i / NT;
     const int t = i % NT;
@@ -61,45 +86,75 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// One launch of row_block_gemv_kernel over every target (all of Format);
+// false when the format or the alignment does not allow it.
 template <typename Format>
-bool row_block_gemv(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
+bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const LinearTarget> targets) {
   if constexpr (!Format::kHasPieces) {
     return false;
   } else {
-    if (!Format::pieces_ok(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
-    const void* bias_data = bias ? bias->data : nullptr;
-    const DType bias_dtype = bias ? bias->dtype : DType::F32;
+    if (targets.empty() || targets.size() > kMaxTargets || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+    for (const LinearTarget& target : targets)
+      if (!Format::pieces_ok(target.weight)) return false;
     const int tokens = static_cast<int>(n);
-    auto launch = [&](auto nt) {
+    // int8 activations: 32-value pieces, so a 4096-wide row needs 128 threads.
+    bool int8 = false;
+    if constexpr (kHasInt8Path<Format>) {
+      int8 = ctx.int8_activations && targets.front().weight.cols % 32 == 0;
+      for (const LinearTarget& target : targets) int8 = int8 && target.weight.group_size % 32 == 0;
+    }
+    const int64_t cols = targets.front().weight.cols;
+    auto launch_tokens = [&](auto nt) {
       constexpr int NT = decltype(nt)::value;
       constexpr int R = NT <= 2 ? Format::kRows : 4;
-      row_block_gemv_kernel<Format, NT><<<blocks_for(weight.rows, R), 256, 0, ctx.stream>>>(out, x, weight, bias_data,
-                                                                                           bias_dtype, tokens);
+      GemvTargets set{};
+      set.count = static_cast<int>(targets.size());
+      set.first_block[0] = 0;
+      for (int i = 0; i < set.count; ++i) {
+        const LinearTarget& target = targets[i];
+        set.weights[i] = target.weight;
+        set.outs[i] = target.out;
+        set.biases[i] = target.bias ? target.bias->data : nullptr;
+        set.bias_dtypes[i] = target.bias ? target.bias->dtype : DType::F32;
+        set.first_block[i + 1] = set.first_block[i] + blocks_for(target.weight.rows, R);
+      }
+      if constexpr (kHasInt8Path<Format>) {
+        if (int8) {
+          const Int8Activations quantized = quantize_activations(ctx, x, n, cols);
+          const unsigned threads = static_cast<unsigned>(std::min<int64_t>(256, (cols / 32 + 31) / 32 * 32));
+          launch(ctx, row_block_gemv_kernel<Format, NT, Int8Activations>, dim3(set.first_block[set.count]),
+                 dim3(threads), 0, quantized, set, tokens);
+          return;
+        }
+      }
+      launch(ctx, row_block_gemv_kernel<Format, NT, F32Activations>, dim3(set.first_block[set.count]), dim3(256), 0,
+             F32Activations{x, cols}, set, tokens);
     };
-    if (n == 1) launch(std::integral_constant<int, 1>{});
-    else if (n == 2) launch(std::integral_constant<int, 2>{});
-    else if (n <= 4) launch(std::integral_constant<int, 4>{});
-    else launch(std::integral_constant<int, 8>{});
+    if (n == 1) launch_tokens(std::integral_constant<int, 1>{});
+    else if (n == 2) launch_tokens(std::integral_constant<int, 2>{});
+    else if (n <= 4) launch_tokens(std::integral_constant<int, 4>{});
+    else launch_tokens(std::integral_constant<int, 8>{});
     return true;
   }
 }
 
 template <typename Format>
 void gemv(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
-  if (row_block_gemv<Format>(ctx, out, x, n, weight, bias)) return;
+  const LinearTarget single[1] = {{out, weight, bias}};
+  if (row_block_gemv<Format>(ctx, x, n, single)) return;
   const bool vectorized = Format::vectorizable(weight) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const unsigned blocks = blocks_for(weight.rows, kGemvWarps);
   const void* bias_data = bias ? bias->data : nullptr;
   const DType bias_dtype = bias ? bias->dtype : DType::F32;
   const int tokens = static_cast<int>(n);
-  auto launch = [&](auto nt) {
-    gemv_kernel<Format, decltype(nt)::value>
-        <<<blocks, kGemvWarps * 32, 0, ctx.stream>>>(out, x, weight, bias_data, bias_dtype, tokens, vectorized);
+  auto launch_tokens = [&](auto nt) {
+    launch(ctx, gemv_kernel<Format, decltype(nt)::value>, dim3(blocks), dim3(kGemvWarps * 32), 0, out, x, weight,
+           bias_data, bias_dtype, tokens, vectorized);
   };
-  if (n == 1) launch(std::integral_constant<int, 1>{});
-  else if (n == 2) launch(std::integral_constant<int, 2>{});
-  else if (n <= 4) launch(std::integral_constant<int, 4>{});
-  else launch(std::integral_constant<int, 8>{});
+  if (n == 1) launch_tokens(std::integral_constant<int, 1>{});
+  else if (n == 2) launch_tokens(std::integral_constant<int, 2>{});
+  else if (n <= 4) launch_tokens(std::integral_constant<int, 4>{});
+  else launch_tokens(std::integral_constant<int, 8>{});
 }
 
 // 64 tokens x 64 features per 256-thread block, 16-deep k slices; each thread
@@ -166,33 +221,56 @@ __global__ void add_bias_kernel(float* out, const void* bias, DType bias_dtype, 
 void linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
   if (n == 0 || weight.rows == 0) return;
   if (weight.cols == 0) {  // an empty dot product: the bias alone
-    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * n * weight.rows, ctx.stream));
+    memset_async(ctx, out, 0, sizeof(float) * n * weight.rows);
   } else if (n <= kMaxGemvTokens) {
     dispatch_format(weight, [&](auto format) { gemv<decltype(format)>(ctx, out, x, n, weight, bias); });
-    CUDA_CHECK_LAUNCH();
     return;
   } else if (weight.kind == WeightFormat::Kind::Float && weight.dtype == DType::F32) {
     // Row-major out[n, O] is column-major out^T [O, n] = W (col-major [I, O], transposed) * x^T (col-major [I, n]).
-    const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasSgemm(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(weight.rows), static_cast<int>(n),
-                             static_cast<int>(weight.cols), &one, static_cast<const float*>(weight.data),
-                             static_cast<int>(weight.cols), x, static_cast<int>(weight.cols), &zero, out,
-                             static_cast<int>(weight.rows)));
+    const int rows = static_cast<int>(weight.rows), tokens = static_cast<int>(n), cols = static_cast<int>(weight.cols);
+    const float* weights = static_cast<const float*>(weight.data);
+    cublasHandle_t handle = ctx.cublas;
+    Signature signature;
+    signature.add_all(uint64_t{3}, rows, tokens, cols, weights, x, out);
+    ctx.submit(
+        [=](cudaStream_t) {
+          const float one = 1.0f, zero = 0.0f;
+          CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, tokens, cols, &one, weights, cols, x, cols,
+                                   &zero, out, rows));
+        },
+        signature.value, /*capturable=*/false);
   } else {
     const dim3 grid(blocks_for(weight.rows, kTile), blocks_for(n, kTile));
     dispatch_format(weight, [&](auto format) {
-      gemm_kernel<decltype(format)><<<grid, 256, 0, ctx.stream>>>(
-          out, x, weight, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, n);
+      launch(ctx, gemm_kernel<decltype(format)>, grid, dim3(256), 0, out, x, weight, bias ? bias->data : nullptr,
+             bias ? bias->dtype : DType::F32, n);
     });
-    CUDA_CHECK_LAUNCH();
     return;
   }
   if (bias) {
     const int64_t count = n * weight.rows;
-    add_bias_kernel<<<static_cast<unsigned>(std::min<int64_t>(blocks_for(count, 256), 65536)), 256, 0, ctx.stream>>>(
-        out, bias->data, bias->dtype, n, weight.rows);
-    CUDA_CHECK_LAUNCH();
+    launch(ctx, add_bias_kernel, dim3(static_cast<unsigned>(std::min<int64_t>(blocks_for(count, 256), 65536))),
+           dim3(256), 0, out, bias->data, bias->dtype, n, weight.rows);
   }
+}
+
+void linears(Context& ctx, const float* x, int64_t n, std::span<const LinearTarget> targets) {
+  // One launch needs decoding, weights of one format, and no empty shapes.
+  bool together = n > 0 && n <= kMaxGemvTokens && !targets.empty();
+  for (const LinearTarget& target : targets) {
+    const Matrix& first = targets.front().weight;
+    const Matrix& weight = target.weight;
+    together = together && weight.rows > 0 && weight.cols == first.cols && weight.kind == first.kind &&
+               weight.dtype == first.dtype && weight.bits == first.bits && weight.group_size == first.group_size &&
+               weight.scales_dtype == first.scales_dtype && weight.fp8_scale == first.fp8_scale;
+  }
+  if (together) {
+    bool launched = false;
+    dispatch_format(targets.front().weight,
+                    [&](auto format) { launched = row_block_gemv<decltype(format)>(ctx, x, n, targets); });
+    if (launched) return;
+  }
+  for (const LinearTarget& target : targets) linear(ctx, target.out, x, n, target.weight, target.bias);
 }
 
 }  // namespace glm::cuda

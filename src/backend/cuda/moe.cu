@@ -48,6 +48,13 @@ struct MoePlan {
   int32_t* assignment_of;     // [n * top_k] assignment row of (t, k); -1 when the expert is not held
 };
 
+void append_signature(Signature& signature, const ExpertMatrices& experts) {
+  signature.add_all(experts.gate, experts.up, experts.down);
+}
+void append_signature(Signature& signature, const MoePlan& plan) {
+  signature.add_all(plan.active_count, plan.active_expert, plan.slot_begin, plan.assignment_token, plan.assignment_of);
+}
+
 // One block. Shared memory: counts, first assignment and slot of each held expert.
 __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert_ids, int entries, int top_k,
                                 int first_expert, int held) {
@@ -98,10 +105,10 @@ __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert
 // act[a, r] = silu(gate_e[r] . x[token(a)]) * (up_e[r] . x[token(a)]) for the
 // assignments a of the block's expert and its R rows r: gate and up rows are
 // read once for all the expert's tokens (NT at a time).
-template <typename Format, int NT, int R>
+template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
-    moe_gate_up_kernel(float* __restrict__ act, const float* __restrict__ x, ExpertMatrices experts, MoePlan plan,
-                       int64_t hidden, int64_t width) {
+    moe_gate_up_kernel(float* __restrict__ act, const Activations x, ExpertMatrices experts, MoePlan plan,
+                       int64_t width) {
   const int slot = blockIdx.y;
   if (slot >= *plan.active_count) return;  // uniform over the block
   __shared__ float result[2 * R * NT];
@@ -111,10 +118,10 @@ __global__ void __launch_bounds__(256)
   const int begin = plan.slot_begin[slot], end = plan.slot_begin[slot + 1];
   for (int a0 = begin; a0 < end; a0 += NT) {
     const int count = min(NT, end - a0);
-    const float* rows[NT];
+    int64_t rows[NT];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) rows[t] = x + plan.assignment_token[a0 + min(t, count - 1)] * hidden;
-    block_row_dots<Format, NT, R, 2>(matrices, row0, rows, count, result);
+    for (int t = 0; t < NT; ++t) rows[t] = plan.assignment_token[a0 + min(t, count - 1)];
+    row_dots<Format, NT, R, 2>(matrices, row0, x, rows, count, result);
     for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
       const int64_t r = row0 + i / NT;
       const int t = i % NT;
@@ -127,10 +134,10 @@ __global__ void __launch_bounds__(256)
 
 // expert_out[a, o] = down_e[o] . act[a] for the assignments a of the block's
 // expert and its R rows o.
-template <typename Format, int NT, int R>
+template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
-    moe_down_kernel(float* __restrict__ expert_out, const float* __restrict__ act, ExpertMatrices experts,
-                    MoePlan plan, int64_t hidden, int64_t width) {
+    moe_down_kernel(float* __restrict__ expert_out, const Activations act, ExpertMatrices experts, MoePlan plan,
+                    int64_t hidden) {
   const int slot = blockIdx.y;
   if (slot >= *plan.active_count) return;
   __shared__ float result[R * NT];
@@ -139,10 +146,10 @@ __global__ void __launch_bounds__(256)
   const int begin = plan.slot_begin[slot], end = plan.slot_begin[slot + 1];
   for (int a0 = begin; a0 < end; a0 += NT) {
     const int count = min(NT, end - a0);
-    const float* rows[NT];
+    int64_t rows[NT];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) rows[t] = act + (a0 + min(t, count - 1)) * width;
-    block_row_dots<Format, NT, R, 1>(matrices, row0, rows, count, result);
+    for (int t = 0; t < NT; ++t) rows[t] = a0 + min(t, count - 1);
+    row_dots<Format, NT, R, 1>(matrices, row0, act, rows, count, result);
     for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
       const int64_t o = row0 + i / NT;
       const int t = i % NT;
@@ -205,53 +212,69 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
   float* act = ctx.scratch<float>(entries * width);         // [n * top_k, width]
   float* expert_out = ctx.scratch<float>(entries * hidden);  // [n * top_k, hidden]
 
-  moe_plan_kernel<<<1, 256, sizeof(int32_t) * 2 * static_cast<size_t>(held), ctx.stream>>>(
-      plan, routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
-      static_cast<int>(gate.first_expert), static_cast<int>(held));
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, moe_plan_kernel, dim3(1), dim3(256), sizeof(int32_t) * 2 * static_cast<size_t>(held), plan,
+         routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
+         static_cast<int>(gate.first_expert), static_cast<int>(held));
 
   constexpr int kGateUpRows = 8, kDownRows = 16;
-  // Threads split a row's 8-value pieces: no more threads than pieces.
-  auto threads_for = [](int64_t cols) { return static_cast<unsigned>(std::min<int64_t>(256, (cols / 8 + 31) / 32 * 32)); };
+  // Threads split a row's pieces (8 values, 32 with int8 activations): no more threads than pieces.
+  auto threads_for = [](int64_t cols, int piece_values) {
+    return static_cast<unsigned>(std::min<int64_t>(256, (cols / piece_values + 31) / 32 * 32));
+  };
+  auto int8_for = [&](const Matrix& m) {
+    return ctx.int8_activations && m.kind == WeightFormat::Kind::Affine && (m.bits == 4 || m.bits == 8) &&
+           m.cols % 32 == 0 && m.group_size % 32 == 0;
+  };
   const dim3 gate_up_grid(blocks_for(width, kGateUpRows), static_cast<unsigned>(slots));
   const dim3 down_grid(blocks_for(hidden, kDownRows), static_cast<unsigned>(slots));
   // Gate and up share a format (one kernel reads both); down may differ
   // (mlx-lm leaves a projection unquantized when its width is not a multiple
   // of the group size).
-  auto with_tokens = [&](auto&& launch) {
-    if (n == 1) launch(std::integral_constant<int, 1>{});  // each expert has one token
-    else launch(std::integral_constant<int, 2>{});
+  auto with_tokens = [&](auto&& launch_tokens) {
+    if (n == 1) launch_tokens(std::integral_constant<int, 1>{});  // each expert has one token
+    else launch_tokens(std::integral_constant<int, 2>{});
+  };
+  // launch_with(activations, threads): int8 activations where the mode and
+  // the weight format allow, else the f32 input as it is.
+  auto with_activations = [&](auto format, const Matrix& m, const float* input, int64_t rows, auto&& launch_with) {
+    if constexpr (kHasInt8Path<decltype(format)>) {
+      if (int8_for(m)) {
+        launch_with(quantize_activations(ctx, input, rows, m.cols), threads_for(m.cols, 32));
+        return;
+      }
+    }
+    launch_with(F32Activations{input, m.cols}, threads_for(m.cols, 8));
   };
   dispatch_format(gate0, [&](auto format) {
     using Format = decltype(format);
     if constexpr (Format::kHasPieces) {
-      with_tokens([&](auto nt) {
-        moe_gate_up_kernel<Format, decltype(nt)::value, kGateUpRows>
-            <<<gate_up_grid, threads_for(hidden), 0, ctx.stream>>>(act, x, experts, plan, hidden, width);
+      with_activations(format, gate0, x, n, [&](auto activations, unsigned threads) {
+        with_tokens([&](auto nt) {
+          launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, kGateUpRows, decltype(activations)>,
+                 gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width);
+        });
       });
     }
   });
-  CUDA_CHECK_LAUNCH();
   dispatch_format(down0, [&](auto format) {
     using Format = decltype(format);
     if constexpr (Format::kHasPieces) {
-      with_tokens([&](auto nt) {
-        moe_down_kernel<Format, decltype(nt)::value, kDownRows>
-            <<<down_grid, threads_for(width), 0, ctx.stream>>>(expert_out, act, experts, plan, hidden, width);
+      with_activations(format, down0, act, entries, [&](auto activations, unsigned threads) {
+        with_tokens([&](auto nt) {
+          launch(ctx, moe_down_kernel<Format, decltype(nt)::value, kDownRows, decltype(activations)>, down_grid,
+                 dim3(threads), 0, expert_out, activations, experts, plan, hidden);
+        });
       });
     }
   });
-  CUDA_CHECK_LAUNCH();
-  moe_combine_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream>>>(
-      out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k),
-      hidden);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, out, expert_out,
+         routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k), hidden);
 }
 
 // The host-grouped path (see the file comment).
 void moe_grouped_on_host(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
                          const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
-  CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(n * hidden), ctx.stream));
+  memset_async(ctx, out, 0, sizeof(float) * static_cast<size_t>(n * hidden));
   const int64_t top_k = routing.expert_ids.dim(1);
   std::vector<int32_t> ids(static_cast<size_t>(n * top_k));
   std::vector<float> mix(static_cast<size_t>(n * top_k));
@@ -308,9 +331,8 @@ void moe_grouped_on_host(Context& ctx, float* out, const float* x, int64_t n, in
     linear(ctx, up_out, inputs, m, up_w, nullptr);
     swiglu(ctx, gate_out, gate_out, up_out, m * width);
     linear(ctx, expert_out, gate_out, m, down_w, nullptr);
-    scatter_add_kernel<<<static_cast<unsigned>(m), 256, 0, ctx.stream>>>(out, expert_out, device_tokens + begin,
-                                                                         device_mix + begin, hidden);
-    CUDA_CHECK_LAUNCH();
+    launch(ctx, scatter_add_kernel, dim3(static_cast<unsigned>(m)), dim3(256), 0, out, expert_out,
+           device_tokens + begin, device_mix + begin, hidden);
   }
 }
 
@@ -321,7 +343,7 @@ void moe_experts(Context& ctx, float* out, const float* x, int64_t n, int64_t hi
   if (n == 0) return;
   GLM_CHECK(routing.expert_ids.dim(1) <= kMaxTopK, "more than ", kMaxTopK, " experts per token on CUDA");
   if (gate.experts.empty()) {  // an expert-parallel rank holding nothing
-    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * static_cast<size_t>(n * hidden), ctx.stream));
+    memset_async(ctx, out, 0, sizeof(float) * static_cast<size_t>(n * hidden));
     return;
   }
   const Matrix& gate0 = ctx.expert_matrices_host(gate).front();

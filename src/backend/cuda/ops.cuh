@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/launch.cuh"
 
 namespace glm::cuda {
 
@@ -40,12 +41,41 @@ struct Matrix {
   int64_t block_cols = 0;
 };
 
-class Context {
+inline void append_signature(Signature& signature, const Matrix& m) {
+  signature.add_all(m.data, m.dtype, m.rows, m.cols, m.kind, m.bits, m.group_size, m.group_shift, m.scales,
+                    m.scales_dtype, m.scales_stride, m.fp8_scale, m.block_rows, m.block_cols);
+}
+
+// Activation rows as the GEMV and expert kernels read them: f32 as computed,
+// or quantized to int8 per 32 values (quantize_activations) for the dp4a
+// path of 4- and 8-bit affine weights. Row r starts at r * cols.
+struct F32Activations {
+  const float* data;  // [rows, cols]
+  int64_t cols;
+};
+struct Int8Activations {
+  const int8_t* values;  // [rows, cols]: round(x / scale), in [-127, 127]
+  const float* scales;   // [rows, cols / 32]: max |x| / 127 of each 32 values
+  const float* sums;     // [rows, cols / 32]: the exact f32 sum of each 32 values (for the affine biases)
+  const float* rounding;  // [rows, cols / 32]: sum(x) - scale * sum(q), what quantizing lost of the sum
+  int64_t cols;
+};
+inline void append_signature(Signature& signature, const F32Activations& x) { signature.add_all(x.data, x.cols); }
+inline void append_signature(Signature& signature, const Int8Activations& x) {
+  signature.add_all(x.values, x.scales, x.sums, x.rounding, x.cols);
+}
+
+// Launchers put their work on the stream with launch(), memset_async() and
+// copy_async() (launch.cuh), never with <<<>>> or cuda*Async directly, so a
+// step can be deferred and replayed from a CUDA graph.
+class Context : public Submitter {
  public:
-  virtual ~Context() = default;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   int multiprocessors = 1;  // SMs of the device, for sizing grids
+  // GLM_CUDA_ACTIVATIONS=int8: decode GEMVs and experts on 4/8-bit affine
+  // weights quantize their f32 input per 32 values and use dp4a.
+  bool int8_activations = false;
 
   // Device memory valid until the backend's next reset_scratch(); 256-byte aligned.
   virtual void* scratch_bytes(size_t bytes) = 0;
@@ -110,17 +140,38 @@ void gather_rows(Context& ctx, float* out /*[m, width]*/, const float* source, c
 // norm.cu: RMSNorm of each row times gamma (out may alias x).
 void rms_norm(Context& ctx, float* out, const float* x, const Matrix& gamma /*[dim]*/, int64_t rows, int64_t dim,
               float eps);
+// residual += delta; normed = RMSNorm(residual) * gamma, in one pass for wide rows.
+void add_rms_norm(Context& ctx, float* residual /*[rows, dim]*/, float* normed /*[rows, dim]*/,
+                  const float* delta /*[rows, dim]*/, const Matrix& gamma /*[dim]*/, int64_t rows, int64_t dim,
+                  float eps);
 
 // linear.cu: out = x W^T (+ bias), W in any format. A block per few output
 // features for up to 8 tokens (decoding), cuBLAS SGEMM (f32 weights) or a
 // tiled GEMM dequantizing W tiles for more.
 void linear(Context& ctx, float* out /*[n, rows]*/, const float* x /*[n, cols]*/, int64_t n, const Matrix& weight,
             const Matrix* bias /*[rows] or null*/);
+// Several projections of one input: one launch when decoding and the weights
+// share a format, else one linear() each.
+struct LinearTarget {
+  float* out;          // [n, weight.rows]
+  Matrix weight;
+  const Matrix* bias;  // [weight.rows] or null
+};
+void linears(Context& ctx, const float* x /*[n, cols]*/, int64_t n, std::span<const LinearTarget> targets);
+
+// activations.cu: x [n, cols] (cols % 32 == 0) quantized per 32 values into scratch.
+Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, int64_t cols);
 
 // rotary.cu: in place on the first rotary_dim dims of each head. positions
 // and inverse_frequency ([rotary_dim / 2]) on the device.
 void rotary(Context& ctx, float* x /*[n, heads, head_dim]*/, const int32_t* positions, const float* inverse_frequency,
             int64_t n, int64_t heads, int64_t head_dim, int64_t rotary_dim);
+// Per-head RMSNorm of q and k (a gamma whose data is null skips that norm),
+// then rotary on both, in one launch: a warp per (token, head).
+void head_norm_rotary(Context& ctx, float* q /*[n, q_heads, head_dim]*/, float* k /*[n, k_heads, head_dim]*/,
+                      const Matrix& q_gamma, const Matrix& k_gamma, float eps, const int32_t* positions,
+                      const float* inverse_frequency, int64_t n, int64_t q_heads, int64_t k_heads, int64_t head_dim,
+                      int64_t rotary_dim);
 
 // attention.cu: writes k/v to their slots, then paged causal attention
 // (GQA groups in one block, long contexts split over blocks).

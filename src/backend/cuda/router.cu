@@ -107,11 +107,10 @@ void route(Context& ctx, int32_t* expert_ids, float* weights, const float* logit
   const size_t shared = sizeof(float) * static_cast<size_t>(2 * n_experts + params.n_group) +
                         sizeof(int) * static_cast<size_t>(params.top_k);
   GLM_CHECK(shared <= 48 * 1024, "router over ", n_experts, " experts is too large for the CUDA router kernel");
-  route_kernel<<<static_cast<unsigned>(n), 32, shared, ctx.stream>>>(
-      expert_ids, weights, logits, correction_bias.data, correction_bias.dtype, static_cast<int>(n_experts),
-      static_cast<int>(params.n_group), static_cast<int>(params.topk_group), static_cast<int>(params.top_k),
-      params.norm_topk_prob, params.routed_scaling_factor);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, route_kernel, dim3(static_cast<unsigned>(n)), dim3(32), shared, expert_ids, weights, logits,
+         correction_bias.data, correction_bias.dtype, static_cast<int>(n_experts), static_cast<int>(params.n_group),
+         static_cast<int>(params.topk_group), static_cast<int>(params.top_k), params.norm_topk_prob,
+         params.routed_scaling_factor);
 }
 
 }  // namespace glm::cuda

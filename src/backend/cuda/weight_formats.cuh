@@ -89,6 +89,7 @@ struct FloatFormat {
 // ---- mlx affine: 32 values per chunk = BITS words (16 bytes at 4 bits)
 template <int BITS>
 struct AffineFormat {
+  static constexpr int kBits = BITS;
   static constexpr int kValues = 32;
   static constexpr uint32_t kMask = (1u << BITS) - 1u;
   struct Raw {
@@ -389,6 +390,28 @@ __device__ __forceinline__ void warp_row_dots(const Matrix& m, int64_t row, cons
   for (int t = 0; t < NT; ++t) sums[t] = warp_sum(sums[t]);
 }
 
+// result[i] = the sum over the block's threads of their value[i] (i < N), by
+// shuffles within warps and shared memory across them; result is shared
+// memory, valid for every thread after the call (which synchronises).
+template <int N>
+__device__ __forceinline__ void block_sum(const float (&value)[N], float* result) {
+  constexpr int kMaxWarps = 32;
+  __shared__ float partial[kMaxWarps * N];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float total = warp_sum(value[i]);
+    if (lane == 0) partial[warp * N + i] = total;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < N; i += blockDim.x) {
+    float total = 0.0f;
+    for (int w = 0; w < warps; ++w) total += partial[w * N + i];
+    result[i] = total;
+  }
+  __syncthreads();
+}
+
 // Dot products of R consecutive rows of each of NM matrices (sharing their
 // input, e.g. an expert's gate and up projections) with up to NT activation
 // rows, by a whole block. The columns are cut into 8-value pieces; thread i
@@ -405,8 +428,6 @@ __device__ __forceinline__ void warp_row_dots(const Matrix& m, int64_t row, cons
 template <typename Format, int NT, int R, int NM>
 __device__ __forceinline__ void block_row_dots(const Matrix (&m)[NM], int64_t row0, const float* const* x, int n_rows,
                                                float* result) {
-  constexpr int kMaxWarps = 32;
-  __shared__ float partial[kMaxWarps * NM * R * NT];
   float acc[NM][R][NT];
 #pragma unroll
   for (int k = 0; k < NM; ++k)
@@ -461,23 +482,133 @@ __device__ __forceinline__ void block_row_dots(const Matrix (&m)[NM], int64_t ro
       load(pieces, following);
     }
   }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  block_sum<NM * R * NT>(reinterpret_cast<const float(&)[NM * R * NT]>(acc), result);
+}
+
+// ---- int8 activations (GLM_CUDA_ACTIVATIONS=int8) for 4- and 8-bit affine weights
+//
+// An f32 GEMV on 4-bit weights spends ~3 instructions a weight (widen, offset,
+// multiply-add): at the card's bandwidth that is more than an SM can issue,
+// so it stalls at ~35% of the copy bandwidth. With the activations quantized
+// per 32 values (x ~ s_x * xq, xq in [-127, 127]), a 32-value piece of a row
+// is  s_w * s_x * sum(q * xq) + b_w * sum(x): the integer sum takes dp4a
+// (four byte products a instruction), and an int4 word needs only two masks
+// to become dp4a operands. The activations' reordering to the nibble order
+// (even values in the low nibbles) is done once per piece for all R rows.
+// The integers are centred (c = 8 at 4 bits, 128 at 8): with q' = q - c,
+//   s_w * sum(q x) = s_w * (s_x * sum(q xq) + c * (sum(x) - s_x * sum(xq))),
+// so the quantization error of x meets only q - c. Uncentred, it met q
+// itself, whose mean part (c * sum(x)) the bias term cancels: the error was
+// amplified by that cancellation (measured 1.4e-2 -> see tests).
+
+template <typename Format>
+inline constexpr bool kHasInt8Path = false;
+template <>
+inline constexpr bool kHasInt8Path<AffineFormat<4>> = true;
+template <>
+inline constexpr bool kHasInt8Path<AffineFormat<8>> = true;
+
+// unsigned bytes of a times signed bytes of b, summed into c.
+__device__ __forceinline__ int dot4_u8_s8(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// As block_row_dots (same arguments and result), reading activation rows
+// x.row(rows[t]) quantized by quantize_activations, in 32-value pieces.
+template <int BITS, int NT, int R, int NM>
+__device__ __forceinline__ void block_row_dots_int8(const Matrix (&m)[NM], int64_t row0, const Int8Activations& x,
+                                                    const int64_t (&rows)[NT], int n_rows, float* result) {
+  static_assert(BITS == 4 || BITS == 8, "int8 activations pair with 4- and 8-bit weights");
+  float acc[NM][R][NT];
 #pragma unroll
   for (int k = 0; k < NM; ++k)
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const float total = warp_sum(acc[k][r][t]);
-        if (lane == 0) partial[((warp * NM + k) * R + r) * NT + t] = total;
+      for (int t = 0; t < NT; ++t) acc[k][r][t] = 0.0f;
+  const int64_t n_pieces = m[0].cols / 32;
+  const int64_t groups_per_row = x.cols / 32;
+  using Format = AffineFormat<BITS>;
+  typename Format::Row cursors[NM][R];
+#pragma unroll
+  for (int k = 0; k < NM; ++k)
+#pragma unroll
+    for (int r = 0; r < R; ++r) cursors[k][r] = Format::row_of(m[k], min(row0 + r, m[0].rows - 1));
+  for (int64_t piece = threadIdx.x; piece < n_pieces; piece += blockDim.x) {
+    // The piece's weights of every row first, so their loads are in flight together.
+    uint4 words[NM][R][BITS / 4];
+    float scale[NM][R], bias[NM][R];
+#pragma unroll
+    for (int k = 0; k < NM; ++k)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int v = 0; v < BITS / 4; ++v)
+          words[k][r][v] = reinterpret_cast<const uint4*>(cursors[k][r].words + piece * BITS)[v];
+        Format::pair_at(cursors[k][r].pairs, m[k].scales_dtype, (piece * 32) >> m[k].group_shift, scale[k][r],
+                        bias[k][r]);
       }
-  __syncthreads();
-  for (int i = threadIdx.x; i < NM * R * NT; i += blockDim.x) {
-    float total = 0.0f;
-    for (int w = 0; w < warps; ++w) total += partial[w * NM * R * NT + i];
-    result[i] = total;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t >= n_rows) break;
+      const int64_t group = rows[t] * groups_per_row + piece;
+      const uint4* bytes = reinterpret_cast<const uint4*>(x.values + rows[t] * x.cols + piece * 32);
+      const uint4 first = bytes[0], second = bytes[1];
+      const uint32_t xq[8] = {first.x, first.y, first.z, first.w, second.x, second.y, second.z, second.w};
+      const float x_scale = x.scales[group], x_sum = x.sums[group];
+      const float centre_correction = (BITS == 4 ? 8.0f : 128.0f) * x.rounding[group];
+      uint32_t even[4], odd[4];  // int4: values 8w, 8w+2, .. and 8w+1, 8w+3, .. of word w
+      if constexpr (BITS == 4) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          even[w] = __byte_perm(xq[2 * w], xq[2 * w + 1], 0x6420);
+          odd[w] = __byte_perm(xq[2 * w], xq[2 * w + 1], 0x7531);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < NM; ++k)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          uint32_t w[BITS];
+#pragma unroll
+          for (int v = 0; v < BITS / 4; ++v) {
+            const uint4 vector = words[k][r][v];
+            w[4 * v] = vector.x, w[4 * v + 1] = vector.y, w[4 * v + 2] = vector.z, w[4 * v + 3] = vector.w;
+          }
+          int dot = 0;
+          if constexpr (BITS == 4) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              dot = __dp4a(static_cast<int>(w[i] & 0x0F0F0F0Fu), static_cast<int>(even[i]), dot);
+              dot = __dp4a(static_cast<int>((w[i] >> 4) & 0x0F0F0F0Fu), static_cast<int>(odd[i]), dot);
+            }
+          } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) dot = dot4_u8_s8(w[i], xq[i], dot);
+          }
+          acc[k][r][t] += scale[k][r] * (x_scale * static_cast<float>(dot) + centre_correction) + bias[k][r] * x_sum;
+        }
+    }
   }
-  __syncthreads();
+  block_sum<NM * R * NT>(reinterpret_cast<const float(&)[NM * R * NT]>(acc), result);
+}
+
+// Row dot products with f32 or int8 activation rows x.row(rows[t]): the one
+// call the GEMV and expert kernels make, whichever activations they were given.
+template <typename Format, int NT, int R, int NM>
+__device__ __forceinline__ void row_dots(const Matrix (&m)[NM], int64_t row0, const F32Activations& x,
+                                         const int64_t (&rows)[NT], int n_rows, float* result) {
+  const float* pointers[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) pointers[t] = x.data + rows[t] * x.cols;
+  block_row_dots<Format, NT, R, NM>(m, row0, pointers, n_rows, result);
+}
+template <typename Format, int NT, int R, int NM>
+__device__ __forceinline__ void row_dots(const Matrix (&m)[NM], int64_t row0, const Int8Activations& x,
+                                         const int64_t (&rows)[NT], int n_rows, float* result) {
+  if constexpr (kHasInt8Path<Format>) block_row_dots_int8<Format::kBits, NT, R, NM>(m, row0, x, rows, n_rows, result);
 }
 
 }  // namespace glm::cuda
