@@ -3,15 +3,17 @@
 // Glm4MoeModel::forward decode step (after two to warm up) allocates nothing,
 // and that generation on the bundled trained model, watched from its 4th
 // token to its last (greedy and sampled), allocates nothing either: forward
-// pass, engine bookkeeping and sampling together. Also that the reusing
-// Engine::step gives the tokens the returning one gives.
+// pass, engine bookkeeping and sampling together; on every CPU ISA and
+// activation mode. Also that the reusing Engine::step gives the tokens the
+// returning one gives.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <string>
 
-#include "backend/cpu/simd_ops.h"
+#include "backend/cpu/kernels/kernels.h"
 #include "engine/generate.h"
 
 namespace {
@@ -77,25 +79,37 @@ long allocations_while_decoding(Engine& engine, GenerationRequest request, int64
 }
 
 TEST(DecodeLoop, ForwardEngineAndSamplingAllocateNothingPerStep) {
-  if (!cpu::simd::simd_ops_available())
-    GTEST_SKIP() << "the reference attention grows its score buffer with the context";
   EngineOptions options;
   options.max_context = 512;
   Engine engine(kModel, options);
-  GenerationRequest request;
-  request.prompt = {12, 400, 33, 901, 7, 250, 1200, 64};
-  request.max_tokens = 60;  // crosses several 16-token KV blocks
-  request.ignore_eos = true;
-  request.sampling.temperature = 0.0;
-  EXPECT_EQ(allocations_of_model_forward(engine), 0) << "one forward pass of a decode token";
-  EXPECT_EQ(allocations_while_decoding(engine, request, 3), 0) << "greedy";
+  // Every CPU path this machine can run: the reference loops (attention,
+  // projections) keep grow-only buffers as the SIMD paths do.
+  const cpu::kernels::Options saved = cpu::kernels::options();
+  for (const cpu::kernels::Isa isa : {cpu::kernels::Isa::Reference, cpu::kernels::Isa::Avx2, cpu::kernels::Isa::Avx512})
+    for (const cpu::kernels::Activations activations :
+         {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast, cpu::kernels::Activations::Int8}) {
+      if (isa > cpu::kernels::supported_isa()) continue;
+      if (isa == cpu::kernels::Isa::Reference && activations != cpu::kernels::Activations::Exact) continue;
+      cpu::kernels::options().isa = isa;
+      cpu::kernels::options().activations = activations;
+      SCOPED_TRACE(std::string(cpu::kernels::isa_name(isa)) + " activations " +
+                   std::to_string(static_cast<int>(activations)));
+      GenerationRequest request;
+      request.prompt = {12, 400, 33, 901, 7, 250, 1200, 64};
+      request.max_tokens = 60;  // crosses several 16-token KV blocks
+      request.ignore_eos = true;
+      request.sampling.temperature = 0.0;
+      EXPECT_EQ(allocations_of_model_forward(engine), 0) << "one forward pass of a decode token";
+      EXPECT_EQ(allocations_while_decoding(engine, request, 3), 0) << "greedy";
 
-  request.sampling.temperature = 0.8;
-  request.sampling.top_k = 40;
-  request.sampling.top_p = 0.9;
-  request.sampling.min_p = 0.01;
-  request.sampling.seed = 5;
-  EXPECT_EQ(allocations_while_decoding(engine, request, 3), 0) << "sampled";
+      request.sampling.temperature = 0.8;
+      request.sampling.top_k = 40;
+      request.sampling.top_p = 0.9;
+      request.sampling.min_p = 0.01;
+      request.sampling.seed = 5;
+      EXPECT_EQ(allocations_while_decoding(engine, request, 3), 0) << "sampled";
+    }
+  cpu::kernels::options() = saved;
 }
 
 TEST(DecodeLoop, ReusingStepGivesTheTokensOfFreshSteps) {
