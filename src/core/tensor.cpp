@@ -5,6 +5,15 @@
 
 namespace glm {
 
+namespace detail {
+void shape_rank_overflow(size_t rank) {
+  fail("a tensor of rank ", rank, " (more than ", Shape::kMaxRank, " dimensions) is not supported");
+}
+void shape_index_out_of_range(size_t index, size_t rank) {
+  fail("internal error: dimension ", index, " of a rank-", rank, " shape");
+}
+}  // namespace detail
+
 std::string shape_to_string(const Shape& shape) {
   std::ostringstream out;
   out << '[';

@@ -59,7 +59,10 @@ NpyArray read_npy(const std::string& path) {
   std::stringstream dims(match[1].str());
   std::string item;
   while (std::getline(dims, item, ','))
-    if (item.find_first_not_of(" ") != std::string::npos) array.shape.push_back(std::stoll(item));
+    if (item.find_first_not_of(" ") != std::string::npos) {
+      GLM_CHECK(array.shape.size() < Shape::kMaxRank, path, ": more than ", Shape::kMaxRank, " dimensions");
+      array.shape.push_back(std::stoll(item));
+    }
   const size_t count = static_cast<size_t>(shape_numel(array.shape));
   const size_t data_start = header_start + header_length;
   GLM_CHECK(bytes.size() - data_start == count * sizeof(float), path, ": data size does not match shape ",

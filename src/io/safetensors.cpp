@@ -53,6 +53,9 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& spec
   const nlohmann::json& shape = spec["shape"];
   if (!shape.is_array()) fail(what, ": ", tensor, " shape must be an array, found ", json_excerpt(shape));
   // Checked in unsigned arithmetic so that a hostile shape cannot overflow into a small, plausible size.
+  if (shape.size() > Shape::kMaxRank)
+    fail(what, ": ", tensor, " shape ", json_excerpt(shape), " has ", shape.size(), " dimensions (at most ",
+         Shape::kMaxRank, " are supported)");
   uint64_t numel = 1;
   bool numel_overflows = false;
   for (const nlohmann::json& extent_json : shape) {

@@ -240,6 +240,16 @@ TEST(SafetensorsHeader, RejectsBadShapes) {
       {"tensor \"w\"", "too many elements"});
   expect_contains(header_error(R"({"w":{"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,0]}})", {}),
                   {"tensor \"w\"", "extent 18446744073709551615"});
+  // Shapes are stored in place (core/tensor.h): a rank past Shape::kMaxRank is
+  // refused by name, not written past the end; rank 8 itself still loads.
+  expect_contains(header_error(R"({"w":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,1]}})", {0}),
+                  {"tensor \"w\"", "9 dimensions", "at most 8"});
+  const std::string rank8 = R"({"w":{"dtype":"U8","shape":[1,1,1,1,1,1,1,2],"data_offsets":[0,2]}})";
+  std::vector<uint8_t> file = build_raw(rank8, {0, 0});
+  uint64_t data_start = 0;
+  const auto entries = glm::parse_safetensors_header(file.data(), file.size(), "rank8", &data_start);
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].shape, (Shape{1, 1, 1, 1, 1, 1, 1, 2}));
 }
 
 TEST(SafetensorsHeader, RejectsBadOffsets) {

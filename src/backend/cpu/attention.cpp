@@ -102,9 +102,13 @@ void attention_reference(float* out, const float* q, const float* k, const float
   const int64_t heads_per_kv = n_heads / n_kv_heads;
   const int64_t block_size = plan.block_size;
   const int64_t work = attention_macs(plan, n_tokens, n_heads, head_dim);
+  // No context is longer than the cache has slots: sizing the scores for all
+  // of them up front means decoding never grows the buffer as it goes.
+  const size_t total_slots = static_cast<size_t>(cache.keys.dim(0) * cache.keys.dim(1));
 #pragma omp parallel if (work >= kParallelMinMacs)
   {
     thread_local std::vector<float> scores;  // keeps its capacity between calls
+    if (scores.size() < total_slots) scores.resize(total_slots);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t t = 0; t < n_tokens; ++t) {
       for (int64_t h = 0; h < n_heads; ++h) {
@@ -112,7 +116,7 @@ void attention_reference(float* out, const float* q, const float* k, const float
         const int64_t context = plan.token_position[t] + 1;
         const int64_t kv_head = h / heads_per_kv;
         const float* query = q + (t * n_heads + h) * head_dim;
-        scores.resize(static_cast<size_t>(context));
+        if (scores.size() < static_cast<size_t>(context)) scores.resize(static_cast<size_t>(context));
         float max_score = -INFINITY;
         for (int64_t p = 0; p < context; ++p) {
           const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;

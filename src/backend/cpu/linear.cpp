@@ -41,7 +41,9 @@ void linear_reference(float* out, const float* x, int64_t n_tokens, const Weight
   const int64_t in_features = weight.dim(1);
 #pragma omp parallel
   {
-    std::vector<float> row(static_cast<size_t>(in_features));
+    // Each thread's own, grow-only: a decode step on this path allocates nothing.
+    thread_local std::vector<float> row;
+    if (row.size() < static_cast<size_t>(in_features)) row.resize(static_cast<size_t>(in_features));
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < out_features; ++o) {
       dequantize_row(weight, o, row.data());
