@@ -17,7 +17,10 @@
 // crosses the target. After 4 passes the logit is known exactly; tokens tied
 // on it all weigh the same, so the index among them is a division, and one
 // block-wide prefix count finds that tie in id order. Masses are integers,
-// so the order in which threads add them changes nothing.
+// so the order in which threads add them changes nothing. Once a filter has
+// left at most kCompactCapacity candidates (top-k 50, the usual setting, or a
+// peaked distribution after top-p), they are copied into shared memory in id
+// order and the remaining searches run over them instead of the whole row.
 #include <climits>
 
 #include "backend/cuda/ops.cuh"
@@ -29,6 +32,7 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kDigits = 256;  // 8 key bits per radix pass
+constexpr int kCompactCapacity = 1024;
 
 struct Shared {
   unsigned long long histogram[kWarps][kDigits];  // per-warp bucket sums: fewer atomic collisions
@@ -36,6 +40,8 @@ struct Shared {
   float best_value[kWarps];
   int best_index[kWarps];
   int warp_count[kWarps];
+  float compact_x[kCompactCapacity];  // compacted candidates, ascending id
+  int compact_id[kCompactCapacity];
   uint32_t prefix;           // the digits found so far
   unsigned long long remaining;  // the target within the tokens matching `prefix`
   int found;
@@ -56,6 +62,15 @@ struct Filter {
     if (key < cut_key || (key == cut_key && id > cut_id)) return false;
     return min_p == 0.0f || sampling_weight(x, x_max, inverse_temperature) >= min_p;
   }
+};
+
+// The tokens a search runs over: the whole row (ids null: the index is the
+// token) or candidates compacted into shared memory, in ascending id order.
+struct Candidates {
+  const float* x;
+  const int* ids;
+  int count;
+  __device__ int id(int i) const { return ids ? ids[i] : i; }
 };
 
 struct Position {
@@ -98,19 +113,19 @@ __device__ void block_argmax(const float* row, int vocab, Shared& s, float& best
 // s.bucket[d] = total weight of the eligible tokens whose key matches `prefix`
 // on `mask` and has digit d at `shift`.
 template <bool kMass>
-__device__ void fill_buckets(const float* row, int vocab, const Filter& filter, uint32_t prefix, uint32_t mask,
-                             int shift, Shared& s) {
+__device__ void fill_buckets(const Candidates& c, const Filter& filter, uint32_t prefix, uint32_t mask, int shift,
+                             Shared& s) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   unsigned long long* histogram = &s.histogram[0][0];
   for (int d = threadIdx.x; d < kWarps * kDigits; d += kThreads) histogram[d] = 0;
   __syncthreads();
   // Whole warps step together (the trip count is the same for every thread)
   // so counting can merge the lanes that hit one bucket.
-  for (int base = 0; base < vocab; base += kThreads) {
+  for (int base = 0; base < c.count; base += kThreads) {
     const int i = base + threadIdx.x;
-    const float x = i < vocab ? row[i] : 0.0f;
+    const float x = i < c.count ? c.x[i] : 0.0f;
     const uint32_t key = order_key(x);
-    const bool eligible = i < vocab && (key & mask) == prefix && filter.keeps(x, key, i);
+    const bool eligible = i < c.count && (key & mask) == prefix && filter.keeps(x, key, c.id(i));
     const int digit = eligible ? static_cast<int>((key >> shift) & 0xffu) : -1;
     if constexpr (kMass) {
       if (eligible) {
@@ -132,13 +147,15 @@ __device__ void fill_buckets(const float* row, int vocab, const Filter& filter, 
   __syncthreads();
 }
 
-// The k-th eligible token (0-based) among those with `key`, in id order.
-__device__ int nth_tied(const float* row, int vocab, const Filter& filter, uint32_t key, int n, Shared& s) {
-  const int per_thread = (vocab + kThreads - 1) / kThreads;
-  const int begin = min(vocab, static_cast<int>(threadIdx.x) * per_thread), end = min(vocab, begin + per_thread);
-  int count = 0;
-  for (int i = begin; i < end; ++i) count += order_key(row[i]) == key && filter.keeps(row[i], key, i);
-  // Block-wide exclusive prefix of the counts: threads own consecutive ids.
+// Each thread's share when threads own consecutive ranges of `count` items.
+__device__ void thread_range(int count, int& begin, int& end) {
+  const int per_thread = (count + kThreads - 1) / kThreads;
+  begin = min(count, static_cast<int>(threadIdx.x) * per_thread);
+  end = min(count, begin + per_thread);
+}
+
+// The sum of `count` over the threads before this one, and over all of them.
+__device__ int block_exclusive_prefix(int count, Shared& s, int& total) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int inclusive = count;
   for (int offset = 1; offset < 32; offset <<= 1) {
@@ -148,16 +165,29 @@ __device__ int nth_tied(const float* row, int vocab, const Filter& filter, uint3
   if (lane == 31) s.warp_count[warp] = inclusive;
   __syncthreads();
   int before = inclusive - count;
-  for (int w = 0; w < warp; ++w) before += s.warp_count[w];
-  if (n >= before && n < before + count) {
-    int seen = before;
+  total = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) before += s.warp_count[w];
+    total += s.warp_count[w];
+  }
+  __syncthreads();  // s.warp_count may be reused
+  return before;
+}
+
+// The n-th eligible token (0-based) among those with `key`, in id order.
+__device__ int nth_tied(const Candidates& c, const Filter& filter, uint32_t key, int n, Shared& s) {
+  int begin, end, total;
+  thread_range(c.count, begin, end);
+  auto tied = [&](int i) { return order_key(c.x[i]) == key && filter.keeps(c.x[i], key, c.id(i)); };
+  int count = 0;
+  for (int i = begin; i < end; ++i) count += tied(i);
+  int seen = block_exclusive_prefix(count, s, total);
+  if (n >= seen && n < seen + count) {
     for (int i = begin; i < end; ++i) {
-      if (order_key(row[i]) == key && filter.keeps(row[i], key, i)) {
-        if (seen == n) {
-          s.found = i;
-          break;
-        }
-        ++seen;
+      if (!tied(i)) continue;
+      if (seen++ == n) {
+        s.found = c.id(i);
+        break;
       }
     }
   }
@@ -167,15 +197,34 @@ __device__ int nth_tied(const float* row, int vocab, const Filter& filter, uint3
   return found;
 }
 
+// The candidates the filter keeps, copied into shared memory in id order
+// when there are at most kCompactCapacity of them; else `c` itself.
+__device__ Candidates compact(const Candidates& c, const Filter& filter, Shared& s) {
+  int begin, end, total;
+  thread_range(c.count, begin, end);
+  auto kept = [&](int i) { return filter.keeps(c.x[i], order_key(c.x[i]), c.id(i)); };
+  int count = 0;
+  for (int i = begin; i < end; ++i) count += kept(i);
+  int slot = block_exclusive_prefix(count, s, total);
+  if (total > kCompactCapacity) return c;  // the same decision in every thread
+  for (int i = begin; i < end; ++i) {
+    if (!kept(i)) continue;
+    s.compact_x[slot] = c.x[i];
+    s.compact_id[slot] = c.id(i);
+    ++slot;
+  }
+  __syncthreads();
+  return Candidates{s.compact_x, s.compact_id, total};
+}
+
 // The first eligible token, in order, whose cumulative weight exceeds
 // target_of(total weight). with_id false skips finding which of several
 // tokens tied on that logit it is (top-k needs only the logit).
 template <bool kMass, typename Target>
-__device__ Position locate(const float* row, int vocab, const Filter& filter, Shared& s, bool with_id,
-                           Target target_of) {
+__device__ Position locate(const Candidates& c, const Filter& filter, Shared& s, bool with_id, Target target_of) {
   uint32_t prefix = 0, mask = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    fill_buckets<kMass>(row, vocab, filter, prefix, mask, shift, s);
+    fill_buckets<kMass>(c, filter, prefix, mask, shift, s);
     if (threadIdx.x < 32) {
       // Lane l holds digits 255 - 8l down to 248 - 8l: lane order is descending digit order.
       const int lane = threadIdx.x;
@@ -214,7 +263,7 @@ __device__ Position locate(const float* row, int vocab, const Filter& filter, Sh
   // Every token tied on this logit weighs the same.
   const unsigned long long tie_weight =
       kMass ? sampling_mass(key_value(prefix), filter.x_max, filter.inverse_temperature) : 1;
-  return Position{prefix, nth_tied(row, vocab, filter, prefix, static_cast<int>(remaining / tie_weight), s)};
+  return Position{prefix, nth_tied(c, filter, prefix, static_cast<int>(remaining / tie_weight), s)};
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -235,22 +284,25 @@ __global__ void __launch_bounds__(kThreads)
   Filter filter;
   filter.x_max = x_max;
   filter.inverse_temperature = rule.inverse_temperature;
+  Candidates candidates{row, nullptr, vocab};
   if (rule.top_k > 0) {
     const uint64_t kth = static_cast<uint64_t>(rule.top_k - 1);
-    filter.min_key = locate<false>(row, vocab, filter, s, false, [&](uint64_t) { return kth; }).key;
+    filter.min_key = locate<false>(candidates, filter, s, false, [&](uint64_t) { return kth; }).key;
+    candidates = compact(candidates, filter, s);
   }
   if (rule.top_p_on) {
     // The last kept token holds mass position kept - 1; none kept but the best: position 0.
-    const Position cut = locate<true>(row, vocab, filter, s, true, [&](uint64_t total) {
+    const Position cut = locate<true>(candidates, filter, s, true, [&](uint64_t total) {
       const uint64_t kept = top_p_kept_mass(total, rule);
       return kept == 0 ? uint64_t{0} : kept - 1;
     });
     filter.cut_key = cut.key;
     filter.cut_id = cut.id;
+    if (candidates.ids == nullptr) candidates = compact(candidates, filter, s);
   }
   filter.min_p = rule.min_p;
   const Position drawn =
-      locate<true>(row, vocab, filter, s, true, [&](uint64_t total) { return draw_target(rule, total); });
+      locate<true>(candidates, filter, s, true, [&](uint64_t total) { return draw_target(rule, total); });
   if (threadIdx.x == 0) tokens[blockIdx.x] = drawn.id;
 }
 
