@@ -3,6 +3,7 @@
 // GLM vocabulary (151552) and small ones — greedy, each filter alone and all
 // combined, many seeds and steps, ties (coarse grids, all-equal rows, ties
 // at the maximum), masked (-inf) tokens and extreme temperatures — and
+// in-step sampling against host sampling of the GPU engine's own logits, and
 // end-to-end generation with sampling on the fixtures, GPU against CPU. Each
 // comparison prints a "PARITY" line (mismatched tokens); a "TIMING" line
 // gives the kernel's time per row. Skips without a GPU.
@@ -19,6 +20,7 @@
 #include "cuda_parity.h"
 #include "engine/generate.h"
 #include "../common/reference_fixtures.h"
+#include "../common/step_sampling.h"
 
 namespace glm {
 namespace {
@@ -182,6 +184,24 @@ TEST(CudaSampling, KernelTimePerRow) {
                   static_cast<long long>(params.top_k), params.top_p, params.min_p, us / repeats);
     }
   }
+}
+
+// On the GPU engine, steps that sample on the device choose what host
+// sampling of the same rows' logits chooses (exact: the same logits), in
+// mixed plans where the sampled rows are gathered out of the logits too.
+TEST(CudaSampling, StepSamplingEqualsHostSamplingOfTheGpuLogits) {
+  REQUIRE_GPU();
+  using namespace testing_fixtures;
+  const std::string name = fixture_cases().front();
+  EngineOptions options;
+  options.device = "cuda";
+  options.max_context = 256;
+  options.block_size = 4;
+  Engine gpu(case_dir(name).string(), options);
+  const nlohmann::json meta = load_meta(name);
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t p = 0; p < 3; ++p) prompts.push_back(ids_of(meta["prompts"][p % meta["prompts"].size()]));
+  expect_step_sampling_matches_host(gpu, prompts);
 }
 
 // Generation with sampling on, the whole model on the GPU against the CPU

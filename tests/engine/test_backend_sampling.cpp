@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/generate.h"
+#include "../common/step_sampling.h"
 
 namespace glm {
 namespace {
@@ -18,47 +19,9 @@ EngineOptions small_cache() {
   return options;
 }
 
-SamplingRequest request_of(double temperature, int64_t top_k, double top_p, double min_p, uint64_t seed,
-                           uint64_t stream, uint64_t step) {
-  return SamplingRequest{SamplingParams{temperature, top_k, top_p, min_p, seed}, stream, step};
-}
-
 TEST(BackendSampling, StepSamplesWhatItsLogitsGive) {
   Engine engine(kModel, small_cache());
-  PagedKvCache& cache = engine.cache();
-  const std::vector<int32_t> first = {12, 400, 33, 901}, second = {7, 250, 1200}, third = {64, 5, 77, 300, 2};
-  const SamplingRequest sampled = request_of(0.9, 40, 0.95, 0.0, 1, 0, 0);
-  const SamplingRequest flat = request_of(1.5, 0, 1.0, 0.01, 2, 1, 0);
-
-  // The same three sequences twice: once sampling on the backend, once returning logits.
-  int32_t a[3], b[3];
-  for (int i = 0; i < 3; ++i) a[i] = cache.create_sequence(), b[i] = cache.create_sequence();
-  const auto on_backend = engine.step({SequenceWork{a[0], first, LogitsWanted::Last, sampled},
-                                       SequenceWork{a[1], second, LogitsWanted::None, flat},
-                                       SequenceWork{a[2], third, LogitsWanted::All}});
-  const auto logits = engine.step({SequenceWork{b[0], first, LogitsWanted::Last},
-                                   SequenceWork{b[1], second, LogitsWanted::Last},
-                                   SequenceWork{b[2], third, LogitsWanted::All}});
-  EXPECT_EQ(on_backend[0].token, sample_token(logits[0].logits, sampled));
-  EXPECT_EQ(on_backend[0].logits, logits[0].logits);
-  EXPECT_EQ(on_backend[1].token, sample_token(logits[1].logits, flat));
-  EXPECT_EQ(on_backend[1].rows, 0);
-  EXPECT_TRUE(on_backend[1].logits.empty());
-  EXPECT_EQ(on_backend[2].token, -1);
-  EXPECT_EQ(on_backend[2].logits, logits[2].logits);
-
-  // A decode step where nothing comes back but the ids.
-  for (int step = 1; step < 6; ++step) {
-    const SamplingRequest one = request_of(0.7, 0, 0.8, 0.0, 3, 0, step), two = request_of(0.0, 0, 1.0, 0.0, 0, 1, step);
-    const auto ids = engine.step({SequenceWork{a[0], {on_backend[0].token}, LogitsWanted::None, one},
-                                  SequenceWork{a[1], {on_backend[1].token}, LogitsWanted::None, two}});
-    const auto rows = engine.step({SequenceWork{b[0], {on_backend[0].token}, LogitsWanted::Last},
-                                   SequenceWork{b[1], {on_backend[1].token}, LogitsWanted::Last}});
-    EXPECT_EQ(ids[0].token, sample_token(rows[0].logits, one)) << "step " << step;
-    EXPECT_EQ(ids[1].token, argmax(rows[1].logits)) << "step " << step;
-    EXPECT_TRUE(ids[0].logits.empty() && ids[1].logits.empty());
-  }
-  for (int i = 0; i < 3; ++i) cache.release_sequence(a[i]), cache.release_sequence(b[i]);
+  testing_fixtures::expect_step_sampling_matches_host(engine, {{12, 400, 33, 901}, {7, 250, 1200}, {64, 5, 77, 300, 2}});
 }
 
 TEST(BackendSampling, GenerateEqualsHostSamplingOfTheLogits) {
