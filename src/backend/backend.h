@@ -3,7 +3,7 @@
 // today, cuda/ next) implements them and owns the memory activations and the
 // KV cache live in. A backend knows nothing about GLM: the ops are generic
 // transformer building blocks (norms, projections, rotary, paged attention,
-// sigmoid-grouped routing, expert MLPs).
+// sigmoid-grouped routing, expert MLPs, token sampling).
 //
 // Conventions: activations are dense row-major Tensors allocated by the
 // backend; shapes are written [rows, ...]. Weights are Weight descriptors
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backend/communicator.h"
+#include "backend/sampling.h"
 #include "core/tensor.h"
 #include "core/weight.h"
 
@@ -146,6 +147,12 @@ class Backend {
                            const ExpertTable& down /*[E][hidden, width]*/) = 0;
   // Sums x over the tensor-parallel group; nothing on a single device.
   virtual void all_reduce(Tensor x) = 0;
+  // Chooses the next token of each row by the rule of backend/sampling.h
+  // (greedy, or temperature, top-k, top-p, min-p and a counter-based draw);
+  // only the ids reach the host. Every backend must choose the tokens the
+  // reference sample_token chooses from the same logits.
+  virtual void sample(std::span<int32_t> tokens /*[rows]*/, const Tensor& logits /*[rows, vocab]*/,
+                      std::span<const SamplingRequest> requests /*[rows]*/) = 0;
 
   // ---- fused ops ----
   // Each equals the plain ops it names (tests/cuda checks a device's version
@@ -175,6 +182,16 @@ class Backend {
     rotary(k, positions, rotary_dim, theta);
   }
 };
+
+// Throws unless `tokens` and `requests` have one entry per row of `logits`
+// (Backend::sample's contract).
+inline void check_sample_shapes(std::span<const int32_t> tokens, const Tensor& logits,
+                                std::span<const SamplingRequest> requests) {
+  const int64_t rows = logits.rows();
+  GLM_CHECK(static_cast<int64_t>(tokens.size()) == rows && static_cast<int64_t>(requests.size()) == rows,
+            "internal error: sample of ", rows, " rows with ", tokens.size(), " tokens and ", requests.size(),
+            " requests");
+}
 
 // The reference CPU backend (f32 arithmetic, OpenMP threads).
 // `communicator` may be null (single device).

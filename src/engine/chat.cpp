@@ -50,7 +50,11 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
 
   auto start = Clock::now();
   const std::span<const int32_t> unseen(prompt.begin() + common, prompt.end());
-  std::vector<float> logits = prefill(engine_, sequence_, unseen, 512);
+  // The reply's random stream is the turn number; each token is chosen on the
+  // backend from the step that computed its logits.
+  const uint64_t stream = turn_ + 1;
+  SamplingRequest sampling{options_.sampling, stream, 0};
+  int32_t token = prefill(engine_, sequence_, unseen, 512, LogitsWanted::None, sampling).token;
   cached_tokens_.insert(cached_tokens_.end(), unseen.begin(), unseen.end());
   reply.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
@@ -74,12 +78,11 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
 
   start = Clock::now();
   reply.finish_reason = "length";
-  // One plan, one result list and two swapped logits buffers for the whole
-  // reply: the engine step allocates nothing per token.
-  std::vector<SequenceWork> plan{SequenceWork{sequence_, {0}, LogitsWanted::Last}};
+  // One plan and one result list for the whole reply: the engine step
+  // allocates nothing per token.
+  std::vector<SequenceWork> plan{SequenceWork{sequence_, {0}, LogitsWanted::None, sampling}};
   std::vector<SequenceResult> results;
   for (int64_t step = 0; step < options_.max_tokens; ++step) {
-    const int32_t token = sample_token(logits, options_.sampling, turn_, static_cast<uint64_t>(step));
     ++reply.generated_tokens;
     reply.tokens.push_back(token);
     if (std::find(options_.eos_token_ids.begin(), options_.eos_token_ids.end(), token) !=
@@ -98,9 +101,10 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
     }
     if (step + 1 == options_.max_tokens) break;
     plan[0].tokens[0] = token;
+    plan[0].sample->step = static_cast<uint64_t>(step + 1);
     engine_.step(plan, results);
     cached_tokens_.push_back(token);
-    logits.swap(results[0].logits);
+    token = results[0].token;
   }
   deliver(parser.push(decoder.flush()));
   deliver(parser.finish());

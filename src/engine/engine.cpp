@@ -33,11 +33,15 @@ void Engine::step(const std::vector<SequenceWork>& plan, std::vector<SequenceRes
   AttentionPlan& attention = input.attention;
   input.token_ids.clear();
   input.logit_rows.clear();
+  input.sample_rows.clear();
+  input.sampling.clear();
+  input.return_logits = false;
   attention.block_size = cache_->shape().block_size;
   attention.token_sequence.clear();
   attention.token_position.clear();
   attention.token_slot.clear();
   first_logit_row_.clear();
+  sample_index_.clear();
   results.resize(plan.size());
 
   for (size_t index = 0; index < plan.size(); ++index) {
@@ -58,16 +62,25 @@ void Engine::step(const std::vector<SequenceWork>& plan, std::vector<SequenceRes
     SequenceResult& result = results[index];
     result.sequence = work.sequence;
     result.rows = 0;
+    result.token = -1;
     first_logit_row_.push_back(static_cast<int64_t>(input.logit_rows.size()));
+    sample_index_.push_back(-1);
+    input.return_logits = input.return_logits || work.logits != LogitsWanted::None;
     for (size_t i = 0; i < work.tokens.size(); ++i) {
       const int32_t token_index = static_cast<int32_t>(input.token_ids.size());
       input.token_ids.push_back(work.tokens[i]);
       attention.token_sequence.push_back(static_cast<int32_t>(index));
       attention.token_position.push_back(static_cast<int32_t>(start + static_cast<int64_t>(i)));
       const bool last = i + 1 == work.tokens.size();
-      if (work.logits == LogitsWanted::All || (work.logits == LogitsWanted::Last && last)) {
-        input.logit_rows.push_back(token_index);
-        ++result.rows;
+      const bool returned = work.logits == LogitsWanted::All || (work.logits == LogitsWanted::Last && last);
+      const bool sampled = last && work.sample.has_value();
+      // A sampled row goes through lm_head even when its logits are not returned.
+      if (returned || sampled) input.logit_rows.push_back(token_index);
+      if (returned) ++result.rows;
+      if (sampled) {
+        sample_index_.back() = static_cast<int64_t>(input.sample_rows.size());
+        input.sample_rows.push_back(static_cast<int32_t>(input.logit_rows.size() - 1));
+        input.sampling.push_back(*work.sample);
       }
     }
   }
@@ -88,6 +101,12 @@ void Engine::step(const std::vector<SequenceWork>& plan, std::vector<SequenceRes
   const StepOutput& output = step_output_;
   for (size_t index = 0; index < plan.size(); ++index) {
     SequenceResult& result = results[index];
+    if (sample_index_[index] >= 0) result.token = output.tokens[static_cast<size_t>(sample_index_[index])];
+    if (result.rows == 0) {  // nothing returned (a sampled-only row is not handed back)
+      result.logits.clear();
+      result.final_hidden.clear();
+      continue;
+    }
     const int64_t first_row = first_logit_row_[index];
     result.logits.assign(output.logits.begin() + first_row * vocab,
                          output.logits.begin() + (first_row + result.rows) * vocab);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,10 +28,14 @@ struct EngineOptions {
 enum class LogitsWanted { None, Last, All };
 
 // One sequence's share of a step: tokens appended after what the cache holds.
+// With `sample` set, the next token is chosen from the last token's logits on
+// the backend (so only its id crosses to the host); `logits` says which
+// logits come back besides.
 struct SequenceWork {
   int32_t sequence = 0;
   std::vector<int32_t> tokens;
   LogitsWanted logits = LogitsWanted::Last;
+  std::optional<SamplingRequest> sample = std::nullopt;
 };
 
 struct SequenceResult {
@@ -38,6 +43,7 @@ struct SequenceResult {
   int64_t rows = 0;                 // 0, 1 (Last) or tokens.size() (All)
   std::vector<float> logits;        // [rows, vocab_size]
   std::vector<float> final_hidden;  // [rows, hidden_size]
+  int32_t token = -1;               // the sampled next token when the work had `sample`
 };
 
 class Engine {
@@ -71,6 +77,7 @@ class Engine {
   StepInput step_input_;
   StepOutput step_output_;
   std::vector<int64_t> first_logit_row_;  // [plan entries] first row of each entry's logits
+  std::vector<int64_t> sample_index_;     // [plan entries] its index among the sampled rows, or -1
 };
 
 }  // namespace glm

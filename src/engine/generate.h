@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ struct GenerationResult {
 // Appends `tokens` to `sequence` in steps of at most `chunk` tokens
 // (matrix-matrix prompt processing) and returns the logits of the last one.
 std::vector<float> prefill(Engine& engine, int32_t sequence, std::span<const int32_t> tokens, int64_t chunk);
+// The same, where the last chunk's step returns `logits` of its last token
+// and, with `sample`, the next token chosen on the backend.
+SequenceResult prefill(Engine& engine, int32_t sequence, std::span<const int32_t> tokens, int64_t chunk,
+                       LogitsWanted logits, const std::optional<SamplingRequest>& sample);
 
 // Called with each new token; returning false stops generation ("stopped").
 using TokenCallback = std::function<bool(int32_t token)>;

@@ -63,8 +63,12 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
 
   // Only the rows that need logits go through the final norm and lm_head.
   const int64_t rows = static_cast<int64_t>(step.logit_rows.size());
+  const int64_t samples = static_cast<int64_t>(step.sample_rows.size());
+  GLM_CHECK(step.sampling.size() == step.sample_rows.size(), "internal error: ", samples, " sample rows with ",
+            step.sampling.size(), " sampling requests");
   output.logits.clear();
   output.final_hidden.clear();
+  output.tokens.clear();
   if (rows == 0) return;
   Tensor selected = backend_.scratch({rows, H});  // [rows, H]
   backend_.gather_rows(selected, hidden, step.logit_rows);
@@ -72,6 +76,24 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   trace("final_norm", -1, selected);
   Tensor logits = backend_.scratch({rows, config_.vocab_size});  // [rows, vocab]
   backend_.linear(logits, selected, weights_.lm_head, nullptr);
+  if (samples > 0) {
+    // Sampling every row in order (a decode batch) reads the logits in
+    // place; otherwise the sampled rows are gathered first.
+    bool every_row = samples == rows;
+    for (int64_t i = 0; every_row && i < samples; ++i) every_row = step.sample_rows[i] == i;
+    const Tensor* sampled = &logits;  // [samples, vocab]
+    Tensor gathered;
+    if (!every_row) {
+      for (int32_t row : step.sample_rows)
+        GLM_CHECK(row >= 0 && row < rows, "internal error: sample row ", row, " of ", rows, " logit rows");
+      gathered = backend_.scratch({samples, config_.vocab_size});  // [samples, vocab]
+      backend_.gather_rows(gathered, logits, step.sample_rows);
+      sampled = &gathered;
+    }
+    output.tokens.resize(static_cast<size_t>(samples));
+    backend_.sample(output.tokens, *sampled, step.sampling);
+  }
+  if (!step.return_logits) return;
   output.final_hidden.resize(static_cast<size_t>(rows * H));
   output.logits.resize(static_cast<size_t>(rows * config_.vocab_size));
   backend_.copy_to_host(output.final_hidden, selected);

@@ -16,16 +16,22 @@ namespace glm {
 // One step's input: any mix of prompt chunks and decode tokens of any
 // sequences. `attention` says, for each token, its sequence, position and KV
 // slot; `logit_rows` lists the tokens whose logits (and final hidden states)
-// are wanted — usually the last token of each sequence.
+// are computed — usually the last token of each sequence. Rows listed in
+// `sample_rows` get their next token chosen on the backend (only the ids come
+// back); the logits themselves come back only when `return_logits` is set.
 struct StepInput {
   std::vector<int32_t> token_ids;   // [n_tokens]
   AttentionPlan attention;          // per token: sequence, position, slot
   std::vector<int32_t> logit_rows;  // [n_logit_rows] indices into token_ids
+  std::vector<int32_t> sample_rows;           // [n_samples] indices into logit_rows
+  std::vector<SamplingRequest> sampling;      // [n_samples] how each of them chooses
+  bool return_logits = true;                  // copy logits and final hidden states to the host
 };
 
 struct StepOutput {
-  std::vector<float> logits;        // [n_logit_rows, vocab_size]
-  std::vector<float> final_hidden;  // [n_logit_rows, hidden_size] after the final norm (lm_head input)
+  std::vector<float> logits;        // [n_logit_rows, vocab_size], empty unless return_logits
+  std::vector<float> final_hidden;  // [n_logit_rows, hidden_size] after the final norm (lm_head input), the same
+  std::vector<int32_t> tokens;      // [n_samples] the chosen next tokens
 };
 
 // Called with every named intermediate when set (for layer-by-layer comparison

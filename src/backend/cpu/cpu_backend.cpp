@@ -144,6 +144,17 @@ class CpuBackend final : public Backend {
     if (communicator_ && communicator_->world_size() > 1)
       communicator_->all_reduce_sum(x.f32(), static_cast<size_t>(x.numel()));
   }
+  // The reference sampler on the logits where they lie; rows in parallel
+  // (each thread keeps its own sort buffers).
+  void sample(std::span<int32_t> tokens, const Tensor& logits, std::span<const SamplingRequest> requests) override {
+    check_sample_shapes(tokens, logits, requests);
+    const int64_t rows = logits.rows(), vocab = logits.dim(-1);
+    for (const SamplingRequest& request : requests) check_sampling_request(request, vocab);  // not inside a thread
+    const float* values = logits.f32();
+#pragma omp parallel for schedule(dynamic) if (rows > 1)
+    for (int64_t r = 0; r < rows; ++r)
+      tokens[r] = sample_token(std::span<const float>(values + r * vocab, static_cast<size_t>(vocab)), requests[r]);
+  }
 
  private:
   Communicator* communicator_;

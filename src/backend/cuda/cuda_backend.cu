@@ -500,6 +500,16 @@ class CudaBackend final : public Backend, public cuda::Context {
     cuda::route(*this, out.expert_ids.i32(), out.weights.f32(), router_logits.f32(),
                 cuda::matrix_of(correction_bias, index_), n_tokens, n_experts, params);
   }
+  // Sampling on the device (sampling.cu): only the chosen ids are downloaded.
+  void sample(std::span<int32_t> tokens, const Tensor& logits, std::span<const SamplingRequest> requests) override {
+    select();
+    ProfileScope scope(*this, "sample");
+    check_sample_shapes(tokens, logits, requests);
+    const int64_t rows = logits.rows(), vocab = logits.dim(-1);
+    int32_t* device_tokens = static_cast<int32_t*>(scratch_bytes(tokens.size_bytes() + sizeof(int32_t)));
+    cuda::sample(*this, device_tokens, logits.f32(), rows, vocab, requests);
+    if (rows > 0) download_bytes(tokens.data(), device_tokens, tokens.size_bytes());
+  }
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
                    const ExpertTable& down) override {
     select();

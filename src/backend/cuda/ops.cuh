@@ -193,4 +193,9 @@ void moe_experts(Context& ctx, float* out /*[n, hidden]*/, const float* x /*[n, 
                  int64_t hidden, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
                  const ExpertTable& down);
 
+// sampling.cu: the next token of each row by the rule of backend/sampling_rule.h,
+// one block per row; tokens stay on the device (the caller downloads them).
+void sample(Context& ctx, int32_t* tokens /*[rows]*/, const float* logits /*[rows, vocab]*/, int64_t rows,
+            int64_t vocab, std::span<const SamplingRequest> requests /*[rows]*/);
+
 }  // namespace glm::cuda

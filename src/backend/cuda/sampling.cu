@@ -1,0 +1,324 @@
+// Sampling on the GPU: one block per row of logits chooses the token the CPU
+// reference (backend/sampling.cpp) chooses, by the rule and the arithmetic of
+// backend/sampling_rule.h, and writes only its id.
+//
+// The reference sorts the vocabulary; here nothing is sorted. Every question
+// the rule asks is "which token, in the order (logit descending, id
+// ascending), is the first whose cumulative weight over the eligible tokens
+// exceeds a target?":
+//   top-k: weight 1 per token, target k - 1: the k-th token (its logit is
+//          the cut; its ties stay);
+//   top-p: weight = integer mass, target = the kept mass - 1: the last kept token;
+//   draw:  weight = mass over the survivors, target = trunc(u * total).
+// `locate` answers it by radix selection on an order-preserving 32-bit key of
+// the logit, 8 bits per pass: each pass sums the weights of the eligible
+// tokens whose key matches the digits found so far into 256 buckets and picks
+// the bucket where the cumulative weight (from the largest digit down)
+// crosses the target. After 4 passes the logit is known exactly; tokens tied
+// on it all weigh the same, so the index among them is a division, and one
+// block-wide prefix count finds that tie in id order. Masses are integers,
+// so the order in which threads add them changes nothing. Once a filter has
+// left at most kCompactCapacity candidates (top-k 50, the usual setting, or a
+// peaked distribution after top-p), they are copied into shared memory in id
+// order and the remaining searches run over them instead of the whole row.
+#include <climits>
+
+#include "backend/cuda/ops.cuh"
+#include "backend/sampling_rule.h"
+
+namespace glm::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kDigits = 256;  // 8 key bits per radix pass
+constexpr int kCompactCapacity = 1024;
+
+struct Shared {
+  unsigned long long histogram[kWarps][kDigits];  // per-warp bucket sums: fewer atomic collisions
+  unsigned long long bucket[kDigits];             // their sums over the warps
+  float best_value[kWarps];
+  int best_index[kWarps];
+  int warp_count[kWarps];
+  float compact_x[kCompactCapacity];  // compacted candidates, ascending id
+  int compact_id[kCompactCapacity];
+  uint32_t prefix;           // the digits found so far
+  unsigned long long remaining;  // the target within the tokens matching `prefix`
+  int found;
+};
+
+// Which tokens are still candidates: top-k keeps keys >= min_key; top-p keeps
+// tokens up to (cut_key, cut_id) in the order; min-p keeps weights >= min_p.
+struct Filter {
+  float x_max = 0.0f;
+  float inverse_temperature = 1.0f;
+  uint32_t min_key = 0;
+  uint32_t cut_key = 0;
+  int cut_id = INT_MAX;
+  float min_p = 0.0f;
+
+  __device__ bool keeps(float x, uint32_t key, int id) const {
+    if (key < min_key) return false;
+    if (key < cut_key || (key == cut_key && id > cut_id)) return false;
+    return min_p == 0.0f || sampling_weight(x, x_max, inverse_temperature) >= min_p;
+  }
+};
+
+// The tokens a search runs over: the whole row (ids null: the index is the
+// token) or candidates compacted into shared memory, in ascending id order.
+struct Candidates {
+  const float* x;
+  const int* ids;
+  int count;
+  __device__ int id(int i) const { return ids ? ids[i] : i; }
+};
+
+struct Position {
+  uint32_t key;  // the token's order key (its logit)
+  int id;        // the token
+};
+
+// The largest logit and its first index, to every thread.
+__device__ void block_argmax(const float* row, int vocab, Shared& s, float& best, int& best_index) {
+  float value = -INFINITY;
+  int index = -1;
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+    const float x = row[i];
+    if (index < 0 || x > value) value = x, index = i;  // ascending i: the first of equals stays
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_down_sync(0xffffffffu, value, offset);
+    const int other_index = __shfl_down_sync(0xffffffffu, index, offset);
+    if (other_index >= 0 && (index < 0 || other > value || (other == value && other_index < index)))
+      value = other, index = other_index;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) s.best_value[warp] = value, s.best_index[warp] = index;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) {
+      const float other = s.best_value[w];
+      const int other_index = s.best_index[w];
+      if (other_index >= 0 && (index < 0 || other > value || (other == value && other_index < index)))
+        value = other, index = other_index;
+    }
+    s.best_value[0] = value, s.best_index[0] = index;
+  }
+  __syncthreads();
+  best = s.best_value[0];
+  best_index = s.best_index[0];
+  __syncthreads();  // s.best_* may be reused
+}
+
+// s.bucket[d] = total weight of the eligible tokens whose key matches `prefix`
+// on `mask` and has digit d at `shift`.
+template <bool kMass>
+__device__ void fill_buckets(const Candidates& c, const Filter& filter, uint32_t prefix, uint32_t mask, int shift,
+                             Shared& s) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned long long* histogram = &s.histogram[0][0];
+  for (int d = threadIdx.x; d < kWarps * kDigits; d += kThreads) histogram[d] = 0;
+  __syncthreads();
+  // Whole warps step together (the trip count is the same for every thread)
+  // so counting can merge the lanes that hit one bucket.
+  for (int base = 0; base < c.count; base += kThreads) {
+    const int i = base + threadIdx.x;
+    const float x = i < c.count ? c.x[i] : 0.0f;
+    const uint32_t key = order_key(x);
+    const bool eligible = i < c.count && (key & mask) == prefix && filter.keeps(x, key, c.id(i));
+    const int digit = eligible ? static_cast<int>((key >> shift) & 0xffu) : -1;
+    if constexpr (kMass) {
+      if (eligible) {
+        const uint64_t mass = sampling_mass(x, filter.x_max, filter.inverse_temperature);
+        if (mass) atomicAdd(&s.histogram[warp][digit], static_cast<unsigned long long>(mass));
+      }
+    } else {
+      const unsigned peers = __match_any_sync(0xffffffffu, digit);
+      if (eligible && lane == __ffs(peers) - 1)
+        atomicAdd(&s.histogram[warp][digit], static_cast<unsigned long long>(__popc(peers)));
+    }
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < kDigits; d += kThreads) {
+    unsigned long long sum = 0;
+    for (int w = 0; w < kWarps; ++w) sum += s.histogram[w][d];
+    s.bucket[d] = sum;
+  }
+  __syncthreads();
+}
+
+// Each thread's share when threads own consecutive ranges of `count` items.
+__device__ void thread_range(int count, int& begin, int& end) {
+  const int per_thread = (count + kThreads - 1) / kThreads;
+  begin = min(count, static_cast<int>(threadIdx.x) * per_thread);
+  end = min(count, begin + per_thread);
+}
+
+// The sum of `count` over the threads before this one, and over all of them.
+__device__ int block_exclusive_prefix(int count, Shared& s, int& total) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int inclusive = count;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  if (lane == 31) s.warp_count[warp] = inclusive;
+  __syncthreads();
+  int before = inclusive - count;
+  total = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) before += s.warp_count[w];
+    total += s.warp_count[w];
+  }
+  __syncthreads();  // s.warp_count may be reused
+  return before;
+}
+
+// The n-th eligible token (0-based) among those with `key`, in id order.
+__device__ int nth_tied(const Candidates& c, const Filter& filter, uint32_t key, int n, Shared& s) {
+  int begin, end, total;
+  thread_range(c.count, begin, end);
+  auto tied = [&](int i) { return order_key(c.x[i]) == key && filter.keeps(c.x[i], key, c.id(i)); };
+  int count = 0;
+  for (int i = begin; i < end; ++i) count += tied(i);
+  int seen = block_exclusive_prefix(count, s, total);
+  if (n >= seen && n < seen + count) {
+    for (int i = begin; i < end; ++i) {
+      if (!tied(i)) continue;
+      if (seen++ == n) {
+        s.found = c.id(i);
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  const int found = s.found;
+  __syncthreads();
+  return found;
+}
+
+// The candidates the filter keeps, copied into shared memory in id order
+// when there are at most kCompactCapacity of them; else `c` itself.
+__device__ Candidates compact(const Candidates& c, const Filter& filter, Shared& s) {
+  int begin, end, total;
+  thread_range(c.count, begin, end);
+  auto kept = [&](int i) { return filter.keeps(c.x[i], order_key(c.x[i]), c.id(i)); };
+  int count = 0;
+  for (int i = begin; i < end; ++i) count += kept(i);
+  int slot = block_exclusive_prefix(count, s, total);
+  if (total > kCompactCapacity) return c;  // the same decision in every thread
+  for (int i = begin; i < end; ++i) {
+    if (!kept(i)) continue;
+    s.compact_x[slot] = c.x[i];
+    s.compact_id[slot] = c.id(i);
+    ++slot;
+  }
+  __syncthreads();
+  return Candidates{s.compact_x, s.compact_id, total};
+}
+
+// The first eligible token, in order, whose cumulative weight exceeds
+// target_of(total weight). with_id false skips finding which of several
+// tokens tied on that logit it is (top-k needs only the logit).
+template <bool kMass, typename Target>
+__device__ Position locate(const Candidates& c, const Filter& filter, Shared& s, bool with_id, Target target_of) {
+  uint32_t prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    fill_buckets<kMass>(c, filter, prefix, mask, shift, s);
+    if (threadIdx.x < 32) {
+      // Lane l holds digits 255 - 8l down to 248 - 8l: lane order is descending digit order.
+      const int lane = threadIdx.x;
+      unsigned long long own = 0;
+      for (int j = 0; j < 8; ++j) own += s.bucket[255 - 8 * lane - j];
+      unsigned long long inclusive = own;
+      for (int offset = 1; offset < 32; offset <<= 1) {
+        const unsigned long long other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += other;
+      }
+      const unsigned long long total = __shfl_sync(0xffffffffu, inclusive, 31);
+      const unsigned long long remaining = shift == 24 ? target_of(total) : s.remaining;
+      __syncwarp();
+      const unsigned crossing = __ballot_sync(0xffffffffu, inclusive > remaining);
+      // remaining < total always holds, so some lane crosses.
+      if (lane == __ffs(crossing) - 1) {
+        unsigned long long before = inclusive - own;
+        for (int j = 0; j < 8; ++j) {
+          const int digit = 255 - 8 * lane - j;
+          if (before + s.bucket[digit] > remaining) {
+            s.prefix = prefix | (static_cast<uint32_t>(digit) << shift);
+            s.remaining = remaining - before;
+            break;
+          }
+          before += s.bucket[digit];
+        }
+      }
+    }
+    __syncthreads();
+    prefix = s.prefix;
+    mask |= 0xffu << shift;
+  }
+  const unsigned long long remaining = s.remaining;
+  __syncthreads();
+  if (!with_id) return Position{prefix, -1};
+  // Every token tied on this logit weighs the same.
+  const unsigned long long tie_weight =
+      kMass ? sampling_mass(key_value(prefix), filter.x_max, filter.inverse_temperature) : 1;
+  return Position{prefix, nth_tied(c, filter, prefix, static_cast<int>(remaining / tie_weight), s)};
+}
+
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(int32_t* __restrict__ tokens, const float* __restrict__ logits, int vocab,
+                  const SamplingRule* __restrict__ rules) {
+  __shared__ Shared s;
+  const SamplingRule rule = rules[blockIdx.x];
+  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+
+  float x_max;
+  int best;
+  block_argmax(row, vocab, s, x_max, best);
+  if (rule.greedy) {
+    if (threadIdx.x == 0) tokens[blockIdx.x] = best;
+    return;
+  }
+
+  Filter filter;
+  filter.x_max = x_max;
+  filter.inverse_temperature = rule.inverse_temperature;
+  Candidates candidates{row, nullptr, vocab};
+  if (rule.top_k > 0) {
+    const uint64_t kth = static_cast<uint64_t>(rule.top_k - 1);
+    filter.min_key = locate<false>(candidates, filter, s, false, [&](uint64_t) { return kth; }).key;
+    candidates = compact(candidates, filter, s);
+  }
+  if (rule.top_p_on) {
+    // The last kept token holds mass position kept - 1; none kept but the best: position 0.
+    const Position cut = locate<true>(candidates, filter, s, true, [&](uint64_t total) {
+      const uint64_t kept = top_p_kept_mass(total, rule);
+      return kept == 0 ? uint64_t{0} : kept - 1;
+    });
+    filter.cut_key = cut.key;
+    filter.cut_id = cut.id;
+    if (candidates.ids == nullptr) candidates = compact(candidates, filter, s);
+  }
+  filter.min_p = rule.min_p;
+  const Position drawn =
+      locate<true>(candidates, filter, s, true, [&](uint64_t total) { return draw_target(rule, total); });
+  if (threadIdx.x == 0) tokens[blockIdx.x] = drawn.id;
+}
+
+}  // namespace
+
+void sample(Context& ctx, int32_t* tokens, const float* logits, int64_t rows, int64_t vocab,
+            std::span<const SamplingRequest> requests) {
+  // Grows once to the largest batch: a decode step allocates nothing here.
+  thread_local std::vector<SamplingRule> rules;
+  rules.clear();
+  for (const SamplingRequest& request : requests) rules.push_back(make_sampling_rule(request, vocab));
+  if (rows == 0) return;
+  const SamplingRule* device_rules = ctx.upload(std::span<const SamplingRule>(rules));
+  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream>>>(tokens, logits, static_cast<int>(vocab),
+                                                                          device_rules);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace glm::cuda
