@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   }
 
   // Decode attention over the paged cache: 96 query heads over 8 KV heads of 128.
-  for (int32_t context : {4096, 32768}) {
+  for (int32_t context : {16, 256, 4096, 32768}) {
     const int64_t heads = 96, kv_heads = 8, head_dim = 128, block_size = 16;
     const int64_t blocks = context / block_size + 1;
     KvLayer cache{backend->allocate({blocks, block_size, kv_heads, head_dim}),

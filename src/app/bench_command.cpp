@@ -150,6 +150,8 @@ int run_bench(const BenchOptions& options) {
   EngineOptions engine_options;
   // Decoding runs twice (unmarked, then marked), three times with --profile.
   engine_options.max_context = std::max(max_prompt, max_context + 3 * options.generate_tokens) + 64;
+  for (int64_t batch : options.batches)  // batched sequences share the cache: a few blocks of room each
+    engine_options.max_context = std::max(engine_options.max_context, batch * (options.generate_tokens + 5 + 32));
   engine_options.device = options.device;
   Engine engine(directory, engine_options);
   const Glm4MoeConfig& config = engine.config();
@@ -304,6 +306,32 @@ int run_bench(const BenchOptions& options) {
                                     {"components", components},
                                     {"op_device_times", op_times}});
   }
+  // Batched decoding: `batch` sequences of one prompt token each take a
+  // token per step together, so each step reads the shared weights once.
+  report["batched"] = nlohmann::ordered_json::array();
+  for (int64_t batch : options.batches) {
+    GLM_CHECK(batch >= 1, "--batch wants sequence counts of at least 1, not ", batch);
+    std::vector<SequenceWork> plan;
+    for (int64_t s = 0; s < batch; ++s) {
+      SequenceWork work{cache.create_sequence(), random_tokens(1, 20 + static_cast<uint64_t>(s)), LogitsWanted::None};
+      work.sample = SamplingRequest{};
+      work.sample->params.temperature = 0.0;
+      plan.push_back(work);
+    }
+    auto batch_step = [&] {
+      const std::vector<SequenceResult> results = engine.step(plan);
+      for (size_t s = 0; s < plan.size(); ++s) plan[s].tokens = {results[s].token};
+    };
+    for (int warm = 0; warm < 4; ++warm) batch_step();  // the prompt token, then graph capture
+    const auto start = Clock::now();
+    for (int64_t step = 0; step < options.generate_tokens; ++step) batch_step();
+    const double seconds = seconds_since(start);
+    for (const SequenceWork& work : plan) cache.release_sequence(work.sequence);
+    report["batched"].push_back({{"batch", batch},
+                                 {"steps", options.generate_tokens},
+                                 {"step_seconds", seconds / options.generate_tokens},
+                                 {"tokens_per_s", static_cast<double>(batch * options.generate_tokens) / seconds}});
+  }
   const Usage after = usage();
   report["peak_resident_bytes_before_yardstick"] = static_cast<double>(after_prompts.max_resident_kib) * 1024.0;
   report["major_page_faults_while_timing"] = after.major_faults - before.major_faults;
@@ -332,6 +360,10 @@ int run_bench(const BenchOptions& options) {
                   100.0 * p["fraction_of_vpdpbusd_peak"].get<double>());
     std::printf("\n");
   }
+  for (const auto& b : report["batched"])
+    std::printf("decode %lld sequences together: %.1f tok/s (%.2f ms a step)\n",
+                static_cast<long long>(b["batch"].get<int64_t>()), b["tokens_per_s"].get<double>(),
+                b["step_seconds"].get<double>() * 1e3);
   for (const auto& g : report["generation"]) {
     std::printf("generate at context %lld: %.2f tok/s, %.1f MB/token, %.1f GB/s = %.0f%% of %s\n",
                 static_cast<long long>(g["context"].get<int64_t>()), g["tokens_per_s"].get<double>(),

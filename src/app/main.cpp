@@ -346,6 +346,9 @@ int main(int argc, char** argv) {
   bench->add_option("--context", bench_options.contexts, "cached tokens before generating (default 0)")
       ->delimiter(',');
   bench->add_option("--gen-tokens", bench_options.generate_tokens, "generated tokens timed (default 16)");
+  bench->add_option("--batch", bench_options.batches,
+                    "also time decoding this many sequences together, e.g. 8,32 (at context 0)")
+      ->delimiter(',');
   bench->add_option("--threads", bench_options.threads, "CPU threads (default: all cores)");
   bench->add_option("--device", bench_options.device, "cpu (default), cuda or cuda:N");
   bench->add_flag("--json", bench_options.json, "print JSON");

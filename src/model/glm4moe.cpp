@@ -142,8 +142,8 @@ Tensor Glm4MoeModel::swiglu_mlp(const MlpWeights& mlp, const Tensor& x) {
   const int64_t n = x.dim(0), width = mlp.gate_proj.dim(0);
   Tensor gate = backend_.scratch({n, width});  // [n, width]
   Tensor up = backend_.scratch({n, width});    // [n, width]
-  backend_.linear(gate, x, mlp.gate_proj, nullptr);
-  backend_.linear(up, x, mlp.up_proj, nullptr);
+  const LinearOutput projections[] = {{gate, &mlp.gate_proj}, {up, &mlp.up_proj}};
+  backend_.linears(x, projections);  // gate and up from one read of x
   backend_.swiglu(gate, gate, up);
   Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H]
   backend_.linear(out, gate, mlp.down_proj, nullptr);

@@ -140,11 +140,21 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int context = token_position[t] + 1;
   const int begin = split * split_length, end = min(begin + split_length, context);
   const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
+  if (begin >= end) {  // a split past this token's context (the grid is sized for a bucket): weight 0
+    if (threadIdx.x < group) {
+      const int64_t head_row = static_cast<int64_t>(t) * n_heads + kv_head * group + threadIdx.x;
+      partial_stats[(head_row * splits + split) * 2] = -INFINITY;
+      partial_stats[(head_row * splits + split) * 2 + 1] = 0.0f;
+    }
+    return;
+  }
 
-  for (int i = threadIdx.x; i < G * kDims; i += blockDim.x) {
-    const int head = min(i / kDims, group - 1);  // heads past the group repeat the last (never used)
-    queries[i / kDims][i % kDims] =
-        q[(static_cast<int64_t>(t) * n_heads + kv_head * group + head) * kDims + i % kDims] * scale;
+  for (int i4 = threadIdx.x; i4 < G * kDims / 4; i4 += blockDim.x) {
+    const int i = 4 * i4, head = min(i / kDims, group - 1);  // heads past the group repeat the last (never used)
+    float4 four = *reinterpret_cast<const float4*>(
+        q + (static_cast<int64_t>(t) * n_heads + kv_head * group + head) * kDims + i % kDims);
+    four.x *= scale, four.y *= scale, four.z *= scale, four.w *= scale;
+    *reinterpret_cast<float4*>(&queries[i / kDims][i % kDims]) = four;
   }
   __syncthreads();
 
@@ -192,26 +202,36 @@ __global__ void __launch_bounds__(kWarps * 32)
       probabilities[warp][lane][i] = weight;
     }
     __syncwarp();
-    // P.V: lanes over dims, positions of the chunk in turn.
+    // P.V: lanes over dims, positions of the chunk in turn, kBatch value
+    // rows requested before any is used (one at a time, each load's latency
+    // was exposed: the whole kernel was latency-bound at short contexts).
+    constexpr int kBatch = 8;
     const int count = min(32, end - chunk);
-    for (int c = 0; c < count; ++c) {
-      const int pc = chunk + c;
-      const int64_t slot = static_cast<int64_t>(blocks[pc / block_size]) * block_size + pc % block_size;
-      const float* value = value_cache + slot * slot_size + kv_head * kDims + J * lane;
-      float v[J];
-      if constexpr (J == 4) {
-        const float4 four = *reinterpret_cast<const float4*>(value);
-        v[0] = four.x, v[1] = four.y, v[2] = four.z, v[3] = four.w;
-      } else {
+    for (int c0 = 0; c0 < count; c0 += kBatch) {
+      float v[kBatch][J];
 #pragma unroll
-        for (int j = 0; j < J; ++j) v[j] = value[j];
+      for (int b = 0; b < kBatch; ++b) {
+        const int pc = chunk + min(c0 + b, count - 1);
+        const int64_t slot = static_cast<int64_t>(blocks[pc / block_size]) * block_size + pc % block_size;
+        const float* value = value_cache + slot * slot_size + kv_head * kDims + J * lane;
+        if constexpr (J == 4) {
+          const float4 four = *reinterpret_cast<const float4*>(value);
+          v[b][0] = four.x, v[b][1] = four.y, v[b][2] = four.z, v[b][3] = four.w;
+        } else {
+#pragma unroll
+          for (int j = 0; j < J; ++j) v[b][j] = value[j];
+        }
       }
 #pragma unroll
-      for (int i = 0; i < G; ++i) {
-        if (i >= group) break;
-        const float weight = probabilities[warp][c][i];
+      for (int b = 0; b < kBatch; ++b) {
+        if (c0 + b >= count) break;
 #pragma unroll
-        for (int j = 0; j < J; ++j) acc[i][j] += weight * v[j];
+        for (int i = 0; i < G; ++i) {
+          if (i >= group) break;
+          const float weight = probabilities[warp][c0 + b][i];
+#pragma unroll
+          for (int j = 0; j < J; ++j) acc[i][j] += weight * v[b][j];
+        }
       }
     }
     __syncwarp();  // probabilities is rewritten by the next chunk

@@ -97,7 +97,6 @@ bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const Lin
     for (const LinearTarget& target : targets)
       if (!Format::pieces_ok(target.weight)) return false;
     const int tokens = static_cast<int>(n);
-    // int8 activations: 32-value pieces, so a 4096-wide row needs 128 threads.
     bool int8 = false;
     if constexpr (kHasInt8Path<Format>) {
       int8 = ctx.int8_activations && targets.front().weight.cols % 32 == 0;
@@ -121,9 +120,8 @@ bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const Lin
       if constexpr (kHasInt8Path<Format>) {
         if (int8) {
           const Int8Activations quantized = quantize_activations(ctx, x, n, cols);
-          const unsigned threads = static_cast<unsigned>(std::min<int64_t>(256, (cols / 32 + 31) / 32 * 32));
           launch(ctx, row_block_gemv_kernel<Format, NT, Int8Activations>, dim3(set.first_block[set.count]),
-                 dim3(threads), 0, quantized, set, tokens);
+                 dim3(kInt8Threads), 0, quantized, set, tokens);
           return;
         }
       }

@@ -175,6 +175,19 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
     }
     ids[at] = expert_ids[i], rows[at] = assignment_of[i], mix[at] = weights[i];
   }
+  // Four dims a thread, and enough threads that a decode token's row takes
+  // one pass: the experts' loads are all in flight at once.
+  if (hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0) {  // expert_out is scratch: aligned
+    for (int64_t d4 = threadIdx.x; d4 < hidden / 4; d4 += blockDim.x) {
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int j = 0; j < used; ++j) {
+        const float4 e = reinterpret_cast<const float4*>(expert_out + rows[j] * hidden)[d4];
+        sum.x += mix[j] * e.x, sum.y += mix[j] * e.y, sum.z += mix[j] * e.z, sum.w += mix[j] * e.w;
+      }
+      reinterpret_cast<float4*>(out + t * hidden)[d4] = sum;
+    }
+    return;
+  }
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
     float sum = 0.0f;
     for (int j = 0; j < used; ++j) sum += mix[j] * expert_out[rows[j] * hidden + d];
@@ -217,10 +230,8 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
          static_cast<int>(gate.first_expert), static_cast<int>(held));
 
   constexpr int kGateUpRows = 8, kDownRows = 16;
-  // Threads split a row's pieces (8 values, 32 with int8 activations): no more threads than pieces.
-  auto threads_for = [](int64_t cols, int piece_values) {
-    return static_cast<unsigned>(std::min<int64_t>(256, (cols / piece_values + 31) / 32 * 32));
-  };
+  // Threads split a row's 8-value pieces: no more threads than pieces.
+  auto threads_for = [](int64_t cols) { return static_cast<unsigned>(std::min<int64_t>(256, (cols / 8 + 31) / 32 * 32)); };
   auto int8_for = [&](const Matrix& m) {
     return ctx.int8_activations && m.kind == WeightFormat::Kind::Affine && (m.bits == 4 || m.bits == 8) &&
            m.cols % 32 == 0 && m.group_size % 32 == 0;
@@ -239,11 +250,11 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
   auto with_activations = [&](auto format, const Matrix& m, const float* input, int64_t rows, auto&& launch_with) {
     if constexpr (kHasInt8Path<decltype(format)>) {
       if (int8_for(m)) {
-        launch_with(quantize_activations(ctx, input, rows, m.cols), threads_for(m.cols, 32));
+        launch_with(quantize_activations(ctx, input, rows, m.cols), static_cast<unsigned>(kInt8Threads));
         return;
       }
     }
-    launch_with(F32Activations{input, m.cols}, threads_for(m.cols, 8));
+    launch_with(F32Activations{input, m.cols}, threads_for(m.cols));
   };
   dispatch_format(gate0, [&](auto format) {
     using Format = decltype(format);
@@ -267,7 +278,10 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
       });
     }
   });
-  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, out, expert_out,
+  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;  // as the kernel decides
+  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
+         dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
+         out, expert_out,
          routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k), hidden);
 }
 

@@ -16,6 +16,19 @@ __device__ __forceinline__ bool ahead(float a, int ia, float b, int ib) {
   return ib < 0 || a > b || (a == b && ia < ib);
 }
 
+// The warp's best (value, index) by ahead(), left in every lane.
+__device__ __forceinline__ void warp_best(float& best, int& best_index) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int other_index = __shfl_xor_sync(0xffffffffu, best_index, offset);
+    if (other_index >= 0 && ahead(other, other_index, best, best_index)) {
+      best = other;
+      best_index = other_index;
+    }
+  }
+}
+
 __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict__ weights,
                              const float* __restrict__ logits, const void* bias, DType bias_dtype, int n_experts,
                              int n_group, int topk_group, int top_k, bool norm_topk_prob, float scaling) {
@@ -60,28 +73,50 @@ __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict
     __syncwarp();
   }
 
-  for (int k = 0; k < top_k; ++k) {
-    float best = 0.0f;
-    int best_index = -1;
-    for (int e = lane; e < n_experts; e += 32) {
-      bool taken = false;
-      for (int i = 0; i < k; ++i) taken |= chosen[i] == e;
-      if (!taken && ahead(choice[e], e, best, best_index)) {
-        best = choice[e];
-        best_index = e;
-      }
-    }
+  // Top-k: each lane keeps its experts' choices in registers (up to 32 *
+  // kPerLane experts) and a mask of those still available, so a round is a
+  // scan of a few registers and one warp reduction. (Scanning shared memory
+  // against the chosen list, round after round, made this kernel ~15 us.)
+  constexpr int kPerLane = 8;
+  if (n_experts <= 32 * kPerLane) {
+    float mine[kPerLane];
+    uint32_t available = 0;
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-      const int other_index = __shfl_xor_sync(0xffffffffu, best_index, offset);
-      if (other_index >= 0 && ahead(other, other_index, best, best_index)) {
-        best = other;
-        best_index = other_index;
-      }
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = lane + 32 * j;
+      mine[j] = e < n_experts ? choice[e] : 0.0f;
+      if (e < n_experts) available |= 1u << j;
     }
-    if (lane == 0) chosen[k] = best_index;
+    for (int k = 0; k < top_k; ++k) {
+      float best = 0.0f;
+      int best_index = -1;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j)
+        if ((available >> j & 1u) && ahead(mine[j], lane + 32 * j, best, best_index)) {
+          best = mine[j];
+          best_index = lane + 32 * j;
+        }
+      warp_best(best, best_index);
+      if (best_index % 32 == lane) available &= ~(1u << (best_index / 32));
+      if (lane == 0) chosen[k] = best_index;
+    }
     __syncwarp();
+  } else {
+    for (int k = 0; k < top_k; ++k) {
+      float best = 0.0f;
+      int best_index = -1;
+      for (int e = lane; e < n_experts; e += 32) {
+        bool taken = false;
+        for (int i = 0; i < k; ++i) taken |= chosen[i] == e;
+        if (!taken && ahead(choice[e], e, best, best_index)) {
+          best = choice[e];
+          best_index = e;
+        }
+      }
+      warp_best(best, best_index);
+      if (lane == 0) chosen[k] = best_index;
+      __syncwarp();
+    }
   }
 
   if (lane == 0) {  // sequential, in the CPU's order, so the sums round alike

@@ -316,9 +316,8 @@ void sample(Context& ctx, int32_t* tokens, const float* logits, int64_t rows, in
   for (const SamplingRequest& request : requests) rules.push_back(make_sampling_rule(request, vocab));
   if (rows == 0) return;
   const SamplingRule* device_rules = ctx.upload(std::span<const SamplingRule>(rules));
-  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream>>>(tokens, logits, static_cast<int>(vocab),
-                                                                          device_rules);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, sample_kernel, dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0, tokens, logits,
+         static_cast<int>(vocab), device_rules);
 }
 
 }  // namespace glm::cuda
