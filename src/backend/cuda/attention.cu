@@ -7,7 +7,8 @@
 // accumulator) are merged at the end. Query head h reads KV head
 // h / (n_heads / n_kv_heads), as the CPU reference does.
 // That per-head kernel serves odd head sizes; head_dim 32/64/128 with up to
-// 16 query heads per KV head goes to the grouped, split kernel below.
+// 16 query heads per KV head goes to the grouped, split kernel below (at
+// short contexts the group's query heads are spread over blocks of 4).
 #include <algorithm>
 #include <bit>
 #include <type_traits>
@@ -130,19 +131,23 @@ __global__ void __launch_bounds__(kWarps * 32)
                              const float* __restrict__ key_cache, const float* __restrict__ value_cache,
                              const int32_t* __restrict__ token_sequence, const int32_t* __restrict__ token_position,
                              const int32_t* __restrict__ table_offsets, const int32_t* __restrict__ table_blocks,
-                             int n_heads, int n_kv_heads, int block_size, int group, int split_length, float scale) {
+                             int n_heads, int n_kv_heads, int block_size, int group, int head_groups,
+                             int split_length, float scale) {
   constexpr int kDims = 32 * J;
   __shared__ float queries[G][kDims];            // the group's queries, pre-scaled
   __shared__ float probabilities[kWarps][32][G + 1];  // this chunk's p, per warp: [position][head], padded against bank conflicts
-  const int t = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int t = blockIdx.x, kv_head = blockIdx.y / head_groups, split = blockIdx.z, splits = gridDim.z;
+  // This block's query heads: `here` heads of the KV head's group from head_base (absolute index).
+  const int per_block = (group + head_groups - 1) / head_groups, first = (blockIdx.y % head_groups) * per_block;
+  const int here = min(per_block, group - first), head_base = kv_head * group + first;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t slot_size = static_cast<int64_t>(n_kv_heads) * kDims;
   const int context = token_position[t] + 1;
   const int begin = split * split_length, end = min(begin + split_length, context);
   const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
   if (begin >= end) {  // a split past this token's context (the grid is sized for a bucket): weight 0
-    if (threadIdx.x < group) {
-      const int64_t head_row = static_cast<int64_t>(t) * n_heads + kv_head * group + threadIdx.x;
+    if (threadIdx.x < here) {
+      const int64_t head_row = static_cast<int64_t>(t) * n_heads + head_base + threadIdx.x;
       partial_stats[(head_row * splits + split) * 2] = -INFINITY;
       partial_stats[(head_row * splits + split) * 2 + 1] = 0.0f;
     }
@@ -150,9 +155,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 
   for (int i4 = threadIdx.x; i4 < G * kDims / 4; i4 += blockDim.x) {
-    const int i = 4 * i4, head = min(i / kDims, group - 1);  // heads past the group repeat the last (never used)
+    const int i = 4 * i4, head = min(i / kDims, here - 1);  // heads past the block's repeat the last (never used)
     float4 four = *reinterpret_cast<const float4*>(
-        q + (static_cast<int64_t>(t) * n_heads + kv_head * group + head) * kDims + i % kDims);
+        q + (static_cast<int64_t>(t) * n_heads + head_base + head) * kDims + i % kDims);
     four.x *= scale, four.y *= scale, four.z *= scale, four.w *= scale;
     *reinterpret_cast<float4*>(&queries[i / kDims][i % kDims]) = four;
   }
@@ -181,7 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         const float4 k = __ldg(key + d4);
 #pragma unroll
         for (int i = 0; i < G; ++i) {
-          if (i >= group) break;
+          if (i >= here) break;
           const float4 qi = *reinterpret_cast<const float4*>(&queries[i][4 * d4]);
           score[i] += qi.x * k.x + qi.y * k.y + qi.z * k.z + qi.w * k.w;
         }
@@ -190,7 +195,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     // Online softmax over the chunk, one reduction per head.
 #pragma unroll
     for (int i = 0; i < G; ++i) {
-      if (i >= group) break;
+      if (i >= here) break;
       const float chunk_max = warp_max(valid ? score[i] : -INFINITY);
       const float new_max = fmaxf(running_max[i], chunk_max);
       const float correction = expf(running_max[i] - new_max);  // 0 on the first chunk
@@ -227,7 +232,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         if (c0 + b >= count) break;
 #pragma unroll
         for (int i = 0; i < G; ++i) {
-          if (i >= group) break;
+          if (i >= here) break;
           const float weight = probabilities[warp][c0 + b][i];
 #pragma unroll
           for (int j = 0; j < J; ++j) acc[i][j] += weight * v[b][j];
@@ -242,7 +247,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ float warp_acc[kWarps][kDims];
 #pragma unroll
   for (int i = 0; i < G; ++i) {
-    if (i >= group) break;
+    if (i >= here) break;
     if (lane == 0) {
       warp_stats[warp][0] = running_max[i];
       warp_stats[warp][1] = running_sum[i];
@@ -259,7 +264,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       factors[w] = warp_stats[w][0] == -INFINITY ? 0.0f : expf(warp_stats[w][0] - split_max);  // idle warps count 0
       split_sum += warp_stats[w][1] * factors[w];
     }
-    const int64_t head_row = static_cast<int64_t>(t) * n_heads + kv_head * group + i;  // [n, heads]
+    const int64_t head_row = static_cast<int64_t>(t) * n_heads + head_base + i;  // [n, heads]
     for (int d = threadIdx.x; d < kDims; d += blockDim.x) {
       float sum = 0.0f;
 #pragma unroll
@@ -371,25 +376,34 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
     // Enough blocks to cover the GPU twice; splits no shorter than 32 positions
     // (4x and 16 measured slower: 99 against 80 us at context 4096). Splits
     // past a token's true context find no positions and weigh 0.
-    const int64_t base_blocks = n * kv_heads, target_blocks = 2 * static_cast<int64_t>(ctx.multiprocessors);
+    // Short contexts also split a KV head's query heads over blocks of up to
+    // 4: a lane scores its position against every head of its block, and 12
+    // heads a lane made a short context latency-bound (Nsight Compute: 40 us
+    // at context 16, SMs active 7% of it). Long contexts keep whole groups,
+    // so each key and value is read once.
+    const int64_t head_groups = context_capacity <= 2048 && group > 4 ? (group + 3) / 4 : 1;
+    const int64_t block_heads = (group + head_groups - 1) / head_groups;
+    const int64_t base_blocks = n * kv_heads * head_groups, target_blocks = 2 * static_cast<int64_t>(ctx.multiprocessors);
     int64_t splits =
         std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (context_capacity + 31) / 32);
     const int64_t split_length = (context_capacity + splits - 1) / splits;
     splits = (context_capacity + split_length - 1) / split_length;
     float* partial_acc = splits > 1 ? ctx.scratch<float>(n * heads * splits * head_dim) : nullptr;  // [n, heads, splits, D]
     float* partial_stats = splits > 1 ? ctx.scratch<float>(n * heads * splits * 2) : nullptr;      // [n, heads, splits, 2]
-    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(kv_heads), static_cast<unsigned>(splits));
+    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(kv_heads * head_groups),
+                    static_cast<unsigned>(splits));
     auto launch_grouped = [&](auto dims, auto max_group) {
       launch(ctx, grouped_attention_kernel<decltype(dims)::value, decltype(max_group)::value>, grid,
              dim3(kWarps * 32), 0, out, partial_acc, partial_stats, q, cache.keys.f32(), cache.values.f32(),
              sequences, positions, table_offsets, table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads),
-             static_cast<int>(block_size), static_cast<int>(group), static_cast<int>(split_length), scale);
+             static_cast<int>(block_size), static_cast<int>(group), static_cast<int>(head_groups),
+             static_cast<int>(split_length), scale);
     };
     auto with_group = [&](auto dims) {
-      if (group == 1) launch_grouped(dims, std::integral_constant<int, 1>{});
-      else if (group == 2) launch_grouped(dims, std::integral_constant<int, 2>{});
-      else if (group <= 4) launch_grouped(dims, std::integral_constant<int, 4>{});
-      else if (group <= 8) launch_grouped(dims, std::integral_constant<int, 8>{});
+      if (block_heads == 1) launch_grouped(dims, std::integral_constant<int, 1>{});
+      else if (block_heads == 2) launch_grouped(dims, std::integral_constant<int, 2>{});
+      else if (block_heads <= 4) launch_grouped(dims, std::integral_constant<int, 4>{});
+      else if (block_heads <= 8) launch_grouped(dims, std::integral_constant<int, 8>{});
       else launch_grouped(dims, std::integral_constant<int, 16>{});
     };
     if (dims_per_lane == 1) with_group(std::integral_constant<int, 1>{});
