@@ -65,6 +65,13 @@ struct LinearOutput {
   const Weight* bias = nullptr;  // [out_features] or null
 };
 
+// An always-on expert MLP beside the routed ones: down(silu(gate x) * up x).
+struct SharedExpert {
+  const Weight* gate;  // [width, hidden]
+  const Weight* up;    // [width, hidden]
+  const Weight* down;  // [hidden, width]
+};
+
 // Device time spent in one kind of op (see Backend::op_profile).
 struct OpTime {
   std::string op;             // "linear affine 4-bit g64", "attention", ...
@@ -180,6 +187,22 @@ class Backend {
     if (k_norm) rms_norm(k, k, *k_norm, eps);
     rotary(q, positions, rotary_dim, theta);
     rotary(k, positions, rotary_dim, theta);
+  }
+  // moe_experts, then the shared expert's MLP on x added to the result (after
+  // the routed sum, as out = routed + shared).
+  virtual void moe_experts_and_shared(Tensor out /*[n, hidden]*/, const Tensor& x /*[n, hidden]*/,
+                                      const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
+                                      const ExpertTable& down, const SharedExpert& shared) {
+    moe_experts(out, x, routing, gate, up, down);
+    const int64_t n = x.dim(0), width = shared.gate->dim(0);
+    Tensor gate_out = scratch({n, width});  // [n, width]
+    Tensor up_out = scratch({n, width});    // [n, width]
+    const LinearOutput projections[] = {{gate_out, shared.gate}, {up_out, shared.up}};
+    linears(x, projections);
+    swiglu(gate_out, gate_out, up_out);
+    Tensor shared_out = scratch(x.shape);  // [n, hidden]
+    linear(shared_out, gate_out, *shared.down, nullptr);
+    add(out, out, shared_out);
   }
 };
 

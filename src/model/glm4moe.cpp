@@ -163,11 +163,12 @@ Tensor Glm4MoeModel::mixture_of_experts(const MoeWeights& moe, const Tensor& x, 
   backend_.route(routing, router_logits, moe.correction_bias, router_params_);
   trace("routing_weights", index, routing.weights);
 
-  Tensor routed = backend_.scratch({n, config_.hidden_size});  // [n, H]
-  backend_.moe_experts(routed, x, routing, moe.gate, moe.up, moe.down);
-  Tensor shared = swiglu_mlp(moe.shared, x);  // [n, H]
-  backend_.add(routed, routed, shared);
-  return routed;
+  // routed experts + the shared expert's SwiGLU MLP, in one op (a device
+  // runs the shared expert as one more expert of the same kernels).
+  Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H]
+  const SharedExpert shared{&moe.shared.gate_proj, &moe.shared.up_proj, &moe.shared.down_proj};
+  backend_.moe_experts_and_shared(out, x, routing, moe.gate, moe.up, moe.down, shared);
+  return out;
 }
 
 }  // namespace glm

@@ -110,7 +110,8 @@ inline ExpertTable expert_shard(const ExpertTable& table, int64_t begin, int64_t
 // load (expert 3 takes three tokens in four, the last 6 experts none), then
 // again with only experts [4, 12) held (expert parallelism).
 inline void check_moe_experts(Backends& b, const ExpertTables& host, const ExpertTables& device, int64_t n,
-                              int64_t top_k, const std::string& label, double tolerance = 1e-5) {
+                              int64_t top_k, const std::string& label, double tolerance = 1e-5,
+                              const SharedExpert* host_shared = nullptr, const SharedExpert* device_shared = nullptr) {
   const int64_t n_experts = static_cast<int64_t>(host.gate.experts.size());
   const int64_t hidden = host.gate.experts[0].dim(1);
   const unsigned seed = 90 + static_cast<unsigned>(n);
@@ -136,6 +137,11 @@ inline void check_moe_experts(Backends& b, const ExpertTables& host, const Exper
   b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, device.gate, device.up, device.down);
   const std::string what = label + " n=" + std::to_string(n);
   EXPECT_LT(compare(b, out, what), tolerance);
+  if (host_shared) {  // the fused op against the CPU's plain ops (its default)
+    b.cpu->moe_experts_and_shared(out.cpu, x.cpu, cpu_routing, host.gate, host.up, host.down, *host_shared);
+    b.gpu->moe_experts_and_shared(out.gpu, x.gpu, gpu_routing, device.gate, device.up, device.down, *device_shared);
+    EXPECT_LT(compare(b, out, what + " + shared expert"), tolerance);
+  }
   b.cpu->moe_experts(out.cpu, x.cpu, cpu_routing, expert_shard(host.gate, 4, 12), expert_shard(host.up, 4, 12),
                      expert_shard(host.down, 4, 12));
   b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, expert_shard(device.gate, 4, 12), expert_shard(device.up, 4, 12),

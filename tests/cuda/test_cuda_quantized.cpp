@@ -169,10 +169,17 @@ TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
       device_table->experts.push_back(storage.back()->device);
     }
   }
+  // A shared expert of the same format: run as one more expert on the
+  // device path (n <= 64), by the plain ops otherwise.
+  for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
+    storage.push_back(make_affine(b, rows, cols, 4, 32, ++seed));
+  const size_t s = storage.size() - 3;
+  const SharedExpert shared_host{&storage[s]->host, &storage[s + 1]->host, &storage[s + 2]->host};
+  const SharedExpert shared_dev{&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device};
   // 1, 3 and 40 tokens take the device-grouped path, 100 the host-grouped one.
   for (int64_t n : {1, 3, 40, 100})
     check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
-                      "moe_experts affine 4-bit");
+                      "moe_experts affine 4-bit", 1e-5, &shared_host, &shared_dev);
 }
 
 // GLM_CUDA_ACTIVATIONS=int8: decode GEMVs and experts on 4- and 8-bit affine
@@ -206,9 +213,15 @@ TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
         host_table->experts.push_back(storage.back()->host);
         device_table->experts.push_back(storage.back()->device);
       }
+    for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
+      storage.push_back(make_affine(b, rows, cols, bits, 32, ++seed));
+    const size_t s = storage.size() - 3;
+    const SharedExpert shared_host{&storage[s]->host, &storage[s + 1]->host, &storage[s + 2]->host};
+    const SharedExpert shared_dev{&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device};
     for (int64_t n : {1, 3, 40})
       check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
-                        "moe_experts affine " + std::to_string(bits) + "-bit int8 activations", 2e-2);
+                        "moe_experts affine " + std::to_string(bits) + "-bit int8 activations", 2e-2, &shared_host,
+                        &shared_dev);
   }
 }
 

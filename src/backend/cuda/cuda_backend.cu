@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -225,7 +226,9 @@ class CudaBackend final : public Backend, public cuda::Context {
     else work(stream);
   }
 
-  const cuda::Matrix* expert_matrices(const ExpertTable& table) override { return expert_table(table).device; }
+  const cuda::Matrix* expert_matrices(const ExpertTable& table, const Weight* appended) override {
+    return expert_table(table, appended).device;
+  }
   const std::vector<cuda::Matrix>& expert_matrices_host(const ExpertTable& table) override {
     return expert_table(table).host;
   }
@@ -520,6 +523,20 @@ class CudaBackend final : public Backend, public cuda::Context {
     cuda::moe_experts(*this, out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down);
   }
   // ---- fused ops ----
+  void moe_experts_and_shared(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,
+                              const ExpertTable& up, const ExpertTable& down, const SharedExpert& shared) override {
+    select();
+    {
+      ProfileScope scope(*this, "moe_experts + shared", gate.experts.empty() ? nullptr : &gate.experts.front());
+      check_same_shape("moe_experts", out.shape, x.shape);
+      GLM_CHECK(routing.expert_ids.dim(0) == x.dim(0) && routing.weights.shape == routing.expert_ids.shape,
+                "internal error: moe_experts routing shapes");
+      if (cuda::moe_experts_and_shared(*this, out.f32(), x.f32(), x.dim(0), x.dim(1), routing, gate, up, down,
+                                       shared))
+        return;
+    }
+    Backend::moe_experts_and_shared(out, x, routing, gate, up, down, shared);
+  }
   void add_rms_norm(Tensor residual, Tensor normed, const Tensor& delta, const Weight& gamma, float eps) override {
     select();
     ProfileScope scope(*this, "add_rms_norm");
@@ -706,15 +723,21 @@ class CudaBackend final : public Backend, public cuda::Context {
     std::vector<cuda::Matrix> host;
     cuda::Matrix* device = nullptr;
   };
-  // Tables are identified by their first expert's placed bytes and their
-  // length: the same layer's table, whichever ExpertTable object carries it.
-  ExpertTableEntry& expert_table(const ExpertTable& table) {
+  // Tables are identified by their first expert's placed bytes, their
+  // length and the weight appended after them (a shared expert run as one
+  // more expert): the same layer's table, whichever ExpertTable carries it.
+  ExpertTableEntry& expert_table(const ExpertTable& table, const Weight* appended = nullptr) {
     GLM_CHECK(!table.experts.empty(), "internal error: an empty expert table");
-    const auto key = std::make_pair(table.experts.front().view.data, table.experts.size());
+    const auto key = std::make_tuple(table.experts.front().view.data, table.experts.size(),
+                                     appended ? appended->view.data : nullptr);
     auto found = expert_tables_.find(key);
     if (found != expert_tables_.end()) return found->second;
     ExpertTableEntry entry;
-    for (const Weight& expert : table.experts) {
+    std::vector<const Weight*> members;
+    for (const Weight& expert : table.experts) members.push_back(&expert);
+    if (appended) members.push_back(appended);
+    for (const Weight* member : members) {
+      const Weight& expert = *member;
       entry.host.push_back(cuda::matrix_of(expert, index_));
       const cuda::Matrix &first = entry.host.front(), &last = entry.host.back();
       GLM_CHECK(last.kind == first.kind && last.dtype == first.dtype && last.bits == first.bits &&
@@ -830,7 +853,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   ChunkArena scratch_, staging_, weights_;
   std::vector<void*> allocations_;
   std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;
-  std::map<std::pair<const void*, size_t>, ExpertTableEntry> expert_tables_;
+  std::map<std::tuple<const void*, size_t, const void*>, ExpertTableEntry> expert_tables_;
   struct StepUpload {
     std::vector<char> bytes;  // what was uploaded
     void* device = nullptr;   // where it is, until reset_scratch()

@@ -56,8 +56,11 @@ void append_signature(Signature& signature, const MoePlan& plan) {
 }
 
 // One block. Shared memory: counts, first assignment and slot of each held expert.
+// shared_tokens > 0: slot 0 is a shared expert (table index `held`) taking
+// rows 0 .. shared_tokens - 1, one per token; the routed rows follow.
 __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert_ids, int entries, int top_k,
-                                int first_expert, int held) {
+                                int first_expert, int held, int shared_tokens) {
+  const int first_slot = shared_tokens > 0 ? 1 : 0;
   extern __shared__ int32_t shared[];
   int32_t* counts = shared;          // [held]
   int32_t* begins = counts + held;   // [held]
@@ -69,8 +72,13 @@ __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert
     if (e >= 0 && e < held) atomicAdd(&counts[e], 1);
   }
   __syncthreads();
+  for (int t = tid; t < shared_tokens; t += blockDim.x) plan.assignment_token[t] = t;
+  if (tid == 0 && shared_tokens > 0) {
+    plan.active_expert[0] = held;
+    plan.slot_begin[0] = 0;
+  }
   for (int e = tid; e < held; e += blockDim.x) {
-    int begin = 0, slot = 0;
+    int begin = shared_tokens, slot = first_slot;
     for (int other = 0; other < e; ++other) {
       begin += counts[other];
       slot += counts[other] > 0;
@@ -80,7 +88,7 @@ __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert
       plan.active_expert[slot] = e;
       plan.slot_begin[slot] = begin;
     }
-    if (e == held - 1) {  // the last expert knows the totals
+    if (e == held - 1) {  // the last expert knows the totals (slots include the shared one)
       const int active = slot + (counts[e] > 0);
       *plan.active_count = active;
       plan.slot_begin[active] = begin + counts[e];
@@ -158,10 +166,12 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// out[t] = sum over the token's held experts, ascending id, of weight * expert_out.
+// out[t] = sum over the token's held experts, ascending id, of weight *
+// expert_out, then + expert_out row t when `shared` (the shared expert's
+// rows come first), as the plain ops compute routed + shared.
 __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
                                    const int32_t* __restrict__ expert_ids, const float* __restrict__ weights,
-                                   const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden) {
+                                   const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden, bool shared) {
   const int64_t t = blockIdx.x;
   int32_t ids[kMaxTopK], rows[kMaxTopK];
   float mix[kMaxTopK];
@@ -184,6 +194,10 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
         const float4 e = reinterpret_cast<const float4*>(expert_out + rows[j] * hidden)[d4];
         sum.x += mix[j] * e.x, sum.y += mix[j] * e.y, sum.z += mix[j] * e.z, sum.w += mix[j] * e.w;
       }
+      if (shared) {
+        const float4 e = reinterpret_cast<const float4*>(expert_out + t * hidden)[d4];
+        sum.x += e.x, sum.y += e.y, sum.z += e.z, sum.w += e.w;
+      }
       reinterpret_cast<float4*>(out + t * hidden)[d4] = sum;
     }
     return;
@@ -191,6 +205,7 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
     float sum = 0.0f;
     for (int j = 0; j < used; ++j) sum += mix[j] * expert_out[rows[j] * hidden + d];
+    if (shared) sum += expert_out[t * hidden + d];
     out[t * hidden + d] = sum;
   }
 }
@@ -207,27 +222,33 @@ __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restr
 }
 
 // The device-side path (see the file comment).
+// `shared`: null, or a shared expert run as one more expert (slot 0, every token).
 void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
-                   const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+                   const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down,
+                   const SharedExpert* shared = nullptr) {
   const int64_t top_k = routing.expert_ids.dim(1), entries = n * top_k;
   const int64_t held = static_cast<int64_t>(gate.experts.size());
-  const ExpertMatrices experts{ctx.expert_matrices(gate), ctx.expert_matrices(up), ctx.expert_matrices(down)};
+  const int64_t shared_rows = shared ? n : 0;
+  const ExpertMatrices experts{ctx.expert_matrices(gate, shared ? shared->gate : nullptr),
+                               ctx.expert_matrices(up, shared ? shared->up : nullptr),
+                               ctx.expert_matrices(down, shared ? shared->down : nullptr)};
   const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
   const Matrix& down0 = ctx.expert_matrices_host(down).front();
   const int64_t width = gate0.rows;
-  const int64_t slots = std::min(entries, held);
+  const int64_t slots = std::min(entries, held) + (shared ? 1 : 0);
+  const int64_t total_rows = shared_rows + entries;  // shared rows first, then one per (token, k)
   MoePlan plan;
   plan.active_count = ctx.scratch<int32_t>(1);
   plan.active_expert = ctx.scratch<int32_t>(slots);
   plan.slot_begin = ctx.scratch<int32_t>(slots + 1);
-  plan.assignment_token = ctx.scratch<int32_t>(entries);
+  plan.assignment_token = ctx.scratch<int32_t>(total_rows);
   plan.assignment_of = ctx.scratch<int32_t>(entries);
-  float* act = ctx.scratch<float>(entries * width);         // [n * top_k, width]
-  float* expert_out = ctx.scratch<float>(entries * hidden);  // [n * top_k, hidden]
+  float* act = ctx.scratch<float>(total_rows * width);         // [total_rows, width]
+  float* expert_out = ctx.scratch<float>(total_rows * hidden);  // [total_rows, hidden]
 
   launch(ctx, moe_plan_kernel, dim3(1), dim3(256), sizeof(int32_t) * 2 * static_cast<size_t>(held), plan,
          routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
-         static_cast<int>(gate.first_expert), static_cast<int>(held));
+         static_cast<int>(gate.first_expert), static_cast<int>(held), static_cast<int>(shared_rows));
 
   constexpr int kGateUpRows = 8, kDownRows = 16;
   // Threads split a row's 8-value pieces: no more threads than pieces.
@@ -270,7 +291,7 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
   dispatch_format(down0, [&](auto format) {
     using Format = decltype(format);
     if constexpr (Format::kHasPieces) {
-      with_activations(format, down0, act, entries, [&](auto activations, unsigned threads) {
+      with_activations(format, down0, act, total_rows, [&](auto activations, unsigned threads) {
         with_tokens([&](auto nt) {
           launch(ctx, moe_down_kernel<Format, decltype(nt)::value, kDownRows, decltype(activations)>, down_grid,
                  dim3(threads), 0, expert_out, activations, experts, plan, hidden);
@@ -282,7 +303,8 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
   launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
          dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
          out, expert_out,
-         routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k), hidden);
+         routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k), hidden,
+         shared != nullptr);
 }
 
 // The host-grouped path (see the file comment).
@@ -352,14 +374,12 @@ void moe_grouped_on_host(Context& ctx, float* out, const float* x, int64_t n, in
 
 }  // namespace
 
-void moe_experts(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
-                 const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
-  if (n == 0) return;
-  GLM_CHECK(routing.expert_ids.dim(1) <= kMaxTopK, "more than ", kMaxTopK, " experts per token on CUDA");
-  if (gate.experts.empty()) {  // an expert-parallel rank holding nothing
-    memset_async(ctx, out, 0, sizeof(float) * static_cast<size_t>(n * hidden));
-    return;
-  }
+namespace {
+
+// Whether the device-grouped path can run these tables (the same format for
+// gate and up, 8-value pieces, 16-byte aligned rows).
+bool device_path_fits(Context& ctx, const float* x, int64_t n, int64_t hidden, const ExpertTable& gate,
+                      const ExpertTable& up, const ExpertTable& down) {
   const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
   const Matrix& up0 = ctx.expert_matrices_host(up).front();
   const Matrix& down0 = ctx.expert_matrices_host(down).front();
@@ -370,10 +390,47 @@ void moe_experts(Context& ctx, float* out, const float* x, int64_t n, int64_t hi
     dispatch_format(*m, [&](auto format) { pieces = pieces && decltype(format)::pieces_ok(*m); });
   GLM_CHECK(gate0.cols == hidden && down0.rows == hidden && down0.cols == gate0.rows,
             "internal error: expert shapes for hidden ", hidden);
-  if (n <= kDeviceGroupingTokens && same_gate_up_format && pieces)
+  return n <= kDeviceGroupingTokens && same_gate_up_format && pieces;
+}
+
+// Whether a placed weight matches an expert's format and shape exactly (one kernel instance reads both).
+bool same_format(const Matrix& a, const Matrix& b) {
+  return a.kind == b.kind && a.dtype == b.dtype && a.bits == b.bits && a.rows == b.rows && a.cols == b.cols &&
+         a.group_size == b.group_size && a.scales_dtype == b.scales_dtype && a.fp8_scale == b.fp8_scale &&
+         a.block_rows == b.block_rows && a.block_cols == b.block_cols;
+}
+
+}  // namespace
+
+void moe_experts(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden, const Routing& routing,
+                 const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  if (n == 0) return;
+  GLM_CHECK(routing.expert_ids.dim(1) <= kMaxTopK, "more than ", kMaxTopK, " experts per token on CUDA");
+  if (gate.experts.empty()) {  // an expert-parallel rank holding nothing
+    memset_async(ctx, out, 0, sizeof(float) * static_cast<size_t>(n * hidden));
+    return;
+  }
+  if (device_path_fits(ctx, x, n, hidden, gate, up, down))
     moe_on_device(ctx, out, x, n, hidden, routing, gate, up, down);
   else
     moe_grouped_on_host(ctx, out, x, n, hidden, routing, gate, up, down);
+}
+
+bool moe_experts_and_shared(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden,
+                            const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
+                            const ExpertTable& down, const SharedExpert& shared) {
+  if (n == 0 || gate.experts.empty() || routing.expert_ids.dim(1) > kMaxTopK) return false;
+  if (!device_path_fits(ctx, x, n, hidden, gate, up, down)) return false;
+  const int device = shared.gate->placement.device_index;
+  const Matrix* experts[] = {&ctx.expert_matrices_host(gate).front(), &ctx.expert_matrices_host(up).front(),
+                             &ctx.expert_matrices_host(down).front()};
+  const Weight* shared_weights[] = {shared.gate, shared.up, shared.down};
+  for (int i = 0; i < 3; ++i) {
+    if (shared_weights[i]->placement.kind != Placement::Kind::Device) return false;
+    if (!same_format(matrix_of(*shared_weights[i], device), *experts[i])) return false;
+  }
+  moe_on_device(ctx, out, x, n, hidden, routing, gate, up, down, &shared);
+  return true;
 }
 
 }  // namespace glm::cuda

@@ -88,7 +88,9 @@ class Context : public Submitter {
   // The Matrix descriptors of an expert table's placed weights, indexed by
   // local expert: in device memory (for kernels that pick experts on the
   // device) and on the host. Built on first use, kept with the weights.
-  virtual const Matrix* expert_matrices(const ExpertTable& table) = 0;
+  // `appended`: a weight of the same format and shape placed after the
+  // table's experts (index = the table's size), e.g. a shared expert.
+  virtual const Matrix* expert_matrices(const ExpertTable& table, const Weight* appended = nullptr) = 0;
   virtual const std::vector<Matrix>& expert_matrices_host(const ExpertTable& table) = 0;
 
   template <typename T>
@@ -192,6 +194,13 @@ void route(Context& ctx, int32_t* expert_ids /*[n, top_k]*/, float* weights /*[n
 void moe_experts(Context& ctx, float* out /*[n, hidden]*/, const float* x /*[n, hidden]*/, int64_t n,
                  int64_t hidden, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
                  const ExpertTable& down);
+// The routed experts and a shared expert in the same kernels (the shared
+// expert as one more expert taking every token, added after the routed
+// sum); false, doing nothing, where that path does not apply (prompts,
+// formats or shapes that differ from the routed experts').
+bool moe_experts_and_shared(Context& ctx, float* out /*[n, hidden]*/, const float* x /*[n, hidden]*/, int64_t n,
+                            int64_t hidden, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
+                            const ExpertTable& down, const SharedExpert& shared);
 
 // sampling.cu: the next token of each row by the rule of backend/sampling_rule.h,
 // one block per row; tokens stay on the device (the caller downloads them).
