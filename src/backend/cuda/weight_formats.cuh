@@ -529,7 +529,10 @@ template <int BITS, int NT, int R, int NM>
 __device__ __forceinline__ void block_row_dots_int8(const Matrix (&m)[NM], int64_t row0, const Int8Activations& x,
                                                     const int64_t (&rows)[NT], int n_rows, float* result) {
   static_assert(BITS == 4 || BITS == 8, "int8 activations pair with 4- and 8-bit weights");
-  constexpr int RW = R >= 8 ? 2 : 1;                          // rows a warp works on together
+  // Rows a warp works on together: R / 4, so the 4 warps of kInt8Threads
+  // cover the block's rows in one round (a narrow row, like the experts'
+  // down projection at K = 1408, is one batch of pieces per lane).
+  constexpr int RW = R >= 16 ? 4 : (R >= 8 ? 2 : 1);
   constexpr int kVectors = BITS / 4;                          // 16-byte loads per row piece
   constexpr int kBatch = 8 / (NM * RW * kVectors) > 0 ? 8 / (NM * RW * kVectors) : 1;  // <= 8 loads in flight
   constexpr float kCentre = BITS == 4 ? 8.0f : 128.0f;
