@@ -109,6 +109,14 @@ class Backend {
   // out = x W^T (+ bias)
   virtual void linear(Tensor out /*[n, out_features]*/, const Tensor& x /*[n, in_features]*/,
                       const Weight& weight /*[out_features, in_features]*/, const Weight* bias /*[out] or null*/) = 0;
+  // outs[i] = x W_i^T (+ biases[i]) for several weights read by one input
+  // (q/k/v, gate/up): one call, so a backend may run them together (the
+  // CPU: one parallel region, x quantized once). Each output is what
+  // linear() gives it. biases: empty or one entry (or null) per weight.
+  virtual void linear_same_input(std::span<Tensor> outs, const Tensor& x, std::span<const Weight* const> weights,
+                                 std::span<const Weight* const> biases) {
+    for (size_t i = 0; i < outs.size(); ++i) linear(outs[i], x, *weights[i], biases.empty() ? nullptr : biases[i]);
+  }
   // out = a + b (out may alias a or b)
   virtual void add(Tensor out, const Tensor& a, const Tensor& b) = 0;
   // out = silu(gate) * up

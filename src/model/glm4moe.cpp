@@ -84,9 +84,12 @@ Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const
   Tensor q = backend_.scratch({n, n_heads_ * D});     // [n, Nq * D]
   Tensor k = backend_.scratch({n, n_kv_heads_ * D});  // [n, Nkv * D]
   Tensor v = backend_.scratch({n, n_kv_heads_ * D});  // [n, Nkv * D]
-  backend_.linear(q, x, w.q_proj, bias(w.q_bias));
-  backend_.linear(k, x, w.k_proj, bias(w.k_bias));
-  backend_.linear(v, x, w.v_proj, bias(w.v_bias));
+  {
+    Tensor outs[] = {q, k, v};
+    const Weight* weights[] = {&w.q_proj, &w.k_proj, &w.v_proj};
+    const Weight* biases[] = {bias(w.q_bias), bias(w.k_bias), bias(w.v_bias)};
+    backend_.linear_same_input(outs, x, weights, biases);
+  }
   q = q.reshaped({n, n_heads_, D});     // [n, Nq, D]
   k = k.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
   v = v.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
@@ -114,8 +117,11 @@ Tensor Glm4MoeModel::swiglu_mlp(const MlpWeights& mlp, const Tensor& x) {
   const int64_t n = x.dim(0), width = mlp.gate_proj.dim(0);
   Tensor gate = backend_.scratch({n, width});  // [n, width]
   Tensor up = backend_.scratch({n, width});    // [n, width]
-  backend_.linear(gate, x, mlp.gate_proj, nullptr);
-  backend_.linear(up, x, mlp.up_proj, nullptr);
+  {
+    Tensor outs[] = {gate, up};
+    const Weight* weights[] = {&mlp.gate_proj, &mlp.up_proj};
+    backend_.linear_same_input(outs, x, weights, {});
+  }
   backend_.swiglu(gate, gate, up);
   Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H]
   backend_.linear(out, gate, mlp.down_proj, nullptr);

@@ -135,6 +135,19 @@ class CpuBackend final : public Backend {
     cpu::route(out.expert_ids.i32(), out.weights.f32(), router_logits.f32(), n_tokens, correction_bias, n_experts,
                params);
   }
+  void linear_same_input(std::span<Tensor> outs, const Tensor& x, std::span<const Weight* const> weights,
+                         std::span<const Weight* const> biases) override {
+    thread_local std::vector<cpu::kernels::LinearJob> jobs;
+    jobs.clear();
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const Weight& weight = *weights[i];
+      GLM_CHECK(x.dim(-1) == weight.dim(1) && outs[i].dim(-1) == weight.dim(0) && outs[i].rows() == x.rows(),
+                "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
+                shape_to_string(x.shape), " into ", shape_to_string(outs[i].shape));
+      jobs.push_back({outs[i].f32(), x.f32(), x.rows(), &weight, biases.empty() ? nullptr : biases[i]});
+    }
+    cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
+  }
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,
                    const ExpertTable& up, const ExpertTable& down) override {
     check_same_shape("moe_experts", out.shape, x.shape);

@@ -64,4 +64,25 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens);
 // Returns false, touching nothing, when no fast kernel applies.
 bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
 
+// One projection of a linear_many call: out [n_tokens, weight->dim(0)] =
+// x [n_tokens, weight->dim(1)] W^T (+ bias).
+struct LinearJob {
+  float* out = nullptr;
+  const float* x = nullptr;
+  int64_t n_tokens = 0;
+  const Weight* weight = nullptr;
+  const Weight* bias = nullptr;  // or null
+};
+
+// Several independent projections in one parallel region, each with the
+// bits kernels::linear gives it alone. Jobs that read the same x (same
+// pointer, token count, width and activation format) share one preparation
+// of it (int8 quantization, bf16 rounding), and the rows of all jobs are
+// split into even contiguous ranges over the threads: a decode step's
+// experts (the gate and up projections of every expert, then every down
+// projection) fork and join the team twice instead of three times per
+// expert, and quantize the token once instead of twice per expert. Returns
+// false, touching nothing, unless every job has a fast kernel.
+bool linear_many(const LinearJob* jobs, int64_t count);
+
 }  // namespace glm::cpu::kernels
