@@ -211,11 +211,12 @@ struct Assignments {
 };
 
 // out[token] += weight * source for each of the m rows of `source`. Each
-// token appears once per expert, so the rows are disjoint.
+// token appears once per expert, so the rows are disjoint. Small calls stay
+// out of OpenMP altogether: even a region whose `if` is false costs a call
+// into the runtime, and a decode step makes one per chosen expert.
 void add_weighted_rows(float* out, const float* source, const int32_t* tokens, const float* weights, int64_t m,
                        int64_t hidden, bool fast) {
-#pragma omp parallel for schedule(static) if (m * hidden >= kParallelMinElements)
-  for (int64_t i = 0; i < m; ++i) {
+  auto add_row = [&](int64_t i) {
     float* target = out + tokens[i] * hidden;
     const float* row = source + i * hidden;
     if (fast) {
@@ -223,7 +224,13 @@ void add_weighted_rows(float* out, const float* source, const int32_t* tokens, c
     } else {
       for (int64_t d = 0; d < hidden; ++d) target[d] += weights[i] * row[d];
     }
+  };
+  if (m * hidden < kParallelMinElements) {
+    for (int64_t i = 0; i < m; ++i) add_row(i);
+    return;
   }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i) add_row(i);
 }
 
 // Small steps (decoding): every chosen expert's gate and up projections in
@@ -283,6 +290,7 @@ void moe_experts_together(float* out, const float* x, int64_t n_tokens, int64_t 
 
   const bool fast = simd::simd_ops_available();
   for (int64_t local = 0; local < held; ++local) {
+    if (assigned.count(local) == 0) continue;
     const int64_t at = assigned.first[local];
     add_weighted_rows(out, buffers.expert_out.data() + at * hidden, assigned.token.data() + at,
                       assigned.weight.data() + at, assigned.count(local), hidden, fast);
