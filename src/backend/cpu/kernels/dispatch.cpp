@@ -109,6 +109,7 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
   a.biases = f.biases.data;
   a.scale_stride = f.scales.row_stride;
   a.bias_stride = f.biases.row_stride;
+  if (!f.block_scale_pairs.empty()) a.block_pairs = static_cast<const uint32_t*>(f.block_scale_pairs.data);
   return true;
 }
 
@@ -260,6 +261,23 @@ int64_t activation_bytes(const Prep& p) {
 }
 
 }  // namespace
+
+int64_t block_scale_pairs_count(const Weight& weight) {
+  LinearArgs a;
+  if (!describe_weight(weight, a) || choose_path(options(), a, 1) != Path::Int8 || a.scale_type != a.bias_type ||
+      a.scale_type == ScaleType::F32)
+    return 0;
+  return (weight.dim(0) + 15) / 16 * (weight.dim(1) / a.group) * 16;
+}
+
+void fill_block_scale_pairs(const Weight& weight, uint32_t* out) {
+  LinearArgs a;
+  GLM_CHECK(block_scale_pairs_count(weight) > 0 && describe_weight(weight, a),
+            "internal error: no block scale pairs for ", weight.name);
+  a.in = weight.dim(1);
+  a.out_features = weight.dim(0);
+  avx512::fill_block_scale_pairs(a, out);
+}
 
 bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
   const LinearJob job{out, x, n_tokens, &weight, bias};
