@@ -3,6 +3,7 @@
 // exit status 1; nothing here lets an exception escape.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <iostream>
@@ -11,6 +12,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "app/bench_command.h"
 #include "app/chat_command.h"
@@ -271,7 +274,30 @@ int run_perplexity(const CommonOptions& common, const std::string& file, int64_t
 
 }  // namespace
 
+namespace {
+
+// OpenMP threads that wait at a barrier sleep instead of spinning, unless
+// the environment already says how they should wait. libgomp reads its wait
+// policy when it is loaded, before main, so the process runs itself again
+// with OMP_WAIT_POLICY=passive. Why: a decode step enters tens of parallel
+// regions, and on a machine shared with other work a spinning thread takes
+// the core its team-mate (or another process) needs. int4 decode on 2
+// cores (int8 activations, docs/benchmarks.md): beside one busy loop 11.6-13.8
+// tok/s spinning (libgomp's default), 25.3-26.8 sleeping; on a quiet machine
+// 36.8-37.2 against 33.8-36.5 (another set: 34.6-36.2 against 32.5-33.2).
+// OMP_WAIT_POLICY=active (or a GOMP_SPINCOUNT)
+// in the environment keeps libgomp's own behaviour.
+void prefer_passive_openmp_waits(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+  unsetenv("OMP_WAIT_POLICY");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  prefer_passive_openmp_waits(argv);
   CLI::App app{"glm4moe: run GLM-4 MoE models (GLM-4.5, 4.5-Air, 4.6, 4.7) from their Hugging Face checkpoints"};
   app.require_subcommand(1);
 
