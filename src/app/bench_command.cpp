@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -163,6 +164,8 @@ int run_bench(const BenchOptions& options) {
   report["model"] = directory;
   report["device"] = options.device;
   report["threads"] = omp_get_max_threads();
+  report["omp_wait_policy"] = std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "";
+  report["gomp_spincount"] = std::getenv("GOMP_SPINCOUNT") ? std::getenv("GOMP_SPINCOUNT") : "";
   report["weights_bytes"] = engine.model().weights().bound_bytes;
 
   auto random_tokens = [&](int64_t count, uint64_t seed) {

@@ -3,6 +3,7 @@
 // exit status 1; nothing here lets an exception escape.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <iostream>
@@ -11,6 +12,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "app/bench_command.h"
 #include "app/chat_command.h"
@@ -271,7 +274,31 @@ int run_perplexity(const CommonOptions& common, const std::string& file, int64_t
 
 }  // namespace
 
+namespace {
+
+// OpenMP threads that wait at a barrier spin for a short while (10000
+// iterations, some microseconds: the serial work between two parallel
+// regions of a decode step) and then sleep, instead of libgomp's default
+// of spinning about 30 times longer, unless the environment already says
+// how they should wait. libgomp reads that before main, so the process runs
+// itself again with GOMP_SPINCOUNT set. Why: on a machine shared with other
+// work a spinning thread takes the core its team-mate (or another process)
+// needs. int4 decode on 2 cores (int8 activations, docs/benchmarks.md),
+// beside one busy loop: 11.6-13.8 tok/s with the default, 12.8-20.3 with
+// this, 25.3-26.8 sleeping at once (OMP_WAIT_POLICY=passive); on an idle
+// machine 36.8-37.2, 37.2-37.6 and 33.8-36.5. So the short spin costs
+// nothing idle; passive gains most under load but costs 3-8% idle.
+void prefer_short_openmp_spins(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", "10000", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+  unsetenv("GOMP_SPINCOUNT");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  prefer_short_openmp_spins(argv);
   CLI::App app{"glm4moe: run GLM-4 MoE models (GLM-4.5, 4.5-Air, 4.6, 4.7) from their Hugging Face checkpoints"};
   app.require_subcommand(1);
 

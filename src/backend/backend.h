@@ -173,7 +173,9 @@ class Backend {
     rms_norm(normed, residual, gamma, eps);
   }
   // out_i = x W_i^T (+ bias_i) for every output: several projections of one
-  // input (q, k and v), in one pass over x where the weights share a format.
+  // input (q/k/v, gate/up) in one call, so a backend may run them together
+  // (the CPU: one parallel region, x quantized once; a GPU: one launch where
+  // the weights share a format). Each output is what linear() gives it.
   virtual void linears(const Tensor& x /*[n, in_features]*/, std::span<const LinearOutput> outputs) {
     for (const LinearOutput& output : outputs) linear(output.out, x, *output.weight, output.bias);
   }

@@ -54,6 +54,7 @@ Weight Weight::slice_rows(int64_t begin, int64_t end) const {
   GLM_CHECK(0 <= begin && begin <= end && end <= shape.at(0), "internal error: rows [", begin, ", ", end, ") of ",
             name);
   Weight out = *this;
+  out.format.block_scale_pairs = TensorView();  // laid out for the whole weight
   out.shape[0] = end - begin;
   out.view = view_rows(view, begin, end);
   switch (format.kind) {
@@ -80,6 +81,7 @@ Weight Weight::slice_columns(int64_t begin, int64_t end) const {
   GLM_CHECK(shape.size() == 2 && 0 <= begin && begin <= end && end <= shape[1], "internal error: columns [", begin,
             ", ", end, ") of ", name);
   Weight out = *this;
+  out.format.block_scale_pairs = TensorView();  // laid out for the whole weight
   out.shape[1] = end - begin;
   switch (format.kind) {
     case WeightFormat::Kind::Float: out.view = view.slice_columns(begin, end); break;
@@ -109,6 +111,7 @@ Weight Weight::slice_columns(int64_t begin, int64_t end) const {
 Weight Weight::slice_first(int64_t index) const {
   GLM_CHECK(shape.size() >= 2 && 0 <= index && index < shape[0], "internal error: slice ", index, " of ", name);
   Weight out = *this;
+  out.format.block_scale_pairs = TensorView();  // laid out for the whole weight
   out.shape.erase(out.shape.begin());
   out.view = view.slice_first(index);
   // Stacked scales/biases carry the expert dimension first, like the values.

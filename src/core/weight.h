@@ -27,6 +27,11 @@ struct WeightFormat {
   int64_t group_size = 0;     // Affine: columns sharing one scale and bias
   TensorView scales;          // Affine [out, in / group]; Fp8 [] / [out] / [out, 1] / [blocks_out, blocks_in]
   TensorView biases;          // Affine [out, in / group]
+  // Affine, optional: a backend's copy of scales and biases laid out for its
+  // kernels (the CPU's int8 decode kernel: U32 [ceil(out / 16) * in / group * 16],
+  // per block of 16 rows and group the 16 rows' (scale | bias << 16)). Slices
+  // drop it; the values stay those of `scales` and `biases`.
+  TensorView block_scale_pairs;
   enum class Fp8Scale { Tensor, Channel, Block } fp8_scale = Fp8Scale::Channel;
   int64_t block_rows = 0;     // Fp8 Block
   int64_t block_cols = 0;     // Fp8 Block

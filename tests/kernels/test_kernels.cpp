@@ -1,5 +1,5 @@
 // Tests of the SIMD projection kernels (src/backend/cpu/kernels/) against
-// cpu::linear_reference: every weight format with a kernel (F32, BF16, F16,
+// cpu::linear_reference (and of linear_many, several projections per call): every weight format with a kernel (F32, BF16, F16,
 // affine 4/8-bit with groups 32/64/128 and f32/bf16/f16 scales), every ISA
 // path this CPU has, exact and fast (bf16/int8) activations, sizes that are
 // not multiples of any SIMD width, 1/2/3 threads. Also that results are
@@ -10,9 +10,11 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -394,6 +396,48 @@ TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
   }
 }
 
+// Scales and biases laid out at load for the one-token int8 kernel
+// (block_scale_pairs, what the CPU backend's place() attaches) give the bits
+// of the kernel transposing them itself: 4 and 8 bits, groups 32/64/128,
+// bf16 and f16, row counts below, at and past a block of 16, 1-5 tokens per
+// call on 1-3 threads; and linear_many with them.
+TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
+  struct Shape {
+    int bits;
+    int64_t group, out, in;
+    DType scale_dtype;
+  };
+  const Shape shapes[] = {{4, 64, 5, 4096, DType::BF16},  {4, 64, 100, 1408, DType::BF16}, {4, 32, 37, 4128, DType::F16},
+                          {4, 128, 48, 2048, DType::BF16}, {8, 64, 37, 4096, DType::BF16}, {8, 32, 17, 1440, DType::F16}};
+  for (const Shape& shape : shapes) {
+    TestWeight t = affine_test_weight(shape.out, shape.in, shape.bits, shape.group, shape.scale_dtype,
+                                      static_cast<unsigned>(shape.out * 7 + shape.in));
+    KernelScope scope(Isa::Avx512, Activations::Int8);
+    const int64_t count = cpu::kernels::block_scale_pairs_count(t.weight);
+    if (count == 0) GTEST_SKIP() << "no AVX512_VNNI: the int8 kernel that reads the pairs does not run here";
+    SCOPED_TRACE(std::to_string(shape.bits) + "-bit g" + std::to_string(shape.group) + " " +
+                 std::to_string(shape.out) + "x" + std::to_string(shape.in));
+    EXPECT_EQ(count, (shape.out + 15) / 16 * (shape.in / shape.group) * 16);
+    std::vector<uint32_t> storage(static_cast<size_t>(count) + 16);
+    uint32_t* pairs = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+    cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
+    Weight placed = t.weight;
+    placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
+    const std::vector<float> x = random_values(static_cast<size_t>(5 * shape.in), 42);
+    for (int64_t n = 1; n <= 5; ++n)
+      for (int threads : {1, 2, 3}) {
+        const std::vector<float> part(x.begin(), x.begin() + n * shape.in);
+        const std::vector<float> plain = run_linear(t.weight, part, n, nullptr, threads);
+        const std::vector<float> with = run_linear(placed, part, n, nullptr, threads);
+        EXPECT_EQ(std::memcmp(plain.data(), with.data(), plain.size() * sizeof(float)), 0)
+            << n << " tokens on " << threads << " threads";
+      }
+    EXPECT_LE(relative_l2(run_linear(placed, x, 5, nullptr, 2), oracle(t, x, 5, nullptr)), 1e-2);
+    // A slice drops the pairs (they describe the whole weight).
+    EXPECT_TRUE(placed.slice_rows(0, shape.out).format.block_scale_pairs.empty());
+  }
+}
+
 // The AVX2 int8 kernel (VPMADDUBSW, 4-bit) gives the bits of the AVX-512
 // one (VPDPBUSD): the same quantized x, the same exact int32 group sums,
 // the same f32 operations per output.
@@ -449,6 +493,63 @@ TEST(KernelsAffine, ReferenceDequantizerAgreesWithTheOracle) {
   for (int c = 0; c < 256; ++c) EXPECT_FLOAT_EQ(row[c], t.dense[3 * 256 + c]) << c;
 }
 
+// ---- several projections in one call ----
+
+// kernels::linear_many gives every job the bits kernels::linear gives it
+// alone, whatever the thread count, with jobs that share their input (and so
+// one preparation of it) and jobs that do not, mixed formats, a bias, and
+// row counts that are not multiples of any tile.
+TEST(KernelsMany, EveryJobAsAlone) {
+  const int64_t in = 4096 + 64;
+  const TestWeight four = affine_test_weight(37, in, 4, 64, DType::BF16, 31);
+  const TestWeight four_b = affine_test_weight(100, in, 4, 64, DType::BF16, 32);
+  const TestWeight eight = affine_test_weight(45, in, 8, 32, DType::F16, 33);
+  const TestWeight bf16 = float_test_weight(19, in, DType::BF16, 34);
+  const TestWeight narrow = affine_test_weight(70, 1408, 4, 64, DType::BF16, 35);
+  const std::vector<float> b = random_values(100, 36);
+  const Weight bias = float_weight("b", TensorView(b.data(), DType::F32, {100}));
+  for (int64_t n : {1, 3, 17}) {
+    const std::vector<float> x = random_values(static_cast<size_t>(n * in), 37);
+    const std::vector<float> x2 = random_values(static_cast<size_t>(n * in), 38);
+    const std::vector<float> h = random_values(static_cast<size_t>(n * 1408), 39);
+    struct Case {
+      const TestWeight* t;
+      const std::vector<float>* x;
+      const Weight* bias;
+    };
+    const Case cases[] = {{&four, &x, nullptr},  {&four_b, &x, &bias}, {&eight, &x, nullptr}, {&bf16, &x, nullptr},
+                          {&four, &x2, nullptr}, {&narrow, &h, nullptr}, {&four_b, &x2, nullptr}};
+    for (Isa isa : available_isas())
+      for (Activations mode : kModes) {
+        KernelScope scope(isa, mode);
+        SCOPED_TRACE(std::string(cpu::kernels::isa_name(isa)) + " " + mode_name(mode) + ", " + std::to_string(n) +
+                     " tokens");
+        std::vector<std::vector<float>> alone;
+        for (const Case& c : cases) alone.push_back(run_linear(c.t->weight, *c.x, n, c.bias, 2));
+        for (int threads : {1, 2, 3}) {
+          omp_set_num_threads(threads);
+          std::vector<std::vector<float>> outs;
+          std::vector<cpu::kernels::LinearJob> jobs;
+          for (const Case& c : cases) outs.emplace_back(static_cast<size_t>(n * c.t->weight.dim(0)), NAN);
+          for (size_t i = 0; i < std::size(cases); ++i)
+            jobs.push_back({outs[i].data(), cases[i].x->data(), n, &cases[i].t->weight, cases[i].bias});
+          ASSERT_TRUE(cpu::kernels::linear_many(jobs.data(), static_cast<int64_t>(jobs.size())));
+          for (size_t i = 0; i < std::size(cases); ++i)
+            EXPECT_EQ(std::memcmp(outs[i].data(), alone[i].data(), alone[i].size() * sizeof(float)), 0)
+                << "job " << i << " on " << threads << " threads differs from the same projection alone";
+        }
+      }
+  }
+  // A job without a kernel: nothing is touched.
+  TestWeight three = affine_test_weight(8, 256, 8, 64, DType::BF16, 40);
+  three.weight.format.bits = 3;
+  std::vector<float> out(8, 1.5f);
+  const std::vector<float> x = random_values(256, 41);
+  const cpu::kernels::LinearJob jobs[] = {{out.data(), x.data(), 1, &three.weight, nullptr}};
+  EXPECT_FALSE(cpu::kernels::linear_many(jobs, 1));
+  EXPECT_EQ(out[0], 1.5f);
+}
+
 // ---- mixture of experts ----
 
 // moe_experts through the fast kernels: equal to the reference expert MLP per
@@ -501,17 +602,25 @@ TEST(KernelsMoe, ExpertsMatchTheReferenceAndDoNotDependOnTheBatch) {
       for (int64_t i = 0; i < hidden; ++i) expected[t * hidden + i] += mix[t * top_k + k] * d[i];
     }
   }
-  for (Isa isa : available_isas()) {
-    KernelScope scope(isa, Activations::Exact);
-    omp_set_num_threads(2);
-    const std::vector<float> batch = run(0, n_tokens);
-    EXPECT_LE(relative_error(batch, expected), 1e-5) << cpu::kernels::isa_name(isa);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const std::vector<float> alone = run(t, 1);
-      EXPECT_EQ(std::memcmp(alone.data(), batch.data() + t * hidden, alone.size() * sizeof(float)), 0)
-          << "token " << t << " alone differs from the batch";
+  // Steps of up to 8 tokens run all experts' projections together
+  // (moe_experts_together), larger ones expert by expert: a token alone, in
+  // a step of 2 or 3, and in the batch of 9 gets the same bits, on 1-3 threads.
+  for (Isa isa : available_isas())
+    for (Activations mode : {Activations::Exact, Activations::Int8}) {
+      KernelScope scope(isa, mode);
+      SCOPED_TRACE(std::string(cpu::kernels::isa_name(isa)) + " " + mode_name(mode));
+      const bool fast = mode != Activations::Exact && fast_kernel_runs(gates[0].weight, isa);
+      omp_set_num_threads(2);
+      const std::vector<float> batch = run(0, n_tokens);
+      EXPECT_LE(error_of(fast, batch, expected), fast ? 1e-2 : 1e-5);
+      for (int64_t count : {1, 2, 3})
+        for (int64_t t = 0; t + count <= n_tokens; t += count) {
+          omp_set_num_threads(1 + static_cast<int>(t % 3));
+          const std::vector<float> part = run(t, count);
+          EXPECT_EQ(std::memcmp(part.data(), batch.data() + t * hidden, part.size() * sizeof(float)), 0)
+              << count << " tokens from " << t << " differ from the batch";
+        }
     }
-  }
 }
 
 // ---- dispatch ----

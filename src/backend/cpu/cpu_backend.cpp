@@ -21,9 +21,37 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(Communicator* communicator) : communicator_(communicator) {}
   ~CpuBackend() override {
     for (void* chunk : chunks_) std::free(chunk);
+    for (void* pairs : scale_pairs_) std::free(pairs);
   }
 
   std::string name() const override { return "cpu"; }
+
+  // Weights stay in the mapped file. When the int8 decode kernel will read
+  // an affine projection (GLM_CPU_ACTIVATIONS=int8 or fast, AVX512_VNNI),
+  // its scales and biases are also laid out per block of 16 rows
+  // (kernels::fill_block_scale_pairs): 1/9 of the weight's bytes at 4 bits
+  // and group 64, in memory this backend owns, so decoding skips a
+  // transpose per block. Not for the embedding, which no projection reads.
+  Weight place(const Weight& weight) override {
+    const int64_t count = weight.name.find("embed_tokens") == std::string::npos
+                              ? cpu::kernels::block_scale_pairs_count(weight) : 0;
+    if (count == 0) return weight;
+    const size_t bytes = (static_cast<size_t>(count) * sizeof(uint32_t) + 63) & ~size_t{63};
+    auto* pairs = static_cast<uint32_t*>(std::aligned_alloc(64, bytes));
+    GLM_CHECK(pairs, "out of memory allocating ", bytes, " bytes of scale pairs for ", weight.name);
+    scale_pairs_.push_back(pairs);
+    scale_pair_bytes_ += bytes;
+    cpu::kernels::fill_block_scale_pairs(weight, pairs);
+    Weight placed = weight;
+    placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
+    return placed;
+  }
+  std::string placement_summary() const override {
+    if (scale_pairs_.empty()) return "nothing (the CPU reference backend reads the mapped files)";
+    return "scales and biases of " + std::to_string(scale_pairs_.size()) +
+           " affine projections laid out for the int8 decode kernel (" +
+           std::to_string(scale_pair_bytes_ >> 20) + " MiB); weights read from the mapped files";
+  }
 
   // The arena is a list of chunks; reset keeps them so a steady-state step
   // reuses the same memory and allocates nothing.
@@ -135,6 +163,18 @@ class CpuBackend final : public Backend {
     cpu::route(out.expert_ids.i32(), out.weights.f32(), router_logits.f32(), n_tokens, correction_bias, n_experts,
                params);
   }
+  void linears(const Tensor& x, std::span<const LinearOutput> outputs) override {
+    thread_local std::vector<cpu::kernels::LinearJob> jobs;
+    jobs.clear();
+    for (const LinearOutput& output : outputs) {
+      const Weight& weight = *output.weight;
+      GLM_CHECK(x.dim(-1) == weight.dim(1) && output.out.dim(-1) == weight.dim(0) && output.out.rows() == x.rows(),
+                "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
+                shape_to_string(x.shape), " into ", shape_to_string(output.out.shape));
+      jobs.push_back({output.out.f32(), x.f32(), x.rows(), &weight, output.bias});
+    }
+    cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
+  }
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,
                    const ExpertTable& up, const ExpertTable& down) override {
     check_same_shape("moe_experts", out.shape, x.shape);
@@ -160,6 +200,8 @@ class CpuBackend final : public Backend {
   Communicator* communicator_;
   std::vector<void*> chunks_;
   std::vector<size_t> chunk_sizes_;
+  std::vector<void*> scale_pairs_;  // block_scale_pairs of placed weights
+  size_t scale_pair_bytes_ = 0;
   size_t current_ = 0;
   size_t used_ = 0;
 };

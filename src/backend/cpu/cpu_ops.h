@@ -11,6 +11,7 @@
 #include <span>
 
 #include "backend/backend.h"
+#include "backend/cpu/kernels/kernels.h"
 
 namespace glm::cpu {
 
@@ -60,6 +61,10 @@ void rms_norm(float* out /*[rows, dim]*/, const float* x /*[rows, dim]*/, const 
 void rms_norm_reference(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps);
 // out = x W^T + b: the fast kernels of kernels/ when one applies, else linear_reference.
 void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
+// Several projections (kernels::LinearJob) in one parallel region when the
+// kernels take them all (kernels::linear_many), else one linear() each: the
+// same bits either way.
+void linear_many(const kernels::LinearJob* jobs, int64_t count);
 // The plain loop (one widened weight row at a time, sequential f32 dot
 // products): the oracle the kernels are tested against.
 void linear_reference(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);

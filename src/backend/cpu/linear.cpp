@@ -36,6 +36,14 @@ void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, 
   if (!kernels::linear(out, x, n_tokens, weight, bias)) linear_reference(out, x, n_tokens, weight, bias);
 }
 
+void linear_many(const kernels::LinearJob* jobs, int64_t count) {
+  int64_t macs = 0;
+  for (int64_t i = 0; i < count; ++i) macs += jobs[i].n_tokens * jobs[i].weight->dim(0) * jobs[i].weight->dim(1);
+  const SerialBelowMinMacs small(macs);
+  if (count <= 0 || kernels::linear_many(jobs, count)) return;
+  for (int64_t i = 0; i < count; ++i) linear(jobs[i].out, jobs[i].x, jobs[i].n_tokens, *jobs[i].weight, jobs[i].bias);
+}
+
 void linear_reference(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
   const int64_t out_features = weight.dim(0);
   const int64_t in_features = weight.dim(1);

@@ -168,68 +168,161 @@ void moe_experts_reference(float* out, const float* x, int64_t n_tokens, int64_t
   }
 }
 
-// Tokens are grouped by expert (a counting sort: no per-step allocation) so
-// each expert's weights are read once per batch, and experts are visited in
-// ascending id so every token sums its expert outputs in the same order
-// whatever else is in the batch. Each expert's projections are one
-// cpu::linear call that splits the expert's rows over all threads (a decode
-// step's 8 experts run one after another, each on every core, rather than one
-// expert per thread); gathering its tokens' rows and adding its weighted
-// outputs back are split over tokens when large enough. Buffers belong to
-// the calling thread and keep their capacity, so a steady-state step
-// allocates nothing.
-void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, const Routing& routing,
-                 const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
-  const int64_t top_k = routing.expert_ids.dim(1);
-  const int32_t* ids = routing.expert_ids.i32();  // [n_tokens, top_k]
-  const float* mix = routing.weights.f32();       // [n_tokens, top_k]
-  std::fill(out, out + n_tokens * hidden, 0.0f);
+namespace {
 
+// Steps of up to this many tokens run every expert's projections together
+// (two parallel regions per layer, moe_experts_together); larger ones one
+// expert at a time, each projection over all threads.
+constexpr int64_t kTogetherTokens = 8;
+
+// The step's (token, expert) assignments grouped by expert: a counting sort,
+// tokens ascending within an expert. Buffers belong to the calling thread
+// and keep their capacity, so a steady-state step allocates nothing.
+struct Assignments {
+  std::vector<int64_t> first;   // [held + 1] start of each expert's assignments
+  std::vector<int64_t> filled;  // [held] assignments placed so far
+  std::vector<int32_t> token;   // [assignments] grouped by expert, tokens ascending
+  std::vector<float> weight;    // [assignments]
+
+  void sort(const Routing& routing, int64_t n_tokens, const ExpertTable& gate) {
+    const int64_t top_k = routing.expert_ids.dim(1);
+    const int32_t* ids = routing.expert_ids.i32();  // [n_tokens, top_k]
+    const float* mix = routing.weights.f32();       // [n_tokens, top_k]
+    const int64_t first_expert = gate.first_expert;
+    const int64_t held = static_cast<int64_t>(gate.experts.size());
+    first.assign(static_cast<size_t>(held + 1), 0);
+    filled.assign(static_cast<size_t>(held), 0);
+    for (int64_t i = 0; i < n_tokens * top_k; ++i)
+      if (gate.holds(ids[i])) ++first[ids[i] - first_expert + 1];
+    for (int64_t e = 0; e < held; ++e) first[e + 1] += first[e];
+    token.resize(static_cast<size_t>(first[held]));
+    weight.resize(static_cast<size_t>(first[held]));
+    for (int64_t t = 0; t < n_tokens; ++t)
+      for (int64_t k = 0; k < top_k; ++k) {
+        const int32_t expert = ids[t * top_k + k];
+        if (!gate.holds(expert)) continue;
+        const int64_t local = expert - first_expert;
+        const int64_t at = first[local] + filled[local]++;
+        token[at] = static_cast<int32_t>(t);
+        weight[at] = mix[t * top_k + k];
+      }
+  }
+  int64_t count(int64_t local) const { return first[local + 1] - first[local]; }
+};
+
+// out[token] += weight * source for each of the m rows of `source`. Each
+// token appears once per expert, so the rows are disjoint. Small calls stay
+// out of OpenMP altogether: even a region whose `if` is false costs a call
+// into the runtime, and a decode step makes one per chosen expert.
+void add_weighted_rows(float* out, const float* source, const int32_t* tokens, const float* weights, int64_t m,
+                       int64_t hidden, bool fast) {
+  auto add_row = [&](int64_t i) {
+    float* target = out + tokens[i] * hidden;
+    const float* row = source + i * hidden;
+    if (fast) {
+      simd::add_scaled(target, row, weights[i], hidden);
+    } else {
+      for (int64_t d = 0; d < hidden; ++d) target[d] += weights[i] * row[d];
+    }
+  };
+  if (m * hidden < kParallelMinElements) {
+    for (int64_t i = 0; i < m; ++i) add_row(i);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i) add_row(i);
+}
+
+// Small steps (decoding): every chosen expert's gate and up projections in
+// one linear_many call (the token quantized once for all of them when the
+// kernels take int8 activations), SwiGLU over all, every down projection in
+// a second call, then the weighted outputs summed per token in ascending
+// expert order. Every projection gives the bits it gives alone, so this
+// agrees bit for bit with moe_experts_one_by_one.
+void moe_experts_together(float* out, const float* x, int64_t n_tokens, int64_t hidden, const Assignments& assigned,
+                          const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
   struct Buffers {
-    std::vector<int64_t> first;           // [held + 1] start of each expert's assignments
-    std::vector<int64_t> filled;          // [held] assignments placed so far
-    std::vector<int32_t> token;           // [assignments] grouped by expert, tokens ascending
-    std::vector<float> weight;            // [assignments]
+    std::vector<float> inputs;            // [assignments, hidden] tokens gathered per expert
+    std::vector<float> gate_out, up_out;  // [assignments, width]
+    std::vector<float> expert_out;        // [assignments, hidden]
+    std::vector<kernels::LinearJob> jobs;
+  };
+  thread_local Buffers buffers;
+  const int64_t held = static_cast<int64_t>(gate.experts.size());
+  const int64_t assignments = assigned.first[held];
+  if (assignments == 0) return;
+  const int64_t width = gate.at(gate.first_expert).dim(0);
+  buffers.gate_out.resize(static_cast<size_t>(assignments * width));
+  buffers.up_out.resize(static_cast<size_t>(assignments * width));
+  buffers.expert_out.resize(static_cast<size_t>(assignments * hidden));
+  buffers.inputs.resize(static_cast<size_t>(assignments * hidden));
+  auto& jobs = buffers.jobs;
+
+  jobs.clear();
+  for (int64_t local = 0; local < held; ++local) {
+    const int64_t m = assigned.count(local);
+    if (m == 0) continue;
+    const int64_t at = assigned.first[local];
+    const int64_t expert = gate.first_expert + local;
+    // Every token of the step (decoding one token): x itself, shared by all experts.
+    const float* inputs = x;
+    if (m != n_tokens) {
+      float* gathered = buffers.inputs.data() + at * hidden;
+      for (int64_t i = 0; i < m; ++i)
+        std::memcpy(gathered + i * hidden, x + assigned.token[at + i] * hidden, sizeof(float) * hidden);
+      inputs = gathered;
+    }
+    jobs.push_back({buffers.gate_out.data() + at * width, inputs, m, &gate.at(expert), nullptr});
+    jobs.push_back({buffers.up_out.data() + at * width, inputs, m, &up.at(expert), nullptr});
+  }
+  cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
+  swiglu(buffers.gate_out.data(), buffers.gate_out.data(), buffers.up_out.data(), assignments * width);
+
+  jobs.clear();
+  for (int64_t local = 0; local < held; ++local) {
+    const int64_t m = assigned.count(local);
+    if (m == 0) continue;
+    const int64_t at = assigned.first[local];
+    jobs.push_back({buffers.expert_out.data() + at * hidden, buffers.gate_out.data() + at * width, m,
+                    &down.at(gate.first_expert + local), nullptr});
+  }
+  cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
+
+  const bool fast = simd::simd_ops_available();
+  for (int64_t local = 0; local < held; ++local) {
+    if (assigned.count(local) == 0) continue;
+    const int64_t at = assigned.first[local];
+    add_weighted_rows(out, buffers.expert_out.data() + at * hidden, assigned.token.data() + at,
+                      assigned.weight.data() + at, assigned.count(local), hidden, fast);
+  }
+}
+
+// Larger steps (prompts): one expert after another, each projection one
+// cpu::linear call that splits the expert's rows over all threads (rather
+// than one expert per thread); gathering its tokens' rows is split over
+// tokens when large enough.
+void moe_experts_one_by_one(float* out, const float* x, int64_t n_tokens, int64_t hidden, const Assignments& assigned,
+                            const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  struct Buffers {
     std::vector<float> inputs;            // [m, hidden] one expert's tokens
     std::vector<float> gate_out, up_out;  // [m, width]
     std::vector<float> expert_out;        // [m, hidden]
   };
   thread_local Buffers buffers;
-  const int64_t first_expert = gate.first_expert;
-  const int64_t held = static_cast<int64_t>(gate.experts.size());
-  auto& first = buffers.first;
-  auto& filled = buffers.filled;
-  first.assign(static_cast<size_t>(held + 1), 0);
-  filled.assign(static_cast<size_t>(held), 0);
-  for (int64_t i = 0; i < n_tokens * top_k; ++i)
-    if (gate.holds(ids[i])) ++first[ids[i] - first_expert + 1];
-  for (int64_t e = 0; e < held; ++e) first[e + 1] += first[e];
-  buffers.token.resize(static_cast<size_t>(first[held]));
-  buffers.weight.resize(static_cast<size_t>(first[held]));
-  for (int64_t t = 0; t < n_tokens; ++t)
-    for (int64_t k = 0; k < top_k; ++k) {
-      const int32_t expert = ids[t * top_k + k];
-      if (!gate.holds(expert)) continue;
-      const int64_t local = expert - first_expert;
-      const int64_t at = first[local] + filled[local]++;
-      buffers.token[at] = static_cast<int32_t>(t);
-      buffers.weight[at] = mix[t * top_k + k];
-    }
-
   const bool fast = simd::simd_ops_available();
+  const int64_t held = static_cast<int64_t>(gate.experts.size());
   for (int64_t local = 0; local < held; ++local) {
-    const int64_t m = first[local + 1] - first[local];
+    const int64_t m = assigned.count(local);
     if (m == 0) continue;
-    const int32_t* tokens = buffers.token.data() + first[local];
-    const float* token_weights = buffers.weight.data() + first[local];
-    const int64_t expert = first_expert + local;
+    const int32_t* tokens = assigned.token.data() + assigned.first[local];
+    const int64_t expert = gate.first_expert + local;
     const int64_t width = gate.at(expert).dim(0);
     // resize() only grows the allocation (capacity is kept across calls).
     buffers.gate_out.resize(static_cast<size_t>(m * width));
     buffers.up_out.resize(static_cast<size_t>(m * width));
     buffers.expert_out.resize(static_cast<size_t>(m * hidden));
 
-    // Every token of the step, in order (decoding one token): x as it is.
+    // Every token of the step, in order: x as it is.
     const float* inputs = x;
     if (m != n_tokens) {
       buffers.inputs.resize(static_cast<size_t>(m * hidden));
@@ -246,20 +339,24 @@ void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, c
       swiglu(buffers.gate_out.data(), buffers.gate_out.data(), buffers.up_out.data(), m * width);
       linear(buffers.expert_out.data(), buffers.gate_out.data(), m, down.at(expert), nullptr);
     }
-
-    // Each token appears once per expert, so the rows are disjoint.
-    const float* expert_out = buffers.expert_out.data();
-#pragma omp parallel for schedule(static) if (m * hidden >= kParallelMinElements)
-    for (int64_t i = 0; i < m; ++i) {
-      float* target = out + tokens[i] * hidden;
-      const float* source = expert_out + i * hidden;
-      if (fast) {
-        simd::add_scaled(target, source, token_weights[i], hidden);
-      } else {
-        for (int64_t d = 0; d < hidden; ++d) target[d] += token_weights[i] * source[d];
-      }
-    }
+    add_weighted_rows(out, buffers.expert_out.data(), tokens, assigned.weight.data() + assigned.first[local], m,
+                      hidden, fast);
   }
+}
+
+}  // namespace
+
+// Tokens are grouped by expert so each expert's weights are read once per
+// batch, and experts are visited in ascending id so every token sums its
+// expert outputs in the same order whatever else is in the batch (and
+// whichever of the two ways above runs).
+void moe_experts(float* out, const float* x, int64_t n_tokens, int64_t hidden, const Routing& routing,
+                 const ExpertTable& gate, const ExpertTable& up, const ExpertTable& down) {
+  thread_local Assignments assigned;
+  std::fill(out, out + n_tokens * hidden, 0.0f);
+  assigned.sort(routing, n_tokens, gate);
+  if (n_tokens <= kTogetherTokens) moe_experts_together(out, x, n_tokens, hidden, assigned, gate, up, down);
+  else moe_experts_one_by_one(out, x, n_tokens, hidden, assigned, gate, up, down);
 }
 
 }  // namespace glm::cpu

@@ -853,6 +853,7 @@ void int8_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   const bool gemv = a.n_tokens <= kGemvTokens;
   // There, 16-bit scales and biases of one type travel as pairs.
   const bool pairs = gemv && a.scale_type == a.bias_type && a.scale_type != ScaleType::F32;
+  const int64_t block_pair_count = groups * 16;  // of one block in a.block_pairs
   BlockScales block;
   block.scales = scales;
   block.biases = biases;
@@ -860,7 +861,9 @@ void int8_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   for (int64_t r0 = row_begin; r0 < row_end; r0 += 16) {
     const int rows = static_cast<int>(min64(16, row_end - r0));
     if (pairs) {
-      repack_scale_pairs(a, r0, rows, reinterpret_cast<uint32_t*>(scales));
+      // Precomputed at load (row ranges start on blocks of 16), else transposed now.
+      if (a.block_pairs) block.pairs = a.block_pairs + r0 / 16 * block_pair_count;
+      else repack_scale_pairs(a, r0, rows, reinterpret_cast<uint32_t*>(scales));
       if (a.scale_type == ScaleType::BF16) int8_gemv_block_of_group<BITS, ScaleType::BF16>(a, r0, rows, row_end, a.scratch, block);
       else int8_gemv_block_of_group<BITS, ScaleType::F16>(a, r0, rows, row_end, a.scratch, block);
       continue;
@@ -893,6 +896,12 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   else int8_rows_of<8>(a, row_begin, row_end);
 }
 
+void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
+  const int64_t groups = a.in / a.group;
+  for (int64_t r0 = 0; r0 < a.out_features; r0 += 16)
+    repack_scale_pairs(a, r0, static_cast<int>(min64(16, a.out_features - r0)), out + r0 / 16 * groups * 16);
+}
+
 void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums) {
   const int64_t groups = in / group;
   for (int64_t g = 0; g < groups; ++g) {
@@ -923,6 +932,7 @@ void bf16_rows(const LinearArgs&, int64_t, int64_t) {}
 void int8_rows(const LinearArgs&, int64_t, int64_t) {}
 void prepare_bf16(const float*, int64_t, uint16_t*) {}
 void prepare_int8(const float*, int64_t, int64_t, int, int8_t*, float*, float*) {}
+void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 
 #endif
 

@@ -109,6 +109,7 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
   a.biases = f.biases.data;
   a.scale_stride = f.scales.row_stride;
   a.bias_stride = f.biases.row_stride;
+  if (!f.block_scale_pairs.empty()) a.block_pairs = static_cast<const uint32_t*>(f.block_scale_pairs.data);
   return true;
 }
 
@@ -192,86 +193,234 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens) {
   return nullptr;
 }
 
-bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
-  const Options& o = options();
-  if (o.isa == Isa::Reference || n_tokens <= 0) return false;
+namespace {
+
+// One job of linear_many, described: its weight and kernel, which prepared
+// activations it reads, and where its rows fall in the call's row units.
+struct JobPlan {
   LinearArgs a;
-  if (!describe_weight(weight, a)) return false;
-  if (bias && (bias->format.kind != WeightFormat::Kind::Float || !dtype_is_float(bias->view.dtype))) return false;
-  a.x = x;
-  a.n_tokens = n_tokens;
+  Path path = Path::Exact;
+  RowsKernel kernel = nullptr;
+  int64_t row_unit = kRowUnit;
+  int64_t first_unit = 0, units = 0;  // [first_unit, first_unit + units) of the call's units
+  int prep = -1;                      // index into the call's preparations, or -1 (x is read as it is)
+};
+
+// Activations prepared once for every job that reads them: the same x, token
+// count, width and preparation (kind, group, bits). Gate and up of one
+// input, or a decode step's experts fed the same token, share one.
+struct Prep {
+  const float* x = nullptr;
+  int64_t n_tokens = 0, in = 0, group = 0;
+  int bits = 0;
+  Path path = Path::Exact;
+  // Where its prepared activations live (the activation fields of LinearArgs).
+  LinearArgs prepared;
+  bool same_as(const Prep& o) const {
+    return x == o.x && n_tokens == o.n_tokens && in == o.in && group == o.group && bits == o.bits && path == o.path;
+  }
+};
+
+// Whether a job's x must be prepared, and how many elements of each buffer that takes.
+bool needs_prep(Path path, Isa isa, WeightKind kind) {
+  const bool affine = kind == WeightKind::Affine4 || kind == WeightKind::Affine8;
+  return path != Path::Exact || (isa == Isa::Avx512 && affine);
+}
+
+// Token t of preparation p into its buffers.
+void prepare_token(const Prep& p, int64_t t) {
+  const LinearArgs& a = p.prepared;
+  const int64_t groups = p.group > 0 ? p.in / p.group : 0;
+  const float* x = p.x + t * p.in;
+  switch (p.path) {
+    case Path::Exact:
+      avx512::prepare_exact(x, p.in, p.group, p.bits, const_cast<float*>(a.xp) + t * p.in,
+                            const_cast<float*>(a.xgs) + t * groups);
+      break;
+    case Path::Bf16:
+      avx512::prepare_bf16(x, p.in, const_cast<uint16_t*>(a.xb) + t * a.xb_stride);
+      break;
+    case Path::Int8:
+      avx512::prepare_int8(x, p.in, p.group, p.bits, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
+                           const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
+      break;
+    case Path::Int8Avx2:
+      avx2::prepare_int8(x, p.in, p.group, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
+                         const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
+      break;
+  }
+}
+
+// Bytes of the activation buffer one token of p takes (elements of its type times their size).
+int64_t activation_bytes(const Prep& p) {
+  switch (p.path) {
+    case Path::Exact: return p.in * int64_t{sizeof(float)};
+    case Path::Bf16: return bf16_stride(p.in) * int64_t{sizeof(uint16_t)};
+    default: return int8_stride(p.in);
+  }
+}
+
+}  // namespace
+
+int64_t block_scale_pairs_count(const Weight& weight) {
+  LinearArgs a;
+  if (!describe_weight(weight, a) || choose_path(options(), a, 1) != Path::Int8 || a.scale_type != a.bias_type ||
+      a.scale_type == ScaleType::F32)
+    return 0;
+  return (weight.dim(0) + 15) / 16 * (weight.dim(1) / a.group) * 16;
+}
+
+void fill_block_scale_pairs(const Weight& weight, uint32_t* out) {
+  LinearArgs a;
+  GLM_CHECK(block_scale_pairs_count(weight) > 0 && describe_weight(weight, a),
+            "internal error: no block scale pairs for ", weight.name);
   a.in = weight.dim(1);
-  a.out = out;
   a.out_features = weight.dim(0);
-  const int64_t in = a.in;
+  avx512::fill_block_scale_pairs(a, out);
+}
 
+bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
+  const LinearJob job{out, x, n_tokens, &weight, bias};
+  return linear_many(&job, 1);
+}
+
+bool linear_many(const LinearJob* jobs, int64_t count) {
+  const Options& o = options();
+  if (o.isa == Isa::Reference || count <= 0) return false;
+  thread_local std::vector<JobPlan> plans;
+  thread_local std::vector<Prep> preps;
   thread_local CallBuffers buffers;
-  if (bias) {
-    float* b = buffers.bias.get<float>(static_cast<size_t>(a.out_features));
-    load_row_f32(bias->view, 0, b);
-    a.bias = b;
+  plans.resize(static_cast<size_t>(count));
+  preps.clear();
+
+  // Describe every job first: nothing is touched unless all have a kernel.
+  int64_t units = 0, work = 0, bias_floats = 0, scratch_each = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const LinearJob& job = jobs[j];
+    JobPlan& plan = plans[j];
+    plan = JobPlan{};
+    if (job.n_tokens <= 0 || !describe_weight(*job.weight, plan.a)) return false;
+    if (job.bias && (job.bias->format.kind != WeightFormat::Kind::Float || !dtype_is_float(job.bias->view.dtype)))
+      return false;
+    LinearArgs& a = plan.a;
+    a.x = job.x;
+    a.n_tokens = job.n_tokens;
+    a.in = job.weight->dim(1);
+    a.out = job.out;
+    a.out_features = job.weight->dim(0);
+    plan.path = choose_path(o, a, job.n_tokens);
+    switch (plan.path) {
+      case Path::Exact: plan.kernel = o.isa == Isa::Avx512 ? avx512::exact_rows : avx2::exact_rows; break;
+      case Path::Bf16: plan.kernel = avx512::bf16_rows; break;
+      case Path::Int8: plan.kernel = avx512::int8_rows; plan.row_unit = kInt8RowUnit; break;
+      case Path::Int8Avx2: plan.kernel = avx2::int8_rows; plan.row_unit = kInt8Avx2RowUnit; break;
+    }
+    if (plan.path == Path::Int8 || plan.path == Path::Int8Avx2)
+      scratch_each = std::max(scratch_each, (int8_scratch_bytes(a.in, a.group) + 63) / 64 * 64);
+    if (needs_prep(plan.path, o.isa, a.kind)) {
+      Prep p;
+      p.x = job.x;
+      p.n_tokens = job.n_tokens;
+      p.in = a.in;
+      p.group = a.group;
+      p.bits = job.weight->format.bits;
+      p.path = plan.path;
+      const auto same = std::find_if(preps.begin(), preps.end(), [&](const Prep& q) { return q.same_as(p); });
+      plan.prep = static_cast<int>(same - preps.begin());
+      if (same == preps.end()) preps.push_back(p);
+    }
+    plan.first_unit = units;
+    plan.units = (a.out_features + plan.row_unit - 1) / plan.row_unit;
+    units += plan.units;
+    work += job.n_tokens * a.in * a.out_features;
+    if (job.bias) bias_floats += a.out_features;
   }
 
-  const Path path = choose_path(o, a, n_tokens);
-  const bool affine = a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8;
-  const bool exact_prepared = path == Path::Exact && o.isa == Isa::Avx512 && affine;
-  RowsKernel kernel = o.isa == Isa::Avx512 ? avx512::exact_rows : avx2::exact_rows;
-  if (exact_prepared) {
-    a.xp = buffers.activations.get<float>(static_cast<size_t>(n_tokens * in));
-    a.xgs = buffers.sums.get<float>(static_cast<size_t>(n_tokens * (in / a.group)));
-  } else if (path == Path::Bf16) {
-    kernel = avx512::bf16_rows;
-    a.xb_stride = bf16_stride(in);
-    a.xb = buffers.activations.get<uint16_t>(static_cast<size_t>(n_tokens * a.xb_stride));
-  } else if (path == Path::Int8 || path == Path::Int8Avx2) {
-    kernel = path == Path::Int8 ? avx512::int8_rows : avx2::int8_rows;
-    a.xq_stride = int8_stride(in);
-    a.xq = buffers.activations.get<int8_t>(static_cast<size_t>(n_tokens * a.xq_stride));
-    a.xscale = buffers.scales.get<float>(static_cast<size_t>(n_tokens * (in / a.group)));
-    a.xsum = buffers.sums.get<float>(static_cast<size_t>(n_tokens * (in / a.group)));
+  // One buffer of each kind for all preparations, carved at 64-byte steps.
+  int64_t activation_total = 0, group_total = 0, tokens_total = 0;
+  for (const Prep& p : preps) {
+    activation_total += (p.n_tokens * activation_bytes(p) + 63) / 64 * 64;
+    group_total += (p.n_tokens * (p.group > 0 ? p.in / p.group : 0) + 15) / 16 * 16;
+    tokens_total += p.n_tokens;
+  }
+  uint8_t* activations = buffers.activations.get<uint8_t>(static_cast<size_t>(activation_total));
+  float* scales = buffers.scales.get<float>(static_cast<size_t>(group_total));
+  float* sums = buffers.sums.get<float>(static_cast<size_t>(group_total));
+  for (Prep& p : preps) {
+    LinearArgs& a = p.prepared;
+    switch (p.path) {
+      case Path::Exact:
+        a.xp = reinterpret_cast<const float*>(activations);
+        a.xgs = sums;
+        break;
+      case Path::Bf16:
+        a.xb_stride = bf16_stride(p.in);
+        a.xb = reinterpret_cast<const uint16_t*>(activations);
+        break;
+      case Path::Int8:
+      case Path::Int8Avx2:
+        a.xq_stride = int8_stride(p.in);
+        a.xq = reinterpret_cast<const int8_t*>(activations);
+        a.xscale = scales;
+        a.xsum = sums;
+        break;
+    }
+    activations += (p.n_tokens * activation_bytes(p) + 63) / 64 * 64;
+    scales += (p.n_tokens * (p.group > 0 ? p.in / p.group : 0) + 15) / 16 * 16;
+    sums += (p.n_tokens * (p.group > 0 ? p.in / p.group : 0) + 15) / 16 * 16;
+  }
+  float* biases = bias_floats > 0 ? buffers.bias.get<float>(static_cast<size_t>(bias_floats)) : nullptr;
+  for (int64_t j = 0; j < count; ++j) {
+    LinearArgs& a = plans[j].a;
+    if (jobs[j].bias) {
+      load_row_f32(jobs[j].bias->view, 0, biases);
+      a.bias = biases;
+      biases += a.out_features;
+    }
+    if (plans[j].prep < 0) continue;
+    const LinearArgs& p = preps[static_cast<size_t>(plans[j].prep)].prepared;
+    a.xp = p.xp;
+    a.xgs = p.xgs;
+    a.xb = p.xb;
+    a.xb_stride = p.xb_stride;
+    a.xq = p.xq;
+    a.xq_stride = p.xq_stride;
+    a.xscale = p.xscale;
+    a.xsum = p.xsum;
   }
 
-  const int64_t work = n_tokens * in * a.out_features;
   const int threads = work < kMinParallelWork ? 1 : omp_get_max_threads();
-  const bool int8 = path == Path::Int8 || path == Path::Int8Avx2;
-  const int64_t row_unit = path == Path::Int8 ? kInt8RowUnit : path == Path::Int8Avx2 ? kInt8Avx2RowUnit : kRowUnit;
-  const int64_t units = (a.out_features + row_unit - 1) / row_unit;
-  uint8_t* scratch = nullptr;
-  const int64_t scratch_each = int8 ? (int8_scratch_bytes(in, a.group) + 63) / 64 * 64 : 0;
-  if (int8) scratch = buffers.scratch.get<uint8_t>(static_cast<size_t>(threads * scratch_each));
+  uint8_t* scratch = scratch_each > 0 ? buffers.scratch.get<uint8_t>(static_cast<size_t>(threads * scratch_each)) : nullptr;
+  // The plans live in this thread's buffers: the team reads them through these.
+  const JobPlan* plan_of = plans.data();
+  const Prep* prep_of = preps.data();
 #pragma omp parallel num_threads(threads)
   {
-    if (exact_prepared) {
-      const int64_t groups = in / a.group;
+    // Every (preparation, token), split over the team; the loop's barrier
+    // then releases the rows.
+    if (tokens_total > 0) {
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < n_tokens; ++t)
-        avx512::prepare_exact(x + t * in, in, a.group, weight.format.bits, const_cast<float*>(a.xp) + t * in,
-                              const_cast<float*>(a.xgs) + t * groups);
-    } else if (path == Path::Bf16) {
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < n_tokens; ++t)
-        avx512::prepare_bf16(x + t * in, in, const_cast<uint16_t*>(a.xb) + t * a.xb_stride);
-    } else if (path == Path::Int8) {
-      const int64_t groups = in / a.group;
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < n_tokens; ++t)
-        avx512::prepare_int8(x + t * in, in, a.group, weight.format.bits, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
-                             const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
-    } else if (path == Path::Int8Avx2) {
-      const int64_t groups = in / a.group;
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < n_tokens; ++t)
-        avx2::prepare_int8(x + t * in, in, a.group, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
-                           const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
+      for (int64_t i = 0; i < tokens_total; ++i) {
+        int64_t t = i;
+        const Prep* p = prep_of;
+        while (t >= p->n_tokens) t -= (p++)->n_tokens;
+        prepare_token(*p, t);
+      }
     }
-    // Even contiguous row ranges (whole tiles); each output is computed by
-    // one thread in a fixed order, so the thread count changes no bits.
+    // Even contiguous ranges of all jobs' row units (whole tiles); each
+    // output is computed by one thread in a fixed order, so neither the
+    // thread count nor the other jobs change its bits.
     const int64_t team = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t begin = std::min(a.out_features, units * id / team * row_unit);
-    const int64_t end = std::min(a.out_features, units * (id + 1) / team * row_unit);
-    LinearArgs mine = a;
-    if (scratch) mine.scratch = scratch + id * scratch_each;
-    if (begin < end) kernel(mine, begin, end);
+    const int64_t begin = units * id / team, end = units * (id + 1) / team;
+    for (int64_t j = 0; j < count; ++j) {
+      const JobPlan& plan = plan_of[j];
+      const int64_t from = std::max(begin, plan.first_unit) - plan.first_unit;
+      const int64_t to = std::min(end, plan.first_unit + plan.units) - plan.first_unit;
+      if (from >= to) continue;
+      LinearArgs mine = plan.a;
+      if (scratch) mine.scratch = scratch + id * scratch_each;
+      plan.kernel(mine, from * plan.row_unit, std::min(plan.a.out_features, to * plan.row_unit));
+    }
   }
   return true;
 }

@@ -54,6 +54,10 @@ struct LinearArgs {
   int64_t bias_stride = 0;
   ScaleType scale_type = ScaleType::F32;
   ScaleType bias_type = ScaleType::F32;
+  // Optional: WeightFormat::block_scale_pairs (16-bit scales and biases of
+  // one type), which the one-token int8 kernel reads instead of transposing
+  // each block's scales and biases itself.
+  const uint32_t* block_pairs = nullptr;
 
   // Exact-mode activations of affine weights (AVX-512), prepared once per
   // call by avx512::prepare_exact: x reordered for 4-bit weights, the exact
@@ -116,6 +120,9 @@ void prepare_exact(const float* x, int64_t in, int64_t group, int bits, float* x
 void prepare_bf16(const float* x, int64_t in, uint16_t* out);
 // A token's activations for int8_rows: xq [int8_stride(in)], steps and sums [in / group].
 void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums);
+// The block_scale_pairs of an affine weight whose scales and biases are both
+// bf16 or both f16: out [ceil(out_features / 16) * in / group * 16].
+void fill_block_scale_pairs(const LinearArgs& args, uint32_t* out);
 }  // namespace avx512
 
 }  // namespace glm::cpu::kernels
