@@ -62,7 +62,9 @@ class Binder {
     } else {
       weight = float_tensor(*entry, expected);
     }
-    if (bound_.insert(name).second) bytes_ += weight.nbytes();
+    // The weight's own bytes: companion() counted its scales and biases
+    // (Weight::nbytes would count them a second time).
+    if (bound_.insert(name).second) bytes_ += weight.view.nbytes();
     return weight;
   }
 

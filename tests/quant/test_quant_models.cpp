@@ -78,6 +78,17 @@ TEST(MlxCheckpointFormats, EveryTensorClassHasTheFormatMlxGaveIt) {
   EXPECT_GT(mixed.at("affine 6-bit g32"), 0);
 }
 
+// Bound bytes count every tensor once: a quantized weight's scales and biases
+// are not added again with the weight (bench and info report this number).
+TEST(MlxCheckpointFormats, BoundBytesCountEachTensorOnce) {
+  for (const char* name : {"quant_mlx_4bit_g64", "quant_mlx_mixed", "quant_fp8_channel", "grouped_bf16_sharded"}) {
+    const Checkpoint checkpoint(fixture(name).string());
+    const ModelWeights weights = bind_weights(checkpoint, load_config(fixture(name).string()), {});
+    EXPECT_GT(weights.bound_bytes, checkpoint.total_bytes() * 9 / 10) << name;
+    EXPECT_LE(weights.bound_bytes, checkpoint.total_bytes()) << name;
+  }
+}
+
 // Without its per-module entries, mlx-lm infers each module's bits and group
 // size from the tensor shapes (infer_quant_config); so does the binder.
 TEST(MlxCheckpointFormats, UnlistedModulesTakeTheirWidthFromTheShapes) {
