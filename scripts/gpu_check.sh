@@ -87,16 +87,15 @@ if [ "$bench" = 1 ]; then
   bench_run() {  # bench_run DTYPE LAYERS
     rm -rf "$bench_dir"
     local status=0
+    local command=("$build_dir/glm4moe" bench --device cuda --synthetic glm-4.5-air --dtype "$1" --layers "$2"
+                   --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32
+                   ${GPU_BENCH_ARGS:-})
     if [ "$bench_eager" = 1 ]; then
       echo "--- CUDA graphs off"
-      GLM_CUDA_GRAPHS=0 "$build_dir/glm4moe" bench --device cuda --synthetic glm-4.5-air --dtype "$1" --layers "$2" \
-        --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32 ${GPU_BENCH_ARGS:-} ||
-        status=$?
+      GLM_CUDA_GRAPHS=0 "${command[@]}" || status=$?
       echo "--- CUDA graphs on"
     fi
-    "$build_dir/glm4moe" bench --device cuda --synthetic glm-4.5-air --dtype "$1" --layers "$2" \
-      --synthetic-dir "$bench_dir" --prompt-tokens 512 --context $contexts --gen-tokens 32 ${GPU_BENCH_ARGS:-} ||
-      status=$?
+    "${command[@]}" || status=$?
     rm -rf "$bench_dir"
     return $status
   }

@@ -436,16 +436,9 @@ class CudaBackend final : public Backend, public cuda::Context {
   void linear(Tensor out, const Tensor& x, const Weight& weight, const Weight* bias) override {
     select();
     ProfileScope scope(*this, x.rows() <= 8 ? "linear (n <= 8)" : "linear (n > 8)", &weight);
-    GLM_CHECK(x.dim(-1) == weight.dim(1) && out.dim(-1) == weight.dim(0) && out.rows() == x.rows(),
-              "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
-              shape_to_string(x.shape), " into ", shape_to_string(out.shape));
-    const cuda::Matrix matrix = cuda::matrix_of(weight, index_);
     cuda::Matrix bias_matrix;
-    if (bias) {
-      bias_matrix = cuda::matrix_of(*bias, index_);
-      GLM_CHECK(bias_matrix.rows * bias_matrix.cols == weight.dim(0), "internal error: bias of ", weight.name);
-    }
-    cuda::linear(*this, out.f32(), x.f32(), x.rows(), matrix, bias ? &bias_matrix : nullptr);
+    const cuda::LinearTarget target = linear_target(x, {out, &weight, bias}, bias_matrix);
+    cuda::linear(*this, target.out, x.f32(), x.rows(), target.weight, target.bias);
   }
   void add(Tensor out, const Tensor& a, const Tensor& b) override {
     select();
@@ -554,19 +547,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     GLM_CHECK(outputs.size() <= 8, "internal error: linears of ", outputs.size(), " outputs");
     cuda::LinearTarget targets[8];
     cuda::Matrix biases[8];
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      const LinearOutput& output = outputs[i];
-      const Weight& weight = *output.weight;
-      GLM_CHECK(x.dim(-1) == weight.dim(1) && output.out.dim(-1) == weight.dim(0) && output.out.rows() == x.rows(),
-                "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
-                shape_to_string(x.shape), " into ", shape_to_string(output.out.shape));
-      targets[i] = {output.out.f32(), cuda::matrix_of(weight, index_), nullptr};
-      if (output.bias) {
-        biases[i] = cuda::matrix_of(*output.bias, index_);
-        GLM_CHECK(biases[i].rows * biases[i].cols == weight.dim(0), "internal error: bias of ", weight.name);
-        targets[i].bias = &biases[i];
-      }
-    }
+    for (size_t i = 0; i < outputs.size(); ++i) targets[i] = linear_target(x, outputs[i], biases[i]);
     cuda::linears(*this, x.f32(), x.rows(), std::span<const cuda::LinearTarget>(targets, outputs.size()));
   }
   void head_norm_rotary(Tensor q, Tensor k, const Weight* q_norm, const Weight* k_norm, float eps,
@@ -708,6 +689,22 @@ class CudaBackend final : public Backend, public cuda::Context {
       if (!it->second.exec && it->second.seen <= 1) it = graphs_.erase(it);
       else ++it;
     }
+  }
+
+  // The device view of one projection of x, after the shape checks; the
+  // bias (if any) is described in `bias_storage`, which must outlive the target.
+  cuda::LinearTarget linear_target(const Tensor& x, const LinearOutput& output, cuda::Matrix& bias_storage) const {
+    const Weight& weight = *output.weight;
+    GLM_CHECK(x.dim(-1) == weight.dim(1) && output.out.dim(-1) == weight.dim(0) && output.out.rows() == x.rows(),
+              "internal error: linear ", weight.name, " ", shape_to_string(weight.shape), " on ",
+              shape_to_string(x.shape), " into ", shape_to_string(output.out.shape));
+    cuda::LinearTarget target{output.out.f32(), cuda::matrix_of(weight, index_), nullptr};
+    if (output.bias) {
+      bias_storage = cuda::matrix_of(*output.bias, index_);
+      GLM_CHECK(bias_storage.rows * bias_storage.cols == weight.dim(0), "internal error: bias of ", weight.name);
+      target.bias = &bias_storage;
+    }
+    return target;
   }
 
   // cudaSetDevice only when this thread last selected another device: a

@@ -171,7 +171,8 @@ __global__ void __launch_bounds__(256)
 // rows come first), as the plain ops compute routed + shared.
 __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
                                    const int32_t* __restrict__ expert_ids, const float* __restrict__ weights,
-                                   const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden, bool shared) {
+                                   const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden, bool shared,
+                                   bool vectorized) {
   const int64_t t = blockIdx.x;
   int32_t ids[kMaxTopK], rows[kMaxTopK];
   float mix[kMaxTopK];
@@ -187,7 +188,7 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
   }
   // Four dims a thread, and enough threads that a decode token's row takes
   // one pass: the experts' loads are all in flight at once.
-  if (hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0) {  // expert_out is scratch: aligned
+  if (vectorized) {
     for (int64_t d4 = threadIdx.x; d4 < hidden / 4; d4 += blockDim.x) {
       float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       for (int j = 0; j < used; ++j) {
@@ -299,12 +300,13 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
       });
     }
   });
-  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;  // as the kernel decides
+  // float4s where rows stay 16-byte aligned (expert_out is scratch: aligned).
+  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
          dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
          out, expert_out,
          routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k), hidden,
-         shared != nullptr);
+         shared != nullptr, vectors);
 }
 
 // The host-grouped path (see the file comment).
