@@ -23,6 +23,15 @@ const float* widened_gamma(const Weight& gamma, int64_t dim) {
   return scale_buffer.data();
 }
 
+// f(begin, length) over [0, count) cut into pieces of `piece` elements,
+// pieces spread over threads for large counts.
+template <typename F>
+void for_each_piece(int64_t count, int64_t piece, F&& f) {
+  const int64_t pieces = (count + piece - 1) / piece;
+#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
+  for (int64_t p = 0; p < pieces; ++p) f(p * piece, std::min(piece, count - p * piece));
+}
+
 }  // namespace
 
 // y = x / sqrt(mean(x^2) + eps) * gamma, as transformers computes it: the
@@ -67,13 +76,9 @@ void swiglu(float* out, const float* gate, const float* up, int64_t count) {
     swiglu_reference(out, gate, up, count);
     return;
   }
-  constexpr int64_t kPiece = 1024;
-  const int64_t pieces = (count + kPiece - 1) / kPiece;
-#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
-  for (int64_t p = 0; p < pieces; ++p) {
-    const int64_t begin = p * kPiece;
-    simd::swiglu(out + begin, gate + begin, up + begin, std::min(kPiece, count - begin));
-  }
+  for_each_piece(count, 1024, [&](int64_t begin, int64_t length) {
+    simd::swiglu(out + begin, gate + begin, up + begin, length);
+  });
 }
 
 void add(float* out, const float* a, const float* b, int64_t count) {
@@ -82,13 +87,9 @@ void add(float* out, const float* a, const float* b, int64_t count) {
     for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
     return;
   }
-  constexpr int64_t kPiece = 4096;
-  const int64_t pieces = (count + kPiece - 1) / kPiece;
-#pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
-  for (int64_t p = 0; p < pieces; ++p) {
-    const int64_t begin = p * kPiece;
-    simd::add(out + begin, a + begin, b + begin, std::min(kPiece, count - begin));
-  }
+  for_each_piece(count, 4096, [&](int64_t begin, int64_t length) {
+    simd::add(out + begin, a + begin, b + begin, length);
+  });
 }
 
 // Half-split ("NeoX") pairing over the rotary part of each head: dim i and dim
