@@ -7,7 +7,9 @@
 //
 //   cmake --build build --target bench_cuda_ops && build/bench_cuda_ops [--quick] [--format bf16|int8|int4]
 //
-// --quick times one projection shape per format; --format one format only.
+// --quick times one projection shape per format; --format one format only;
+// --prompts adds 4096-token projections and experts on tensor cores, in
+// TFLOP/s against a bf16 cuBLAS matmul.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,6 +20,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -73,15 +76,63 @@ void report(const std::string& what, double seconds, double bytes, double copy_b
               bytes / seconds / 1e9, 100.0 * bytes / seconds / copy_bandwidth);
 }
 
+void report_flops(const std::string& what, double seconds, double flops, double matmul_rate) {
+  std::printf("%-58s %9.1f us %9.1f TFLOP/s %5.0f%% of the bf16 matmul rate\n", what.c_str(), seconds * 1e6,
+              flops / seconds / 1e12, 100.0 * flops / seconds / matmul_rate);
+}
+
+// Expert ids for n tokens, top_k distinct of n_experts each, uniformly spread.
+std::vector<int32_t> random_routing(int64_t n, int64_t n_experts, int64_t top_k) {
+  std::vector<int32_t> ids(static_cast<size_t>(n * top_k));
+  std::mt19937 generator(7);
+  std::vector<int32_t> experts(static_cast<size_t>(n_experts));
+  for (int64_t t = 0; t < n; ++t) {
+    for (int32_t e = 0; e < n_experts; ++e) experts[e] = e;
+    std::shuffle(experts.begin(), experts.end(), generator);
+    for (int64_t k = 0; k < top_k; ++k) ids[t * top_k + k] = experts[k];
+  }
+  return ids;
+}
+
+// The routed experts of one MoE layer in `format`: every expert views the
+// same host bytes, uploaded apart.
+struct PlacedExperts {
+  std::unique_ptr<HostWeight> gate, up, down;
+  ExpertTable gates, ups, downs;
+};
+std::unique_ptr<PlacedExperts> place_experts(Backend& backend, const std::string& format, int64_t n_experts,
+                                             int64_t width, int64_t hidden) {
+  auto experts = std::make_unique<PlacedExperts>();
+  experts->gate = make_weight(width, hidden, format, 2);
+  experts->up = make_weight(width, hidden, format, 3);
+  experts->down = make_weight(hidden, width, format, 4);
+  for (int64_t e = 0; e < n_experts; ++e) {
+    experts->gates.experts.push_back(backend.place(experts->gate->host));
+    experts->ups.experts.push_back(backend.place(experts->up->host));
+    experts->downs.experts.push_back(backend.place(experts->down->host));
+  }
+  return experts;
+}
+
+// `ids` [n, top_k] on the device, every weight 1/8.
+Routing upload_routing(Backend& backend, const std::vector<int32_t>& ids, int64_t n, int64_t top_k) {
+  const std::vector<float> mix(ids.size(), 0.125f);
+  Routing routing{backend.scratch({n, top_k}, DType::I32), backend.scratch({n, top_k})};
+  cudaMemcpy(routing.expert_ids.data, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(routing.weights.data, mix.data(), mix.size() * 4, cudaMemcpyHostToDevice);
+  return routing;
+}
+
 }  // namespace
 }  // namespace glm
 
 int main(int argc, char** argv) {
   using namespace glm;
-  bool quick = false;
+  bool quick = false, prompts = false;
   std::string only;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--prompts") == 0) prompts = true;
     if (std::strcmp(argv[i], "--format") == 0 && i + 1 < argc) only = argv[++i];
   }
   auto backend = make_backend("cuda");
@@ -122,30 +173,14 @@ int main(int argc, char** argv) {
 
     // The routed experts of one MoE layer: 128 experts of 1408, top 8.
     const int64_t n_experts = 128, width = 1408, top_k = 8;
-    auto gate = make_weight(width, hidden, format, 2), up = make_weight(width, hidden, format, 3);
-    auto down = make_weight(hidden, width, format, 4);
-    ExpertTable gates, ups, downs;
-    for (int64_t e = 0; e < n_experts; ++e) {  // every expert views the same bytes on the host, uploaded apart
-      gates.experts.push_back(backend->place(gate->host));
-      ups.experts.push_back(backend->place(up->host));
-      downs.experts.push_back(backend->place(down->host));
-    }
+    const auto experts = place_experts(*backend, format, n_experts, width, hidden);
+    const ExpertTable &gates = experts->gates, &ups = experts->ups, &downs = experts->downs;
     for (int64_t n : {1, 8, 32}) {
-      std::vector<int32_t> ids(static_cast<size_t>(n * top_k));
-      std::mt19937 generator(7);
-      for (int64_t t = 0; t < n; ++t) {
-        std::vector<int32_t> experts(n_experts);
-        for (int32_t e = 0; e < n_experts; ++e) experts[e] = e;
-        std::shuffle(experts.begin(), experts.end(), generator);
-        for (int64_t k = 0; k < top_k; ++k) ids[t * top_k + k] = experts[k];
-      }
+      const std::vector<int32_t> ids = random_routing(n, n_experts, top_k);
       std::vector<int32_t> distinct(ids);
       std::sort(distinct.begin(), distinct.end());
       const int64_t used = std::unique(distinct.begin(), distinct.end()) - distinct.begin();
-      std::vector<float> mix(ids.size(), 0.125f);
-      Routing routing{backend->scratch({n, top_k}, DType::I32), backend->scratch({n, top_k})};
-      cudaMemcpy(routing.expert_ids.data, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice);
-      cudaMemcpy(routing.weights.data, mix.data(), mix.size() * 4, cudaMemcpyHostToDevice);
+      const Routing routing = upload_routing(*backend, ids, n, top_k);
       Tensor input{x.data, DType::F32, {n, hidden}};
       Tensor output{out.data, DType::F32, {n, hidden}};
       const double seconds =
@@ -155,6 +190,48 @@ int main(int argc, char** argv) {
       report("moe_experts " + format + " 128 x [1408, 4096] top 8 n=" + std::to_string(n) + " (" +
                  std::to_string(used) + " experts)",
              seconds, bytes, copy_bandwidth);
+    }
+  }
+
+  // Prompts of 4096 tokens on tensor cores (GLM_CUDA_PROMPTS=tensor, the
+  // default): projections and the routed experts, in TFLOP/s against a
+  // large bf16 cuBLAS matmul measured now.
+  if (prompts) {
+    const double matmul_rate = backend->measure_matmul_rate();
+    std::printf("bf16 matmul 8192^3 (cuBLAS): %.0f TFLOP/s\n", matmul_rate / 1e12);
+    const int64_t n = 4096;
+    backend->reset_scratch();
+    Tensor prompt_x = backend->scratch({n, 12288});
+    Tensor prompt_out = backend->scratch({n, 12288});
+    std::vector<float> values(static_cast<size_t>(n * 12288));
+    std::mt19937 generator(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& value : values) value = normal(generator);
+    cudaMemcpy(prompt_x.data, values.data(), values.size() * 4, cudaMemcpyHostToDevice);
+    for (const std::string format : {"bf16", "int8", "int4"}) {
+      if (!only.empty() && format != only) continue;
+      for (auto [name, rows, cols] : {std::tuple{"q_proj", int64_t{12288}, hidden},
+                                      std::tuple{"o_proj", hidden, int64_t{12288}},
+                                      std::tuple{"dense gate", int64_t{10944}, hidden}}) {
+        auto weight = make_weight(rows, cols, format, 1);
+        const Weight placed = backend->place(weight->host);
+        Tensor input{prompt_x.data, DType::F32, {n, cols}};
+        Tensor output{prompt_out.data, DType::F32, {n, rows}};
+        const double seconds = time_op(*backend, [&] { backend->linear(output, input, placed, nullptr); });
+        report_flops("prompt linear " + format + " " + name + " [" + std::to_string(rows) + ", " +
+                         std::to_string(cols) + "] n=" + std::to_string(n),
+                     seconds, 2.0 * n * rows * cols, matmul_rate);
+      }
+      const int64_t n_experts = 128, width = 1408, top_k = 8;
+      const auto experts = place_experts(*backend, format, n_experts, width, hidden);
+      const ExpertTable &gates = experts->gates, &ups = experts->ups, &downs = experts->downs;
+      const Routing routing = upload_routing(*backend, random_routing(n, n_experts, top_k), n, top_k);
+      Tensor input{prompt_x.data, DType::F32, {n, hidden}};
+      Tensor output{prompt_out.data, DType::F32, {n, hidden}};
+      const double seconds =
+          time_op(*backend, [&] { backend->moe_experts(output, input, routing, gates, ups, downs); });
+      report_flops("prompt moe_experts " + format + " 128 x [1408, 4096] top 8 n=" + std::to_string(n), seconds,
+                   2.0 * n * top_k * 3 * width * hidden, matmul_rate);
     }
   }
 

@@ -223,6 +223,16 @@ int run_bench(const BenchOptions& options) {
       p["fraction_of_vpdpbusd_peak"] = peaks.vnni_gops > 0 ? rate / peaks.vnni_gops : 0.0;
     }
   }
+  // On a device, prompt rates against a large bf16 matrix product's rate
+  // (the tensor cores' practical peak), measured now.
+  if (copy_bandwidth > 0) {
+    const double matmul_rate = engine.backend().measure_matmul_rate();
+    if (matmul_rate > 0) {
+      report["bf16_matmul_TFLOPps"] = matmul_rate / 1e12;
+      for (auto& p : report["prompt"])
+        p["fraction_of_bf16_matmul_rate"] = p["GFLOP_per_s_excluding_attention"].get<double>() * 1e9 / matmul_rate;
+    }
+  }
   const char* yardstick_name = copy_bandwidth > 0 ? "device copy bandwidth" : "read bandwidth";
 
   const ComponentBytes bytes = bytes_per_token(config, engine.model().weights());
@@ -361,6 +371,9 @@ int run_bench(const BenchOptions& options) {
       std::printf(" = %.0f%% of FMA, %.0f%% of VDPBF16PS, %.0f%% of VPDPBUSD peak",
                   100.0 * p["fraction_of_fma_peak"].get<double>(), 100.0 * p["fraction_of_vdpbf16ps_peak"].get<double>(),
                   100.0 * p["fraction_of_vpdpbusd_peak"].get<double>());
+    if (p.contains("fraction_of_bf16_matmul_rate"))
+      std::printf(" = %.0f%% of a bf16 matmul's %.0f TFLOP/s", 100.0 * p["fraction_of_bf16_matmul_rate"].get<double>(),
+                  report["bf16_matmul_TFLOPps"].get<double>());
     std::printf("\n");
   }
   for (const auto& b : report["batched"])

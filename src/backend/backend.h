@@ -105,6 +105,9 @@ class Backend {
   // copy, reads and writes both counted. 0 for a host backend (the bench
   // measures host read bandwidth itself).
   virtual double measure_copy_bandwidth() { return 0.0; }
+  // The yardstick for prompts on a device: FLOP/s of a large dense bf16
+  // matrix product (f32 sums) from the vendor library. 0 for a host backend.
+  virtual double measure_matmul_rate() { return 0.0; }
   // Per-op timing for benchmarks: while on, a device backend brackets every
   // op with device events; op_profile() waits for the device and returns the
   // totals since the last call (then clears them). A host backend has none.

@@ -17,6 +17,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -48,10 +49,20 @@ inline double relative_error(const std::vector<float>& actual, const std::vector
 
 inline void report(const std::string& what, double error) { std::printf("PARITY %-58s %.3e\n", what.c_str(), error); }
 
+// A CUDA backend whose prompt-sized products run in `prompts` mode
+// (GLM_CUDA_PROMPTS: "simt", the tests' default, or "tensor").
+inline std::unique_ptr<Backend> cuda_backend(const char* prompts) {
+  setenv("GLM_CUDA_PROMPTS", prompts, 1);
+  std::unique_ptr<Backend> backend = make_backend("cuda");
+  setenv("GLM_CUDA_PROMPTS", "simt", 1);
+  return backend;
+}
+
 // The two backends under comparison and helpers moving data into and out of them.
 struct Backends {
+  explicit Backends(const char* prompts = "simt") : gpu(cuda_backend(prompts)) {}
   std::unique_ptr<Backend> cpu = make_cpu_backend();
-  std::unique_ptr<Backend> gpu = make_backend("cuda");
+  std::unique_ptr<Backend> gpu;
 };
 
 struct Both {
@@ -98,6 +109,22 @@ struct ExpertTables {
   ExpertTable gate, up, down;
 };
 
+// n_experts experts of one MoE layer ([width, hidden] gate and up, [hidden,
+// width] down), each weight made by make(rows, cols) (a unique_ptr to a
+// struct with .host and .device weights) and kept alive in `storage`.
+template <typename Storage, typename Make>
+void make_experts(std::vector<Storage>& storage, ExpertTables& host, ExpertTables& device, int64_t n_experts,
+                  int64_t width, int64_t hidden, Make&& make) {
+  for (int64_t e = 0; e < n_experts; ++e)
+    for (auto [table, rows, cols] : {std::tuple{&ExpertTables::gate, width, hidden},
+                                     std::tuple{&ExpertTables::up, width, hidden},
+                                     std::tuple{&ExpertTables::down, hidden, width}}) {
+      storage.push_back(make(rows, cols));
+      (host.*table).experts.push_back(storage.back()->host);
+      (device.*table).experts.push_back(storage.back()->device);
+    }
+}
+
 // The [begin, end) slice of an expert table (an expert-parallel rank's share).
 inline ExpertTable expert_shard(const ExpertTable& table, int64_t begin, int64_t end) {
   ExpertTable part;
@@ -108,10 +135,12 @@ inline ExpertTable expert_shard(const ExpertTable& table, int64_t begin, int64_t
 
 // moe_experts on both backends for n tokens routed with a skewed, ragged
 // load (expert 3 takes three tokens in four, the last 6 experts none), then
-// again with only experts [4, 12) held (expert parallelism).
+// again with only experts [4, 12) held (expert parallelism). An approximate
+// path (int8 activations, tensor cores) must also err above `floor`.
 inline void check_moe_experts(Backends& b, const ExpertTables& host, const ExpertTables& device, int64_t n,
                               int64_t top_k, const std::string& label, double tolerance = 1e-5,
-                              const SharedExpert* host_shared = nullptr, const SharedExpert* device_shared = nullptr) {
+                              const SharedExpert* host_shared = nullptr, const SharedExpert* device_shared = nullptr,
+                              double floor = 0.0) {
   const int64_t n_experts = static_cast<int64_t>(host.gate.experts.size());
   const int64_t hidden = host.gate.experts[0].dim(1);
   const unsigned seed = 90 + static_cast<unsigned>(n);
@@ -136,7 +165,9 @@ inline void check_moe_experts(Backends& b, const ExpertTables& host, const Exper
   b.cpu->moe_experts(out.cpu, x.cpu, cpu_routing, host.gate, host.up, host.down);
   b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, device.gate, device.up, device.down);
   const std::string what = label + " n=" + std::to_string(n);
-  EXPECT_LT(compare(b, out, what), tolerance);
+  const double error = compare(b, out, what);
+  EXPECT_LT(error, tolerance);
+  EXPECT_GT(error, floor) << what << ": at f32 rounding, so the approximate path did not run";
   if (host_shared) {  // the fused op against the CPU's plain ops (its default)
     b.cpu->moe_experts_and_shared(out.cpu, x.cpu, cpu_routing, host.gate, host.up, host.down, *host_shared);
     b.gpu->moe_experts_and_shared(out.gpu, x.gpu, gpu_routing, device.gate, device.up, device.down, *device_shared);
@@ -146,7 +177,9 @@ inline void check_moe_experts(Backends& b, const ExpertTables& host, const Exper
                      expert_shard(host.down, 4, 12));
   b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, expert_shard(device.gate, 4, 12), expert_shard(device.up, 4, 12),
                      expert_shard(device.down, 4, 12));
-  EXPECT_LT(compare(b, out, what + " experts [4, 12)"), tolerance);
+  const double shard_error = compare(b, out, what + " experts [4, 12)");
+  EXPECT_LT(shard_error, tolerance);
+  EXPECT_GT(shard_error, floor) << what << " experts [4, 12): the approximate path did not run";
 }
 
 }  // namespace glm::cuda_parity

@@ -180,6 +180,39 @@ TEST(CudaOps, LinearAllPathsDtypesAndSizes) {
     }
 }
 
+// Prompt-sized projections on tensor cores (GLM_CUDA_PROMPTS=tensor): bf16
+// operands and f32 sums against the f32 CPU reference, ~1e-3 expected on
+// these inputs, bound 1e-2, and above 1e-6 or the tensor path did not run.
+// Tokens and features are not multiples of the 128 tile; a depth that is not
+// a multiple of 32 (45) keeps the exact SIMT path.
+TEST(CudaOps, LinearOnTensorCores) {
+  REQUIRE_GPU();
+  Backends b("tensor");
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{67, 64}, {200, 256}, {1000, 1024}, {67, 45}};
+  unsigned seed = 700;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (auto [out_features, in_features] : shapes) {
+      auto weight = make_weight(b, {out_features, in_features}, dtype, ++seed);
+      auto bias = make_weight(b, {out_features}, DType::BF16, ++seed);
+      const bool tensor = in_features % 32 == 0;
+      for (int64_t n : {9, 33, 130, 300}) {
+        const bool with_bias = n % 2 == 1;
+        Both x = input(b, {n, in_features}, random_values(static_cast<size_t>(n * in_features), ++seed));
+        Both out = output(b, {n, out_features});
+        b.cpu->linear(out.cpu, x.cpu, weight->host, with_bias ? &bias->host : nullptr);
+        b.gpu->linear(out.gpu, x.gpu, weight->device, with_bias ? &bias->device : nullptr);
+        const std::string what = std::string("linear tensor cores ") + dtype_label(dtype) + " n=" +
+                                 std::to_string(n) + " [" + std::to_string(out_features) + ", " +
+                                 std::to_string(in_features) + "]" + (with_bias ? " +bias" : "");
+        const double error = compare(b, out, what);
+        EXPECT_LT(error, tensor ? 1e-2 : 1e-5) << what;
+        if (tensor) {
+          EXPECT_GT(error, 1e-6) << what << ": the tensor-core path did not run";
+        }
+      }
+    }
+}
+
 TEST(CudaOps, LinearStridedShardsAndUnalignedInputs) {
   REQUIRE_GPU();
   Backends b;
@@ -475,26 +508,34 @@ TEST(CudaOps, RouterMatchesExactlyIncludingTies) {
   }
 }
 
+// The routed experts: decoding sizes (n <= 64, grouped on the device, f32)
+// exactly; prompt sizes on tensor cores (GLM_CUDA_PROMPTS=tensor: the
+// assignments sorted by expert on the device, grouped GEMMs for gate/up with
+// SwiGLU fused and for down) within the bf16 bound and above f32 rounding.
+// check_moe_experts' skewed routing gives experts with none, one and many
+// tokens, and it repeats with an expert-parallel shard.
 TEST(CudaOps, MoeExpertsRaggedAndExpertParallel) {
   REQUIRE_GPU();
-  Backends b;
-  const int64_t hidden = 96, width = 40, n_experts = 16, top_k = 4;
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    std::vector<std::unique_ptr<TestWeight>> storage;
-    ExpertTable gate_host, up_host, down_host, gate_dev, up_dev, down_dev;
-    unsigned seed = 80;
-    for (int64_t e = 0; e < n_experts; ++e) {
-      for (auto [host_table, device_table, shape] :
-           {std::tuple{&gate_host, &gate_dev, Shape{width, hidden}}, std::tuple{&up_host, &up_dev, Shape{width, hidden}},
-            std::tuple{&down_host, &down_dev, Shape{hidden, width}}}) {
-        storage.push_back(make_weight(b, shape, dtype, ++seed));
-        host_table->experts.push_back(storage.back()->host);
-        device_table->experts.push_back(storage.back()->device);
-      }
+  struct Case {
+    const char* prompts;
+    int64_t hidden, width;
+    std::vector<int64_t> tokens;
+    double tolerance, floor;
+  };
+  for (const Case& c : {Case{"simt", 96, 40, {1, 5, 40}, 1e-5, 0.0}, Case{"tensor", 128, 64, {65, 300, 1000}, 1e-2, 1e-6}}) {
+    Backends b(c.prompts);
+    const int64_t n_experts = 16, top_k = 4;
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      std::vector<std::unique_ptr<TestWeight>> storage;
+      ExpertTables host, device;
+      unsigned seed = 80;
+      make_experts(storage, host, device, n_experts, c.width, c.hidden,
+                   [&](int64_t rows, int64_t cols) { return make_weight(b, {rows, cols}, dtype, ++seed); });
+      for (int64_t n : c.tokens)
+        check_moe_experts(b, host, device, n, top_k,
+                          std::string("moe_experts ") + (c.floor > 0 ? "tensor cores " : "") + dtype_label(dtype),
+                          c.tolerance, nullptr, nullptr, c.floor);
     }
-    for (int64_t n : {1, 5, 40})
-      check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
-                        std::string("moe_experts ") + dtype_label(dtype));
   }
 }
 

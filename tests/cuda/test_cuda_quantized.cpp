@@ -101,7 +101,7 @@ void check_linear(Backends& b, const QuantWeight& w, const std::vector<int64_t>&
     const double error = compare(b, out, what);
     EXPECT_LT(error, tolerance) << what;
     if (tolerance > 1e-5) {
-      EXPECT_GT(error, 1e-7) << what << ": the int8 path did not run";
+      EXPECT_GT(error, 1e-7) << what << ": at f32 rounding, so the approximate path did not run";
     }
   }
 }
@@ -158,17 +158,10 @@ TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
   Backends b;
   const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
   std::vector<std::unique_ptr<QuantWeight>> storage;
-  ExpertTable gate_host, up_host, down_host, gate_dev, up_dev, down_dev;
+  ExpertTables host, device;
   unsigned seed = 5000;
-  for (int64_t e = 0; e < n_experts; ++e) {
-    for (auto [host_table, device_table, rows, cols] :
-         {std::tuple{&gate_host, &gate_dev, width, hidden}, std::tuple{&up_host, &up_dev, width, hidden},
-          std::tuple{&down_host, &down_dev, hidden, width}}) {
-      storage.push_back(make_affine(b, rows, cols, 4, 32, ++seed));
-      host_table->experts.push_back(storage.back()->host);
-      device_table->experts.push_back(storage.back()->device);
-    }
-  }
+  make_experts(storage, host, device, n_experts, width, hidden,
+               [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
   // A shared expert of the same format: run as one more expert on the
   // device path (n <= 64), by the plain ops otherwise.
   for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
@@ -178,7 +171,7 @@ TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
   const SharedExpert shared_dev{&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device};
   // 1, 3 and 40 tokens take the device-grouped path, 100 the host-grouped one.
   for (int64_t n : {1, 3, 40, 100})
-    check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
+    check_moe_experts(b, host, device, n, top_k,
                       "moe_experts affine 4-bit", 1e-5, &shared_host, &shared_dev);
 }
 
@@ -204,25 +197,51 @@ TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
   for (int bits : {4, 8}) {
     const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
     std::vector<std::unique_ptr<QuantWeight>> storage;
-    ExpertTable gate_host, up_host, down_host, gate_dev, up_dev, down_dev;
-    for (int64_t e = 0; e < n_experts; ++e)
-      for (auto [host_table, device_table, rows, cols] :
-           {std::tuple{&gate_host, &gate_dev, width, hidden}, std::tuple{&up_host, &up_dev, width, hidden},
-            std::tuple{&down_host, &down_dev, hidden, width}}) {
-        storage.push_back(make_affine(b, rows, cols, bits, 32, ++seed));
-        host_table->experts.push_back(storage.back()->host);
-        device_table->experts.push_back(storage.back()->device);
-      }
+    ExpertTables host, device;
+    make_experts(storage, host, device, n_experts, width, hidden,
+                 [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, bits, 32, ++seed); });
     for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
       storage.push_back(make_affine(b, rows, cols, bits, 32, ++seed));
     const size_t s = storage.size() - 3;
     const SharedExpert shared_host{&storage[s]->host, &storage[s + 1]->host, &storage[s + 2]->host};
     const SharedExpert shared_dev{&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device};
     for (int64_t n : {1, 3, 40})
-      check_moe_experts(b, {gate_host, up_host, down_host}, {gate_dev, up_dev, down_dev}, n, top_k,
+      check_moe_experts(b, host, device, n, top_k,
                         "moe_experts affine " + std::to_string(bits) + "-bit int8 activations", 2e-2, &shared_host,
                         &shared_dev);
   }
+}
+
+// Prompts on tensor cores (GLM_CUDA_PROMPTS=tensor) on quantized weights:
+// the kernel dequantizes affine 4/8-bit and FP8 pieces to bf16 in its main
+// loop. bf16 operands: bound 1e-2 against the f32 reference, and above f32
+// rounding. Affine 3-bit has no 8-value pieces and keeps the exact SIMT
+// path. The int4 experts run the grouped GEMMs.
+TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
+  REQUIRE_GPU();
+  Backends b("tensor");
+  unsigned seed = 7000;
+  for (int bits : {4, 8})
+    for (int64_t group : {32, 64, 128}) {
+      auto w = make_affine(b, 200, 512, bits, group, ++seed);
+      check_linear(b, *w, {9, 130, 300}, ++seed, 1e-2, " tensor cores");
+    }
+  auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
+  check_linear(b, *large, {200}, ++seed, 1e-2, " tensor cores");
+  auto three_bit = make_affine(b, 200, 512, 3, 64, ++seed);
+  check_linear(b, *three_bit, {130}, ++seed, 1e-5, " (SIMT fallback)");
+  for (auto scale : {WeightFormat::Fp8Scale::Tensor, WeightFormat::Fp8Scale::Channel, WeightFormat::Fp8Scale::Block}) {
+    auto w = make_fp8(b, 200, 256, scale, ++seed);
+    check_linear(b, *w, {9, 130}, ++seed, 1e-2, " tensor cores");
+  }
+  const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
+  std::vector<std::unique_ptr<QuantWeight>> storage;
+  ExpertTables host, device;
+  make_experts(storage, host, device, n_experts, width, hidden,
+               [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
+  for (int64_t n : {65, 300})
+    check_moe_experts(b, host, device, n, top_k,
+                      "moe_experts affine 4-bit tensor cores", 1e-2, nullptr, nullptr, 1e-6);
 }
 
 // Decode steps of several sequences at GLM-4.5-Air's head counts (96 query

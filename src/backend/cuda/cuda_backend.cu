@@ -151,6 +151,11 @@ class CudaBackend final : public Backend, public cuda::Context {
     GLM_CHECK(activation_mode == "f32" || activation_mode == "int8", "GLM_CUDA_ACTIVATIONS=", activation_mode,
               " is not a mode: use f32 (exact, the default) or int8 (4- and 8-bit affine weights on dp4a)");
     int8_activations = activation_mode == "int8";
+    const char* prompts = std::getenv("GLM_CUDA_PROMPTS");
+    const std::string prompt_mode = prompts ? prompts : "tensor";
+    GLM_CHECK(prompt_mode == "tensor" || prompt_mode == "simt", "GLM_CUDA_PROMPTS=", prompt_mode,
+              " is not a mode: use tensor (bf16 tensor cores, the default) or simt (f32 activations, exact)");
+    tensor_core_prompts = prompt_mode == "tensor";
   }
 
   ~CudaBackend() override {
@@ -356,6 +361,54 @@ class CudaBackend final : public Backend, public cuda::Context {
     return totals;
   }
 
+  double measure_matmul_rate() override {
+    select();
+    flush();
+    // 8192^3 bf16 products in cuBLAS's default math (tensor cores), on random
+    // bits (zeros run faster than real data), best of 5 after a warm-up.
+    constexpr int kSize = 8192, kRuns = 5;
+    const size_t count = size_t{kSize} * kSize;
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (free_bytes < count * 8 + (size_t{256} << 20)) return 0.0;
+    auto* a = static_cast<__nv_bfloat16*>(device_malloc(count * 2, "the matmul-rate yardstick"));
+    auto* b = static_cast<__nv_bfloat16*>(device_malloc(count * 2, "the matmul-rate yardstick"));
+    auto* c = static_cast<float*>(device_malloc(count * 4, "the matmul-rate yardstick"));
+    std::vector<uint16_t> host(count);
+    uint64_t state = 0x9e3779b97f4a7c15ull;
+    for (uint16_t& value : host) {  // bf16 in [-1, 1): sign, exponent 119-126, random mantissa
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      const uint32_t bits = static_cast<uint32_t>(state >> 33);
+      value = static_cast<uint16_t>(((bits & 1u) << 15) | ((119u + (bits >> 1) % 8u) << 7) | ((bits >> 4) & 0x7fu));
+    }
+    CUDA_CHECK(cudaMemcpy(a, host.data(), count * 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(b, host.data(), count * 2, cudaMemcpyHostToDevice));
+    CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_DEFAULT_MATH));
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    const float one = 1.0f, zero = 0.0f;
+    float best = 0.0f;
+    for (int run = 0; run <= kRuns; ++run) {
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, kSize, kSize, kSize, &one, a, CUDA_R_16BF, kSize, b,
+                                CUDA_R_16BF, kSize, &zero, c, CUDA_R_32F, kSize, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float milliseconds = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+      if (run > 0 && (best == 0.0f || milliseconds < best)) best = milliseconds;
+    }
+    CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(c);
+    return 2.0 * kSize * static_cast<double>(kSize) * kSize / (best * 1e-3);
+  }
+
   double measure_copy_bandwidth() override {
     select();
     flush();
@@ -394,7 +447,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     out << "CUDA graphs " << (graphs_enabled_ ? "on" : "off (GLM_CUDA_GRAPHS=0)") << ": " << graphs_captured_
         << " captured, " << graph_replays_ << " replays, " << eager_segments_ << " segments run op by op; "
         << (int8_activations ? "int8 activations for 4/8-bit affine weights (GLM_CUDA_ACTIVATIONS=int8)"
-                             : "f32 activations");
+                             : "f32 activations")
+        << "; prompts on " << (tensor_core_prompts ? "tensor cores, bf16 operands" : "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)");
     return out.str();
   }
   std::string placement_summary() const override {

@@ -5,10 +5,12 @@
 //       once, its threads splitting the columns, and dots them with every
 //       token's row (block_row_dots); a warp per output feature for formats
 //       without 8-value pieces (3/5/6/7-bit affine) and odd shapes.
-//   more tokens, f32 W: cuBLAS SGEMM (pedantic math: no TF32), then the bias.
+//   more tokens: tensor cores with bf16 operands (gemm_tensor.cu) where the
+//       format has 8-value pieces and the depth is a multiple of 32, unless
+//       GLM_CUDA_PROMPTS=simt; otherwise
+//   more tokens, f32 W: cuBLAS SGEMM (pedantic math: no TF32), then the bias;
 //   more tokens, other formats: a tiled SIMT GEMM that dequantizes W tiles to
-//       f32 in shared memory, so activations keep full f32 precision (tensor
-//       cores for prompts are the next step, issue #6).
+//       f32 in shared memory, so activations keep full f32 precision.
 #include <algorithm>
 #include <type_traits>
 
@@ -222,6 +224,8 @@ void linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& w
     memset_async(ctx, out, 0, sizeof(float) * n * weight.rows);
   } else if (n <= kMaxGemvTokens) {
     dispatch_format(weight, [&](auto format) { gemv<decltype(format)>(ctx, out, x, n, weight, bias); });
+    return;
+  } else if (tensor_linear(ctx, out, x, n, weight, bias)) {
     return;
   } else if (weight.kind == WeightFormat::Kind::Float && weight.dtype == DType::F32) {
     // Row-major out[n, O] is column-major out^T [O, n] = W (col-major [I, O], transposed) * x^T (col-major [I, n]).

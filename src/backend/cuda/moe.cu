@@ -15,11 +15,18 @@
 // Grids are sized from n and top_k alone (min(n * top_k, held) expert slots;
 // slots past the active count exit at once), never from device values.
 //
-// Prompts: the routing is read back to the host (one synchronisation per MoE
-// layer), each used expert runs over its tokens with the linear (tiled GEMM),
-// SwiGLU and gather kernels, and adds its weighted output into the result,
-// experts in ascending id. Grouped GEMMs on tensor cores replace this in
-// issue #6.
+// Prompts on tensor cores (n > kDeviceGroupingTokens, GLM_CUDA_PROMPTS=tensor):
+//   1. count_assignments_kernel / place_assignments_kernel sort the (token, k)
+//      assignments by expert on the device, tokens ascending within each
+//      expert, and give each expert its rows and its 128-row GEMM tiles.
+//   2. one grouped GEMM for every expert's gate and up with SwiGLU in its
+//      epilogue, 3. another for down (gemm_tensor.cu), 4. moe_combine_kernel
+//      weighs and sums each token's rows as for decoding.
+// Other prompts (GLM_CUDA_PROMPTS=simt, formats without 8-value pieces): the
+// routing is read back to the host (one synchronisation per MoE layer), each
+// used expert runs over its tokens with the linear, SwiGLU and gather
+// kernels, and adds its weighted output into the result, experts in
+// ascending id.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -374,6 +381,122 @@ void moe_grouped_on_host(Context& ctx, float* out, const float* x, int64_t n, in
   }
 }
 
+// ---- Prompts on tensor cores: the assignments grouped by expert on the
+// device (no host round trip), then two grouped GEMMs (gemm_tensor.cu).
+
+// Block e counts local expert e's assignments; block 0 also marks the
+// assignments of experts this rank does not hold.
+__global__ void count_assignments_kernel(int32_t* __restrict__ counts, int32_t* __restrict__ assignment_of,
+                                         const int32_t* __restrict__ expert_ids, int entries, int first_expert,
+                                         int held) {
+  __shared__ int total;
+  const int e = blockIdx.x, id = first_expert + e;
+  if (threadIdx.x == 0) total = 0;
+  __syncthreads();
+  int count = 0;
+  for (int i = threadIdx.x; i < entries; i += blockDim.x) {
+    const int32_t expert = expert_ids[i];
+    count += expert == id;
+    if (e == 0 && (expert < first_expert || expert >= first_expert + held)) assignment_of[i] = -1;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) count += __shfl_down_sync(0xffffffffu, count, offset);
+  if (threadIdx.x % 32 == 0) atomicAdd(&total, count);
+  __syncthreads();
+  if (threadIdx.x == 0) counts[e] = total;
+}
+
+// Block e: its first row and first tile from the counts of the experts before
+// it, then its assignments in ascending (token, k) order, the order the CPU
+// reference sums them in (a block-wide stable compaction, 1024 entries a pass).
+__global__ void __launch_bounds__(1024)
+    place_assignments_kernel(int32_t* __restrict__ row_begin, int32_t* __restrict__ tile_begin,
+                             int32_t* __restrict__ row_token, int32_t* __restrict__ assignment_of,
+                             const int32_t* __restrict__ counts, const int32_t* __restrict__ expert_ids, int entries,
+                             int top_k, int first_expert, int held, int tile_rows) {
+  __shared__ int before[2];      // rows, tiles of the experts before this one
+  __shared__ int warp_found[32];
+  const int e = blockIdx.x, id = first_expert + e, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warps = blockDim.x / 32;
+  if (tid < 2) before[tid] = 0;
+  __syncthreads();
+  int rows = 0, tiles = 0;
+  for (int other = tid; other < e; other += blockDim.x) {
+    rows += counts[other];
+    tiles += (counts[other] + tile_rows - 1) / tile_rows;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    rows += __shfl_down_sync(0xffffffffu, rows, offset);
+    tiles += __shfl_down_sync(0xffffffffu, tiles, offset);
+  }
+  if (lane == 0) {
+    atomicAdd(&before[0], rows);
+    atomicAdd(&before[1], tiles);
+  }
+  __syncthreads();
+  const int first_row = before[0];
+  if (tid == 0) {
+    row_begin[e] = first_row;
+    tile_begin[e] = before[1];
+    if (e == held - 1) {  // the last expert knows the totals
+      row_begin[held] = first_row + counts[e];
+      tile_begin[held] = before[1] + (counts[e] + tile_rows - 1) / tile_rows;
+    }
+  }
+  int placed = 0;  // this expert's assignments in earlier passes
+  for (int pass = 0; pass < entries; pass += blockDim.x) {
+    const int i = pass + tid;
+    const bool mine = i < entries && expert_ids[i] == id;
+    const unsigned found = __ballot_sync(0xffffffffu, mine);
+    if (lane == 0) warp_found[warp] = __popc(found);
+    __syncthreads();
+    int row = first_row + placed + __popc(found & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; ++w) row += warp_found[w];
+    if (mine) {
+      assignment_of[i] = row;
+      row_token[row] = i / top_k;
+    }
+    for (int w = 0; w < warps; ++w) placed += warp_found[w];
+    __syncthreads();
+  }
+}
+
+void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t hidden,
+                          const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
+                          const ExpertTable& down) {
+  const int64_t top_k = routing.expert_ids.dim(1), entries = n * top_k;
+  const int held = static_cast<int>(gate.experts.size());
+  const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
+  const Matrix& down0 = ctx.expert_matrices_host(down).front();
+  const int64_t width = gate0.rows;
+  const int tile_rows = tensor_expert_tile_rows();
+
+  int32_t* counts = ctx.scratch<int32_t>(held);
+  int32_t* row_begin = ctx.scratch<int32_t>(held + 1);
+  int32_t* tile_begin = ctx.scratch<int32_t>(held + 1);
+  int32_t* row_token = ctx.scratch<int32_t>(entries);
+  int32_t* assignment_of = ctx.scratch<int32_t>(entries);
+  __nv_bfloat16* act = ctx.scratch<__nv_bfloat16>(entries * width);  // [assignments, width]
+  float* expert_out = ctx.scratch<float>(entries * hidden);           // [assignments, hidden]
+
+  launch(ctx, count_assignments_kernel, dim3(static_cast<unsigned>(held)), dim3(256), 0, counts, assignment_of,
+         routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(gate.first_expert), held);
+  launch(ctx, place_assignments_kernel, dim3(static_cast<unsigned>(held)), dim3(1024), 0, row_begin, tile_begin,
+         row_token, assignment_of, counts, routing.expert_ids.i32(), static_cast<int>(entries),
+         static_cast<int>(top_k), static_cast<int>(gate.first_expert), held, tile_rows);
+
+  // Each expert with assignments wastes at most one partial tile.
+  const ExpertRows rows{row_token, row_begin, tile_begin, held,
+                        (entries + tile_rows - 1) / tile_rows + std::min<int64_t>(held, entries)};
+  tensor_experts_gate_up(ctx, act, x, n, rows, ctx.expert_matrices(gate), ctx.expert_matrices(up), gate0);
+  tensor_experts_down(ctx, expert_out, act, rows, ctx.expert_matrices(down), down0);
+
+  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
+         dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
+         out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), assignment_of, static_cast<int>(top_k),
+         hidden, false, vectors);
+}
+
 }  // namespace
 
 namespace {
@@ -412,8 +535,12 @@ void moe_experts(Context& ctx, float* out, const float* x, int64_t n, int64_t hi
     memset_async(ctx, out, 0, sizeof(float) * static_cast<size_t>(n * hidden));
     return;
   }
+  const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
   if (device_path_fits(ctx, x, n, hidden, gate, up, down))
     moe_on_device(ctx, out, x, n, hidden, routing, gate, up, down);
+  else if (n > kDeviceGroupingTokens &&
+           tensor_experts_fit(ctx, gate0, ctx.expert_matrices_host(up).front(), ctx.expert_matrices_host(down).front(), x))
+    moe_prompt_on_device(ctx, out, x, n, hidden, routing, gate, up, down);
   else
     moe_grouped_on_host(ctx, out, x, n, hidden, routing, gate, up, down);
 }

@@ -76,6 +76,10 @@ class Context : public Submitter {
   // GLM_CUDA_ACTIVATIONS=int8: decode GEMVs and experts on 4/8-bit affine
   // weights quantize their f32 input per 32 values and use dp4a.
   bool int8_activations = false;
+  // GLM_CUDA_PROMPTS=tensor (default) or simt: whether prompt-sized products
+  // run on tensor cores with bf16 operands (gemm_tensor.cu) or keep f32
+  // activations on the SIMT kernels (the f32-exact mode the tests compare).
+  bool tensor_core_prompts = true;
 
   // Device memory valid until the backend's next reset_scratch(); 256-byte aligned.
   virtual void* scratch_bytes(size_t bytes) = 0;
@@ -160,6 +164,34 @@ struct LinearTarget {
   const Matrix* bias;  // [weight.rows] or null
 };
 void linears(Context& ctx, const float* x /*[n, cols]*/, int64_t n, std::span<const LinearTarget> targets);
+
+// gemm_tensor.cu: prompt-sized products on tensor cores, bf16 operands, f32
+// sums. tensor_linear returns false, doing nothing, where it does not apply
+// (GLM_CUDA_PROMPTS=simt, formats without 8-value pieces, depth not a
+// multiple of 32); linear() then takes its SIMT path.
+bool tensor_linear(Context& ctx, float* out /*[n, rows]*/, const float* x /*[n, cols]*/, int64_t n,
+                   const Matrix& weight, const Matrix* bias /*[rows] or null*/);
+// Expert rows grouped by local expert (device memory): expert e owns rows
+// [row_begin[e], row_begin[e + 1]) and GEMM tiles [tile_begin[e], tile_begin[e + 1]).
+struct ExpertRows {
+  const int32_t* token;       // [assignments] the token (x row) of each row
+  const int32_t* row_begin;   // [held + 1]
+  const int32_t* tile_begin;  // [held + 1]
+  int held;
+  int64_t max_tiles;          // an upper bound on tile_begin[held], known on the host
+};
+bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up, const Matrix& down, const float* x);
+int tensor_expert_tile_rows();  // rows of one tile
+// act[r] = silu(gate_e x[token[r]]) * (up_e x[token[r]]) in bf16 (the next
+// product's operand) for the rows r of each expert e.
+void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act /*[assignments, width]*/,
+                            const float* x /*[n, hidden]*/, int64_t n, const ExpertRows& rows,
+                            const Matrix* gate /*device [held]*/, const Matrix* up /*device [held]*/,
+                            const Matrix& gate0);
+// expert_out[r] = down_e act[r] for the rows r of each expert e.
+void tensor_experts_down(Context& ctx, float* expert_out /*[assignments, hidden]*/,
+                         const __nv_bfloat16* act /*[assignments, width]*/, const ExpertRows& rows,
+                         const Matrix* down /*device [held]*/, const Matrix& down0);
 
 // activations.cu: x [n, cols] (cols % 32 == 0) quantized per 32 values into scratch.
 Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, int64_t cols);

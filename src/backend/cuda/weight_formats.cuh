@@ -83,6 +83,11 @@ struct FloatFormat {
     for (int i = 0; i < 8; ++i) sum += p.values[i] * x[i];
     return sum;
   }
+  // The piece's 8 weights as values (the tensor-core GEMM stages them in shared memory).
+  __device__ static void piece_values(const Piece& p, float (&values)[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) values[i] = p.values[i];
+  }
   static bool pieces_ok(const Matrix& m) { return vectorizable(m); }
 };
 
@@ -235,6 +240,19 @@ struct AffineFormat {
     }
     return p.scale * qx + p.bias * x_sum;
   }
+  __device__ static void piece_values(const Piece& p, float (&values)[8]) {
+    if constexpr (BITS == 4) {
+      const uint32_t low = p.words[0] & 0x0F0F0F0Fu, high = (p.words[0] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        values[2 * j] = __fmaf_rn(p.scale, byte_to_float(low, j), p.bias);
+        values[2 * j + 1] = __fmaf_rn(p.scale, byte_to_float(high, j), p.bias);
+      }
+    } else if constexpr (BITS == 8) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) values[j] = __fmaf_rn(p.scale, byte_to_float(p.words[j / 4], j % 4), p.bias);
+    }
+  }
   static bool pieces_ok(const Matrix& m) {
     return kHasPieces && m.cols % 8 == 0 && m.group_size % 8 == 0 && m.group_size == (int64_t{1} << m.group_shift) &&
            reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
@@ -317,6 +335,11 @@ struct Fp8Format {
 #pragma unroll
     for (int i = 0; i < 8; ++i) sum += widen(static_cast<uint8_t>((i < 4 ? p.bytes.x : p.bytes.y) >> (8 * (i % 4)))) * x[i];
     return p.scale * sum;
+  }
+  __device__ static void piece_values(const Piece& p, float (&values)[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      values[i] = widen(static_cast<uint8_t>((i < 4 ? p.bytes.x : p.bytes.y) >> (8 * (i % 4)))) * p.scale;
   }
   static bool pieces_ok(const Matrix& m) {
     return m.cols % 8 == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0 &&

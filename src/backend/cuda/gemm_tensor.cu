@@ -1,0 +1,517 @@
+// Prompt-sized matrix products on tensor cores: out[rows, O] = x[rows, I] W[O, I]^T,
+// the operands rounded to bf16 and the products summed in f32 by
+// mma.sync m16n8k16 (sm_80 and later; Hopper runs it as well).
+//
+// Why: a prompt of n tokens multiplies every weight by n activation rows, so
+// it is bound by arithmetic, not by memory; the SIMT GEMM in linear.cu does
+// ~20 TFLOP/s, the tensor cores several hundred.
+//
+// How one block computes a 128-row x 128-feature tile of the output:
+//   - The activations are rounded to bf16 once, before the product (a pass
+//     over x), so the main loop copies them as they are.
+//   - The depth is walked in stages of 32. Each stage's activation tile and
+//     the weights' stored bytes (packed integers and their scale pairs, FP8
+//     bytes, or float values) are copied into shared memory with cp.async,
+//     kStages - 1 stages ahead of the arithmetic, so many loads are in flight
+//     without holding registers: the loop is limited by the tensor cores, not
+//     by memory latency.
+//   - A weight stage is widened to a bf16 tile in shared memory by all
+//     threads (the format's 8-value pieces, weight_formats.cuh), so a
+//     quantized weight is never expanded in device memory. bf16 weights skip
+//     this: their stored bytes are the tile.
+//   - 8 warps (2 along rows x 4 along features) each multiply 64 x 32 of the
+//     tile with ldmatrix + mma.sync, accumulating in registers.
+//
+// Three uses, one template:
+//   plain     out = x W^T + bias                     (projections, lm_head)
+//   SwiGLU    out = silu(x G^T) * (x U^T) in bf16    (expert gate and up in one pass: the
+//             block's 128 weight rows are 64 gate and the same 64 up rows, so
+//             each thread holds gate and up of the same outputs)
+//   grouped   rows are (token, expert) assignments sorted by expert; block y
+//             takes tile y of the concatenated per-expert row ranges and that
+//             expert's weights, the x rows gathered by token
+// Rounding the operands to bf16 costs ~2e-3 relative error per output;
+// GLM_CUDA_PROMPTS=simt keeps the f32 SIMT path.
+#include <algorithm>
+#include <type_traits>
+
+#include "backend/cuda/weight_formats.cuh"
+
+namespace glm::cuda {
+namespace {
+
+constexpr int kTileRows = 128;          // output rows (tokens or assignments) per block
+constexpr int kTileWeights = 128;       // weight rows staged per block (SwiGLU: 64 gate + 64 up)
+constexpr int kTileDepth = 32;          // k per stage: 4 pieces of 8 a weight row
+constexpr int kStages = 4;              // stages in flight: 3 being copied while one is multiplied
+constexpr int kThreads = 256;           // 8 warps
+constexpr int kPitch = kTileDepth + 8;  // bf16 per shared tile row: 80 bytes, so ldmatrix's 8 rows hit distinct banks
+constexpr int kTileBytes = kTileRows * kPitch * 2;
+
+// What one launch multiplies (see the file comment for the three uses).
+struct TensorGemm {
+  void* out;                 // [rows, out_stride] f32 (plain) or bf16 (SwiGLU)
+  int64_t out_stride;
+  const __nv_bfloat16* x;    // [*, depth] activations in bf16
+  const int32_t* x_rows;     // null, or [rows]: the x row of each output row (gathered tokens)
+  int64_t rows;              // plain: output rows
+  int64_t features;          // output features (SwiGLU: gate rows)
+  int64_t depth;             // k, a multiple of kTileDepth
+  Matrix first, second;      // plain: first; SwiGLU: gate, up (ungrouped)
+  const void* bias;          // null or [features]
+  DType bias_dtype;
+  // Grouped: per local expert e, output rows [row_begin[e], row_begin[e + 1])
+  // and tiles [tile_begin[e], tile_begin[e + 1]); weights expert_first[e] (and expert_second[e]).
+  const Matrix* expert_first;
+  const Matrix* expert_second;
+  const int32_t* row_begin;   // [held + 1]
+  const int32_t* tile_begin;  // [held + 1]
+  int held;
+};
+
+void append_signature(Signature& signature, const TensorGemm& g) {
+  signature.add_all(g.out, g.out_stride, g.x, g.x_rows, g.rows, g.features, g.depth, g.first, g.second, g.bias,
+                    g.bias_dtype, g.expert_first, g.expert_second, g.row_begin, g.tile_begin, g.held);
+}
+
+// ---- PTX wrappers
+
+__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// 16 bytes global -> shared, asynchronously; `valid` false writes zeros instead.
+__device__ __forceinline__ void copy16(void* shared, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+               "r"(valid ? 16 : 0));
+}
+// 4 or 8 bytes (a scale pair), through L1.
+template <int kBytes>
+__device__ __forceinline__ void copy_small(void* shared, const void* global, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(shared_address(shared)), "l"(global),
+               "n"(kBytes), "r"(valid ? kBytes : 0));
+}
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// Four 8x8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const __nv_bfloat16* row_address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row_address)));
+}
+
+// c[16 x 8] += a[16 x 16] b[16 x 8], bf16 in, f32 accumulate.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float low, float high) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);  // low goes to the lower 16 bits: the lower k
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
+// ---- How each format's stored bytes of one stage (32 values of a row) are
+// staged and read back as 8-value pieces.
+//   kBytes        stored bytes of a row's stage (a multiple of 16)
+//   kPair         bytes of the row's scale pair staged with it (0: none)
+//   bytes(m, row, k0)   where those bytes start in device memory
+//   pair(m, row, k0)    where the scale pair starts
+//   piece(m, row, k0, staged, pair, p)   piece p (values 8p..8p+7) from shared memory
+template <typename Format>
+struct Stage;
+
+template <typename T>
+struct Stage<FloatFormat<T>> {
+  static constexpr int kBytes = kTileDepth * static_cast<int>(sizeof(T));
+  static constexpr bool kDirect = std::is_same_v<T, __nv_bfloat16>;  // the stored bytes are the bf16 tile
+  __device__ static int pair_bytes(const Matrix&) { return 0; }
+  __device__ static const char* bytes(const Matrix& m, int64_t row, int64_t k0) {
+    return static_cast<const char*>(m.data) + (row * m.cols + k0) * static_cast<int64_t>(sizeof(T));
+  }
+  __device__ static const char* pair(const Matrix&, int64_t, int64_t) { return nullptr; }
+  __device__ static typename FloatFormat<T>::Piece piece(const Matrix&, int64_t, int64_t, const char* staged,
+                                                         const char*, int p) {
+    typename FloatFormat<T>::Piece piece;
+    load8(reinterpret_cast<const T*>(staged) + 8 * p, piece.values);
+    return piece;
+  }
+};
+
+template <int BITS>
+struct Stage<AffineFormat<BITS>> {
+  static constexpr int kBytes = kTileDepth * BITS / 8;
+  static constexpr bool kDirect = false;
+  __device__ static int pair_bytes(const Matrix& m) { return m.scales_dtype == DType::BF16 ? 4 : 8; }
+  __device__ static const char* bytes(const Matrix& m, int64_t row, int64_t k0) {
+    return reinterpret_cast<const char*>(AffineFormat<BITS>::row_words(m, row)) + k0 * BITS / 8;
+  }
+  // A stage lies in one group (group sizes are multiples of kTileDepth: see reads()).
+  __device__ static const char* pair(const Matrix& m, int64_t row, int64_t k0) {
+    return static_cast<const char*>(m.scales) + (row * m.scales_stride + k0 / m.group_size) * pair_bytes(m);
+  }
+  __device__ static typename AffineFormat<BITS>::Piece piece(const Matrix& m, int64_t, int64_t, const char* staged,
+                                                             const char* pair, int p) {
+    typename AffineFormat<BITS>::Piece piece;
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(staged);
+#pragma unroll
+    for (int w = 0; w < BITS / 4; ++w) piece.words[w] = words[p * (BITS / 4) + w];
+    AffineFormat<BITS>::pair_at(pair, m.scales_dtype, 0, piece.scale, piece.bias);
+    return piece;
+  }
+};
+
+template <>
+struct Stage<Fp8Format> {
+  static constexpr int kBytes = kTileDepth;
+  static constexpr bool kDirect = false;
+  __device__ static int pair_bytes(const Matrix&) { return 0; }  // the scale is read where it is (L1/L2)
+  __device__ static const char* bytes(const Matrix& m, int64_t row, int64_t k0) {
+    return static_cast<const char*>(m.data) + row * m.cols + k0;
+  }
+  __device__ static const char* pair(const Matrix&, int64_t, int64_t) { return nullptr; }
+  __device__ static Fp8Format::Piece piece(const Matrix& m, int64_t row, int64_t k0, const char* staged, const char*,
+                                           int p) {
+    return {reinterpret_cast<const uint2*>(staged)[p], Fp8Format::scale_of(m, row, k0 + 8 * p)};
+  }
+};
+
+// Shared memory of one block: the rings of staged activations and weights,
+// then the widened weight tile (absent for direct formats).
+template <typename Format>
+struct Layout {
+  using S = Stage<Format>;
+  static constexpr int kWeightPitch = S::kDirect ? kPitch * 2 : S::kBytes + 16;  // bytes per staged weight row
+  static constexpr int kWeightStage = kTileWeights * kWeightPitch;
+  static constexpr int kPairStage = kTileWeights * 8;
+  static constexpr int kX = 0;
+  static constexpr int kWeights = kX + kStages * kTileBytes;
+  static constexpr int kPairs = kWeights + kStages * kWeightStage;
+  static constexpr int kTile = kPairs + kStages * kPairStage;
+  static constexpr int kTotal = kTile + (S::kDirect ? 0 : kTileWeights * kPitch * 2);
+};
+
+template <typename Format, bool kSwiGLU, bool kGrouped>
+__global__ void __launch_bounds__(kThreads) tensor_gemm_kernel(const TensorGemm g) {
+  using S = Stage<Format>;
+  using L = Layout<Format>;
+  extern __shared__ __align__(16) char shared[];
+
+  // The rows and weights of this block.
+  int64_t row0, row_end;
+  Matrix first, second;
+  if constexpr (kGrouped) {
+    const int tile = static_cast<int>(blockIdx.y);
+    if (tile >= g.tile_begin[g.held]) return;  // the grid is sized for the worst case
+    int low = 0, high = g.held - 1;            // the last expert whose tiles start at or before `tile`
+    while (low < high) {
+      const int middle = (low + high + 1) / 2;
+      if (g.tile_begin[middle] <= tile) low = middle;
+      else high = middle - 1;
+    }
+    row0 = g.row_begin[low] + static_cast<int64_t>(tile - g.tile_begin[low]) * kTileRows;
+    row_end = g.row_begin[low + 1];
+    first = g.expert_first[low];
+    second = kSwiGLU ? g.expert_second[low] : first;
+  } else {
+    row0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
+    row_end = g.rows;
+    first = g.first;
+    second = g.second;
+  }
+  constexpr int kBlockFeatures = kSwiGLU ? kTileWeights / 2 : kTileWeights;
+  const int64_t feature0 = static_cast<int64_t>(blockIdx.x) * kBlockFeatures;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_row = warp / 4, warp_feature = warp % 4;
+
+  // Copies: activation chunk c = tid + 256 i (i < 2) is 16 bytes (8 values)
+  // of tile row c / 4; weight row r (of the 128 staged) is the SwiGLU's up
+  // row when r >= 64. Each thread keeps its source rows.
+  const __nv_bfloat16* x_source[2];
+  bool x_valid[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t row = row0 + (tid + kThreads * i) / 4;
+    x_valid[i] = row < row_end;
+    const int64_t source = !x_valid[i] ? 0 : g.x_rows ? g.x_rows[row] : row;
+    x_source[i] = g.x + source * g.depth + ((tid + kThreads * i) % 4) * 8;
+  }
+  auto weight_row = [&](int r, bool& valid) {
+    const int64_t feature = feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r);
+    valid = feature < g.features;
+    return valid ? feature : int64_t{0};
+  };
+  // Weight chunk c = tid + 256 i is 16 bytes of staged row c / kChunks; the
+  // sources are fixed per thread and advance by kAdvance bytes a stage.
+  // (Pointers are chosen here, once: selecting between the two Matrix
+  // structs inside the loop would put them in local memory.)
+  constexpr int kChunks = S::kBytes / 16;
+  constexpr int kChunkSlots = (kTileWeights * kChunks + kThreads - 1) / kThreads;
+  constexpr int64_t kAdvance = S::kBytes;  // stored bytes of a row per stage
+  const char* w_source[kChunkSlots];
+  bool w_valid[kChunkSlots];
+#pragma unroll
+  for (int i = 0; i < kChunkSlots; ++i) {
+    const int c = tid + kThreads * i, r = c / kChunks;
+    const int64_t row = weight_row(r, w_valid[i]);
+    w_valid[i] = w_valid[i] && c < kTileWeights * kChunks;
+    const char* base_first = S::bytes(first, row, 0), *base_second = S::bytes(second, row, 0);
+    w_source[i] = (kSwiGLU && r >= kTileWeights / 2 ? base_second : base_first) + (c % kChunks) * 16;
+  }
+  // Thread r < 128 stages row r's scale pair (affine): group g of the row at
+  // pair_source + g * pair_bytes. Gate and up share their format.
+  const int pair_bytes = S::pair_bytes(first);
+  const char* pair_source = nullptr;
+  bool pair_valid = false;
+  if (pair_bytes > 0 && tid < kTileWeights) {
+    const int64_t row = weight_row(tid, pair_valid);
+    const char *base_first = S::pair(first, row, 0), *base_second = S::pair(second, row, 0);
+    pair_source = kSwiGLU && tid >= kTileWeights / 2 ? base_second : base_first;
+  }
+
+  auto issue_stage = [&](int64_t k0, int slot) {
+    char* x_ring = shared + L::kX + slot * kTileBytes;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int c = tid + kThreads * i;
+      copy16(x_ring + (c / 4) * kPitch * 2 + (c % 4) * 16, x_source[i] + k0, x_valid[i]);
+    }
+    char* w_ring = shared + L::kWeights + slot * L::kWeightStage;
+    const int64_t advance = k0 / kTileDepth * kAdvance;
+#pragma unroll
+    for (int i = 0; i < kChunkSlots; ++i) {
+      const int c = tid + kThreads * i;
+      if (c < kTileWeights * kChunks)
+        copy16(w_ring + (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16, w_source[i] + advance, w_valid[i]);
+    }
+    if (pair_source) {
+      char* destination = shared + L::kPairs + slot * L::kPairStage + tid * 8;
+      const char* source = pair_source + (k0 / first.group_size) * pair_bytes;
+      if (pair_bytes == 4) copy_small<4>(destination, source, pair_valid);
+      else copy_small<8>(destination, source, pair_valid);
+    }
+  };
+
+  // acc[m][j]: rows warp_row * 64 + 16 m (+8), the warp's 8-feature tile j.
+  float acc[4][4][4] = {};
+  // Tile rows of the warp's feature tiles 2q and 2q + 1 (16 consecutive rows).
+  auto weight_rows_of_pair = [&](int q) {
+    return kSwiGLU ? q * (kTileWeights / 2) + warp_feature * 16 : warp_feature * 32 + 16 * q;
+  };
+
+  const int stages = static_cast<int>(g.depth / kTileDepth);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < stages) issue_stage(static_cast<int64_t>(s) * kTileDepth, s);
+    commit_copies();  // empty groups keep the count: stage s is always group s
+  }
+  for (int s = 0; s < stages; ++s) {
+    wait_copies<kStages - 2>();  // this thread's copies of stage s have landed
+    __syncthreads();             // everyone's have, and everyone is done with stage s - 1's slot
+    const int next = s + kStages - 1;
+    if (next < stages) issue_stage(static_cast<int64_t>(next) * kTileDepth, next % kStages);
+    commit_copies();
+
+    const int slot = s % kStages;
+    const __nv_bfloat16* x_tile = reinterpret_cast<const __nv_bfloat16*>(shared + L::kX + slot * kTileBytes);
+    const __nv_bfloat16* w_tile;
+    if constexpr (S::kDirect) {
+      w_tile = reinterpret_cast<const __nv_bfloat16*>(shared + L::kWeights + slot * L::kWeightStage);
+    } else {
+      // Widen the stage's weights: piece p = tid + 256 i is piece p % 4 of row p / 4.
+      __nv_bfloat16* tile = reinterpret_cast<__nv_bfloat16*>(shared + L::kTile);
+      const int64_t k0 = static_cast<int64_t>(s) * kTileDepth;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int p = tid + kThreads * i, r = p / 4;
+        bool valid;
+        const int64_t row = weight_row(r, valid);
+        float values[8];
+        Format::piece_values(  // i = 1 holds rows 64..127: the up rows with SwiGLU, known once unrolled
+            S::piece(kSwiGLU && i == 1 ? second : first, row, k0,
+                     shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,
+                     shared + L::kPairs + slot * L::kPairStage + r * 8, p % 4),
+            values);
+        *reinterpret_cast<uint4*>(&tile[r * kPitch + (p % 4) * 8]) =
+            valid ? uint4{pack_bf16(values[0], values[1]), pack_bf16(values[2], values[3]),
+                          pack_bf16(values[4], values[5]), pack_bf16(values[6], values[7])}
+                  : uint4{0u, 0u, 0u, 0u};
+      }
+      __syncthreads();
+      w_tile = tile;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kTileDepth; kk += 16) {
+      uint32_t a[4][4];
+#pragma unroll
+      for (int m = 0; m < 4; ++m)
+        load_matrices(a[m], &x_tile[(warp_row * 64 + 16 * m + lane % 16) * kPitch + kk + (lane / 16) * 8]);
+      uint32_t b[2][4];
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+        load_matrices(b[q], &w_tile[(weight_rows_of_pair(q) + lane % 8 + 8 * (lane / 16)) * kPitch + kk +
+                                    8 * ((lane / 8) % 2)]);
+#pragma unroll
+      for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_bf16(acc[m][j], a[m], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
+    }
+  }
+  wait_copies<0>();
+
+  // Thread (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of each
+  // 16-row tile, features 2t and 2t + 1 of each 8-feature tile.
+  const int group = lane / 4, pair = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 4; ++m)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t row = row0 + warp_row * 64 + 16 * m + group + 8 * half;
+      if (row >= row_end) continue;
+      if constexpr (kSwiGLU) {
+        __nv_bfloat16* out_row = static_cast<__nv_bfloat16*>(g.out) + row * g.out_stride;
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int64_t feature = feature0 + warp_feature * 16 + 8 * j + 2 * pair + c;
+            if (feature >= g.features) continue;
+            const float gate = acc[m][j][2 * half + c], up = acc[m][j + 2][2 * half + c];
+            out_row[feature] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+          }
+      } else {
+        float* out_row = static_cast<float*>(g.out) + row * g.out_stride;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int64_t feature = feature0 + warp_feature * 32 + 8 * j + 2 * pair + c;
+            if (feature >= g.features) continue;
+            out_row[feature] = acc[m][j][2 * half + c] + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
+          }
+      }
+    }
+}
+
+// x rounded to bf16 (the product's activation operand), 4 values a thread.
+__global__ void round_to_bf16_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ x, int64_t count) {
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 4; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + i);
+    *reinterpret_cast<uint2*>(out + i) = uint2{pack_bf16(v.x, v.y), pack_bf16(v.z, v.w)};
+  }
+}
+
+const __nv_bfloat16* rounded_to_bf16(Context& ctx, const float* x, int64_t count) {
+  __nv_bfloat16* out = ctx.scratch<__nv_bfloat16>(count);
+  launch(ctx, round_to_bf16_kernel,
+         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 4, 256), 1, 4 * 1024))), dim3(256), 0,
+         out, x, count);
+  return out;
+}
+
+// Whether the kernel reads this weight: the format's 8-value pieces, whole
+// stages of depth, and stages that lie in one affine group or FP8 scale block.
+bool reads(const Matrix& weight) {
+  bool pieces = false;
+  dispatch_format(weight, [&](auto format) {
+    using Format = decltype(format);
+    if constexpr (Format::kHasPieces) pieces = Format::pieces_ok(weight);
+  });
+  if (weight.kind == WeightFormat::Kind::Affine && weight.group_size % kTileDepth != 0) return false;
+  if (weight.kind == WeightFormat::Kind::Fp8 && weight.fp8_scale == WeightFormat::Fp8Scale::Block &&
+      weight.block_cols % 8 != 0)
+    return false;
+  return pieces && weight.cols % kTileDepth == 0;
+}
+
+template <bool kSwiGLU, bool kGrouped>
+void launch_gemm(Context& ctx, const TensorGemm& g, const Matrix& format_of, dim3 grid) {
+  dispatch_format(format_of, [&](auto format) {
+    using Format = decltype(format);
+    if constexpr (Format::kHasPieces) {
+      auto kernel = tensor_gemm_kernel<Format, kSwiGLU, kGrouped>;
+      constexpr int bytes = Layout<Format>::kTotal;
+      static const bool raised = [&] {  // past 48 KB a kernel must ask for its shared memory
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        return true;
+      }();
+      (void)raised;
+      launch(ctx, kernel, grid, dim3(kThreads), bytes, g);
+    } else {
+      fail("internal error: the tensor-core GEMM got a format without pieces");
+    }
+  });
+}
+
+}  // namespace
+
+bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
+  if (!ctx.tensor_core_prompts || !reads(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  TensorGemm g{};
+  g.out = out;
+  g.out_stride = weight.rows;
+  g.x = rounded_to_bf16(ctx, x, n * weight.cols);
+  g.rows = n;
+  g.features = weight.rows;
+  g.depth = weight.cols;
+  g.first = g.second = weight;
+  g.bias = bias ? bias->data : nullptr;
+  g.bias_dtype = bias ? bias->dtype : DType::F32;
+  launch_gemm<false, false>(ctx, g, weight, dim3(blocks_for(weight.rows, kTileWeights), blocks_for(n, kTileRows)));
+  return true;
+}
+
+bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up, const Matrix& down, const float* x) {
+  const bool same_gate_up = gate.kind == up.kind && gate.dtype == up.dtype && gate.bits == up.bits &&
+                            gate.group_size == up.group_size && gate.scales_dtype == up.scales_dtype &&
+                            gate.fp8_scale == up.fp8_scale && gate.rows == up.rows && gate.cols == up.cols;
+  return ctx.tensor_core_prompts && same_gate_up && reads(gate) && reads(down) && gate.rows % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+int tensor_expert_tile_rows() { return kTileRows; }
+
+namespace {
+
+// A grouped product over the rows of `rows` with the experts' weights.
+TensorGemm grouped(void* out, const __nv_bfloat16* x, const ExpertRows& rows, const Matrix* first,
+                   const Matrix* second, const Matrix& first0) {
+  TensorGemm g{};
+  g.out = out;
+  g.out_stride = first0.rows;
+  g.x = x;
+  g.features = first0.rows;
+  g.depth = first0.cols;
+  g.expert_first = first;
+  g.expert_second = second;
+  g.row_begin = rows.row_begin;
+  g.tile_begin = rows.tile_begin;
+  g.held = rows.held;
+  return g;
+}
+
+}  // namespace
+
+void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act, const float* x, int64_t n, const ExpertRows& rows,
+                            const Matrix* gate, const Matrix* up, const Matrix& gate0) {
+  TensorGemm g = grouped(act, rounded_to_bf16(ctx, x, n * gate0.cols), rows, gate, up, gate0);
+  g.x_rows = rows.token;
+  launch_gemm<true, true>(ctx, g, gate0,
+                          dim3(blocks_for(gate0.rows, kTileWeights / 2), static_cast<unsigned>(rows.max_tiles)));
+}
+
+void tensor_experts_down(Context& ctx, float* expert_out, const __nv_bfloat16* act, const ExpertRows& rows,
+                         const Matrix* down, const Matrix& down0) {
+  launch_gemm<false, true>(ctx, grouped(expert_out, act, rows, down, down, down0), down0,
+                           dim3(blocks_for(down0.rows, kTileWeights), static_cast<unsigned>(rows.max_tiles)));
+}
+
+}  // namespace glm::cuda
