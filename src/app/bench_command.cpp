@@ -196,6 +196,18 @@ int run_bench(const BenchOptions& options) {
                                 {"seconds", seconds},
                                 {"tokens_per_s", length / seconds},
                                 {"GFLOP_per_s_excluding_attention", flops_per_token * length / seconds / 1e9}});
+    if (options.profile) {  // the same prompt again, each op timed on the device
+      const int32_t again = cache.create_sequence();
+      engine.backend().op_profile();  // drop anything timed before
+      engine.backend().set_op_profiling(true);
+      engine.step({SequenceWork{again, tokens, LogitsWanted::Last}});
+      engine.backend().set_op_profiling(false);
+      cache.release_sequence(again);
+      nlohmann::ordered_json ops = nlohmann::ordered_json::array();
+      for (const OpTime& op : engine.backend().op_profile())
+        ops.push_back({{"op", op.op}, {"calls", op.calls}, {"device_seconds", op.device_seconds}});
+      report["prompt"].back()["op_device_times"] = ops;
+    }
   }
 
   // The yardstick runs after the prompts (its buffer must not count in their
@@ -375,6 +387,10 @@ int run_bench(const BenchOptions& options) {
       std::printf(" = %.0f%% of a bf16 matmul's %.0f TFLOP/s", 100.0 * p["fraction_of_bf16_matmul_rate"].get<double>(),
                   report["bf16_matmul_TFLOPps"].get<double>());
     std::printf("\n");
+    if (p.contains("op_device_times"))
+      for (const auto& op : p["op_device_times"])
+        std::printf("    op %-46s %6lld calls %9.1f us\n", op["op"].get<std::string>().c_str(),
+                    static_cast<long long>(op["calls"].get<int64_t>()), op["device_seconds"].get<double>() * 1e6);
   }
   for (const auto& b : report["batched"])
     std::printf("decode %lld sequences together: %.1f tok/s (%.2f ms a step)\n",

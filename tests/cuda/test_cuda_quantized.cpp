@@ -216,7 +216,8 @@ TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
 // the kernel dequantizes affine 4/8-bit and FP8 pieces to bf16 in its main
 // loop. bf16 operands: bound 1e-2 against the f32 reference, and above f32
 // rounding. Affine 3-bit has no 8-value pieces and keeps the exact SIMT
-// path. The int4 experts run the grouped GEMMs.
+// path. The int4 experts run the grouped GEMMs with 64-row tiles (65 and
+// 300 tokens) and 128-row tiles (1000: 250 rows an expert).
 TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   REQUIRE_GPU();
   Backends b("tensor");
@@ -239,7 +240,7 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   ExpertTables host, device;
   make_experts(storage, host, device, n_experts, width, hidden,
                [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
-  for (int64_t n : {65, 300})
+  for (int64_t n : {65, 300, 1000})
     check_moe_experts(b, host, device, n, top_k,
                       "moe_experts affine 4-bit tensor cores", 1e-2, nullptr, nullptr, 1e-6);
 }

@@ -18,7 +18,8 @@
 // Prompts on tensor cores (n > kDeviceGroupingTokens, GLM_CUDA_PROMPTS=tensor):
 //   1. count_assignments_kernel / place_assignments_kernel sort the (token, k)
 //      assignments by expert on the device, tokens ascending within each
-//      expert, and give each expert its rows and its 128-row GEMM tiles.
+//      expert, and give each expert its rows and its GEMM tiles (64 or 128
+//      rows: tensor_expert_tile_rows).
 //   2. one grouped GEMM for every expert's gate and up with SwiGLU in its
 //      epilogue, 3. another for down (gemm_tensor.cu), 4. moe_combine_kernel
 //      weighs and sums each token's rows as for decoding.
@@ -468,7 +469,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
   const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
   const Matrix& down0 = ctx.expert_matrices_host(down).front();
   const int64_t width = gate0.rows;
-  const int tile_rows = tensor_expert_tile_rows();
+  const int tile_rows = tensor_expert_tile_rows(entries, held);
 
   int32_t* counts = ctx.scratch<int32_t>(held);
   int32_t* row_begin = ctx.scratch<int32_t>(held + 1);
@@ -485,7 +486,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
          static_cast<int>(top_k), static_cast<int>(gate.first_expert), held, tile_rows);
 
   // Each expert with assignments wastes at most one partial tile.
-  const ExpertRows rows{row_token, row_begin, tile_begin, held,
+  const ExpertRows rows{row_token, row_begin, tile_begin, held, tile_rows,
                         (entries + tile_rows - 1) / tile_rows + std::min<int64_t>(held, entries)};
   tensor_experts_gate_up(ctx, act, x, n, rows, ctx.expert_matrices(gate), ctx.expert_matrices(up), gate0);
   tensor_experts_down(ctx, expert_out, act, rows, ctx.expert_matrices(down), down0);

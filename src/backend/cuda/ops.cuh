@@ -178,10 +178,12 @@ struct ExpertRows {
   const int32_t* row_begin;   // [held + 1]
   const int32_t* tile_begin;  // [held + 1]
   int held;
+  int tile_rows;              // rows of one tile: tensor_expert_tile_rows()
   int64_t max_tiles;          // an upper bound on tile_begin[held], known on the host
 };
 bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up, const Matrix& down, const float* x);
-int tensor_expert_tile_rows();  // rows of one tile
+// Rows of one expert tile for `assignments` rows over `held` experts.
+int tensor_expert_tile_rows(int64_t assignments, int64_t held);
 // act[r] = silu(gate_e x[token[r]]) * (up_e x[token[r]]) in bf16 (the next
 // product's operand) for the rows r of each expert e.
 void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act /*[assignments, width]*/,
