@@ -112,7 +112,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
 
 // c[16x8] += a[16x16] b[16x8]: a row-major, b column-major, bf16; c f32.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
+  asm(  // no memory access: free to schedule
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -195,16 +195,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     s_q[swizzled(r, chunk)] = packed;
   }
 
-  // This thread's rows in the mma layout: warp * 32 + m * 16 + half * 8 + lane / 4,
-  // m and half in {0, 1}; a row sees keys 0..its token's position.
+  // Each row's position, for the causal mask (in shared memory: registers
+  // are all taken by the accumulators, and the mask touches only the last tiles).
+  __shared__ int row_positions[kRows];
+  for (int r = threadIdx.x; r < kRows; r += kWarps * 32) row_positions[r] = token_position[token_of(r)];
+  // This thread's rows in the mma layout: warp * 32 + m * 16 + half * 8 + lane / 4.
   const int quad_row = lane / 4, quad_col = lane % 4;
-  int row_position[2][2];
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-      row_position[m][half] = token_position[token_of(warp * 32 + m * 16 + half * 8 + quad_row)];
-  const int warp_first_position = token_position[token_of(warp * 32)];
 
   float acc[2][D / 8][4];  // O: [m][8 dims][c fragment]
   float row_max[2][2], row_sum[2][2];  // per (m, half); row_sum is this lane's share until the end
@@ -275,14 +271,18 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 
     // Causal mask, only on tiles that reach past the warp's first position.
     const int key_begin = key_tile * kKeys;
-    if (key_begin + kKeys - 1 > warp_first_position) {
+    if (key_begin + kKeys - 1 > row_positions[warp * 32]) {  // rows ascend by position
 #pragma unroll
       for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n)
+        for (int half = 0; half < 2; ++half) {
+          const int last_key = row_positions[warp * 32 + m * 16 + half * 8 + quad_row] - key_begin - 2 * quad_col;
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (key_begin + n * 8 + 2 * quad_col + (e & 1) > row_position[m][e >> 1]) s[m][n][e] = -INFINITY;
+          for (int n = 0; n < kKeys / 8; ++n) {
+            if (n * 8 > last_key) s[m][n][2 * half] = -INFINITY;
+            if (n * 8 + 1 > last_key) s[m][n][2 * half + 1] = -INFINITY;
+          }
+        }
     }
 
     // Online softmax: a row's 64 scores lie in the 4 lanes of a quad. Key 0
@@ -327,13 +327,15 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
         p[m][k16][2] = pack_bf16(s[m][2 * k16 + 1][0], s[m][2 * k16 + 1][1]);
         p[m][k16][3] = pack_bf16(s[m][2 * k16 + 1][2], s[m][2 * k16 + 1][3]);
       }
+    // k16 outer: the 32 mma of a 16-key step write distinct accumulators, so
+    // they issue back to back instead of waiting on each other (d16 outer
+    // chained 4 dependent mma per accumulator and stalled on their latency).
 #pragma unroll
-    for (int d16 = 0; d16 < D / 16; ++d16) {
-      const uint32_t v_column = (32 * d16) ^ v_xor;
+    for (int k16 = 0; k16 < kKeys / 16; ++k16) {
 #pragma unroll
-      for (int k16 = 0; k16 < kKeys / 16; ++k16) {
+      for (int d16 = 0; d16 < D / 16; ++d16) {
         uint32_t b[4];  // keys k16*16 + 0..15, dims d16*16 + 0..7 and + 8..15
-        ldmatrix_x4_trans(b, v_base + k16 * 16 * kRowBytes + v_column);
+        ldmatrix_x4_trans(b, v_base + k16 * 16 * kRowBytes + ((32 * d16) ^ v_xor));
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           mma_bf16(acc[m][2 * d16], p[m][k16], b[0], b[1]);
