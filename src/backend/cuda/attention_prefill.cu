@@ -287,6 +287,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 
     // Online softmax: a row's 64 scores lie in the 4 lanes of a quad. Key 0
     // is in every row's first tile, so the running max is finite from there on.
+    // Once the maxima settle (most tiles of a long prompt) no row's max moves,
+    // and the warp skips rescaling its 128 accumulators.
+    float correction[2][2];
+    bool max_moved = false;
 #pragma unroll
     for (int m = 0; m < 2; ++m) {
 #pragma unroll
@@ -297,7 +301,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
           tile_max = fmaxf(tile_max, fmaxf(s[m][n][2 * half], s[m][n][2 * half + 1]));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        const float correction = fast_exp2(row_max[m][half] - tile_max);  // 0 on the first tile
+        const bool moved = tile_max != row_max[m][half];
+        max_moved |= moved;
+        correction[m][half] = moved ? fast_exp2(row_max[m][half] - tile_max) : 1.0f;  // 0 on the first tile
         row_max[m][half] = tile_max;
         float sum = 0.0f;
 #pragma unroll
@@ -306,13 +312,16 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
           s[m][n][2 * half + 1] = fast_exp2(s[m][n][2 * half + 1] - tile_max);
           sum += s[m][n][2 * half] + s[m][n][2 * half + 1];
         }
-        row_sum[m][half] = row_sum[m][half] * correction + sum;
-#pragma unroll
-        for (int d = 0; d < D / 8; ++d) {
-          acc[m][d][2 * half] *= correction;
-          acc[m][d][2 * half + 1] *= correction;
-        }
+        row_sum[m][half] = row_sum[m][half] * correction[m][half] + sum;
       }
+    }
+    if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int d = 0; d < D / 8; ++d)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[m][d][e] *= correction[m][e >> 1];
     }
 
     // O += P V: P's accumulator fragments are already the A fragments of the
