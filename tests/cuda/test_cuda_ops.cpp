@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -383,9 +382,7 @@ struct AttentionCase {
 };
 
 void run_attention(const AttentionCase& c) {
-  setenv("GLM_CUDA_PROMPTS", c.prompts.c_str(), 1);  // read when the backend is made
-  Backends b;
-  unsetenv("GLM_CUDA_PROMPTS");
+  Backends b(c.prompts.c_str());
   const Shape cache_shape = {c.n_blocks, c.block_size, c.kv_heads, c.head_dim};
   const int64_t cache_elements = shape_numel(cache_shape);
   // Both caches start with the same random contents (earlier tokens' K/V).
