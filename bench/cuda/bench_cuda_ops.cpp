@@ -9,7 +9,9 @@
 //
 // --quick times one projection shape per format; --format one format only;
 // --prompts adds 4096-token projections and experts on tensor cores, in
-// TFLOP/s against a bf16 cuBLAS matmul.
+// TFLOP/s against a bf16 cuBLAS matmul, and prompt attention (one sequence of
+// 4096 and of 32768 tokens, causal, 96 query heads over 8 KV heads of 128);
+// --prompt-attention times only that attention (and the matmul rate).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -123,19 +125,75 @@ Routing upload_routing(Backend& backend, const std::vector<int32_t>& ids, int64_
   return routing;
 }
 
+// Fills `count` device floats with values in [-1, 1), repeating a random
+// host block of up to 16M values: real data, not zeros, at a cost the bench
+// does not notice at 32k-token prompts (400M query values).
+void fill_random(void* device, int64_t count, uint32_t seed) {
+  const int64_t block = std::min<int64_t>(count, int64_t{1} << 24);
+  std::vector<float> host(static_cast<size_t>(block));
+  uint32_t state = seed * 2654435761u + 1;
+  for (float& value : host) {
+    state = state * 1664525u + 1013904223u;
+    value = static_cast<float>(state >> 8) / 8388608.0f - 1.0f;
+  }
+  for (int64_t at = 0; at < count; at += block)
+    cudaMemcpy(static_cast<float*>(device) + at, host.data(), sizeof(float) * std::min(block, count - at),
+               cudaMemcpyHostToDevice);
+}
+
+// Causal attention over one prompt of n tokens at GLM-4.5-Air's shape, as the
+// model runs it for a prompt step (the step's K/V written to the cache, then
+// attention over it), counting 4 * head_dim FLOPs per (query head, token,
+// key at or before it).
+void bench_prompt_attention(Backend& backend, int64_t n, double matmul_rate) {
+  const int64_t heads = 96, kv_heads = 8, head_dim = 128, block_size = 16;
+  const int64_t blocks = n / block_size + 1;
+  KvLayer cache{backend.allocate({blocks, block_size, kv_heads, head_dim}),
+                backend.allocate({blocks, block_size, kv_heads, head_dim})};
+  Tensor q = backend.allocate({n, heads, head_dim}), o = backend.allocate({n, heads, head_dim});
+  Tensor k = backend.allocate({n, kv_heads, head_dim}), v = backend.allocate({n, kv_heads, head_dim});
+  fill_random(q.data, q.numel(), 3);
+  fill_random(k.data, k.numel(), 4);
+  fill_random(v.data, v.numel(), 5);
+  AttentionPlan plan;
+  plan.block_size = block_size;
+  std::vector<int32_t> table(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) table[b] = static_cast<int32_t>(b);
+  plan.block_tables = {table};
+  for (int64_t t = 0; t < n; ++t) {
+    plan.token_sequence.push_back(0);
+    plan.token_position.push_back(static_cast<int32_t>(t));
+    plan.token_slot.push_back(t);
+  }
+  const double seconds = time_op(backend, [&] {
+    backend.reset_scratch();  // the op's bf16 copy of the keys and values is scratch
+    backend.attention(o, q, k, v, cache, plan, 0.088f);
+  });
+  report_flops("prompt attention 96/8 heads of 128, " + std::to_string(n) + " tokens", seconds,
+               4.0 * head_dim * heads * static_cast<double>(n) * (n + 1) / 2, matmul_rate);
+  for (Tensor* t : {&cache.keys, &cache.values, &q, &o, &k, &v}) backend.release(*t);
+}
+
 }  // namespace
 }  // namespace glm
 
 int main(int argc, char** argv) {
   using namespace glm;
-  bool quick = false, prompts = false;
+  bool quick = false, prompts = false, prompt_attention_only = false;
   std::string only;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--prompts") == 0) prompts = true;
+    if (std::strcmp(argv[i], "--prompt-attention") == 0) prompt_attention_only = true;
     if (std::strcmp(argv[i], "--format") == 0 && i + 1 < argc) only = argv[++i];
   }
   auto backend = make_backend("cuda");
+  if (prompt_attention_only) {
+    const double matmul_rate = backend->measure_matmul_rate();
+    std::printf("bf16 matmul 8192^3 (cuBLAS): %.0f TFLOP/s\n", matmul_rate / 1e12);
+    for (int64_t n : {4096, 32768}) bench_prompt_attention(*backend, n, matmul_rate);
+    return 0;
+  }
   const double copy_bandwidth = backend->measure_copy_bandwidth();
   std::printf("%s: device copy bandwidth %.1f GB/s (read + write)\n", backend->name().c_str(), copy_bandwidth / 1e9);
   std::printf("%-58s %12s %12s %13s %6s\n", "op", "time", "bytes", "rate", "copy");
@@ -233,6 +291,7 @@ int main(int argc, char** argv) {
       report_flops("prompt moe_experts " + format + " 128 x [1408, 4096] top 8 n=" + std::to_string(n), seconds,
                    2.0 * n * top_k * 3 * width * hidden, matmul_rate);
     }
+    for (int64_t tokens : {4096, 32768}) bench_prompt_attention(*backend, tokens, matmul_rate);
   }
 
   // Decode attention over the paged cache: 96 query heads over 8 KV heads of 128.

@@ -9,6 +9,9 @@
 // That per-head kernel serves odd head sizes; head_dim 32/64/128 with up to
 // 16 query heads per KV head goes to the grouped, split kernel below (at
 // short contexts the group's query heads are spread over blocks of 4).
+// Sequences that bring many tokens in one step (prompts, prompt chunks) go to
+// the tensor-core flash kernel of attention_prefill.cu instead, unless
+// GLM_CUDA_PROMPTS=simt asks for these exact f32 kernels.
 #include <algorithm>
 #include <bit>
 #include <type_traits>
@@ -22,6 +25,23 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 constexpr int64_t kMaxGroup = 16;   // query heads per KV head the grouped kernel holds
+// A sequence with at least this many tokens in a step takes the tensor-core
+// prefill kernel. Its 128-row tiles hold `group` rows per token (12 for
+// GLM-4.5-Air), so 16 tokens fill 1.5 tiles; below that most of a tile is
+// padding while the decode kernels split the context over blocks and keep the
+// GPU busy. Decode steps (one token a sequence) and short speculative steps
+// thus keep the graph-captured decode kernels.
+constexpr int64_t kPrefillTokens = 16;
+
+// out[rows[r]] = source[r] for rows of `width` floats: the results of a
+// sub-batch back to their places in the step.
+__global__ void scatter_rows_kernel(float* __restrict__ out, const float* __restrict__ source,
+                                    const int32_t* __restrict__ rows, int64_t width) {
+  const int64_t r = blockIdx.x;
+  const float* from = source + r * width;
+  float* to = out + static_cast<int64_t>(rows[r]) * width;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+}
 
 __global__ void write_kv_kernel(float* __restrict__ key_cache, float* __restrict__ value_cache,
                                 const float* __restrict__ k, const float* __restrict__ v,
@@ -312,6 +332,11 @@ int64_t context_bucket(int64_t context) {
   return (context + quarter - 1) / quarter * quarter;
 }
 
+void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t heads, int64_t kv_heads,
+                    int64_t head_dim, KvLayer& cache, const int32_t* sequences, const int32_t* positions,
+                    const int32_t* table_offsets, const int32_t* table_blocks, int64_t block_size,
+                    int64_t context_capacity, float scale);
+
 }  // namespace
 
 void attention(Context& ctx, float* out, const float* q, const float* k, const float* v, int64_t n, int64_t heads,
@@ -368,6 +393,57 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   launch(ctx, write_kv_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, cache.keys.f32(), cache.values.f32(), k,
          v, slots, slot_size);
 
+  // Sequences with many tokens in this step go to tensor cores; the others
+  // (all of them in a decode step) to the kernels below.
+  std::vector<int32_t> prefill_sequences;
+  if (ctx.tensor_core_prompts && attention_prefill_supported(heads, kv_heads, head_dim)) {
+    std::vector<int64_t> tokens_in_step(plan.block_tables.size(), 0);
+    for (int32_t sequence : plan.token_sequence) ++tokens_in_step[sequence];
+    for (size_t s = 0; s < tokens_in_step.size(); ++s)
+      if (tokens_in_step[s] >= kPrefillTokens) prefill_sequences.push_back(static_cast<int32_t>(s));
+  }
+  if (prefill_sequences.empty()) {
+    simt_attention(ctx, out, q, n, heads, kv_heads, head_dim, cache, sequences, positions, table_offsets,
+                   table_blocks, block_size, context_capacity, scale);
+    return;
+  }
+  attention_prefill(ctx, out, q, heads, kv_heads, head_dim, cache, plan, prefill_sequences, positions, scale);
+
+  // The other tokens of a mixed step (decode tokens beside a prompt chunk)
+  // as a sub-batch of their own: queries gathered, results scattered back.
+  std::vector<bool> is_prefill(plan.block_tables.size(), false);
+  for (int32_t sequence : prefill_sequences) is_prefill[sequence] = true;
+  std::vector<int32_t> rest, rest_sequences, rest_positions;
+  int32_t rest_context = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    if (is_prefill[plan.token_sequence[t]]) continue;
+    rest.push_back(static_cast<int32_t>(t));
+    rest_sequences.push_back(plan.token_sequence[t]);
+    rest_positions.push_back(plan.token_position[t]);
+    rest_context = std::max(rest_context, plan.token_position[t] + 1);
+  }
+  if (rest.empty()) return;
+  const int64_t m = static_cast<int64_t>(rest.size()), width = heads * head_dim;
+  const int32_t* rows = ctx.upload(std::span<const int32_t>(rest));
+  float* rest_q = ctx.scratch<float>(m * width);    // [m, heads, head_dim]
+  float* rest_out = ctx.scratch<float>(m * width);  // [m, heads, head_dim]
+  gather_rows(ctx, rest_q, q, rows, m, width);
+  simt_attention(ctx, rest_out, rest_q, m, heads, kv_heads, head_dim, cache,
+                 ctx.upload(std::span<const int32_t>(rest_sequences)),
+                 ctx.upload(std::span<const int32_t>(rest_positions)), table_offsets, table_blocks, block_size,
+                 context_bucket(rest_context), scale);
+  launch(ctx, scatter_rows_kernel, dim3(static_cast<unsigned>(m)), dim3(256), 0, out, rest_out, rows, width);
+}
+
+namespace {
+
+// The f32 SIMT kernels over n tokens: the grouped, split kernel where it
+// applies, else a block per (token, query head). context_capacity: the
+// bucket of the longest context (sizes the splits).
+void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t heads, int64_t kv_heads,
+                    int64_t head_dim, KvLayer& cache, const int32_t* sequences, const int32_t* positions,
+                    const int32_t* table_offsets, const int32_t* table_blocks, int64_t block_size,
+                    int64_t context_capacity, float scale) {
   const int64_t group = heads / kv_heads;
   const int dims_per_lane = static_cast<int>(head_dim / 32);
   const bool grouped = head_dim % 32 == 0 && (dims_per_lane == 1 || dims_per_lane == 2 || dims_per_lane == 4) &&
@@ -437,4 +513,5 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   }
 }
 
+}  // namespace
 }  // namespace glm::cuda

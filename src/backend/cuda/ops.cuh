@@ -77,8 +77,9 @@ class Context : public Submitter {
   // weights quantize their f32 input per 32 values and use dp4a.
   bool int8_activations = false;
   // GLM_CUDA_PROMPTS=tensor (default) or simt: whether prompt-sized products
-  // run on tensor cores with bf16 operands (gemm_tensor.cu) or keep f32
-  // activations on the SIMT kernels (the f32-exact mode the tests compare).
+  // and prompt attention run on tensor cores with bf16 operands
+  // (gemm_tensor.cu, attention_prefill.cu) or keep f32 activations on the
+  // SIMT kernels (the f32-exact mode the tests compare).
   bool tensor_core_prompts = true;
 
   // Device memory valid until the backend's next reset_scratch(); 256-byte aligned.
@@ -214,6 +215,16 @@ void head_norm_rotary(Context& ctx, float* q /*[n, q_heads, head_dim]*/, float* 
 void attention(Context& ctx, float* out /*[n, heads, head_dim]*/, const float* q, const float* k, const float* v,
                int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan,
                float scale);
+
+// attention_prefill.cu: the attention of the tokens of `sequences` (plan
+// indices, each with many new tokens: a prompt or a prompt chunk) on tensor
+// cores, bf16 operands with f32 softmax and accumulation; their keys and
+// values are already in the cache. positions: plan.token_position on the device.
+bool attention_prefill_supported(int64_t heads, int64_t kv_heads, int64_t head_dim);
+void attention_prefill(Context& ctx, float* out /*[n, heads, head_dim]*/, const float* q /*[n, heads, head_dim]*/,
+                       int64_t heads, int64_t kv_heads, int64_t head_dim, const KvLayer& cache,
+                       const AttentionPlan& plan, std::span<const int32_t> sequences, const int32_t* positions,
+                       float scale);
 
 // kv_copy.cu: block `to` of keys and values becomes a copy of block `from`.
 void copy_kv_block(Context& ctx, KvLayer& cache, int32_t from_block, int32_t to_block);
