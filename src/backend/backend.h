@@ -89,6 +89,16 @@ class Backend {
   // so a step allocates nothing once the arena has grown to its peak.
   virtual Tensor scratch(const Shape& shape, DType dtype = DType::F32) = 0;
   virtual void reset_scratch() = 0;
+  // A point in the scratch arena. Rewinding to it gives back every scratch
+  // tensor taken since, for ops issued afterwards to reuse (a device reuses
+  // it in stream order). The model rewinds after each layer, so a step holds
+  // one layer's activations rather than every layer's: a 32k-token prompt
+  // through 46 layers would otherwise need hundreds of GB.
+  struct ScratchMark {
+    size_t chunk = 0, used = 0;
+  };
+  virtual ScratchMark scratch_mark() const { return {}; }
+  virtual void scratch_rewind(const ScratchMark&) {}
   // Long-lived memory (the KV cache); zero-filled.
   virtual Tensor allocate(const Shape& shape, DType dtype = DType::F32) = 0;
   virtual void release(Tensor& tensor) = 0;

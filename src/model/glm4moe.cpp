@@ -45,6 +45,7 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   for (size_t index = 0; index < weights_.layers.size(); ++index) {
     const LayerWeights& layer = weights_.layers[index];
     const int layer_index = static_cast<int>(index);
+    const Backend::ScratchMark layer_start = backend_.scratch_mark();
 
     Tensor attention_out = attention(layer, normed, step, cache[index], layer_index);  // [n, H]
     backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
@@ -59,6 +60,7 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
       backend_.add(hidden, hidden, ffn_out);
     }
     trace("layer_output", layer_index, hidden);
+    backend_.scratch_rewind(layer_start);  // the layer's activations are dead; the next layer reuses their memory
   }
 
   // Only the rows that need logits go through the final norm and lm_head.

@@ -80,6 +80,11 @@ class CpuBackend final : public Backend {
     current_ = 0;
     used_ = 0;
   }
+  ScratchMark scratch_mark() const override { return {current_, used_}; }
+  void scratch_rewind(const ScratchMark& mark) override {
+    current_ = mark.chunk;
+    used_ = mark.used;
+  }
   Tensor allocate(const Shape& shape, DType dtype) override {
     const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
     Tensor out;

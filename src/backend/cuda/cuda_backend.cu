@@ -111,6 +111,11 @@ class ChunkArena {
     current_ = 0;
     used_ = 0;
   }
+  Backend::ScratchMark mark() const { return {current_, used_}; }
+  void rewind(const Backend::ScratchMark& mark) {
+    current_ = mark.chunk;
+    used_ = mark.used;
+  }
   template <typename Free>
   void free_all(Free&& free_chunk) {
     for (auto& chunk : chunks_) free_chunk(chunk.first);
@@ -167,6 +172,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     for (auto& entry : graphs_)
       if (entry.second.exec) cudaGraphExecDestroy(entry.second.exec);
     scratch_.free_all([](void* p) { cudaFree(p); });
+    uploads_.free_all([](void* p) { cudaFree(p); });
     staging_.free_all([](void* p) { cudaFreeHost(p); });
     weights_.free_all([](void* p) { cudaFree(p); });
     for (auto& entry : inverse_frequencies_) cudaFree(entry.second);
@@ -194,7 +200,12 @@ class CudaBackend final : public Backend, public cuda::Context {
       const StepUpload& earlier = step_uploads_[i];
       if (earlier.bytes.size() == bytes && std::memcmp(earlier.bytes.data(), host, bytes) == 0) return earlier.device;
     }
-    void* device = scratch_bytes(bytes);
+    // Uploads have their own arena: a layer's scratch is rewound after the
+    // layer, but an upload may be reused by every later layer of the step.
+    void* device = uploads_.take(bytes, [&](size_t need) {
+      const size_t size = std::max(need, kStagingChunk);
+      return std::make_pair(device_malloc(size, "step inputs"), size);
+    });
     if (bytes == 0) return device;
     void* pinned = staging_.take(bytes, [&](size_t need) {
       const size_t size = std::max(need, kStagingChunk);
@@ -247,6 +258,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     out.shape = shape;
     return out;
   }
+  ScratchMark scratch_mark() const override { return scratch_.mark(); }
+  void scratch_rewind(const ScratchMark& mark) override { scratch_.rewind(mark); }
   void reset_scratch() override {
     select();
     flush();
@@ -258,6 +271,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     }
     staging_pending_ = false;
     scratch_.reset();
+    uploads_.reset();
     staging_.reset();
     step_upload_count_ = 0;
   }
@@ -901,7 +915,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   cudaDeviceProp properties_{};
   cudaEvent_t staging_done_ = nullptr;
   bool staging_pending_ = false;
-  ChunkArena scratch_, staging_, weights_;
+  ChunkArena scratch_, uploads_, staging_, weights_;
   std::vector<void*> allocations_;
   std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;
   std::map<std::tuple<const void*, size_t, const void*>, ExpertTableEntry> expert_tables_;
