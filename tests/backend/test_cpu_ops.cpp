@@ -295,6 +295,21 @@ namespace glm {
 namespace {
 
 // f32 -> f16 -> f32 round trip against the exact rounding of every half value.
+// The model rewinds the scratch arena after each layer: memory taken after
+// a mark is handed out again, and memory taken before it is kept.
+TEST(Scratch, RewindReusesWhatWasTakenAfterTheMark) {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  backend->reset_scratch();
+  const Tensor kept = backend->scratch({1000});
+  const Backend::ScratchMark mark = backend->scratch_mark();
+  const Tensor first = backend->scratch({5000});
+  backend->scratch({40 << 20});  // past the first chunk
+  backend->scratch_rewind(mark);
+  const Tensor again = backend->scratch({5000});
+  EXPECT_EQ(again.data, first.data);
+  EXPECT_NE(again.data, kept.data);
+}
+
 TEST(DTypes, HalfRoundTripRoundsToNearestEven) {
   for (uint32_t bits = 0; bits < 0x7c00; ++bits) {
     const float value = f16_to_f32(static_cast<uint16_t>(bits));
