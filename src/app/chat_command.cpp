@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "engine/chat.h"
+#include "engine/generate.h"
 
 namespace glm::app {
 namespace {
@@ -78,6 +79,7 @@ int run_chat(const ChatCommandOptions& options) {
   if (options.min_p >= 0.0) chat.sampling.min_p = options.min_p;
   chat.sampling.seed = options.seed;
   chat.max_tokens = options.max_tokens;
+  chat.prefill_chunk = options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(options.device);
   chat.eos_token_ids = engine.config().eos_token_ids;
   chat.stop_strings = options.stop_strings;
   ChatSession session(engine, tokenizer, ChatFormat::from_model_directory(options.model), chat);

@@ -15,6 +15,7 @@ struct ChatCommandOptions {
   bool hide_reasoning = false;
   int64_t max_tokens = 1024;
   int64_t max_context = 8192;
+  int64_t prefill_chunk = 0;  // <= 0: default_prefill_chunk(device)
   double temperature = -1.0;  // < 0: generation_config.json
   int64_t top_k = -1;
   double top_p = -1.0;

@@ -105,6 +105,7 @@ struct GenerateOptions {
   double top_p = -1.0;
   double min_p = -1.0;
   uint64_t seed = 0;
+  int64_t prefill_chunk = 0;  // <= 0: default_prefill_chunk(device)
   bool ignore_eos = false;
   bool json = false;
 };
@@ -145,6 +146,8 @@ int run_generate(const CommonOptions& common, const GenerateOptions& options) {
   if (options.top_p >= 0.0) request.sampling.top_p = options.top_p;
   if (options.min_p >= 0.0) request.sampling.min_p = options.min_p;
   request.sampling.seed = options.seed;
+  request.prefill_chunk =
+      options.prefill_chunk > 0 ? options.prefill_chunk : glm::default_prefill_chunk(common.device);
 
   std::optional<glm::StreamingDecoder> decoder;
   if (tokenizer) decoder.emplace(*tokenizer);
@@ -323,6 +326,8 @@ int main(int argc, char** argv) {
   generate->add_option("--top-p", generate_options.top_p, "nucleus sampling mass (1 = off)");
   generate->add_option("--min-p", generate_options.min_p, "drop tokens below min-p times the best (0 = off)");
   generate->add_option("--seed", generate_options.seed, "random seed (default 0)");
+  generate->add_option("--prefill-chunk", generate_options.prefill_chunk,
+                       "prompt tokens per step (default 4096 on cuda, 512 on cpu)");
   generate->add_flag("--ignore-eos", generate_options.ignore_eos, "do not stop at eos ids");
   generate->add_flag("--json", generate_options.json, "print one JSON object with the result");
 
@@ -355,6 +360,8 @@ int main(int argc, char** argv) {
   chat->add_option("--top-p", chat_options.top_p, "nucleus sampling mass (1 = off)");
   chat->add_option("--min-p", chat_options.min_p, "drop tokens below min-p times the best (0 = off)");
   chat->add_option("--seed", chat_options.seed, "random seed (default 0)");
+  chat->add_option("--prefill-chunk", chat_options.prefill_chunk,
+                   "prompt tokens per step (default 4096 on cuda, 512 on cpu)");
   chat->add_option("--threads", chat_options.threads, "CPU threads (default: all cores)");
   chat->add_option("--device", chat_options.device, "cpu (default), cuda or cuda:N");
   chat->add_option("--chat-template-arg", chat_options.template_arguments,

@@ -54,7 +54,7 @@ ChatReply ChatSession::send(const std::string& user_text, const std::function<vo
   // backend from the step that computed its logits.
   const uint64_t stream = turn_ + 1;
   SamplingRequest sampling{options_.sampling, stream, 0};
-  int32_t token = prefill(engine_, sequence_, unseen, 512, LogitsWanted::None, sampling).token;
+  int32_t token = prefill(engine_, sequence_, unseen, options_.prefill_chunk, LogitsWanted::None, sampling).token;
   cached_tokens_.insert(cached_tokens_.end(), unseen.begin(), unseen.end());
   reply.prompt_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 

@@ -26,6 +26,7 @@ struct ChatOptions {
   nlohmann::ordered_json tools = nullptr;      // OpenAI tools list
   SamplingParams sampling;
   int64_t max_tokens = 1024;
+  int64_t prefill_chunk = 512;                 // prompt tokens per step (default_prefill_chunk)
   std::vector<int64_t> eos_token_ids;
   std::vector<std::string> stop_strings;
 };

@@ -6,6 +6,8 @@
 
 namespace glm {
 
+int64_t default_prefill_chunk(const std::string& device) { return device.rfind("cuda", 0) == 0 ? 4096 : 512; }
+
 SequenceResult prefill(Engine& engine, int32_t sequence, std::span<const int32_t> tokens, int64_t chunk,
                        LogitsWanted logits, const std::optional<SamplingRequest>& sample) {
   GLM_CHECK(!tokens.empty(), "prefill needs at least one token");

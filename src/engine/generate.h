@@ -19,7 +19,7 @@ struct GenerationRequest {
   SamplingParams sampling;
   bool ignore_eos = false;
   std::vector<int64_t> eos_token_ids;
-  int64_t prefill_chunk = 512;  // prompt tokens per step
+  int64_t prefill_chunk = 512;  // prompt tokens per step (default_prefill_chunk)
   uint64_t random_stream = 0;   // keys the sampler's draws with the seed (not the cache slot)
 };
 
@@ -29,6 +29,12 @@ struct GenerationResult {
   double prompt_seconds = 0.0;
   double generation_seconds = 0.0;
 };
+
+// Prompt tokens per step for a device: a GPU's tensor cores want long
+// chunks (full-depth GLM-4.5-Air int4 on an H200: 6394 tok/s at 4096 tokens a
+// step against 3142 at 512); on a CPU 512 keeps the step's scratch small at
+// no cost in speed.
+int64_t default_prefill_chunk(const std::string& device);
 
 // Appends `tokens` to `sequence` in steps of at most `chunk` tokens
 // (matrix-matrix prompt processing) and returns the logits of the last one.
