@@ -73,9 +73,10 @@ class Context : public Submitter {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   int multiprocessors = 1;  // SMs of the device, for sizing grids
-  // GLM_CUDA_ACTIVATIONS=int8: decode GEMVs and experts on 4/8-bit affine
-  // weights quantize their f32 input per 32 values and use dp4a.
-  bool int8_activations = false;
+  // GLM_CUDA_ACTIVATIONS=int8 (the default) or f32: whether decode GEMVs and
+  // experts on 4/8-bit affine weights quantize their f32 input per 32 values
+  // and use dp4a, or keep it f32 (exact).
+  bool int8_activations = true;
   // GLM_CUDA_PROMPTS=tensor (default) or simt: whether prompt-sized products
   // and prompt attention run on tensor cores with bf16 operands
   // (gemm_tensor.cu, attention_prefill.cu) or keep f32 activations on the
