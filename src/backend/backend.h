@@ -152,9 +152,11 @@ class Backend {
   // Writes k/v of every token to its slot, then causal attention of each
   // query over its sequence's cached positions 0..position. Query head h uses
   // KV head h / (n_heads / n_kv_heads). Softmax in f32.
+  // `kv_written`: head_norm_rotary_write_kv has already put k and v in
+  // their slots (writing them again would be harmless, only slower).
   virtual void attention(Tensor out /*[n, n_heads, head_dim]*/, const Tensor& q /*[n, n_heads, head_dim]*/,
                          const Tensor& k /*[n, n_kv_heads, head_dim]*/, const Tensor& v /*[n, n_kv_heads, head_dim]*/,
-                         KvLayer& cache, const AttentionPlan& plan, float scale) = 0;
+                         KvLayer& cache, const AttentionPlan& plan, float scale, bool kv_written = false) = 0;
   // Copies one cache block to another (copy-on-write after a fork).
   virtual void copy_kv_block(KvLayer& cache, int32_t from_block, int32_t to_block) = 0;
   // Router: logits (f32) -> routing. See RouterParams.
@@ -202,6 +204,18 @@ class Backend {
     if (k_norm) rms_norm(k, k, *k_norm, eps);
     rotary(q, positions, rotary_dim, theta);
     rotary(k, positions, rotary_dim, theta);
+  }
+  // head_norm_rotary, then k and v written to their cache slots (plan.token_slot):
+  // a device does the three in one kernel, the rotated k going to the cache
+  // from where it was just computed. Returns whether it wrote the cache; the
+  // default does only head_norm_rotary and leaves the write to attention().
+  virtual bool head_norm_rotary_write_kv(Tensor q /*[n, heads, head_dim]*/, Tensor k /*[n, kv_heads, head_dim]*/,
+                                         const Tensor& /*v [n, kv_heads, head_dim]*/, const Weight* q_norm,
+                                         const Weight* k_norm, float eps, std::span<const int32_t> positions,
+                                         int64_t rotary_dim, double theta, KvLayer& /*cache*/,
+                                         const AttentionPlan& /*plan*/) {
+    head_norm_rotary(q, k, q_norm, k_norm, eps, positions, rotary_dim, theta);
+    return false;
   }
   // moe_experts, then the shared expert's MLP on x added to the result (after
   // the routed sum, as out = routed + shared).

@@ -124,14 +124,17 @@ Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const
 
   // With use_qk_norm, each head's q and k vector is RMS-normalised on its
   // own before the rotation; the rotation covers the first rotary_dim dims.
+  // The new k and v then go to their KV-cache slots: on a device in the same
+  // kernel as the rotation, else inside attention().
   const bool qk_norm = config_.use_qk_norm;
-  backend_.head_norm_rotary(q, k, qk_norm ? &w.q_norm : nullptr, qk_norm ? &w.k_norm : nullptr, eps,
-                            step.attention.token_position, config_.rotary_dim(), config_.rope_theta);
+  const bool kv_written = backend_.head_norm_rotary_write_kv(
+      q, k, v, qk_norm ? &w.q_norm : nullptr, qk_norm ? &w.k_norm : nullptr, eps, step.attention.token_position,
+      config_.rotary_dim(), config_.rope_theta, cache, step.attention);
   trace("q_rotated", index, q);
   trace("k_rotated", index, k);
 
   Tensor context = backend_.scratch({n, n_heads_, D});  // [n, Nq, D]
-  backend_.attention(context, q, k, v, cache, step.attention, 1.0f / std::sqrt(static_cast<float>(D)));
+  backend_.attention(context, q, k, v, cache, step.attention, 1.0f / std::sqrt(static_cast<float>(D)), kv_written);
 
   Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H] partial sum over this rank's heads
   backend_.linear(out, context.reshaped({n, n_heads_ * D}), w.o_proj, nullptr);

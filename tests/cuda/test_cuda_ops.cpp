@@ -365,6 +365,45 @@ TEST(CudaOps, HeadNormRotaryFused) {
       const std::string what = std::string("head_norm_rotary") + (norms ? " +norms" : "") + " n=" + std::to_string(n);
       EXPECT_LT(compare(b, q, what + " q"), 1e-6);
       EXPECT_LT(compare(b, k, what + " k"), 1e-6);
+
+      // The same with the KV write fused in: the cache (slots scattered over
+      // blocks of 4, the rest untouched) holds the rotated k and the v, as
+      // the CPU's attention() writes them.
+      const int64_t blocks = 8, block_size = 4;
+      KvLayer cpu_cache{b.cpu->allocate({blocks, block_size, kv_heads, head_dim}),
+                        b.cpu->allocate({blocks, block_size, kv_heads, head_dim})};
+      KvLayer gpu_cache{b.gpu->allocate({blocks, block_size, kv_heads, head_dim}),
+                        b.gpu->allocate({blocks, block_size, kv_heads, head_dim})};
+      AttentionPlan plan;
+      plan.block_size = block_size;
+      plan.block_tables = {{5, 2}};
+      for (int64_t t = 0; t < n; ++t) {
+        plan.token_sequence.push_back(0);
+        plan.token_position.push_back(static_cast<int32_t>(t));
+        plan.token_slot.push_back(plan.block_tables[0][t / block_size] * block_size + t % block_size);
+      }
+      Both q2 = input(b, {n, heads, head_dim}, random_values(static_cast<size_t>(n * heads * head_dim), 74, 2.0f));
+      Both k2 = input(b, {n, kv_heads, head_dim}, random_values(static_cast<size_t>(n * kv_heads * head_dim), 75));
+      Both v2 = input(b, {n, kv_heads, head_dim}, random_values(static_cast<size_t>(n * kv_heads * head_dim), 76));
+      Both context = output(b, {n, heads, head_dim});
+      const bool cpu_wrote = b.cpu->head_norm_rotary_write_kv(q2.cpu, k2.cpu, v2.cpu, norms ? &q_norm->host : nullptr,
+                                                              norms ? &k_norm->host : nullptr, 1e-5f, positions,
+                                                              rotary_dim, 1e6, cpu_cache, plan);
+      const bool gpu_wrote = b.gpu->head_norm_rotary_write_kv(
+          q2.gpu, k2.gpu, v2.gpu, norms ? &q_norm->device : nullptr, norms ? &k_norm->device : nullptr, 1e-5f,
+          positions, rotary_dim, 1e6, gpu_cache, plan);
+      EXPECT_FALSE(cpu_wrote);  // the CPU leaves the write to attention()
+      EXPECT_TRUE(gpu_wrote);
+      b.cpu->attention(context.cpu, q2.cpu, k2.cpu, v2.cpu, cpu_cache, plan, 0.1f, cpu_wrote);
+      b.gpu->attention(context.gpu, q2.gpu, k2.gpu, v2.gpu, gpu_cache, plan, 0.1f, gpu_wrote);
+      EXPECT_LT(compare(b, Both{cpu_cache.keys, gpu_cache.keys}, what + " + KV write: keys"), 1e-6);
+      EXPECT_LT(compare(b, Both{cpu_cache.values, gpu_cache.values}, what + " + KV write: values"), 1e-6);
+      EXPECT_LT(compare(b, context, what + " + KV write: attention"), 1e-5);
+      for (KvLayer* cache : {&cpu_cache, &gpu_cache}) {
+        Backend& backend = cache == &cpu_cache ? *b.cpu : *b.gpu;
+        backend.release(cache->keys);
+        backend.release(cache->values);
+      }
     }
 }
 

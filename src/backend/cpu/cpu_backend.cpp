@@ -146,7 +146,7 @@ class CpuBackend final : public Backend {
     cpu::rotary(x.f32(), x.dim(0), x.dim(1), x.dim(2), positions, rotary_dim, theta);
   }
   void attention(Tensor out, const Tensor& q, const Tensor& k, const Tensor& v, KvLayer& cache,
-                 const AttentionPlan& plan, float scale) override {
+                 const AttentionPlan& plan, float scale, bool /*kv_written: rewriting is harmless*/) override {
     check_same_shape("attention", out.shape, q.shape);
     check_same_shape("attention", k.shape, v.shape);
     GLM_CHECK(q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0),

@@ -340,7 +340,8 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
 }  // namespace
 
 void attention(Context& ctx, float* out, const float* q, const float* k, const float* v, int64_t n, int64_t heads,
-               int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan, float scale) {
+               int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan, float scale,
+               bool kv_written) {
   if (n == 0) return;
   GLM_CHECK(cache.keys.shape.size() == 4 && cache.keys.dim(2) == kv_heads && cache.keys.dim(3) == head_dim &&
                 cache.keys.dim(1) == plan.block_size && cache.values.shape == cache.keys.shape,
@@ -390,8 +391,9 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   const int32_t* table_blocks = ctx.upload(std::span<const int32_t>(blocks));
 
   const int64_t slot_size = kv_heads * head_dim;
-  launch(ctx, write_kv_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, cache.keys.f32(), cache.values.f32(), k,
-         v, slots, slot_size);
+  if (!kv_written)  // else head_norm_rotary wrote them (rotary.cu)
+    launch(ctx, write_kv_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, cache.keys.f32(), cache.values.f32(),
+           k, v, slots, slot_size);
 
   // Sequences with many tokens in this step go to tensor cores; the others
   // (all of them in a decode step) to the kernels below.

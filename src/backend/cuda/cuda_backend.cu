@@ -535,7 +535,7 @@ class CudaBackend final : public Backend, public cuda::Context {
                  rotary_dim);
   }
   void attention(Tensor out, const Tensor& q, const Tensor& k, const Tensor& v, KvLayer& cache,
-                 const AttentionPlan& plan, float scale) override {
+                 const AttentionPlan& plan, float scale, bool kv_written) override {
     select();
     ProfileScope scope(*this, "attention");
     check_same_shape("attention", out.shape, q.shape);
@@ -543,7 +543,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     GLM_CHECK(q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0),
               "internal error: attention shapes ", shape_to_string(q.shape), " ", shape_to_string(k.shape));
     cuda::attention(*this, out.f32(), q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1), k.dim(1), q.dim(2), cache, plan,
-                    scale);
+                    scale, kv_written);
   }
   void copy_kv_block(KvLayer& cache, int32_t from_block, int32_t to_block) override {
     select();
@@ -624,6 +624,32 @@ class CudaBackend final : public Backend, public cuda::Context {
                         std::span<const int32_t> positions, int64_t rotary_dim, double theta) override {
     select();
     ProfileScope scope(*this, "head_norm_rotary");
+    head_norm_rotary_on_device(q, k, q_norm, k_norm, eps, positions, rotary_dim, theta, {});
+  }
+  bool head_norm_rotary_write_kv(Tensor q, Tensor k, const Tensor& v, const Weight* q_norm, const Weight* k_norm,
+                                 float eps, std::span<const int32_t> positions, int64_t rotary_dim, double theta,
+                                 KvLayer& cache, const AttentionPlan& plan) override {
+    select();
+    ProfileScope scope(*this, "head_norm_rotary + KV write");
+    check_same_shape("head_norm_rotary_write_kv", k.shape, v.shape);
+    GLM_CHECK(cache.keys.shape.size() == 4 && cache.keys.dim(2) == k.dim(1) && cache.keys.dim(3) == k.dim(2) &&
+                  cache.values.shape == cache.keys.shape && cache.keys.dtype == DType::F32 &&
+                  static_cast<int64_t>(plan.token_slot.size()) == k.dim(0),
+              "internal error: KV cache ", shape_to_string(cache.keys.shape), " for k ", shape_to_string(k.shape));
+    const int64_t total_slots = cache.keys.dim(0) * cache.keys.dim(1);
+    for (int64_t slot : plan.token_slot)
+      GLM_CHECK(slot >= 0 && slot < total_slots, "internal error: KV slot ", slot, " outside the cache");
+    cuda::KvWrite kv;
+    kv.keys = cache.keys.f32();
+    kv.values = cache.values.f32();
+    kv.v = v.f32();
+    kv.slots = upload(std::span<const int64_t>(plan.token_slot));
+    head_norm_rotary_on_device(q, k, q_norm, k_norm, eps, positions, rotary_dim, theta, kv);
+    return true;
+  }
+  void head_norm_rotary_on_device(Tensor q, Tensor k, const Weight* q_norm, const Weight* k_norm, float eps,
+                                  std::span<const int32_t> positions, int64_t rotary_dim, double theta,
+                                  const cuda::KvWrite& kv) {
     GLM_CHECK(q.shape.size() == 3 && k.shape.size() == 3 && q.dim(0) == static_cast<int64_t>(positions.size()) &&
                   k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2) && rotary_dim % 2 == 0 && rotary_dim <= q.dim(2),
               "internal error: head_norm_rotary on ", shape_to_string(q.shape), " and ", shape_to_string(k.shape));
@@ -635,7 +661,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     const cuda::Matrix k_gamma = k_norm ? cuda::matrix_of(*k_norm, index_) : cuda::Matrix{};
     const float* frequencies = rotary_dim > 0 ? inverse_frequency(rotary_dim, theta) : nullptr;
     cuda::head_norm_rotary(*this, q.f32(), k.f32(), q_gamma, k_gamma, eps, upload(positions), frequencies, q.dim(0),
-                           q.dim(1), k.dim(1), q.dim(2), rotary_dim);
+                           q.dim(1), k.dim(1), q.dim(2), rotary_dim, kv);
   }
 
   // One GPU: nothing to do. Several ranks without NCCL yet: through the host.

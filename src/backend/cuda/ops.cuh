@@ -204,18 +204,30 @@ Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, in
 // and inverse_frequency ([rotary_dim / 2]) on the device.
 void rotary(Context& ctx, float* x /*[n, heads, head_dim]*/, const int32_t* positions, const float* inverse_frequency,
             int64_t n, int64_t heads, int64_t head_dim, int64_t rotary_dim);
+// Where head_norm_rotary also writes the new keys and values: the f32 cache
+// [blocks * block_size slots, k_heads, head_dim] and each token's slot.
+struct KvWrite {
+  float* keys = nullptr;  // null: no cache write
+  float* values = nullptr;
+  const float* v = nullptr;        // [n, k_heads, head_dim]
+  const int64_t* slots = nullptr;  // [n] on the device
+};
+inline void append_signature(Signature& signature, const KvWrite& kv) {
+  signature.add_all(kv.keys, kv.values, kv.v, kv.slots);
+}
 // Per-head RMSNorm of q and k (a gamma whose data is null skips that norm),
-// then rotary on both, in one launch: a warp per (token, head).
+// then rotary on both, then (kv.keys set) k and v to their cache slots, in
+// one launch: a warp per (token, head).
 void head_norm_rotary(Context& ctx, float* q /*[n, q_heads, head_dim]*/, float* k /*[n, k_heads, head_dim]*/,
                       const Matrix& q_gamma, const Matrix& k_gamma, float eps, const int32_t* positions,
                       const float* inverse_frequency, int64_t n, int64_t q_heads, int64_t k_heads, int64_t head_dim,
-                      int64_t rotary_dim);
+                      int64_t rotary_dim, const KvWrite& kv = {});
 
-// attention.cu: writes k/v to their slots, then paged causal attention
-// (GQA groups in one block, long contexts split over blocks).
+// attention.cu: writes k/v to their slots (unless kv_written), then paged
+// causal attention (GQA groups in one block, long contexts split over blocks).
 void attention(Context& ctx, float* out /*[n, heads, head_dim]*/, const float* q, const float* k, const float* v,
                int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan,
-               float scale);
+               float scale, bool kv_written = false);
 
 // attention_prefill.cu: the attention of the tokens of `sequences` (plan
 // indices, each with many new tokens: a prompt or a prompt chunk) on tensor

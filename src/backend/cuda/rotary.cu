@@ -36,11 +36,13 @@ constexpr int kHeadWarps = 4;  // heads per block in head_norm_rotary_kernel
 // rms_norm_kernel computes it (same lane-strided sums, so the same bits),
 // written back in place, then the rotation of its pairs, read back after the
 // warp has written them.
+// With kv.keys set, a k head's warp then copies the rotated vector and the
+// token's v head to the token's cache slot.
 __global__ void __launch_bounds__(kHeadWarps * 32)
     head_norm_rotary_kernel(float* q, float* k, const void* q_gamma, DType q_gamma_dtype, const void* k_gamma,
                             DType k_gamma_dtype, float eps, const int32_t* __restrict__ positions,
                             const float* __restrict__ inverse_frequency, int q_heads, int k_heads, int head_dim,
-                            int half) {
+                            int half, KvWrite kv) {
   const int t = blockIdx.x;
   const int head = blockIdx.y * kHeadWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (head >= q_heads + k_heads) return;
@@ -64,6 +66,16 @@ __global__ void __launch_bounds__(kHeadWarps * 32)
     vector[i] = first * cosine - second * sine;
     vector[i + half] = second * cosine + first * sine;
   }
+  if (kv.keys && !is_q) {
+    __syncwarp();
+    const int64_t k_head = head - q_heads;
+    const int64_t cached = (kv.slots[t] * k_heads + k_head) * head_dim;  // slots range-checked on the host
+    const float* value = kv.v + (static_cast<int64_t>(t) * k_heads + k_head) * head_dim;
+    for (int i = lane; i < head_dim; i += 32) {
+      kv.keys[cached + i] = vector[i];
+      kv.values[cached + i] = value[i];
+    }
+  }
 }
 
 }  // namespace
@@ -78,12 +90,12 @@ void rotary(Context& ctx, float* x, const int32_t* positions, const float* inver
 
 void head_norm_rotary(Context& ctx, float* q, float* k, const Matrix& q_gamma, const Matrix& k_gamma, float eps,
                       const int32_t* positions, const float* inverse_frequency, int64_t n, int64_t q_heads,
-                      int64_t k_heads, int64_t head_dim, int64_t rotary_dim) {
+                      int64_t k_heads, int64_t head_dim, int64_t rotary_dim, const KvWrite& kv) {
   if (n == 0) return;
   const dim3 grid(static_cast<unsigned>(n), blocks_for(q_heads + k_heads, kHeadWarps));
   launch(ctx, head_norm_rotary_kernel, grid, dim3(kHeadWarps * 32), 0, q, k, q_gamma.data, q_gamma.dtype,
          k_gamma.data, k_gamma.dtype, eps, positions, inverse_frequency, static_cast<int>(q_heads),
-         static_cast<int>(k_heads), static_cast<int>(head_dim), static_cast<int>(rotary_dim / 2));
+         static_cast<int>(k_heads), static_cast<int>(head_dim), static_cast<int>(rotary_dim / 2), kv);
 }
 
 }  // namespace glm::cuda
