@@ -14,6 +14,7 @@ constexpr int kGroupsPerBlock = 8;  // a warp per 32 values
 __global__ void __launch_bounds__(kGroupsPerBlock * 32)
     quantize_activations_kernel(int8_t* __restrict__ values, float* __restrict__ scales, float* __restrict__ sums,
                                 float* __restrict__ rounding, const float* __restrict__ x, int64_t groups) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t group = blockIdx.x * static_cast<int64_t>(kGroupsPerBlock) + threadIdx.x / 32;
   if (group >= groups) return;
   const int lane = threadIdx.x % 32;

@@ -37,6 +37,7 @@ constexpr int64_t kPrefillTokens = 16;
 // sub-batch back to their places in the step.
 __global__ void scatter_rows_kernel(float* __restrict__ out, const float* __restrict__ source,
                                     const int32_t* __restrict__ rows, int64_t width) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t r = blockIdx.x;
   const float* from = source + r * width;
   float* to = out + static_cast<int64_t>(rows[r]) * width;
@@ -46,6 +47,7 @@ __global__ void scatter_rows_kernel(float* __restrict__ out, const float* __rest
 __global__ void write_kv_kernel(float* __restrict__ key_cache, float* __restrict__ value_cache,
                                 const float* __restrict__ k, const float* __restrict__ v,
                                 const int64_t* __restrict__ slots, int64_t slot_size) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t t = blockIdx.x;
   const int64_t slot = slots[t];  // range-checked on the host
   for (int64_t i = threadIdx.x; i < slot_size; i += blockDim.x) {
@@ -61,6 +63,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                      const int32_t* __restrict__ token_position, const int32_t* __restrict__ table_offsets,
                      const int32_t* __restrict__ table_blocks, int n_heads, int n_kv_heads, int head_dim,
                      int block_size, int heads_per_kv, float scale) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int t = blockIdx.x, h = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t slot_size = static_cast<int64_t>(n_kv_heads) * head_dim;
@@ -153,6 +156,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                              const int32_t* __restrict__ table_offsets, const int32_t* __restrict__ table_blocks,
                              int n_heads, int n_kv_heads, int block_size, int group, int head_groups,
                              int split_length, float scale) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   constexpr int kDims = 32 * J;
   __shared__ float queries[G][kDims];            // the group's queries, pre-scaled
   __shared__ float probabilities[kWarps][32][G + 1];  // this chunk's p, per warp: [position][head], padded against bank conflicts
@@ -306,6 +310,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 // the rescaled sums. Splits past a token's context hold max -inf, weight 0.
 __global__ void attention_combine_kernel(float* __restrict__ out, const float* __restrict__ partial_acc,
                                          const float* __restrict__ partial_stats, int splits, int head_dim) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t head_row = static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y;  // t * heads + h
   const float* stats = partial_stats + head_row * splits * 2;
   float global_max = -INFINITY;

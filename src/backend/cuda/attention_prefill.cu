@@ -57,6 +57,7 @@ __global__ void kv_to_bf16_kernel(__nv_bfloat16* __restrict__ keys, __nv_bfloat1
                                   const float* __restrict__ key_cache, const float* __restrict__ value_cache,
                                   const int64_t* __restrict__ kv_slots, int64_t kv_positions, int kv_heads,
                                   int head_dim) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int chunks = head_dim / 8;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (position, head, chunk)
   if (index >= kv_positions * kv_heads * chunks) return;
@@ -137,6 +138,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
                          const int4* __restrict__ tiles, const int32_t* __restrict__ tokens,
                          const int32_t* __restrict__ token_position, int heads, int group, int64_t kv_positions,
                          float scale_log2) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   extern __shared__ uint4 shared[];
   uint4* s_q = shared;                           // [kRows * kChunks]

@@ -43,6 +43,20 @@ __device__ __forceinline__ float to_f32(__half value) { return __half2float(valu
 
 // Eight consecutive elements from a 16-byte-aligned address (the vectorised
 // GEMV path): one 16-byte load for 16-bit types, two for f32.
+// Programmatic dependent launch (Hopper and later; launch.cuh): kernels are
+// launched so that the next kernel in the stream may be scheduled before this
+// one has finished, which hides the launch gap between the short kernels of
+// a decode step. So every kernel starts here: it waits until the previous
+// kernel has finished and its writes are visible (nothing it reads or
+// overwrites is still in use), then allows the next kernel to be scheduled
+// (its blocks wait in turn at this same point). Before sm_90: nothing.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ void load8(const float* p, float out[8]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0];
   const float4 b = reinterpret_cast<const float4*>(p)[1];

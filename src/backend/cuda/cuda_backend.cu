@@ -151,6 +151,9 @@ class CudaBackend final : public Backend, public cuda::Context {
     CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH));
     const char* graphs = std::getenv("GLM_CUDA_GRAPHS");
     graphs_enabled_ = !(graphs && std::string(graphs) == "0");
+    // Programmatic dependent launch needs sm_90; GLM_CUDA_PDL=0 turns it off.
+    const char* pdl = std::getenv("GLM_CUDA_PDL");
+    programmatic_launch_ = properties_.major >= 9 && !(pdl && std::string(pdl) == "0");
     const char* activations = std::getenv("GLM_CUDA_ACTIVATIONS");
     // int8 by default: what llama.cpp's quantized GEMVs do too, 1.8x the
     // decode speed of int4 weights for ~1e-2 of logit error (docs/cuda.md).
@@ -243,6 +246,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     if (deferring_) pending_.push_back(std::move(work));
     else work(stream);
   }
+
+  bool programmatic_launch() const override { return programmatic_launch_; }
 
   const cuda::Matrix* expert_matrices(const ExpertTable& table, const Weight* appended) override {
     return expert_table(table, appended).device;
@@ -460,7 +465,8 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   std::string execution_summary() const override {
     std::ostringstream out;
-    out << "CUDA graphs " << (graphs_enabled_ ? "on" : "off (GLM_CUDA_GRAPHS=0)") << ": " << graphs_captured_
+    out << "programmatic dependent launch " << (programmatic_launch_ ? "on" : "off") << "; CUDA graphs "
+        << (graphs_enabled_ ? "on" : "off (GLM_CUDA_GRAPHS=0)") << ": " << graphs_captured_
         << " captured, " << graph_replays_ << " replays, " << eager_segments_ << " segments run op by op; "
         << (int8_activations ? "int8 activations for 4/8-bit affine weights (GLM_CUDA_ACTIVATIONS=int8)"
                              : "f32 activations (GLM_CUDA_ACTIVATIONS=f32)")
@@ -944,6 +950,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   cudaEvent_t staging_done_ = nullptr;
   bool staging_pending_ = false;
   ChunkArena scratch_, uploads_, staging_, weights_;
+  bool programmatic_launch_ = false;
   std::vector<void*> allocations_;
   std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;
   std::map<std::tuple<const void*, size_t, const void*>, ExpertTableEntry> expert_tables_;

@@ -10,6 +10,7 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void add_kernel(float* out, const float* a, const float* b, int64_t count) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   // out may alias a or b: each element is read before it is written, by one thread.
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -17,6 +18,7 @@ __global__ void add_kernel(float* out, const float* a, const float* b, int64_t c
 }
 
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t count) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -26,6 +28,7 @@ __global__ void swiglu_kernel(float* out, const float* gate, const float* up, in
 
 __global__ void gather_rows_kernel(float* __restrict__ out, const float* __restrict__ source,
                                    const int32_t* __restrict__ rows, int64_t width) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t r = blockIdx.x;
   const float* from = source + static_cast<int64_t>(rows[r]) * width;
   float* to = out + r * width;

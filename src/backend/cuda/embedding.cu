@@ -8,6 +8,7 @@ namespace {
 
 template <typename Format>
 __global__ void embedding_kernel(float* __restrict__ out, const Matrix table, const int32_t* __restrict__ ids) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t t = blockIdx.x;
   const int64_t row = ids[t];  // ids were range-checked on the host
   float* target = out + t * table.cols;

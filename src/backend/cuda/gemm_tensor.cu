@@ -210,6 +210,7 @@ struct Layout {
 
 template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows>
 __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {  // 2 blocks an SM: 128 registers
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   using S = Stage<Format>;
   using L = Layout<Format, kTileRows>;
   constexpr int kMTiles = kTileRows / 32;  // 16-row tiles per warp (2 warps along rows)
@@ -431,6 +432,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
 
 // x rounded to bf16 (the product's activation operand), 4 values a thread.
 __global__ void round_to_bf16_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ x, int64_t count) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 4; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x * 4) {
     const float4 v = *reinterpret_cast<const float4*>(x + i);

@@ -69,26 +69,41 @@ class Submitter {
   // cannot be captured in a graph (cuBLAS, whose workspace use under capture
   // we do not rely on) says so, and its step always runs eagerly.
   virtual void submit(StreamWork work, uint64_t signature, bool capturable = true) = 0;
+  // Whether kernels are launched with programmatic stream serialization (each
+  // kernel begins with wait_for_previous_kernel(), common.cuh).
+  virtual bool programmatic_launch() const { return false; }
 };
 
 // kernel<<<grid, block, shared_bytes>>>(args...) through submit(). The
 // arguments are converted to the kernel's parameter types and kept by value
-// until the launch.
+// until the launch. With programmatic_launch() the kernel may be scheduled
+// while the previous one finishes (every kernel waits for it first:
+// wait_for_previous_kernel in common.cuh).
 template <typename... Params, typename... Args>
 void launch(Submitter& submitter, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
             Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "launch: wrong number of kernel arguments");
   std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
+  const bool programmatic = submitter.programmatic_launch();
   Signature signature;
-  signature.add_all(kernel, grid, block, shared_bytes);
+  signature.add_all(kernel, grid, block, shared_bytes, programmatic);
   std::apply([&](const auto&... value) { signature.add_all(value...); }, values);
   submitter.submit(
-      [kernel, grid, block, shared_bytes, values](cudaStream_t stream) mutable {
+      [kernel, grid, block, shared_bytes, values, programmatic](cudaStream_t stream) mutable {
         std::apply(
             [&](auto&... value) {
               void* pointers[] = {static_cast<void*>(&value)...};
-              CUDA_CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, pointers,
-                                          shared_bytes, stream));
+              cudaLaunchAttribute attribute{};
+              attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+              attribute.val.programmaticStreamSerializationAllowed = 1;
+              cudaLaunchConfig_t config{};
+              config.gridDim = grid;
+              config.blockDim = block;
+              config.dynamicSmemBytes = shared_bytes;
+              config.stream = stream;
+              config.attrs = programmatic ? &attribute : nullptr;
+              config.numAttrs = programmatic ? 1 : 0;
+              CUDA_CHECK(cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), pointers));
             },
             values);
       },

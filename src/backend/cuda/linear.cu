@@ -27,6 +27,7 @@ template <typename Format, int NT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const Matrix weight, const void* bias,
                 DType bias_dtype, int n, bool vectorized) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t o = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / 32;
   if (o >= weight.rows) return;
   const float* rows[NT];
@@ -67,6 +68,7 @@ void append_signature(Signature& signature, const GemvTargets& targets) {
 template <typename Format, int NT, typename Activations>
 __global__ void __launch_bounds__(256)
     row_block_gemv_kernel(const Activations x, const GemvTargets targets, int n) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   constexpr int R = NT <= 2 ? Format::kRows : 4;
   __shared__ float result[R * NT];
   int target = 0;
@@ -165,6 +167,7 @@ template <typename Format>
 __global__ void __launch_bounds__(256)
     gemm_kernel(float* __restrict__ out, const float* __restrict__ x, const Matrix weight, const void* bias,
                 DType bias_dtype, int64_t n) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t out_features = weight.rows, in_features = weight.cols;
   __shared__ float xs[kDepth][kTile + 4];  // [k][token]; +4 staggers the banks of the transposed stores
   __shared__ float ws[kDepth][kTile + 4];  // [k][feature]
@@ -210,6 +213,7 @@ __global__ void __launch_bounds__(256)
 }
 
 __global__ void add_bias_kernel(float* out, const void* bias, DType bias_dtype, int64_t n, int64_t out_features) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t count = n * out_features;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)

@@ -68,6 +68,7 @@ void append_signature(Signature& signature, const MoePlan& plan) {
 // rows 0 .. shared_tokens - 1, one per token; the routed rows follow.
 __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert_ids, int entries, int top_k,
                                 int first_expert, int held, int shared_tokens) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int first_slot = shared_tokens > 0 ? 1 : 0;
   extern __shared__ int32_t shared[];
   int32_t* counts = shared;          // [held]
@@ -125,6 +126,7 @@ template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
     moe_gate_up_kernel(float* __restrict__ act, const Activations x, ExpertMatrices experts, MoePlan plan,
                        int64_t width) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int slot = blockIdx.y;
   if (slot >= *plan.active_count) return;  // uniform over the block
   __shared__ float result[2 * R * NT];
@@ -154,6 +156,7 @@ template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
     moe_down_kernel(float* __restrict__ expert_out, const Activations act, ExpertMatrices experts, MoePlan plan,
                     int64_t hidden) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int slot = blockIdx.y;
   if (slot >= *plan.active_count) return;
   __shared__ float result[R * NT];
@@ -181,6 +184,7 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
                                    const int32_t* __restrict__ expert_ids, const float* __restrict__ weights,
                                    const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden, bool shared,
                                    bool vectorized) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t t = blockIdx.x;
   int32_t ids[kMaxTopK], rows[kMaxTopK];
   float mix[kMaxTopK];
@@ -223,6 +227,7 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
 // expert, and experts run one after another, so there are no write races.
 __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
                                    const int32_t* __restrict__ tokens, const float* __restrict__ mix, int64_t hidden) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t i = blockIdx.x;
   float* target = out + static_cast<int64_t>(tokens[i]) * hidden;
   const float* source = expert_out + i * hidden;
@@ -390,6 +395,7 @@ void moe_grouped_on_host(Context& ctx, float* out, const float* x, int64_t n, in
 __global__ void count_assignments_kernel(int32_t* __restrict__ counts, int32_t* __restrict__ assignment_of,
                                          const int32_t* __restrict__ expert_ids, int entries, int first_expert,
                                          int held) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   __shared__ int total;
   const int e = blockIdx.x, id = first_expert + e;
   if (threadIdx.x == 0) total = 0;
@@ -414,6 +420,7 @@ __global__ void __launch_bounds__(1024)
                              int32_t* __restrict__ row_token, int32_t* __restrict__ assignment_of,
                              const int32_t* __restrict__ counts, const int32_t* __restrict__ expert_ids, int entries,
                              int top_k, int first_expert, int held, int tile_rows) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   __shared__ int before[2];      // rows, tiles of the experts before this one
   __shared__ int warp_found[32];
   const int e = blockIdx.x, id = first_expert + e, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;

@@ -14,6 +14,7 @@ constexpr int kWarpsPerBlock = 8;
 
 __global__ void rms_norm_kernel(float* out, const float* x, const void* gamma, DType gamma_dtype, int64_t rows,
                                 int64_t dim, float eps) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
@@ -50,6 +51,7 @@ __device__ __forceinline__ float block_total(float value) {
 __global__ void __launch_bounds__(kBlockThreads)
     rms_norm_vector_kernel(float* out, float* x, const float* delta, const void* gamma, DType gamma_dtype,
                            int64_t dim, float eps) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t row = blockIdx.x;
   float4* input = reinterpret_cast<float4*>(x + row * dim);
   const float4* added = delta ? reinterpret_cast<const float4*>(delta + row * dim) : nullptr;
@@ -97,6 +99,7 @@ bool vector_row(const float* a, const float* b, const float* c, int64_t dim) {
 __global__ void __launch_bounds__(kBlockThreads)
     rms_norm_block_kernel(float* out, float* x, const float* delta, const void* gamma, DType gamma_dtype, int64_t dim,
                           float eps) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t row = blockIdx.x;
   float* input = x + row * dim;
   float sum_squares = 0.0f;

@@ -17,6 +17,7 @@ namespace {
 __global__ void rotary_kernel(float* x, const int32_t* __restrict__ positions,
                               const float* __restrict__ inverse_frequency, int64_t heads, int64_t head_dim,
                               int64_t half) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t t = blockIdx.x;
   const int64_t item = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // head * half + pair
   if (item >= heads * half) return;
@@ -43,6 +44,7 @@ __global__ void __launch_bounds__(kHeadWarps * 32)
                             DType k_gamma_dtype, float eps, const int32_t* __restrict__ positions,
                             const float* __restrict__ inverse_frequency, int q_heads, int k_heads, int head_dim,
                             int half, KvWrite kv) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int t = blockIdx.x;
   const int head = blockIdx.y * kHeadWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (head >= q_heads + k_heads) return;

@@ -32,6 +32,7 @@ __device__ __forceinline__ void warp_best(float& best, int& best_index) {
 __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict__ weights,
                              const float* __restrict__ logits, const void* bias, DType bias_dtype, int n_experts,
                              int n_group, int topk_group, int top_k, bool norm_topk_prob, float scaling) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   extern __shared__ float shared[];
   float* scores = shared;                    // [n_experts]
   float* choice = scores + n_experts;        // [n_experts]

@@ -269,6 +269,7 @@ __device__ Position locate(const Candidates& c, const Filter& filter, Shared& s,
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(int32_t* __restrict__ tokens, const float* __restrict__ logits, int vocab,
                   const SamplingRule* __restrict__ rules) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   __shared__ Shared s;
   const SamplingRule rule = rules[blockIdx.x];
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
