@@ -19,7 +19,7 @@
 //     threads (the format's 8-value pieces, weight_formats.cuh), so a
 //     quantized weight is never expanded in device memory. bf16 weights skip
 //     this: their stored bytes are the tile.
-//   - 8 warps (2 along rows x 4 along features) each multiply 64 x 32 of the
+//   - 4 warps (2 along rows x 2 along features) each multiply 64 x 64 of the
 //     tile with ldmatrix + mma.sync, accumulating in registers.
 //
 // Three uses, one template:
@@ -44,7 +44,9 @@ constexpr int kTileWeights = 128;       // weight rows staged per block (SwiGLU:
 constexpr int kTileDepth = 64;          // k per stage: 8 pieces of 8 a weight row
 constexpr int kDepthUnit = 32;          // depths must be multiples of this; a last half stage is zero-filled
 constexpr int kStages = 3;              // stages in flight: 2 being copied while one is multiplied
-constexpr int kThreads = 256;           // 8 warps: 2 along rows x 4 along features
+constexpr int kThreads = 128;           // 4 warps: 2 along rows x 2 along features
+constexpr int kWarpFeatures = kTileWeights / 2;  // weight rows a warp multiplies: 64
+constexpr int kNTiles = kWarpFeatures / 8;       // its 8-feature mma tiles
 constexpr int kPitch = kTileDepth + 8;  // bf16 per shared tile row: 144 bytes, so ldmatrix's 8 rows hit distinct banks
 constexpr int kMaxPairs = kTileDepth / 32;  // affine scale pairs a row's stage spans (groups of 32 and up)
 // Output rows per block: 128 (warps of 64 rows) for projections; 64 (warps
@@ -209,7 +211,7 @@ struct Layout {
 };
 
 template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows>
-__global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {  // 2 blocks an SM: 128 registers
+__global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   using S = Stage<Format>;
   using L = Layout<Format, kTileRows>;
@@ -241,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   constexpr int kBlockFeatures = kSwiGLU ? kTileWeights / 2 : kTileWeights;
   const int64_t feature0 = static_cast<int64_t>(blockIdx.x) * kBlockFeatures;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int warp_row = warp / 4, warp_feature = warp % 4;
+  const int warp_row = warp / 2, warp_feature = warp % 2;
 
   // Copies: activation chunk c = tid + 256 i is 16 bytes (8 values) of
   // tile row c / 8; weight row r (of the 128 staged) is the SwiGLU's up row
@@ -326,10 +328,11 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   };
 
   // acc[m][j]: rows warp_row * kTileRows / 2 + 16 m (+8), the warp's 8-feature tile j.
-  float acc[kMTiles][4][4] = {};
+  float acc[kMTiles][kNTiles][4] = {};
   // Tile rows of the warp's feature tiles 2q and 2q + 1 (16 consecutive rows).
   auto weight_rows_of_pair = [&](int q) {
-    return kSwiGLU ? q * (kTileWeights / 2) + warp_feature * 16 : warp_feature * 32 + 16 * q;
+    // SwiGLU: pairs 0, 1 are the warp's 32 gate rows, pairs 2, 3 the same features' up rows.
+    return kSwiGLU ? (q / 2) * (kTileWeights / 2) + warp_feature * 32 + 16 * (q % 2) : warp_feature * kWarpFeatures + 16 * q;
   };
 
   const int stages = static_cast<int>((g.depth + kTileDepth - 1) / kTileDepth);
@@ -355,8 +358,9 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       constexpr int kPieces = kTileDepth / 8;
       __nv_bfloat16* tile = reinterpret_cast<__nv_bfloat16*>(shared + L::kTile);
       const int64_t k0 = static_cast<int64_t>(s) * kTileDepth;
+      constexpr int kWidenSteps = kTileWeights * kPieces / kThreads;
 #pragma unroll
-      for (int i = 0; i < kTileWeights * kPieces / kThreads; ++i) {
+      for (int i = 0; i < kWidenSteps; ++i) {
         const int p = tid + kThreads * i, r = p / kPieces;
         bool valid;
         const int64_t row = weight_row(r, valid);
@@ -364,8 +368,8 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
         uint4 packed = {0u, 0u, 0u, 0u};
         if (valid) {
           float values[8];
-          // i >= 2 holds rows 64..127: the up rows with SwiGLU, known once unrolled
-          Format::piece_values(S::piece(kSwiGLU && i >= 2 ? second : first, row, k0,
+          // the second half of i holds rows 64..127: the up rows with SwiGLU, known once unrolled
+          Format::piece_values(S::piece(kSwiGLU && i >= kWidenSteps / 2 ? second : first, row, k0,
                                         shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,
                                         shared + L::kPairs + slot * L::kPairStage + r * 8 * kMaxPairs, p % kPieces),
                                values);
@@ -383,15 +387,15 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
 #pragma unroll
       for (int m = 0; m < kMTiles; ++m)
         load_matrices(a[m], &x_tile[(warp_row * (kTileRows / 2) + 16 * m + lane % 16) * kPitch + kk + (lane / 16) * 8]);
-      uint32_t b[2][4];
+      uint32_t b[kNTiles / 2][4];
 #pragma unroll
-      for (int q = 0; q < 2; ++q)
+      for (int q = 0; q < kNTiles / 2; ++q)
         load_matrices(b[q], &w_tile[(weight_rows_of_pair(q) + lane % 8 + 8 * (lane / 16)) * kPitch + kk +
                                     8 * ((lane / 8) % 2)]);
 #pragma unroll
       for (int m = 0; m < kMTiles; ++m)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) mma_bf16(acc[m][j], a[m], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
+        for (int j = 0; j < kNTiles; ++j) mma_bf16(acc[m][j], a[m], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
     }
   }
   wait_copies<0>();
@@ -408,21 +412,21 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       if constexpr (kSwiGLU) {
         __nv_bfloat16* out_row = static_cast<__nv_bfloat16*>(g.out) + row * g.out_stride;
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
+        for (int j = 0; j < kNTiles / 2; ++j)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const int64_t feature = feature0 + warp_feature * 16 + 8 * j + 2 * pair + c;
+            const int64_t feature = feature0 + warp_feature * 32 + 8 * j + 2 * pair + c;
             if (feature >= g.features) continue;
-            const float gate = acc[m][j][2 * half + c], up = acc[m][j + 2][2 * half + c];
+            const float gate = acc[m][j][2 * half + c], up = acc[m][j + kNTiles / 2][2 * half + c];
             out_row[feature] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
           }
       } else {
         float* out_row = static_cast<float*>(g.out) + row * g.out_stride;
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < kNTiles; ++j)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const int64_t feature = feature0 + warp_feature * 32 + 8 * j + 2 * pair + c;
+            const int64_t feature = feature0 + warp_feature * kWarpFeatures + 8 * j + 2 * pair + c;
             if (feature >= g.features) continue;
             out_row[feature] = acc[m][j][2 * half + c] + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
           }
