@@ -33,6 +33,7 @@
 // Rounding the operands to bf16 costs ~2e-3 relative error per output;
 // GLM_CUDA_PROMPTS=simt keeps the f32 SIMT path.
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "backend/cuda/weight_formats.cuh"
@@ -516,9 +517,16 @@ bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up
 }
 
 // Each expert's rows end in a partial tile: 64-row tiles waste less of it,
-// 128-row tiles widen each weight stage for twice the rows (measured at 4096
-// tokens x top 8 over 128 experts, 256 rows an expert: 128 faster).
+// 128-row tiles widen each weight stage for twice the rows and give each warp
+// twice the rows (H200, 4096 tokens x top 8 over 128 experts, 256 rows an
+// expert: 128-row tiles 226 / 162 TFLOP/s bf16 / int4, 64-row 195 / 125).
+// GLM_CUDA_EXPERT_TILE_ROWS=64|128 forces one (for measuring).
 int tensor_expert_tile_rows(int64_t assignments, int64_t held) {
+  static const int forced = [] {
+    const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS");
+    return rows ? std::atoi(rows) : 0;
+  }();
+  if (forced == kRowsSmall || forced == kRowsLarge) return forced;
   return assignments >= 192 * held ? kRowsLarge : kRowsSmall;
 }
 
