@@ -6,10 +6,10 @@
 // it is bound by arithmetic, not by memory; the SIMT GEMM in linear.cu does
 // ~20 TFLOP/s, the tensor cores several hundred.
 //
-// How one block computes a 128-row x 128-feature tile of the output:
+// How one block computes a 128-row (or 64-row) x 128-feature tile of the output:
 //   - The activations are rounded to bf16 once, before the product (a pass
 //     over x), so the main loop copies them as they are.
-//   - The depth is walked in stages of 32. Each stage's activation tile and
+//   - The depth is walked in stages of 64. Each stage's activation tile and
 //     the weights' stored bytes (packed integers and their scale pairs, FP8
 //     bytes, or float values) are copied into shared memory with cp.async,
 //     kStages - 1 stages ahead of the arithmetic, so many loads are in flight
@@ -20,7 +20,8 @@
 //     quantized weight is never expanded in device memory. bf16 weights skip
 //     this: their stored bytes are the tile.
 //   - 4 warps (2 along rows x 2 along features) each multiply 64 x 64 of the
-//     tile with ldmatrix + mma.sync, accumulating in registers.
+//     tile (32 x 64 with 64-row tiles) with ldmatrix + mma.sync, accumulating
+//     in registers; two blocks share an SM.
 //
 // Three uses, one template:
 //   plain     out = x W^T + bias                     (projections, lm_head)
@@ -50,8 +51,9 @@ constexpr int kWarpFeatures = kTileWeights / 2;  // weight rows a warp multiplie
 constexpr int kNTiles = kWarpFeatures / 8;       // its 8-feature mma tiles
 constexpr int kPitch = kTileDepth + 8;  // bf16 per shared tile row: 144 bytes, so ldmatrix's 8 rows hit distinct banks
 constexpr int kMaxPairs = kTileDepth / 32;  // affine scale pairs a row's stage spans (groups of 32 and up)
-// Output rows per block: 128 (warps of 64 rows) for projections; 64 (warps
-// of 32) for the grouped experts, whose row ranges end in partial tiles.
+// Output rows per block: 128 (warps of 64 rows) for projections and experts
+// with many rows each; 64 (warps of 32) for experts with few, whose row
+// ranges end in partial tiles (tensor_expert_tile_rows).
 constexpr int kRowsLarge = 128, kRowsSmall = 64;
 
 // What one launch multiplies (see the file comment for the three uses).
