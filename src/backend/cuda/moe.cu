@@ -477,6 +477,9 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
   const Matrix& down0 = ctx.expert_matrices_host(down).front();
   const int64_t width = gate0.rows;
   const int tile_rows = tensor_expert_tile_rows(entries, held);
+  const int64_t max_tiles = (entries + tile_rows - 1) / tile_rows + std::min<int64_t>(held, entries);
+  GLM_CHECK(max_tiles <= 65535, "a step of ", n, " tokens is too long for the CUDA expert kernels (",
+            max_tiles, " tiles of a grid's 65535): process the prompt in shorter chunks (--prefill-chunk)");
 
   int32_t* counts = ctx.scratch<int32_t>(held);
   int32_t* row_begin = ctx.scratch<int32_t>(held + 1);
@@ -493,8 +496,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
          static_cast<int>(top_k), static_cast<int>(gate.first_expert), held, tile_rows);
 
   // Each expert with assignments wastes at most one partial tile.
-  const ExpertRows rows{row_token, row_begin, tile_begin, held, tile_rows,
-                        (entries + tile_rows - 1) / tile_rows + std::min<int64_t>(held, entries)};
+  const ExpertRows rows{row_token, row_begin, tile_begin, held, tile_rows, max_tiles};
   tensor_experts_gate_up(ctx, act, x, n, rows, ctx.expert_matrices(gate), ctx.expert_matrices(up), gate0);
   tensor_experts_down(ctx, expert_out, act, rows, ctx.expert_matrices(down), down0);
 
