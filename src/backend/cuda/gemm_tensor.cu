@@ -248,19 +248,18 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_row = warp / 2, warp_feature = warp % 2;
 
-  // Copies: activation chunk c = tid + 256 i is 16 bytes (8 values) of
+  // Copies: activation chunk c = tid + 128 i is 16 bytes (8 values) of
   // tile row c / 8; weight row r (of the 128 staged) is the SwiGLU's up row
-  // when r >= 64. Each thread keeps its source rows.
+  // when r >= 64. Each thread keeps the row numbers of its copies (32-bit,
+  // -1 past the end: registers are what limits these kernels) and forms the
+  // addresses per stage.
   constexpr int kXChunks = kTileDepth / 8;  // 16-byte chunks per staged activation row
   constexpr int kXSlots = kTileRows * kXChunks / kThreads;
-  const __nv_bfloat16* x_source[kXSlots];
-  bool x_valid[kXSlots];
+  int32_t x_source[kXSlots];
 #pragma unroll
   for (int i = 0; i < kXSlots; ++i) {
     const int64_t row = row0 + (tid + kThreads * i) / kXChunks;
-    x_valid[i] = row < row_end;
-    const int64_t source = !x_valid[i] ? 0 : g.x_rows ? g.x_rows[row] : row;
-    x_source[i] = g.x + source * g.depth + ((tid + kThreads * i) % kXChunks) * 8;
+    x_source[i] = row >= row_end ? -1 : g.x_rows ? g.x_rows[row] : static_cast<int32_t>(row);
   }
   auto weight_row = [&](int r, bool& valid) {
     const int64_t feature = feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r);
@@ -276,15 +275,16 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   constexpr int kValuesPerChunk = kTileDepth / kChunks;
   constexpr int kChunkSlots = (kTileWeights * kChunks + kThreads - 1) / kThreads;
   constexpr int64_t kAdvance = S::kBytes;  // stored bytes of a row per stage
-  const char* w_source[kChunkSlots];
-  bool w_valid[kChunkSlots];
+  static_assert(kTileWeights * kChunks % kThreads == 0, "slots i >= kChunkSlots / 2 must be the rows 64..127");
+  const char* w_first = S::bytes(first, 0, 0);
+  const char* w_second = S::bytes(second, 0, 0);
+  const int64_t w_stride = S::bytes(first, 1, 0) - w_first;  // bytes a row (gate and up share their format)
+  int32_t w_source[kChunkSlots];  // the weight row of each copy, -1 past the features
 #pragma unroll
   for (int i = 0; i < kChunkSlots; ++i) {
-    const int c = tid + kThreads * i, r = c / kChunks;
-    const int64_t row = weight_row(r, w_valid[i]);
-    w_valid[i] = w_valid[i] && c < kTileWeights * kChunks;
-    const char* base_first = S::bytes(first, row, 0), *base_second = S::bytes(second, row, 0);
-    w_source[i] = (kSwiGLU && r >= kTileWeights / 2 ? base_second : base_first) + (c % kChunks) * 16;
+    bool valid;
+    const int64_t row = weight_row((tid + kThreads * i) / kChunks, valid);
+    w_source[i] = valid ? static_cast<int32_t>(row) : -1;
   }
   // Thread r < 128 stages row r's scale pair (affine): group g of the row at
   // pair_source + g * pair_bytes. Gate and up share their format.
@@ -305,8 +305,8 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     for (int i = 0; i < kXSlots; ++i) {
       const int c = tid + kThreads * i;
       const int64_t k = k0 + (c % kXChunks) * 8;
-      copy16(x_ring + (c / kXChunks) * kPitch * 2 + (c % kXChunks) * 16, x_source[i] + k0,
-             x_valid[i] && k < g.depth);
+      copy16(x_ring + (c / kXChunks) * kPitch * 2 + (c % kXChunks) * 16,
+             g.x + static_cast<int64_t>(max(x_source[i], 0)) * g.depth + k, x_source[i] >= 0 && k < g.depth);
     }
     char* w_ring = shared + L::kWeights + slot * L::kWeightStage;
     const int64_t advance = k0 / kTileDepth * kAdvance;
@@ -314,9 +314,10 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     for (int i = 0; i < kChunkSlots; ++i) {
       const int c = tid + kThreads * i;
       const int64_t k = k0 + (c % kChunks) * kValuesPerChunk;
-      if (c < kTileWeights * kChunks)
-        copy16(w_ring + (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16, w_source[i] + advance,
-               w_valid[i] && k < g.depth);
+      const char* base = kSwiGLU && i >= kChunkSlots / 2 ? w_second : w_first;  // known once unrolled
+      copy16(w_ring + (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16,
+             base + static_cast<int64_t>(max(w_source[i], 0)) * w_stride + (c % kChunks) * 16 + advance,
+             w_source[i] >= 0 && k < g.depth);
     }
     if (pair_source) {  // groups of 32: a pair per 32 columns; else the stage's one group
       char* destination = shared + L::kPairs + slot * L::kPairStage + tid * 8 * kMaxPairs;
