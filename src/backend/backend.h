@@ -110,6 +110,10 @@ class Backend {
   // (returning a descriptor placed on the device), a CPU backend may repack
   // it or return it as it is. placement_summary() says what happened, for `info`.
   virtual Weight place(const Weight& weight) { return weight; }
+  // Gives back the pages of stored bytes that place() copied and no kernel
+  // reads any more (a bench that touched every page of the checkpoint calls
+  // it, so resident memory counts what the kernels use).
+  virtual void release_copied_pages() {}
   virtual std::string placement_summary() const { return "nothing (the CPU reference backend reads the mapped files)"; }
   // The yardstick for a device's memory: bytes/s of a large device-to-device
   // copy, reads and writes both counted. 0 for a host backend (the bench

@@ -400,7 +400,9 @@ TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
 // (block_scale_pairs, what the CPU backend's place() attaches) give the bits
 // of the kernel transposing them itself: 4 and 8 bits, groups 32/64/128,
 // bf16 and f16, row counts below, at and past a block of 16, 1-5 tokens per
-// call on 1-3 threads; and linear_many with them.
+// call (the one-token kernel) and 6, 9 and 17 (the prompt path, which widens
+// the pairs instead of reading the weight's scales) on 1-3 threads; and
+// linear_many with them.
 TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
   struct Shape {
     int bits;
@@ -423,8 +425,8 @@ TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
     cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
     Weight placed = t.weight;
     placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
-    const std::vector<float> x = random_values(static_cast<size_t>(5 * shape.in), 42);
-    for (int64_t n = 1; n <= 5; ++n)
+    const std::vector<float> x = random_values(static_cast<size_t>(17 * shape.in), 42);
+    for (int64_t n : {1, 2, 3, 4, 5, 6, 9, 17})
       for (int threads : {1, 2, 3}) {
         const std::vector<float> part(x.begin(), x.begin() + n * shape.in);
         const std::vector<float> plain = run_linear(t.weight, part, n, nullptr, threads);

@@ -1,6 +1,9 @@
 // The CPU backend: memory (a growing scratch arena and plain allocations) and
 // dispatch of each op to its implementation in this folder (a SIMD path when
 // one applies, else the reference loop), with shape checks at the boundary.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -44,7 +47,17 @@ class CpuBackend final : public Backend {
     cpu::kernels::fill_block_scale_pairs(weight, pairs);
     Weight placed = weight;
     placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
+    // The kernels read the pairs from now on (the prompt path widens them
+    // too), so the weight's own scales and biases, 1/9 of a 4-bit file, need
+    // not stay resident as well.
+    for (const TensorView* view : {&weight.format.scales, &weight.format.biases})
+      copied_ranges_.emplace_back(view->data, view->nbytes());
+    release_range(copied_ranges_[copied_ranges_.size() - 2]);
+    release_range(copied_ranges_.back());
     return placed;
+  }
+  void release_copied_pages() override {
+    for (const auto& range : copied_ranges_) release_range(range);
   }
   std::string placement_summary() const override {
     if (scale_pairs_.empty()) return "nothing (the CPU reference backend reads the mapped files)";
@@ -206,6 +219,21 @@ class CpuBackend final : public Backend {
   std::vector<void*> chunks_;
   std::vector<size_t> chunk_sizes_;
   std::vector<void*> scale_pairs_;  // block_scale_pairs of placed weights
+  std::vector<std::pair<const void*, size_t>> copied_ranges_;  // stored bytes those pairs replace
+
+  // The whole pages inside [data, data + bytes) leave this process's memory.
+  // MADV_PAGEOUT keeps the contents: a mapped file's pages are read again
+  // if touched, heap memory (tests' weights) is swapped or simply kept.
+  static void release_range(const std::pair<const void*, size_t>& range) {
+#ifdef MADV_PAGEOUT
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(range.first) + page - 1) & ~(page - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(range.first) + range.second) & ~(page - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);  // advice: failure is harmless
+#else
+    (void)range;
+#endif
+  }
   size_t scale_pair_bytes_ = 0;
   size_t current_ = 0;
   size_t used_ = 0;

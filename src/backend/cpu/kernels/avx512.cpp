@@ -551,6 +551,26 @@ inline void repack_scale_pairs(const LinearArgs& a, int64_t r0, int rows, uint32
   }
 }
 
+// repack_scales' arrays from the block's pairs laid out at load
+// (block_scale_pairs, 16-bit scale low, bias high): the same f32 values, so
+// once the pairs exist no kernel reads the weight's own scales and biases
+// again (the CPU backend then lets their pages go).
+inline void scales_from_pairs(const uint32_t* pairs, int64_t groups, ScaleType type, float* scales, float* biases) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i both = _mm512_load_si512(pairs + g * 16);
+    __m512 scale, bias;
+    if (type == ScaleType::BF16) {  // bf16 is the top half of an f32
+      scale = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16));
+      bias = _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+    } else {
+      scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(both));
+      bias = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(both, 16)));
+    }
+    _mm512_store_ps(scales + g * 16, scale);
+    _mm512_store_ps(biases + g * 16, bias);
+  }
+}
+
 // Group g's scales and biases of the block's 16 rows as f32: from
 // repack_scales' arrays (ST = F32, whatever the stored type) or widened
 // from repack_scale_pairs' pairs (ST = BF16 or F16).
@@ -868,7 +888,8 @@ void int8_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
       else int8_gemv_block_of_group<BITS, ScaleType::F16>(a, r0, rows, row_end, a.scratch, block);
       continue;
     }
-    repack_scales(a, r0, rows, scales, biases);
+    if (a.block_pairs) scales_from_pairs(a.block_pairs + r0 / 16 * block_pair_count, groups, a.scale_type, scales, biases);
+    else repack_scales(a, r0, rows, scales, biases);
     if (gemv) {
       int8_gemv_block_of_group<BITS, ScaleType::F32>(a, r0, rows, row_end, a.scratch, block);
       continue;
