@@ -373,7 +373,7 @@ int main(int argc, char** argv) {
   bench->add_option("--model", bench_options.model, "checkpoint directory");
   bench->add_option("--synthetic", bench_options.synthetic, "random weights of a real shape: glm-4.5-air, glm-4.5");
   bench->add_option("--layers", bench_options.layers, "synthetic decoder layers (default: full depth)");
-  bench->add_option("--dtype", bench_options.dtype, "synthetic weights: bf16, f16, f32, int8, int4 (default bf16)");
+  bench->add_option("--dtype", bench_options.dtype, "synthetic weights: bf16, f16, f32, int8, int4, fp8 (default bf16)");
   bench->add_option("--group-size", bench_options.group_size, "synthetic int8/int4 group size (default 64)");
   bench->add_option("--synthetic-dir", bench_options.synthetic_dir, "where to write the synthetic checkpoint");
   bench->add_option("--prompt-tokens", bench_options.prompt_tokens, "prompt lengths (default 512)")->delimiter(',');

@@ -39,6 +39,11 @@ void fill_uniform(std::vector<uint8_t>& bytes, DType dtype, int64_t count, float
       const float unit = static_cast<float>(state >> 40) * (1.0f / 16777216.0f);  // [0, 1)
       const float value = center + bound * (2.0f * unit - 1.0f);
       switch (dtype) {
+        case DType::F8_E4M3: {  // random e4m3 bits below 2 in magnitude (exponent <= 7): no NaN
+          const uint8_t bits = static_cast<uint8_t>(state >> 32);
+          bytes[i] = static_cast<uint8_t>((bits & 0x87) | ((bits & 0x78) % 0x40));
+          break;
+        }
         case DType::F32: reinterpret_cast<float*>(bytes.data())[i] = value; break;
         case DType::BF16: reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_bf16(value); break;
         case DType::F16: reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_f16(value); break;
@@ -88,6 +93,19 @@ nlohmann::ordered_json hub_config(const Glm4MoeConfig& c, const std::string& dty
     j["quantization"] = quantization;
     j["quantization_config"] = quantization;
   }
+  if (dtype == "fp8") {  // as the official GLM-4.5-FP8 checkpoints: compressed-tensors, per-channel scales
+    const nlohmann::ordered_json weights = {{"num_bits", 8}, {"type", "float"}, {"strategy", "channel"},
+                                            {"symmetric", true}, {"dynamic", false}, {"group_size", nullptr}};
+    const nlohmann::ordered_json activations = {{"num_bits", 8}, {"type", "float"}, {"strategy", "token"},
+                                                {"symmetric", true}, {"dynamic", true}, {"group_size", nullptr}};
+    j["quantization_config"] = {
+        {"quant_method", "compressed-tensors"},
+        {"format", "float-quantized"},
+        {"quantization_status", "compressed"},
+        {"ignore", {"lm_head", "re:.*mlp\\.gate$"}},
+        {"config_groups",
+         {{"group_0", {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", activations}}}}}};
+  }
   return j;
 }
 
@@ -124,8 +142,8 @@ Glm4MoeConfig synthetic_config(const std::string& shape, int64_t layers) {
 
 std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
   GLM_CHECK(options.dtype == "bf16" || options.dtype == "f16" || options.dtype == "f32" || options.dtype == "int8" ||
-                options.dtype == "int4",
-            "synthetic dtype \"", options.dtype, "\" is not one of bf16, f16, f32, int8, int4");
+                options.dtype == "int4" || options.dtype == "fp8",
+            "synthetic dtype \"", options.dtype, "\" is not one of bf16, f16, f32, int8, int4, fp8");
   const Glm4MoeConfig config = synthetic_config(options.shape, options.layers);
   const fs::path directory = options.directory.empty()
                                  ? fs::temp_directory_path() / ("glm4moe-synthetic-" + options.shape + "-" +
@@ -145,6 +163,7 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
     if (entry.path().extension() == ".safetensors") fs::remove(entry.path());
 
   const bool affine = options.dtype == "int8" || options.dtype == "int4";
+  const bool fp8 = options.dtype == "fp8";
   const int bits = options.dtype == "int8" ? 8 : 4;
   const DType float_dtype = options.dtype == "f32" ? DType::F32 : options.dtype == "f16" ? DType::F16 : DType::BF16;
   const std::vector<TensorSpec> specs = checkpoint_tensors(config, false);
@@ -154,7 +173,7 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
   std::vector<std::vector<size_t>> shards(1);
   uint64_t shard_bytes = 0;
   auto spec_bytes = [&](const TensorSpec& spec) {
-    return static_cast<uint64_t>(shape_numel(spec.shape)) * (affine ? 1 : dtype_size(float_dtype));
+    return static_cast<uint64_t>(shape_numel(spec.shape)) * (affine || fp8 ? 1 : dtype_size(float_dtype));
   };
   for (size_t i = 0; i < specs.size(); ++i) {
     if (shard_bytes > 0 && shard_bytes + spec_bytes(specs[i]) > shard_limit) {
@@ -190,6 +209,17 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
         case Role::CorrectionBias: fill_uniform(values, DType::F32, count, 0.01f, 0.0f, seed); break;
         case Role::Embedding: fill_uniform(values, float_dtype, count, 1.0f, 0.0f, seed); break;
         default: fill_uniform(values, float_dtype, count, bound, 0.0f, seed);
+      }
+      // FP8 as compressed-tensors quantizes it: the Linear layers but the
+      // router gates and lm_head (its ignore list); the embedding is no Linear.
+      if (fp8 && spec.shape.size() == 2 && spec.role != Role::RouterGate && spec.role != Role::Head &&
+          spec.role != Role::Embedding) {
+        const std::string module = spec.name.substr(0, spec.name.size() - std::string(".weight").size());
+        fill_uniform(values, DType::F8_E4M3, count, 0.0f, 0.0f, seed);
+        add(spec.name, DType::F8_E4M3, spec.shape, values);
+        fill_uniform(scales, float_dtype, spec.shape[0], bound * 0.05f, bound * 0.5f, seed + 1);  // |e4m3| < 2
+        add(module + ".weight_scale", float_dtype, {spec.shape[0], 1}, scales);
+        continue;
       }
       const bool quantize_this = affine && spec.shape.size() == 2 && spec.role != Role::RouterGate;
       if (!quantize_this) {

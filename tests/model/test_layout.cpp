@@ -53,6 +53,34 @@ TEST(Synthetic, TinyShapeWritesALoadableCheckpointAndReusesIt) {
   fs::remove_all(dir);
 }
 
+// The quantized synthetic formats load as what they claim to be: mlx affine
+// 4-bit and compressed-tensors FP8 (per channel, lm_head and router gates
+// kept in bf16), with finite logits.
+TEST(Synthetic, QuantizedDtypesLoadInTheirFormats) {
+  for (const std::string dtype : {"int4", "fp8"}) {
+    SyntheticOptions options;
+    options.shape = "tiny";
+    options.dtype = dtype;
+    options.group_size = 32;
+    options.directory =
+        (fs::temp_directory_path() / ("glm4moe_synthetic_" + dtype + "_" + std::to_string(getpid()))).string();
+    fs::remove_all(options.directory);
+    const std::string dir = make_synthetic_checkpoint(options);
+    EngineOptions engine_options;
+    engine_options.max_context = 32;
+    Engine engine(dir, engine_options);
+    const Weight& q_proj = engine.model().weights().layers.front().attention.q_proj;
+    EXPECT_EQ(q_proj.format.kind, dtype == "fp8" ? WeightFormat::Kind::Fp8 : WeightFormat::Kind::Affine) << dtype;
+    EXPECT_EQ(engine.model().weights().lm_head.format.kind, dtype == "fp8" ? WeightFormat::Kind::Float
+                                                                           : WeightFormat::Kind::Affine)
+        << dtype;
+    const int32_t sequence = engine.cache().create_sequence();
+    const auto logits = engine.step({SequenceWork{sequence, {1, 2, 3}, LogitsWanted::All}})[0].logits;
+    for (float value : logits) ASSERT_TRUE(std::isfinite(value)) << dtype;
+    fs::remove_all(dir);
+  }
+}
+
 TEST(Synthetic, UnknownShapeOrDtypeIsAClearError) {
   EXPECT_THROW(synthetic_config("glm-9", 0), Error);
   SyntheticOptions options;
