@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.cuh"
 
 namespace glm::cuda {
@@ -76,57 +77,18 @@ __global__ void kv_to_bf16_kernel(__nv_bfloat16* __restrict__ keys, __nv_bfloat1
     uint32_t* vw = reinterpret_cast<uint32_t*>(&v_out);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const __nv_bfloat162 kp = __floats2bfloat162_rn(k8[2 * i], k8[2 * i + 1]);
-      const __nv_bfloat162 vp = __floats2bfloat162_rn(v8[2 * i], v8[2 * i + 1]);
-      kw[i] = *reinterpret_cast<const uint32_t*>(&kp);
-      vw[i] = *reinterpret_cast<const uint32_t*>(&vp);
+      kw[i] = pack_bf16(k8[2 * i], k8[2 * i + 1]);
+      vw[i] = pack_bf16(v8[2 * i], v8[2 * i + 1]);
     }
   }
   *reinterpret_cast<uint4*>(keys + to) = k_out;
   *reinterpret_cast<uint4*>(values + to) = v_out;
 }
 
-// ---- tensor-core and async-copy primitives (sm_80+)
-
-__device__ __forceinline__ uint32_t pack_bf16(float low, float high) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);  // low -> bits 0..15
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
-
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-// c[16x8] += a[16x16] b[16x8]: a row-major, b column-major, bf16; c f32.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm(  // no memory access: free to schedule
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void cp_async_16(uint32_t shared_address, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address), "l"(global));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int Pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
 }
 
 // D = head_dim (64 or 128). Grid: (tiles, kv_heads); 128 threads.
@@ -165,8 +127,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   auto stage_kv = [&](int buffer, int key_tile) {
     const __nv_bfloat16* k_rows = k_head + static_cast<int64_t>(key_tile) * kKeys * D + copy_from;
     const __nv_bfloat16* v_rows = v_head + static_cast<int64_t>(key_tile) * kKeys * D + copy_from;
-    const uint32_t k_to = static_cast<uint32_t>(__cvta_generic_to_shared(s_k + buffer * kKeys * kChunks)) + copy_to;
-    const uint32_t v_to = static_cast<uint32_t>(__cvta_generic_to_shared(s_v + buffer * kKeys * kChunks)) + copy_to;
+    const uint32_t k_to = shared_address(s_k + buffer * kKeys * kChunks) + copy_to;
+    const uint32_t v_to = shared_address(s_v + buffer * kKeys * kChunks) + copy_to;
 #pragma unroll
     for (int step = 0; step < kKeys / kRowStep; ++step) {
       cp_async_16(k_to + step * kRowStep * kChunks * 16, k_rows + step * kRowStep * D);
@@ -223,7 +185,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   // K (non-transposed, B of S = Q K^T): keys lane % 8 + 8 * (lane / 16), chunk bit (lane / 8) % 2.
   // V (transposed, B of P V): keys lane % 8 + 8 * ((lane / 8) % 2), chunk bit lane / 16.
   constexpr int kRowBytes = kChunks * 16;
-  const uint32_t q_lane = static_cast<uint32_t>(__cvta_generic_to_shared(s_q)) +
+  const uint32_t q_lane = shared_address(s_q) +
                           (warp * 32 + (lane & 15)) * kRowBytes;
   const uint32_t q_xor = 16 * ((lane >> 4) ^ (lane & 7));
   const uint32_t k_lane = ((lane & 7) + ((lane >> 4) << 3)) * kRowBytes;
@@ -241,9 +203,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     }
     __syncthreads();
     const uint32_t k_base =
-        static_cast<uint32_t>(__cvta_generic_to_shared(s_k + buffer * kKeys * kChunks)) + k_lane;
+        shared_address(s_k + buffer * kKeys * kChunks) + k_lane;
     const uint32_t v_base =
-        static_cast<uint32_t>(__cvta_generic_to_shared(s_v + buffer * kKeys * kChunks)) + v_lane;
+        shared_address(s_v + buffer * kKeys * kChunks) + v_lane;
 
     // S = Q K^T for the warp's 32 rows x 64 keys: [m][8 keys][c fragment].
     float s[2][kKeys / 8][4];

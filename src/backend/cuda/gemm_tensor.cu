@@ -37,6 +37,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/weight_formats.cuh"
 
 namespace glm::cuda {
@@ -80,50 +81,6 @@ struct TensorGemm {
 void append_signature(Signature& signature, const TensorGemm& g) {
   signature.add_all(g.out, g.out_stride, g.x, g.x_rows, g.rows, g.features, g.depth, g.first, g.second, g.bias,
                     g.bias_dtype, g.expert_first, g.expert_second, g.row_begin, g.tile_begin, g.held);
-}
-
-// ---- PTX wrappers
-
-__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-// 16 bytes global -> shared, asynchronously; `valid` false writes zeros instead.
-__device__ __forceinline__ void copy16(void* shared, const void* global, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
-               "r"(valid ? 16 : 0));
-}
-// 4 or 8 bytes (a scale pair), through L1.
-template <int kBytes>
-__device__ __forceinline__ void copy_small(void* shared, const void* global, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(shared_address(shared)), "l"(global),
-               "n"(kBytes), "r"(valid ? kBytes : 0));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-// Four 8x8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const __nv_bfloat16* row_address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row_address)));
-}
-
-// c[16 x 8] += a[16 x 16] b[16 x 8], bf16 in, f32 accumulate.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float low, float high) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);  // low goes to the lower 16 bits: the lower k
-  return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
 // ---- How each format's stored bytes of one stage (32 values of a row) are
@@ -305,7 +262,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     for (int i = 0; i < kXSlots; ++i) {
       const int c = tid + kThreads * i;
       const int64_t k = k0 + (c % kXChunks) * 8;
-      copy16(x_ring + (c / kXChunks) * kPitch * 2 + (c % kXChunks) * 16,
+      cp_async_16(shared_address(x_ring + (c / kXChunks) * kPitch * 2 + (c % kXChunks) * 16),
              g.x + static_cast<int64_t>(max(x_source[i], 0)) * g.depth + k, x_source[i] >= 0 && k < g.depth);
     }
     char* w_ring = shared + L::kWeights + slot * L::kWeightStage;
@@ -315,7 +272,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       const int c = tid + kThreads * i;
       const int64_t k = k0 + (c % kChunks) * kValuesPerChunk;
       const char* base = kSwiGLU && i >= kChunkSlots / 2 ? w_second : w_first;  // known once unrolled
-      copy16(w_ring + (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16,
+      cp_async_16(shared_address(w_ring + (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16),
              base + static_cast<int64_t>(max(w_source[i], 0)) * w_stride + (c % kChunks) * 16 + advance,
              w_source[i] >= 0 && k < g.depth);
     }
@@ -325,8 +282,8 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       for (int q = 0; q < pairs; ++q) {
         const int64_t k = k0 + 32 * q;
         const char* source = pair_source + (k / first.group_size) * pair_bytes;
-        if (pair_bytes == 4) copy_small<4>(destination + 4 * q, source, pair_valid && k < g.depth);
-        else copy_small<8>(destination + 8 * q, source, pair_valid && k < g.depth);
+        if (pair_bytes == 4) cp_async_small<4>(shared_address(destination + 4 * q), source, pair_valid && k < g.depth);
+        else cp_async_small<8>(shared_address(destination + 8 * q), source, pair_valid && k < g.depth);
       }
     }
   };
@@ -343,14 +300,14 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < stages) issue_stage(static_cast<int64_t>(s) * kTileDepth, s);
-    commit_copies();  // empty groups keep the count: stage s is always group s
+    cp_async_commit();  // empty groups keep the count: stage s is always group s
   }
   for (int s = 0; s < stages; ++s) {
-    wait_copies<kStages - 2>();  // this thread's copies of stage s have landed
+    cp_async_wait<kStages - 2>();  // this thread's copies of stage s have landed
     __syncthreads();             // everyone's have, and everyone is done with stage s - 1's slot
     const int next = s + kStages - 1;
     if (next < stages) issue_stage(static_cast<int64_t>(next) * kTileDepth, next % kStages);
-    commit_copies();
+    cp_async_commit();
 
     const int slot = s % kStages;
     const __nv_bfloat16* x_tile = reinterpret_cast<const __nv_bfloat16*>(shared + L::kX + slot * L::kXStage);
@@ -390,19 +347,20 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       uint32_t a[kMTiles][4];
 #pragma unroll
       for (int m = 0; m < kMTiles; ++m)
-        load_matrices(a[m], &x_tile[(warp_row * (kTileRows / 2) + 16 * m + lane % 16) * kPitch + kk + (lane / 16) * 8]);
+        ldmatrix_x4(a[m], shared_address(&x_tile[(warp_row * (kTileRows / 2) + 16 * m + lane % 16) * kPitch + kk +
+                                                 (lane / 16) * 8]));
       uint32_t b[kNTiles / 2][4];
 #pragma unroll
       for (int q = 0; q < kNTiles / 2; ++q)
-        load_matrices(b[q], &w_tile[(weight_rows_of_pair(q) + lane % 8 + 8 * (lane / 16)) * kPitch + kk +
-                                    8 * ((lane / 8) % 2)]);
+        ldmatrix_x4(b[q], shared_address(&w_tile[(weight_rows_of_pair(q) + lane % 8 + 8 * (lane / 16)) * kPitch + kk +
+                                                 8 * ((lane / 8) % 2)]));
 #pragma unroll
       for (int m = 0; m < kMTiles; ++m)
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j) mma_bf16(acc[m][j], a[m], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
     }
   }
-  wait_copies<0>();
+  cp_async_wait<0>();
 
   // Thread (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of each
   // 16-row tile, features 2t and 2t + 1 of each 8-feature tile.
