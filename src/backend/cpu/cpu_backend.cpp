@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "backend/chunk_arena.h"
 #include "backend/cpu/cpu_ops.h"
 
 namespace glm {
@@ -23,7 +24,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(Communicator* communicator) : communicator_(communicator) {}
   ~CpuBackend() override {
-    for (void* chunk : chunks_) std::free(chunk);
+    scratch_.free_all([](void* chunk) { std::free(chunk); });
     for (void* pairs : scale_pairs_) std::free(pairs);
   }
 
@@ -50,10 +51,10 @@ class CpuBackend final : public Backend {
     // The kernels read the pairs from now on (the prompt path widens them
     // too), so the weight's own scales and biases, 1/9 of a 4-bit file, need
     // not stay resident as well.
-    for (const TensorView* view : {&weight.format.scales, &weight.format.biases})
+    for (const TensorView* view : {&weight.format.scales, &weight.format.biases}) {
       copied_ranges_.emplace_back(view->data, view->nbytes());
-    release_range(copied_ranges_[copied_ranges_.size() - 2]);
-    release_range(copied_ranges_.back());
+      release_range(copied_ranges_.back());
+    }
     return placed;
   }
   void release_copied_pages() override {
@@ -66,38 +67,23 @@ class CpuBackend final : public Backend {
            std::to_string(scale_pair_bytes_ >> 20) + " MiB); weights read from the mapped files";
   }
 
-  // The arena is a list of chunks; reset keeps them so a steady-state step
-  // reuses the same memory and allocates nothing.
+  // Scratch: chunks of at least 16 MiB kept across steps (ChunkArena), so a
+  // steady-state step reuses the same memory and allocates nothing.
   Tensor scratch(const Shape& shape, DType dtype) override {
-    const size_t bytes = (static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype) + 63) & ~size_t{63};
-    while (current_ < chunks_.size() && used_ + bytes > chunk_sizes_[current_]) {
-      ++current_;
-      used_ = 0;
-    }
-    if (current_ == chunks_.size()) {
-      const size_t size = std::max<size_t>(bytes, size_t{16} << 20);
+    Tensor out;
+    out.data = scratch_.take(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), [](size_t need) {
+      const size_t size = std::max<size_t>(need, size_t{16} << 20);
       void* chunk = std::aligned_alloc(64, size);
       GLM_CHECK(chunk, "out of memory allocating ", size, " bytes of scratch");
-      chunks_.push_back(chunk);
-      chunk_sizes_.push_back(size);
-      used_ = 0;
-    }
-    Tensor out;
-    out.data = static_cast<char*>(chunks_[current_]) + used_;
+      return std::make_pair(chunk, size);
+    });
     out.dtype = dtype;
     out.shape = shape;
-    used_ += bytes;
     return out;
   }
-  void reset_scratch() override {
-    current_ = 0;
-    used_ = 0;
-  }
-  ScratchMark scratch_mark() const override { return {current_, used_}; }
-  void scratch_rewind(const ScratchMark& mark) override {
-    current_ = mark.chunk;
-    used_ = mark.used;
-  }
+  void reset_scratch() override { scratch_.reset(); }
+  ScratchMark scratch_mark() const override { return scratch_.mark(); }
+  void scratch_rewind(const ScratchMark& mark) override { scratch_.rewind(mark); }
   Tensor allocate(const Shape& shape, DType dtype) override {
     const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
     Tensor out;
@@ -216,8 +202,7 @@ class CpuBackend final : public Backend {
 
  private:
   Communicator* communicator_;
-  std::vector<void*> chunks_;
-  std::vector<size_t> chunk_sizes_;
+  ChunkArena<64> scratch_;
   std::vector<void*> scale_pairs_;  // block_scale_pairs of placed weights
   std::vector<std::pair<const void*, size_t>> copied_ranges_;  // stored bytes those pairs replace
 
@@ -235,8 +220,6 @@ class CpuBackend final : public Backend {
 #endif
   }
   size_t scale_pair_bytes_ = 0;
-  size_t current_ = 0;
-  size_t used_ = 0;
 };
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/chunk_arena.h"
 #include "backend/cuda/ops.cuh"
 
 namespace glm {
@@ -76,8 +77,6 @@ void select_device(int index) {
   }
 }
 
-size_t aligned(size_t bytes) { return (bytes + kAlignment - 1) & ~(kAlignment - 1); }
-
 std::string gib(size_t bytes) {
   char text[32];
   std::snprintf(text, sizeof text, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
@@ -87,47 +86,6 @@ std::string gib(size_t bytes) {
 void check_same_shape(const char* op, const Shape& a, const Shape& b) {
   GLM_CHECK(a == b, "internal error: ", op, " shapes ", shape_to_string(a), " and ", shape_to_string(b), " differ");
 }
-
-// A bump allocator over a list of chunks that are kept across resets, so a
-// steady-state step allocates nothing. `grow` makes a chunk of at least n bytes.
-class ChunkArena {
- public:
-  template <typename Grow>
-  void* take(size_t bytes, Grow&& grow) {
-    bytes = aligned(std::max<size_t>(bytes, 1));
-    while (current_ < chunks_.size() && used_ + bytes > chunks_[current_].second) {
-      ++current_;
-      used_ = 0;
-    }
-    if (current_ == chunks_.size()) {
-      chunks_.push_back(grow(bytes));
-      used_ = 0;
-    }
-    void* out = static_cast<char*>(chunks_[current_].first) + used_;
-    used_ += bytes;
-    return out;
-  }
-  void reset() {
-    current_ = 0;
-    used_ = 0;
-  }
-  Backend::ScratchMark mark() const { return {current_, used_}; }
-  void rewind(const Backend::ScratchMark& mark) {
-    current_ = mark.chunk;
-    used_ = mark.used;
-  }
-  template <typename Free>
-  void free_all(Free&& free_chunk) {
-    for (auto& chunk : chunks_) free_chunk(chunk.first);
-    chunks_.clear();
-    reset();
-  }
-
- private:
-  std::vector<std::pair<void*, size_t>> chunks_;  // (pointer, size)
-  size_t current_ = 0;
-  size_t used_ = 0;
-};
 
 class CudaBackend final : public Backend, public cuda::Context {
  public:
@@ -949,7 +907,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   cudaDeviceProp properties_{};
   cudaEvent_t staging_done_ = nullptr;
   bool staging_pending_ = false;
-  ChunkArena scratch_, uploads_, staging_, weights_;
+  ChunkArena<kAlignment> scratch_, uploads_, staging_, weights_;
   bool programmatic_launch_ = false;
   std::vector<void*> allocations_;
   std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;
