@@ -222,6 +222,38 @@ TEST_P(CudaQuantizedModel, LogitsMatchTheReferenceAndTheCpu) {
   EXPECT_EQ(generate(gpu, request).tokens, generate(cpu, request).tokens) << "greedy tokens, GPU vs CPU";
 }
 
+const fs::path kTrainedModel = fs::path(GLM_SOURCE_DIR) / "models" / "glm4moe-tiny-fortunes";
+
+// The first `chars` characters of the trained fixture's held-out text, tokenized.
+std::vector<int32_t> heldout_ids(size_t chars) {
+  std::ifstream in(fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / "trained" / "heldout.txt");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.resize(std::min(text.size(), chars));
+  return Tokenizer::from_file((kTrainedModel / "tokenizer.json").string()).encode(text);
+}
+
+// How closely a fast mode's logits follow the CPU engine's, position by
+// position: relative L2 (mean and worst) and top-1 agreement. check() prints
+// the PARITY line and holds the bounds for a fast mode: mean within
+// 2e-2, the same top-1 token at >= 99% of positions.
+struct FastModeAgreement {
+  double total_error = 0.0, worst = 0.0;
+  int agree = 0, rows = 0;
+  void add(std::span<const float> row, std::span<const float> expected) {
+    const double error = relative_l2(row, expected);
+    total_error += error;
+    worst = std::max(worst, error);
+    agree += argmax(row) == argmax(expected);
+    ++rows;
+  }
+  void check(const std::string& what) const {
+    const double mean_error = total_error / rows;
+    std::printf("PARITY %-58s %.3e (worst %.3e), top-1 %d/%d\n", what.c_str(), mean_error, worst, agree, rows);
+    EXPECT_LT(mean_error, 2e-2) << what;
+    EXPECT_GE(agree, 0.99 * rows) << what;
+  }
+};
+
 // GLM_CUDA_ACTIVATIONS=int8 end to end, on the bundled trained model
 // quantized to 4 and 8 bits (the random fixtures route chaotically: a 1%
 // change flips their expert choices). The int8 path serves decode steps, so
@@ -233,22 +265,18 @@ class CudaInt8Activations : public ::testing::TestWithParam<int> {};
 
 TEST_P(CudaInt8Activations, TrainedModelStaysCloseToTheCpu) {
   if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU on this machine";
-  const fs::path model = fs::path(GLM_SOURCE_DIR) / "models" / "glm4moe-tiny-fortunes";
-  if (!fs::exists(model / "model.safetensors")) GTEST_SKIP() << model << " has no weights";
+  if (!fs::exists(kTrainedModel / "model.safetensors")) GTEST_SKIP() << kTrainedModel << " has no weights";
   const fs::path dir = fs::temp_directory_path() / ("glm_cuda_int8_" + std::to_string(GetParam()) + "bit");
   fs::remove_all(dir);
   QuantizeOptions quantize;
-  quantize.model = model.string();
+  quantize.model = kTrainedModel.string();
   quantize.output = dir.string();
   quantize.bits = GetParam();
   quantize.group_size = 64;
   quantize.progress = false;
   quantize_checkpoint(quantize);
 
-  std::ifstream in(fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / "trained" / "heldout.txt");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  text.resize(std::min<size_t>(text.size(), 600));
-  const std::vector<int32_t> ids = Tokenizer::from_file((model / "tokenizer.json").string()).encode(text);
+  const std::vector<int32_t> ids = heldout_ids(600);
   ASSERT_GT(ids.size(), 100u);
 
   setenv("GLM_CUDA_ACTIVATIONS", "int8", 1);
@@ -258,22 +286,12 @@ TEST_P(CudaInt8Activations, TrainedModelStaysCloseToTheCpu) {
   const int64_t vocab = cpu.config().vocab_size;
   const std::vector<float> expected = all_logits(cpu, ids);
   const int32_t sequence = gpu.cache().create_sequence();
-  double total_error = 0.0, worst = 0.0;
-  int agree = 0;
+  FastModeAgreement agreement;
   for (size_t t = 0; t < ids.size(); ++t) {
     const auto results = gpu.step({SequenceWork{sequence, {ids[t]}, LogitsWanted::Last}});
-    const std::span<const float> row(expected.data() + t * vocab, static_cast<size_t>(vocab));
-    const double error = relative_l2(results[0].logits, row);
-    total_error += error;
-    worst = std::max(worst, error);
-    agree += argmax(results[0].logits) == argmax(row);
+    agreement.add(results[0].logits, std::span<const float>(expected.data() + t * vocab, static_cast<size_t>(vocab)));
   }
-  const double mean_error = total_error / static_cast<double>(ids.size());
-  std::printf("PARITY %-58s %.3e (worst %.3e), top-1 %d/%zu\n",
-              ("e2e trained " + std::to_string(GetParam()) + "-bit, int8 activations vs cpu (mean)").c_str(),
-              mean_error, worst, agree, ids.size());
-  EXPECT_LT(mean_error, 2e-2);
-  EXPECT_GE(agree, 0.99 * static_cast<double>(ids.size()));
+  agreement.check("e2e trained " + std::to_string(GetParam()) + "-bit, int8 activations vs cpu (mean)");
   fs::remove_all(dir);
 }
 
@@ -289,37 +307,22 @@ INSTANTIATE_TEST_SUITE_P(Bits, CudaInt8Activations, ::testing::Values(4, 8));
 // one chunk or in chunks of 100 tokens.
 TEST(CudaTensorCorePrompts, TrainedModelStaysCloseToTheCpu) {
   if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU on this machine";
-  const fs::path model = fs::path(GLM_SOURCE_DIR) / "models" / "glm4moe-tiny-fortunes";
-  if (!fs::exists(model / "model.safetensors")) GTEST_SKIP() << model << " has no weights";
-  std::ifstream in(fs::path(GLM_SOURCE_DIR) / "tests" / "fixtures" / "trained" / "heldout.txt");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  text.resize(std::min<size_t>(text.size(), 1500));
-  const std::vector<int32_t> ids = Tokenizer::from_file((model / "tokenizer.json").string()).encode(text);
+  if (!fs::exists(kTrainedModel / "model.safetensors")) GTEST_SKIP() << kTrainedModel << " has no weights";
+  const std::vector<int32_t> ids = heldout_ids(1500);
   ASSERT_GT(ids.size(), 250u);
 
   setenv("GLM_CUDA_PROMPTS", "tensor", 1);
-  Engine gpu(model.string(), options("cuda", 1024));
+  Engine gpu(kTrainedModel.string(), options("cuda", 1024));
   setenv("GLM_CUDA_PROMPTS", "simt", 1);
-  Engine cpu(model.string(), options("cpu", 1024));
+  Engine cpu(kTrainedModel.string(), options("cpu", 1024));
   EXPECT_NE(gpu.backend().execution_summary().find("tensor cores"), std::string::npos);
   const int64_t vocab = cpu.config().vocab_size;
   const std::vector<float> logits = all_logits(gpu, ids), expected = all_logits(cpu, ids);
-  double total_error = 0.0, worst = 0.0;
-  int agree = 0;
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const std::span<const float> row(logits.data() + t * vocab, static_cast<size_t>(vocab));
-    const std::span<const float> expected_row(expected.data() + t * vocab, static_cast<size_t>(vocab));
-    const double error = relative_l2(row, expected_row);
-    total_error += error;
-    worst = std::max(worst, error);
-    agree += std::max_element(row.begin(), row.end()) - row.begin() ==
-             std::max_element(expected_row.begin(), expected_row.end()) - expected_row.begin();
-  }
-  const double mean_error = total_error / static_cast<double>(ids.size());
-  std::printf("PARITY %-58s %.3e (worst %.3e), top-1 %d/%zu\n", "e2e trained, tensor-core prompt vs cpu (mean)",
-              mean_error, worst, agree, ids.size());
-  EXPECT_LT(mean_error, 2e-2);
-  EXPECT_GE(agree, 0.99 * static_cast<double>(ids.size()));
+  FastModeAgreement agreement;
+  for (size_t t = 0; t < ids.size(); ++t)
+    agreement.add(std::span<const float>(logits.data() + t * vocab, static_cast<size_t>(vocab)),
+                  std::span<const float>(expected.data() + t * vocab, static_cast<size_t>(vocab)));
+  agreement.check("e2e trained, tensor-core prompt vs cpu (mean)");
 
   GenerationRequest request;
   request.prompt = ids;

@@ -106,6 +106,17 @@ void check_linear(Backends& b, const QuantWeight& w, const std::vector<int64_t>&
   }
 }
 
+// check_linear on affine [rows, cols] weights of 4 and 8 bits, groups of 32,
+// 64 and 128 (the fast modes' formats), seeds drawn from `seed`.
+void check_affine_bits_and_groups(Backends& b, int64_t rows, int64_t cols, const std::vector<int64_t>& token_counts,
+                                  unsigned& seed, double tolerance, const std::string& mode) {
+  for (int bits : {4, 8})
+    for (int64_t group : {32, 64, 128}) {
+      auto w = make_affine(b, rows, cols, bits, group, ++seed);
+      check_linear(b, *w, token_counts, ++seed, tolerance, mode);
+    }
+}
+
 TEST(CudaQuantized, LinearAffineEveryBitWidthAndGroup) {
   REQUIRE_GPU();
   Backends b;
@@ -187,11 +198,7 @@ TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
   Backends b;
   setenv("GLM_CUDA_ACTIVATIONS", "f32", 1);  // the tests' default: exact_prompts.cpp
   unsigned seed = 6000;
-  for (int bits : {4, 8})
-    for (int64_t group : {32, 64, 128}) {
-      auto w = make_affine(b, 67, 256, bits, group, ++seed);
-      check_linear(b, *w, {1, 3, 8}, ++seed, 1e-2, " int8 activations");
-    }
+  check_affine_bits_and_groups(b, 67, 256, {1, 3, 8}, seed, 1e-2, " int8 activations");
   auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
   check_linear(b, *large, {1, 2, 5}, ++seed, 1e-2, " int8 activations");
   for (int bits : {4, 8}) {
@@ -222,11 +229,7 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   REQUIRE_GPU();
   Backends b("tensor");
   unsigned seed = 7000;
-  for (int bits : {4, 8})
-    for (int64_t group : {32, 64, 128}) {
-      auto w = make_affine(b, 200, 512, bits, group, ++seed);
-      check_linear(b, *w, {9, 130, 300}, ++seed, 1e-2, " tensor cores");
-    }
+  check_affine_bits_and_groups(b, 200, 512, {9, 130, 300}, seed, 1e-2, " tensor cores");
   auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
   check_linear(b, *large, {200}, ++seed, 1e-2, " tensor cores");
   auto three_bit = make_affine(b, 200, 512, 3, 64, ++seed);
