@@ -180,6 +180,12 @@ inline void check_moe_experts(Backends& b, const ExpertTables& host, const Exper
   const double shard_error = compare(b, out, what + " experts [4, 12)");
   EXPECT_LT(shard_error, tolerance);
   EXPECT_GT(shard_error, floor) << what << " experts [4, 12): the approximate path did not run";
+  // A shard none of whose experts is chosen (the ids come from 0..n_experts - 7): the sum is 0.
+  b.gpu->moe_experts(out.gpu, x.gpu, gpu_routing, expert_shard(device.gate, n_experts - 6, n_experts),
+                     expert_shard(device.up, n_experts - 6, n_experts),
+                     expert_shard(device.down, n_experts - 6, n_experts));
+  const std::vector<float> unchosen = read(*b.gpu, out.gpu);
+  EXPECT_EQ(unchosen, std::vector<float>(unchosen.size(), 0.0f)) << what << ": a shard with no chosen expert";
 }
 
 }  // namespace glm::cuda_parity
