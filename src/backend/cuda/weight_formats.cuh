@@ -282,6 +282,15 @@ struct Fp8Format {
     value.__x = bits;
     return static_cast<float>(value);
   }
+  // The four e4m3 values of a word, byte i to out[i]: one conversion to
+  // f16x2 per two values (sm_89+: cvt.rn.f16x2.e4m3x2; exact, as every e4m3
+  // value is an f16), then f16 -> f32, rather than a conversion per byte.
+  __device__ static void widen4(uint32_t word, float* out) {
+    const __half2_raw low = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffffu), __NV_E4M3);
+    const __half2_raw high = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word >> 16), __NV_E4M3);
+    const float2 a = __half22float2(__half2(low)), b = __half22float2(__half2(high));
+    out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+  }
   __device__ static Raw load(const Matrix& m, int64_t row, int64_t chunk) {
     // One scale per chunk: block_cols % 16 == 0 (vectorizable), so a chunk lies in one block.
     return {reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(m.data) + row * m.cols)[chunk],
@@ -292,7 +301,7 @@ struct Fp8Format {
     d.scale = raw.scale;
     const uint32_t words[4] = {raw.bytes.x, raw.bytes.y, raw.bytes.z, raw.bytes.w};
 #pragma unroll
-    for (int i = 0; i < kValues; ++i) d.values[i] = widen(static_cast<uint8_t>(words[i / 4] >> (8 * (i % 4))));
+    for (int w = 0; w < 4; ++w) widen4(words[w], d.values + 4 * w);
     return d;
   }
   __device__ static float dot(const Decoded& d, const float* x) {
@@ -331,15 +340,19 @@ struct Fp8Format {
     return {row.bytes[piece], scale_of(m, row.row, piece * 8)};
   }
   __device__ static float piece_dot(const Piece& p, const float (&x)[8], float) {
+    float w[8];
+    widen4(p.bytes.x, w);
+    widen4(p.bytes.y, w + 4);
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sum += widen(static_cast<uint8_t>((i < 4 ? p.bytes.x : p.bytes.y) >> (8 * (i % 4)))) * x[i];
+    for (int i = 0; i < 8; ++i) sum += w[i] * x[i];
     return p.scale * sum;
   }
   __device__ static void piece_values(const Piece& p, float (&values)[8]) {
+    widen4(p.bytes.x, values);
+    widen4(p.bytes.y, values + 4);
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
-      values[i] = widen(static_cast<uint8_t>((i < 4 ? p.bytes.x : p.bytes.y) >> (8 * (i % 4)))) * p.scale;
+    for (int i = 0; i < 8; ++i) values[i] *= p.scale;
   }
   static bool pieces_ok(const Matrix& m) {
     return m.cols % 8 == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0 &&
