@@ -164,6 +164,30 @@ TEST(CudaQuantized, EmbeddingOfAQuantizedTable) {
   EXPECT_LT(compare(b, out, "embedding affine 4-bit g32"), 1e-6);
 }
 
+// A shared expert of the routed experts' format ([width, hidden] gate and up,
+// [hidden, width] down), kept in `storage`: its host and device weights.
+struct SharedExperts {
+  SharedExpert host, device;
+};
+template <typename Make>
+SharedExperts add_shared_expert(std::vector<std::unique_ptr<QuantWeight>>& storage, int64_t width, int64_t hidden,
+                                Make&& make) {
+  for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
+    storage.push_back(make(rows, cols));
+  const size_t s = storage.size() - 3;
+  return {{&storage[s]->host, &storage[s + 1]->host, &storage[s + 2]->host},
+          {&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device}};
+}
+
+// Backends whose GPU runs the fast mode (GLM_CUDA_ACTIVATIONS=int8); the
+// process default stays f32 (exact_prompts.cpp).
+Backends fast_activation_backends() {
+  setenv("GLM_CUDA_ACTIVATIONS", "int8", 1);
+  Backends b;
+  setenv("GLM_CUDA_ACTIVATIONS", "f32", 1);
+  return b;
+}
+
 TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
   REQUIRE_GPU();
   Backends b;
@@ -175,15 +199,12 @@ TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
                [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
   // A shared expert of the same format: run as one more expert on the
   // device path (n <= 64), by the plain ops otherwise.
-  for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
-    storage.push_back(make_affine(b, rows, cols, 4, 32, ++seed));
-  const size_t s = storage.size() - 3;
-  const SharedExpert shared_host{&storage[s]->host, &storage[s + 1]->host, &storage[s + 2]->host};
-  const SharedExpert shared_dev{&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device};
+  const SharedExperts shared = add_shared_expert(
+      storage, width, hidden, [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
   // 1, 3 and 40 tokens take the device-grouped path, 100 the host-grouped one.
   for (int64_t n : {1, 3, 40, 100})
     check_moe_experts(b, host, device, n, top_k,
-                      "moe_experts affine 4-bit", 1e-5, &shared_host, &shared_dev);
+                      "moe_experts affine 4-bit", 1e-5, &shared.host, &shared.device);
 }
 
 // GLM_CUDA_ACTIVATIONS=int8: decode GEMVs and experts on 4- and 8-bit affine
@@ -194,9 +215,7 @@ TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
 // above f32 rounding, or the int8 path did not run.
 TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
   REQUIRE_GPU();
-  setenv("GLM_CUDA_ACTIVATIONS", "int8", 1);
-  Backends b;
-  setenv("GLM_CUDA_ACTIVATIONS", "f32", 1);  // the tests' default: exact_prompts.cpp
+  Backends b = fast_activation_backends();
   unsigned seed = 6000;
   check_affine_bits_and_groups(b, 67, 256, {1, 3, 8}, seed, 1e-2, " int8 activations");
   auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
@@ -207,16 +226,46 @@ TEST(CudaQuantized, Int8ActivationsOnAffineWeights) {
     ExpertTables host, device;
     make_experts(storage, host, device, n_experts, width, hidden,
                  [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, bits, 32, ++seed); });
-    for (auto [rows, cols] : {std::pair{width, hidden}, std::pair{width, hidden}, std::pair{hidden, width}})
-      storage.push_back(make_affine(b, rows, cols, bits, 32, ++seed));
-    const size_t s = storage.size() - 3;
-    const SharedExpert shared_host{&storage[s]->host, &storage[s + 1]->host, &storage[s + 2]->host};
-    const SharedExpert shared_dev{&storage[s]->device, &storage[s + 1]->device, &storage[s + 2]->device};
+    const SharedExperts shared = add_shared_expert(storage, width, hidden, [&](int64_t rows, int64_t cols) {
+      return make_affine(b, rows, cols, bits, 32, ++seed);
+    });
     for (int64_t n : {1, 3, 40})
       check_moe_experts(b, host, device, n, top_k,
-                        "moe_experts affine " + std::to_string(bits) + "-bit int8 activations", 2e-2, &shared_host,
-                        &shared_dev);
+                        "moe_experts affine " + std::to_string(bits) + "-bit int8 activations", 2e-2, &shared.host,
+                        &shared.device);
   }
+}
+
+// The fast mode (GLM_CUDA_ACTIVATIONS=int8) on FP8 weights: decode GEMVs and
+// experts scale each 32 activations into [-1, 1] as f16 and multiply with
+// packed f16 (block_row_dots_half). Bounds as for int8 activations: 1e-2 a
+// projection, 2e-2 the experts (their input and the SwiGLU output both
+// rounded), and above f32 rounding, or the fast path did not run. Widths
+// that are not multiples of 32 keep f32 activations.
+TEST(CudaQuantized, HalfActivationsOnFp8Weights) {
+  REQUIRE_GPU();
+  Backends b = fast_activation_backends();
+  unsigned seed = 8000;
+  for (auto scale : {WeightFormat::Fp8Scale::Tensor, WeightFormat::Fp8Scale::Channel, WeightFormat::Fp8Scale::Block}) {
+    auto w = make_fp8(b, 67, 256, scale, ++seed);
+    check_linear(b, *w, {1, 3, 8}, ++seed, 1e-2, " f16 activations");
+  }
+  auto large = make_fp8(b, 1000, 4096, WeightFormat::Fp8Scale::Channel, ++seed);
+  check_linear(b, *large, {1, 2}, ++seed, 1e-2, " f16 activations");
+  auto odd = make_fp8(b, 40, 72, WeightFormat::Fp8Scale::Channel, ++seed);
+  check_linear(b, *odd, {1}, ++seed, 1e-5, " (f32 activations: 72 columns)");
+  const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
+  std::vector<std::unique_ptr<QuantWeight>> storage;
+  ExpertTables host, device;
+  make_experts(storage, host, device, n_experts, width, hidden, [&](int64_t rows, int64_t cols) {
+    return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Channel, ++seed);
+  });
+  const SharedExperts shared = add_shared_expert(storage, width, hidden, [&](int64_t rows, int64_t cols) {
+    return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Channel, ++seed);
+  });
+  for (int64_t n : {1, 3, 40})
+    check_moe_experts(b, host, device, n, top_k, "moe_experts fp8 channel f16 activations", 2e-2, &shared.host,
+                      &shared.device, 1e-7);
 }
 
 // Prompts on tensor cores (GLM_CUDA_PROMPTS=tensor) on quantized weights:

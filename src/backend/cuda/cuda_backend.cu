@@ -114,10 +114,11 @@ class CudaBackend final : public Backend, public cuda::Context {
     programmatic_launch_ = properties_.major >= 9 && !(pdl && std::string(pdl) == "0");
     const char* activations = std::getenv("GLM_CUDA_ACTIVATIONS");
     // int8 by default: what llama.cpp's quantized GEMVs do too, 1.8x the
-    // decode speed of int4 weights for ~1e-2 of logit error (docs/cuda.md).
+    // decode speed of int4 weights for ~1e-2 of logit error; FP8 weights get
+    // f16 activations in this mode (1.6x, ~1e-3; docs/cuda.md).
     const std::string activation_mode = activations ? activations : "int8";
     GLM_CHECK(activation_mode == "f32" || activation_mode == "int8", "GLM_CUDA_ACTIVATIONS=", activation_mode,
-              " is not a mode: use int8 (4- and 8-bit affine weights on dp4a, the default) or f32 (exact)");
+              " is not a mode: use int8 (4- and 8-bit affine weights on dp4a, FP8 weights on f16; the default) or f32 (exact)");
     int8_activations = activation_mode == "int8";
     const char* prompts = std::getenv("GLM_CUDA_PROMPTS");
     const std::string prompt_mode = prompts ? prompts : "tensor";
@@ -426,7 +427,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     out << "programmatic dependent launch " << (programmatic_launch_ ? "on" : "off") << "; CUDA graphs "
         << (graphs_enabled_ ? "on" : "off (GLM_CUDA_GRAPHS=0)") << ": " << graphs_captured_
         << " captured, " << graph_replays_ << " replays, " << eager_segments_ << " segments run op by op; "
-        << (int8_activations ? "int8 activations for 4/8-bit affine weights (GLM_CUDA_ACTIVATIONS=int8)"
+        << (int8_activations ? "int8 activations for 4/8-bit affine weights and f16 for FP8 (GLM_CUDA_ACTIVATIONS=int8)"
                              : "f32 activations (GLM_CUDA_ACTIVATIONS=f32)")
         << "; prompts on " << (tensor_core_prompts ? "tensor cores, bf16 operands" : "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)");
     return out.str();

@@ -106,6 +106,11 @@ bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const Lin
       int8 = ctx.int8_activations && targets.front().weight.cols % 32 == 0;
       for (const LinearTarget& target : targets) int8 = int8 && target.weight.group_size % 32 == 0;
     }
+    bool half = false;  // FP8 weights in the fast mode: f16 activations (block_row_dots_half)
+    if constexpr (kHasHalfPath<Format>) {
+      half = ctx.int8_activations;
+      for (const LinearTarget& target : targets) half = half && half_path_fits(target.weight);
+    }
     const int64_t cols = targets.front().weight.cols;
     auto launch_tokens = [&](auto nt) {
       constexpr int NT = decltype(nt)::value;
@@ -126,6 +131,13 @@ bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const Lin
           const Int8Activations quantized = quantize_activations(ctx, x, n, cols);
           launch(ctx, row_block_gemv_kernel<Format, NT, Int8Activations>, dim3(set.first_block[set.count]),
                  dim3(kInt8Threads), 0, quantized, set, tokens);
+          return;
+        }
+      }
+      if constexpr (kHasHalfPath<Format>) {
+        if (half) {
+          launch(ctx, row_block_gemv_kernel<Format, NT, HalfActivations>, dim3(set.first_block[set.count]),
+                 dim3(kInt8Threads), 0, scale_activations_to_half(ctx, x, n, cols), set, tokens);
           return;
         }
       }

@@ -289,6 +289,12 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
         return;
       }
     }
+    if constexpr (kHasHalfPath<decltype(format)>) {
+      if (ctx.int8_activations && half_path_fits(m)) {
+        launch_with(scale_activations_to_half(ctx, input, rows, m.cols), static_cast<unsigned>(kInt8Threads));
+        return;
+      }
+    }
     launch_with(F32Activations{input, m.cols}, threads_for(m.cols));
   };
   dispatch_format(gate0, [&](auto format) {

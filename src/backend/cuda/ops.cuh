@@ -60,7 +60,19 @@ struct Int8Activations {
   const float* rounding;  // [rows, cols / 32]: sum(x) - scale * sum(q), what quantizing lost of the sum
   int64_t cols;
 };
+// Activation rows for FP8 weights in the fast mode: each 32 values divided
+// by their largest magnitude and rounded to f16 (so a 32-term f16 dot
+// product with e4m3 weights, |w| <= 448, stays far from f16's range), with
+// that magnitude kept in f32 (scale_activations_to_half).
+struct HalfActivations {
+  const __half* values;  // [rows, cols]: x / scale, |value| <= 1
+  const float* scales;   // [rows, cols / 32]: max |x| of each 32 values (1 where all are 0)
+  int64_t cols;
+};
 inline void append_signature(Signature& signature, const F32Activations& x) { signature.add_all(x.data, x.cols); }
+inline void append_signature(Signature& signature, const HalfActivations& x) {
+  signature.add_all(x.values, x.scales, x.cols);
+}
 inline void append_signature(Signature& signature, const Int8Activations& x) {
   signature.add_all(x.values, x.scales, x.sums, x.rounding, x.cols);
 }
@@ -75,7 +87,8 @@ class Context : public Submitter {
   int multiprocessors = 1;  // SMs of the device, for sizing grids
   // GLM_CUDA_ACTIVATIONS=int8 (the default) or f32: whether decode GEMVs and
   // experts on 4/8-bit affine weights quantize their f32 input per 32 values
-  // and use dp4a, or keep it f32 (exact).
+  // and use dp4a (and on FP8 weights scale it per 32 values to f16 for
+  // packed f16 products), or keep it f32 (exact).
   bool int8_activations = true;
   // GLM_CUDA_PROMPTS=tensor (default) or simt: whether prompt-sized products
   // and prompt attention run on tensor cores with bf16 operands
@@ -199,6 +212,8 @@ void tensor_experts_down(Context& ctx, float* expert_out /*[assignments, hidden]
 
 // activations.cu: x [n, cols] (cols % 32 == 0) quantized per 32 values into scratch.
 Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, int64_t cols);
+// x [n, cols] (cols % 32 == 0) scaled per 32 values to f16 into scratch (FP8 weights' fast path).
+HalfActivations scale_activations_to_half(Context& ctx, const float* x, int64_t n, int64_t cols);
 
 // rotary.cu: in place on the first rotary_dim dims of each head. positions
 // and inverse_frequency ([rotary_dim / 2]) on the device.

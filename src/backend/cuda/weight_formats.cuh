@@ -551,6 +551,21 @@ __device__ __forceinline__ int dot4_u8_s8(uint32_t a, uint32_t b, int c) {
   return d;
 }
 
+// The warp's partial sums of its RW rows (from r0), summed over its lanes, to
+// result[(k * R + r0 + i) * NT + t]; rows past R are dropped.
+template <int R, int NM, int RW, int NT>
+__device__ __forceinline__ void store_warp_sums(const float (&acc)[NM][RW][NT], int r0, int lane, float* result) {
+#pragma unroll
+  for (int k = 0; k < NM; ++k)
+#pragma unroll
+    for (int i = 0; i < RW; ++i)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const float total = warp_sum(acc[k][i][t]);
+        if (lane == 0 && r0 + i < R) result[(k * R + r0 + i) * NT + t] = total;
+      }
+}
+
 // As block_row_dots (same arguments and result layout), reading activation
 // rows x.row(rows[t]) quantized by quantize_activations, in 32-value pieces.
 // The work is split differently: each warp takes RW rows at a time and its
@@ -655,15 +670,108 @@ __device__ __forceinline__ void block_row_dots_int8(const Matrix (&m)[NM], int64
         }
       }
     }
+    store_warp_sums<R>(acc, r0, lane, result);
+  }
+  __syncthreads();
+}
+
+// ---- f16 activations (the fast mode, GLM_CUDA_ACTIVATIONS=int8) for FP8 weights
+//
+// With f32 activations an e4m3 GEMV spends ~3 instructions a weight (widen
+// to f16, to f32, multiply-add) and decodes at ~25% of the copy bandwidth.
+// Here each 32 activations come divided by their largest magnitude, as f16
+// (scale_activations_to_half), and two weights widened by one
+// cvt.rn.f16x2.e4m3x2 meet two activations in one packed f16 multiply-add
+// (HFMA2): a 32-value piece is 16 conversions and 16 HFMA2 into an f16x2
+// partial sum (|partial| <= 16 * 448: far inside f16's range), then one
+// f32 multiply-add by the activations' scale. The weight scale (tensor,
+// channel, or a block of >= 32 columns) multiplies per piece. Same
+// partition of the work as block_row_dots_int8. Launch with kInt8Threads.
+template <typename Format>
+inline constexpr bool kHasHalfPath = false;
+template <>
+inline constexpr bool kHasHalfPath<Fp8Format> = true;
+
+// Whether an FP8 matrix can take it: 32-value pieces inside one scale block.
+inline bool half_path_fits(const Matrix& m) {
+  return m.kind == WeightFormat::Kind::Fp8 && m.cols % 32 == 0 && reinterpret_cast<uintptr_t>(m.data) % 16 == 0 &&
+         (m.fp8_scale != WeightFormat::Fp8Scale::Block || m.block_cols % 32 == 0);
+}
+
+template <int NT, int R, int NM>
+__device__ __forceinline__ void block_row_dots_half(const Matrix (&m)[NM], int64_t row0, const HalfActivations& x,
+                                                    const int64_t (&rows)[NT], int n_rows, float* result) {
+  constexpr int RW = R >= 16 ? 4 : (R >= 8 ? 2 : 1);
+  constexpr int kBatch = 8 / (NM * RW * 2) > 0 ? 8 / (NM * RW * 2) : 1;  // <= 8 16-byte loads in flight
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t n_pieces = m[0].cols / 32;
+  const int64_t groups_per_row = x.cols / 32;
+  __syncthreads();  // result may still be read by the caller's previous round
+  for (int r0 = warp * RW; r0 < R; r0 += warps * RW) {
+    const uint4* bytes[NM][RW];
+    int64_t row_index[NM][RW];
 #pragma unroll
     for (int k = 0; k < NM; ++k)
 #pragma unroll
-      for (int i = 0; i < RW; ++i)
+      for (int i = 0; i < RW; ++i) {
+        row_index[k][i] = min(row0 + r0 + i, m[0].rows - 1);
+        bytes[k][i] = reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(m[k].data) + row_index[k][i] * m[k].cols);
+      }
+    float acc[NM][RW][NT] = {};
+    for (int64_t base = lane; base < n_pieces; base += 32 * kBatch) {
+      uint4 words[kBatch][NM][RW][2];
+      float scale[kBatch][NM][RW];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t piece = min(base + 32 * b, n_pieces - 1);  // past the end: a repeat, never used
+#pragma unroll
+        for (int k = 0; k < NM; ++k)
+#pragma unroll
+          for (int i = 0; i < RW; ++i) {
+            words[b][k][i][0] = bytes[k][i][2 * piece];
+            words[b][k][i][1] = bytes[k][i][2 * piece + 1];
+            scale[b][k][i] = Fp8Format::scale_of(m[k], row_index[k][i], piece * 32);
+          }
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t piece = base + 32 * b;
+        if (piece >= n_pieces) break;
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
-          const float total = warp_sum(acc[k][i][t]);
-          if (lane == 0 && r0 + i < R) result[(k * R + r0 + i) * NT + t] = total;
+          if (t >= n_rows) break;
+          const uint4* xv = reinterpret_cast<const uint4*>(x.values + rows[t] * x.cols + piece * 32);
+          uint4 xq[4];
+#pragma unroll
+          for (int v = 0; v < 4; ++v) xq[v] = xv[v];
+          const __half2* xh = reinterpret_cast<const __half2*>(xq);  // [16]: values 2j, 2j + 1
+          const float x_scale = x.scales[rows[t] * groups_per_row + piece];
+#pragma unroll
+          for (int k = 0; k < NM; ++k)
+#pragma unroll
+            for (int i = 0; i < RW; ++i) {
+              __half2 partial = __float2half2_rn(0.0f);
+#pragma unroll
+              for (int v = 0; v < 2; ++v) {
+                const uint32_t w4[4] = {words[b][k][i][v].x, words[b][k][i][v].y, words[b][k][i][v].z,
+                                        words[b][k][i][v].w};
+#pragma unroll
+                for (int w = 0; w < 4; ++w) {  // values 16v + 4w .. + 3
+                  const __half2_raw low = __nv_cvt_fp8x2_to_halfraw2(
+                      static_cast<__nv_fp8x2_storage_t>(w4[w] & 0xffffu), __NV_E4M3);
+                  const __half2_raw high =
+                      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w4[w] >> 16), __NV_E4M3);
+                  partial = __hfma2(__half2(low), xh[8 * v + 2 * w], partial);
+                  partial = __hfma2(__half2(high), xh[8 * v + 2 * w + 1], partial);
+                }
+              }
+              const float2 both = __half22float2(partial);
+              acc[k][i][t] += scale[b][k][i] * x_scale * (both.x + both.y);
+            }
         }
+      }
+    }
+    store_warp_sums<R>(acc, r0, lane, result);
   }
   __syncthreads();
 }
@@ -682,6 +790,11 @@ template <typename Format, int NT, int R, int NM>
 __device__ __forceinline__ void row_dots(const Matrix (&m)[NM], int64_t row0, const Int8Activations& x,
                                          const int64_t (&rows)[NT], int n_rows, float* result) {
   if constexpr (kHasInt8Path<Format>) block_row_dots_int8<Format::kBits, NT, R, NM>(m, row0, x, rows, n_rows, result);
+}
+template <typename Format, int NT, int R, int NM>
+__device__ __forceinline__ void row_dots(const Matrix (&m)[NM], int64_t row0, const HalfActivations& x,
+                                         const int64_t (&rows)[NT], int n_rows, float* result) {
+  if constexpr (kHasHalfPath<Format>) block_row_dots_half<NT, R, NM>(m, row0, x, rows, n_rows, result);
 }
 
 }  // namespace glm::cuda
