@@ -282,13 +282,16 @@ struct Fp8Format {
     value.__x = bits;
     return static_cast<float>(value);
   }
-  // The four e4m3 values of a word, byte i to out[i]: one conversion to
-  // f16x2 per two values (sm_89+: cvt.rn.f16x2.e4m3x2; exact, as every e4m3
-  // value is an f16), then f16 -> f32, rather than a conversion per byte.
+  // The e4m3 values in the low two bytes of `pair` as f16x2, by one
+  // conversion (sm_89+: cvt.rn.f16x2.e4m3x2; exact, as every e4m3 value is
+  // an f16).
+  __device__ static __half2 widen2_half(uint32_t pair) {
+    return __half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xffffu), __NV_E4M3));
+  }
+  // The four e4m3 values of a word, byte i to out[i]: widen2_half per two
+  // values, then f16 -> f32, rather than a conversion per byte.
   __device__ static void widen4(uint32_t word, float* out) {
-    const __half2_raw low = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffffu), __NV_E4M3);
-    const __half2_raw high = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word >> 16), __NV_E4M3);
-    const float2 a = __half22float2(__half2(low)), b = __half22float2(__half2(high));
+    const float2 a = __half22float2(widen2_half(word)), b = __half22float2(widen2_half(word >> 16));
     out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
   }
   __device__ static Raw load(const Matrix& m, int64_t row, int64_t chunk) {
@@ -757,12 +760,8 @@ __device__ __forceinline__ void block_row_dots_half(const Matrix (&m)[NM], int64
                                         words[b][k][i][v].w};
 #pragma unroll
                 for (int w = 0; w < 4; ++w) {  // values 16v + 4w .. + 3
-                  const __half2_raw low = __nv_cvt_fp8x2_to_halfraw2(
-                      static_cast<__nv_fp8x2_storage_t>(w4[w] & 0xffffu), __NV_E4M3);
-                  const __half2_raw high =
-                      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w4[w] >> 16), __NV_E4M3);
-                  partial = __hfma2(__half2(low), xh[8 * v + 2 * w], partial);
-                  partial = __hfma2(__half2(high), xh[8 * v + 2 * w + 1], partial);
+                  partial = __hfma2(Fp8Format::widen2_half(w4[w]), xh[8 * v + 2 * w], partial);
+                  partial = __hfma2(Fp8Format::widen2_half(w4[w] >> 16), xh[8 * v + 2 * w + 1], partial);
                 }
               }
               const float2 both = __half22float2(partial);
