@@ -268,6 +268,107 @@ TEST(CudaQuantized, HalfActivationsOnFp8Weights) {
                       &shared.device, 1e-7);
 }
 
+// How many GEMV launches found their quantized input written by its producer
+// (the CUDA backend's execution summary says).
+int64_t prepared_uses(const Backend& gpu) {
+  const std::string summary = gpu.execution_summary(), marker = "written by their producer for ";
+  const size_t at = summary.find(marker);
+  return at == std::string::npos ? -1 : std::stoll(summary.substr(at + marker.size()));
+}
+
+// A paged KV cache of random keys and values, and a plan for n decode tokens
+// of one sequence each, at contexts `context` (blocks of 16).
+struct DecodeAttention {
+  KvLayer cache;
+  AttentionPlan plan;
+};
+DecodeAttention decode_attention(Backend& gpu, int64_t n, int64_t kv_heads, int64_t head_dim, int32_t context) {
+  const int64_t block_size = 16, blocks_each = (context + block_size - 1) / block_size;
+  const Shape cache_shape = {n * blocks_each, block_size, kv_heads, head_dim};
+  DecodeAttention d{{gpu.allocate(cache_shape), gpu.allocate(cache_shape)}, {}};
+  const size_t elements = static_cast<size_t>(shape_numel(cache_shape));
+  to_device(d.cache.keys.data, random_values(elements, 70).data(), elements * 4);
+  to_device(d.cache.values.data, random_values(elements, 71).data(), elements * 4);
+  d.plan.block_size = block_size;
+  for (int64_t s = 0; s < n; ++s) {
+    std::vector<int32_t> table(static_cast<size_t>(blocks_each));
+    std::iota(table.begin(), table.end(), static_cast<int32_t>(s * blocks_each));
+    d.plan.token_sequence.push_back(static_cast<int32_t>(s));
+    d.plan.token_position.push_back(context - 1);
+    d.plan.token_slot.push_back(static_cast<int64_t>(table.back()) * block_size + (context - 1) % block_size);
+    d.plan.block_tables.push_back(table);
+  }
+  return d;
+}
+
+// The fast mode's producers write the quantized form of their output for
+// the decode GEMVs that read it next (add_rms_norm and rms_norm for q/k/v,
+// the experts and the MLP; attention for o_proj), which then launch no
+// quantize kernel (prepared_activations.cuh). The same arithmetic, so a
+// GEMV on the prepared form must match, bit for bit, the GEMV on a copy of
+// the same values that it quantizes itself; and the backend must say the
+// prepared form was used, or nothing was compared.
+TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
+  REQUIRE_GPU();
+  Backends b = fast_activation_backends();
+  Backend& gpu = *b.gpu;
+  const int64_t hidden = 512, out_features = 67;  // rows of >= 512 take the norm kernel that prepares
+  const std::vector<float> gamma_values = random_values(static_cast<size_t>(hidden), 9100, 1.0f);
+  const Weight gamma = gpu.place(float_weight("gamma", TensorView(gamma_values.data(), DType::F32, {hidden})));
+  unsigned seed = 9100;
+  std::vector<std::unique_ptr<QuantWeight>> weights;
+  weights.push_back(make_affine(b, out_features, hidden, 4, 32, ++seed));
+  weights.push_back(make_affine(b, out_features, hidden, 8, 64, ++seed));
+  weights.push_back(make_fp8(b, out_features, hidden, WeightFormat::Fp8Scale::Channel, ++seed));
+  auto gpu_input = [&](const Shape& shape, unsigned values_seed) {
+    return input(b, shape, random_values(static_cast<size_t>(shape_numel(shape)), values_seed)).gpu;
+  };
+  // GEMV of `produced` (just written by its producer) against the GEMV of a copy of it.
+  auto check = [&](const QuantWeight& w, const Tensor& produced, const std::string& what) {
+    const int64_t n = produced.rows();
+    Tensor zero = gpu.scratch(produced.shape), copy = gpu.scratch(produced.shape);
+    Tensor fused = gpu.scratch({n, w.device.dim(0)}), own = gpu.scratch({n, w.device.dim(0)});
+    const int64_t before = prepared_uses(gpu);
+    gpu.linear(fused, produced, w.device, nullptr);
+    EXPECT_EQ(prepared_uses(gpu), before + 1) << what << ": the prepared form was not used";
+    to_device(zero.data, std::vector<float>(static_cast<size_t>(zero.numel()), 0.0f).data(), zero.numel() * 4);
+    gpu.add(copy, produced, zero);  // x + 0: the same values, not prepared
+    gpu.linear(own, copy, w.device, nullptr);
+    EXPECT_EQ(prepared_uses(gpu), before + 1) << what;
+    EXPECT_EQ(read(gpu, fused), read(gpu, own)) << what << " " << w.label;
+  };
+  for (const auto& w : weights)
+    for (int64_t n : {1, 3}) {
+      const std::string label = w->label + " n=" + std::to_string(n);
+      Tensor x = gpu_input({n, hidden}, 9200), delta = gpu_input({n, hidden}, 9201);
+      Tensor normed = gpu.scratch({n, hidden}), warm = gpu.scratch({n, out_features});
+      gpu.linear(warm, x, w->device, nullptr);  // a GEMV of this width asks for its form once
+      gpu.rms_norm(normed, x, gamma, 1e-5f);
+      check(*w, normed, "rms_norm " + label);
+      gpu.add_rms_norm(x, normed, delta, gamma, 1e-5f);
+      check(*w, normed, "add_rms_norm " + label);
+    }
+  // Attention's output for o_proj: the split kernels' combine (8 query heads
+  // on 2 KV heads, n = 1) and the unsplit kernel (64 KV heads, 8 tokens).
+  for (auto [n, heads, kv_heads] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 2}, {8, 64, 64}}) {
+    const int64_t head_dim = 32, width = heads * head_dim;
+    auto w = make_affine(b, out_features, width, 4, 32, ++seed);
+    DecodeAttention d = decode_attention(gpu, n, kv_heads, head_dim, 40);
+    Tensor q = gpu_input({n, heads, head_dim}, 9300), k = gpu_input({n, kv_heads, head_dim}, 9301);
+    Tensor v = gpu_input({n, kv_heads, head_dim}, 9302), out = gpu.scratch({n, heads, head_dim});
+    Tensor warm = gpu.scratch({n, out_features}), q_rows = q;
+    q_rows.shape = {n, width};
+    gpu.linear(warm, q_rows, w->device, nullptr);  // a GEMV of this width asks for its form once
+    gpu.attention(out, q, k, v, d.cache, d.plan, 0.1f, false);
+    Tensor flat = out;
+    flat.shape = {n, width};
+    check(*w, flat, "attention " + std::to_string(heads) + "/" + std::to_string(kv_heads) + " heads n=" +
+                        std::to_string(n));
+    gpu.release(d.cache.keys);
+    gpu.release(d.cache.values);
+  }
+}
+
 // Prompts on tensor cores (GLM_CUDA_PROMPTS=tensor) on quantized weights:
 // the kernel dequantizes affine 4/8-bit and FP8 pieces to bf16 in its main
 // loop. bf16 operands: bound 1e-2 against the f32 reference, and above f32

@@ -6,88 +6,122 @@
 // it: the kernels centre the weights' integers (see block_row_dots_int8).
 // For FP8 weights the fast mode scales each 32 values into [-1, 1] and keeps
 // them as f16 instead (block_row_dots_half).
-#include "backend/cuda/ops.cuh"
+//
+// The arithmetic is prepare_group (prepared_activations.cuh), shared with
+// the producers that write these forms beside their own output; the
+// launchers here first look for such a prepared form.
+#include <algorithm>
+
+#include "backend/cuda/prepared_activations.cuh"
 
 namespace glm::cuda {
 namespace {
 
 constexpr int kGroupsPerBlock = 8;  // a warp per 32 values
 
-// This warp's group of 32 values and this lane's value of it, with the
-// group's largest magnitude; false (the whole warp) past the last group.
-__device__ __forceinline__ bool group_value(const float* __restrict__ x, int64_t groups, int64_t& group, float& value,
-                                            float& largest) {
-  group = blockIdx.x * static_cast<int64_t>(kGroupsPerBlock) + threadIdx.x / 32;
-  if (group >= groups) return false;
-  value = x[group * 32 + threadIdx.x % 32];
-  largest = warp_max(fabsf(value));
-  return true;
+__global__ void __launch_bounds__(kGroupsPerBlock * 32)
+    prepare_activations_kernel(const PreparedOutput out, const float* __restrict__ x, int64_t groups) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+  const int64_t group = blockIdx.x * static_cast<int64_t>(kGroupsPerBlock) + threadIdx.x / 32;
+  if (group >= groups) return;  // uniform over the warp
+  const float value[1] = {x[group * 32 + threadIdx.x % 32]};
+  prepare_group<1>(out, group, value);
 }
 
-__global__ void __launch_bounds__(kGroupsPerBlock * 32)
-    quantize_activations_kernel(int8_t* __restrict__ values, float* __restrict__ scales, float* __restrict__ sums,
-                                float* __restrict__ rounding, const float* __restrict__ x, int64_t groups) {
-  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-  int64_t group;
-  float value, largest;
-  if (!group_value(x, groups, group, value, largest)) return;
-  const int lane = threadIdx.x % 32;
-  const float sum = warp_sum(value);
-  const float scale = largest / 127.0f;
-  const float inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
-  const int q = max(-127, min(127, __float2int_rn(value * inverse)));
-  values[group * 32 + lane] = static_cast<int8_t>(q);
-  const float q_sum = warp_sum(static_cast<float>(q));  // exact: |sum| <= 32 * 127
-  if (lane == 0) {
-    scales[group] = scale;
-    sums[group] = sum;
-    rounding[group] = sum - scale * q_sum;
+// Scratch for one form of x [n, cols] (not yet written).
+PreparedOutput allocate_form(Context& ctx, ActivationKind kind, int64_t n, int64_t cols) {
+  const int64_t groups = n * cols / 32;
+  PreparedOutput out;
+  out.kind = kind;
+  if (kind == ActivationKind::Half) {
+    out.half_values = ctx.scratch<__half>(n * cols);
+    out.scales = ctx.scratch<float>(groups);
+  } else {
+    out.int8_values = ctx.scratch<int8_t>(n * cols);
+    out.scales = ctx.scratch<float>(groups);
+    out.sums = ctx.scratch<float>(groups);
+    out.rounding = ctx.scratch<float>(groups);
   }
+  return out;
 }
 
-// A warp per 32 values: divided by their largest magnitude, rounded to f16.
-__global__ void __launch_bounds__(kGroupsPerBlock * 32)
-    scale_to_half_kernel(__half* __restrict__ values, float* __restrict__ scales, const float* __restrict__ x,
-                         int64_t groups) {
-  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-  int64_t group;
-  float value, largest;
-  if (!group_value(x, groups, group, value, largest)) return;
-  const int lane = threadIdx.x % 32;
-  const float scale = largest > 0.0f ? largest : 1.0f;
-  values[group * 32 + lane] = __float2half_rn(value / scale);
-  if (lane == 0) scales[group] = scale;
+const Context::Prepared* find_prepared(const Context& ctx, const float* x, int64_t n, int64_t cols,
+                                       ActivationKind kind) {
+  for (const Context::Prepared& p : ctx.prepared_activations)
+    if (p.source == x && p.rows == n && p.cols == cols && p.kind == kind) return &p;
+  return nullptr;
+}
+
+// Remembers which form GEMVs of this input width want (prepare_activations' guess).
+void note_kind(Context& ctx, int64_t cols, ActivationKind kind) {
+  for (auto& [width, wanted] : ctx.activation_kind_by_cols)
+    if (width == cols) {
+      wanted = kind;
+      return;
+    }
+  ctx.activation_kind_by_cols.emplace_back(cols, kind);
+}
+
+// The form of kind `kind` of x: prepared by x's producer, else made here.
+PreparedOutput form_of(Context& ctx, const float* x, int64_t n, int64_t cols, ActivationKind kind) {
+  GLM_CHECK(cols % 32 == 0, "internal error: quantized activations need rows of a multiple of 32 values, not ", cols);
+  note_kind(ctx, cols, kind);
+  if (const Context::Prepared* p = find_prepared(ctx, x, n, cols, kind)) {
+    ++ctx.prepared_uses;
+    PreparedOutput out;
+    out.kind = kind;
+    out.int8_values = const_cast<int8_t*>(p->int8.values);
+    out.half_values = const_cast<__half*>(p->half.values);
+    out.scales = const_cast<float*>(kind == ActivationKind::Half ? p->half.scales : p->int8.scales);
+    out.sums = const_cast<float*>(p->int8.sums);
+    out.rounding = const_cast<float*>(p->int8.rounding);
+    return out;
+  }
+  const PreparedOutput out = allocate_form(ctx, kind, n, cols);
+  const int64_t groups = n * cols / 32;
+  if (groups > 0)
+    launch(ctx, prepare_activations_kernel, dim3(blocks_for(groups, kGroupsPerBlock)), dim3(kGroupsPerBlock * 32), 0,
+           out, x, groups);
+  return out;
 }
 
 }  // namespace
 
 HalfActivations scale_activations_to_half(Context& ctx, const float* x, int64_t n, int64_t cols) {
-  GLM_CHECK(cols % 32 == 0, "internal error: f16 activations need rows of a multiple of 32 values, not ", cols);
-  const int64_t groups = n * cols / 32;
-  __half* values = ctx.scratch<__half>(n * cols);
-  float* scales = ctx.scratch<float>(groups);
-  if (groups > 0)
-    launch(ctx, scale_to_half_kernel, dim3(blocks_for(groups, kGroupsPerBlock)), dim3(kGroupsPerBlock * 32), 0,
-           values, scales, x, groups);
-  return HalfActivations{values, scales, cols};
+  const PreparedOutput form = form_of(ctx, x, n, cols, ActivationKind::Half);
+  return HalfActivations{form.half_values, form.scales, cols};
 }
 
 Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, int64_t cols) {
-  GLM_CHECK(cols % 32 == 0, "internal error: int8 activations need rows of a multiple of 32 values, not ", cols);
-  const int64_t groups = n * cols / 32;
+  const PreparedOutput form = form_of(ctx, x, n, cols, ActivationKind::Int8);
   Int8Activations out;
-  int8_t* values = ctx.scratch<int8_t>(n * cols);
-  float* scales = ctx.scratch<float>(groups);
-  float* sums = ctx.scratch<float>(groups);
-  float* rounding = ctx.scratch<float>(groups);
-  out.values = values;
-  out.scales = scales;
-  out.sums = sums;
-  out.rounding = rounding;
+  out.values = form.int8_values;
+  out.scales = form.scales;
+  out.sums = form.sums;
+  out.rounding = form.rounding;
   out.cols = cols;
-  if (groups > 0)
-    launch(ctx, quantize_activations_kernel, dim3(blocks_for(groups, kGroupsPerBlock)), dim3(kGroupsPerBlock * 32), 0,
-           values, scales, sums, rounding, x, groups);
+  return out;
+}
+
+PreparedOutput prepare_activations(Context& ctx, const float* x, int64_t n, int64_t cols) {
+  if (!ctx.int8_activations || n <= 0 || n > kMaxPreparedRows || cols % 32 != 0) return {};
+  ActivationKind kind = ActivationKind::None;
+  for (const auto& [width, wanted] : ctx.activation_kind_by_cols)
+    if (width == cols) kind = wanted;
+  if (kind == ActivationKind::None) return {};
+  const PreparedOutput out = allocate_form(ctx, kind, n, cols);
+  Context::Prepared entry{x, n, cols, kind, {}, {}};
+  if (kind == ActivationKind::Half) {
+    entry.half = HalfActivations{out.half_values, out.scales, cols};
+  } else {
+    entry.int8.values = out.int8_values;
+    entry.int8.scales = out.scales;
+    entry.int8.sums = out.sums;
+    entry.int8.rounding = out.rounding;
+    entry.int8.cols = cols;
+  }
+  ctx.forget_prepared_activations(x, sizeof(float) * static_cast<size_t>(n * cols));
+  ctx.prepared_activations.push_back(entry);
   return out;
 }
 

@@ -17,7 +17,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "backend/cuda/ops.cuh"
+#include "backend/cuda/prepared_activations.cuh"
 
 namespace glm::cuda {
 namespace {
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                              const int32_t* __restrict__ token_sequence, const int32_t* __restrict__ token_position,
                              const int32_t* __restrict__ table_offsets, const int32_t* __restrict__ table_blocks,
                              int n_heads, int n_kv_heads, int block_size, int group, int head_groups,
-                             int split_length, float scale) {
+                             int split_length, float scale, const PreparedOutput prepared) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   constexpr int kDims = 32 * J;
   __shared__ float queries[G][kDims];            // the group's queries, pre-scaled
@@ -293,10 +293,14 @@ __global__ void __launch_bounds__(kWarps * 32)
       float sum = 0.0f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) sum += warp_acc[w][d] * factors[w];
-      if (splits == 1)
-        out[head_row * kDims + d] = sum / split_sum;
-      else
+      if (splits == 1) {
+        const float value[1] = {sum / split_sum};
+        out[head_row * kDims + d] = value[0];
+        // for the o_proj GEMV; a warp is a group of 32 (kDims % 32 == 0, uniform loop)
+        if (prepared.kind != ActivationKind::None) prepare_group<1>(prepared, (head_row * kDims + d) / 32, value);
+      } else {
         partial_acc[(head_row * splits + split) * kDims + d] = sum;
+      }
     }
     if (splits > 1 && threadIdx.x == 0) {
       partial_stats[(head_row * splits + split) * 2] = split_max;
@@ -308,8 +312,11 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // out[t, h] = the splits' accumulators rescaled to their common max, over
 // the rescaled sums. Splits past a token's context hold max -inf, weight 0.
+// prepared: out's quantized form too (launched with head_dim % 32 == 0
+// threads, one dim each, so a warp holds whole groups of 32).
 __global__ void attention_combine_kernel(float* __restrict__ out, const float* __restrict__ partial_acc,
-                                         const float* __restrict__ partial_stats, int splits, int head_dim) {
+                                         const float* __restrict__ partial_stats, int splits, int head_dim,
+                                         const PreparedOutput prepared) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t head_row = static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y;  // t * heads + h
   const float* stats = partial_stats + head_row * splits * 2;
@@ -323,7 +330,9 @@ __global__ void attention_combine_kernel(float* __restrict__ out, const float* _
     for (int s = 0; s < splits; ++s)
       if (stats[2 * s] != -INFINITY)
         sum += partial_acc[(head_row * splits + s) * head_dim + d] * expf(stats[2 * s] - global_max);
-    out[head_row * head_dim + d] = sum / total;
+    const float value[1] = {sum / total};
+    out[head_row * head_dim + d] = value[0];
+    if (prepared.kind != ActivationKind::None) prepare_group<1>(prepared, (head_row * head_dim + d) / 32, value);
   }
 }
 
@@ -340,7 +349,7 @@ int64_t context_bucket(int64_t context) {
 void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t heads, int64_t kv_heads,
                     int64_t head_dim, KvLayer& cache, const int32_t* sequences, const int32_t* positions,
                     const int32_t* table_offsets, const int32_t* table_blocks, int64_t block_size,
-                    int64_t context_capacity, float scale);
+                    int64_t context_capacity, float scale, bool prepare_out);
 
 }  // namespace
 
@@ -411,7 +420,7 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   }
   if (prefill_sequences.empty()) {
     simt_attention(ctx, out, q, n, heads, kv_heads, head_dim, cache, sequences, positions, table_offsets,
-                   table_blocks, block_size, context_capacity, scale);
+                   table_blocks, block_size, context_capacity, scale, /*prepare_out=*/true);
     return;
   }
   attention_prefill(ctx, out, q, heads, kv_heads, head_dim, cache, plan, prefill_sequences, positions, scale);
@@ -438,7 +447,7 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   simt_attention(ctx, rest_out, rest_q, m, heads, kv_heads, head_dim, cache,
                  ctx.upload(std::span<const int32_t>(rest_sequences)),
                  ctx.upload(std::span<const int32_t>(rest_positions)), table_offsets, table_blocks, block_size,
-                 context_bucket(rest_context), scale);
+                 context_bucket(rest_context), scale, /*prepare_out=*/false);
   launch(ctx, scatter_rows_kernel, dim3(static_cast<unsigned>(m)), dim3(256), 0, out, rest_out, rows, width);
 }
 
@@ -446,11 +455,13 @@ namespace {
 
 // The f32 SIMT kernels over n tokens: the grouped, split kernel where it
 // applies, else a block per (token, query head). context_capacity: the
-// bucket of the longest context (sizes the splits).
+// bucket of the longest context (sizes the splits). prepare_out: out is the
+// whole attention output of the step, so the grouped kernels may write its
+// quantized form for o_proj (prepare_activations).
 void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t heads, int64_t kv_heads,
                     int64_t head_dim, KvLayer& cache, const int32_t* sequences, const int32_t* positions,
                     const int32_t* table_offsets, const int32_t* table_blocks, int64_t block_size,
-                    int64_t context_capacity, float scale) {
+                    int64_t context_capacity, float scale, bool prepare_out) {
   const int64_t group = heads / kv_heads;
   const int dims_per_lane = static_cast<int>(head_dim / 32);
   const bool grouped = head_dim % 32 == 0 && (dims_per_lane == 1 || dims_per_lane == 2 || dims_per_lane == 4) &&
@@ -473,6 +484,9 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
     splits = (context_capacity + split_length - 1) / split_length;
     float* partial_acc = splits > 1 ? ctx.scratch<float>(n * heads * splits * head_dim) : nullptr;  // [n, heads, splits, D]
     float* partial_stats = splits > 1 ? ctx.scratch<float>(n * heads * splits * 2) : nullptr;      // [n, heads, splits, 2]
+    // o_proj reads out as quantized activations only as a GEMV (n <= 8 tokens)
+    const PreparedOutput prepared =
+        prepare_out && n <= 8 ? prepare_activations(ctx, out, n, heads * head_dim) : PreparedOutput{};
     const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(kv_heads * head_groups),
                     static_cast<unsigned>(splits));
     auto launch_grouped = [&](auto dims, auto max_group) {
@@ -480,7 +494,7 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
              dim3(kWarps * 32), 0, out, partial_acc, partial_stats, q, cache.keys.f32(), cache.values.f32(),
              sequences, positions, table_offsets, table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads),
              static_cast<int>(block_size), static_cast<int>(group), static_cast<int>(head_groups),
-             static_cast<int>(split_length), scale);
+             static_cast<int>(split_length), scale, prepared);
     };
     auto with_group = [&](auto dims) {
       if (block_heads == 1) launch_grouped(dims, std::integral_constant<int, 1>{});
@@ -495,7 +509,7 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
     if (splits > 1)
       launch(ctx, attention_combine_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
              dim3(static_cast<unsigned>(head_dim)), 0, out, partial_acc, partial_stats, static_cast<int>(splits),
-             static_cast<int>(head_dim));
+             static_cast<int>(head_dim), prepared);
     return;
   }
 

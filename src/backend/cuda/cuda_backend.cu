@@ -217,7 +217,7 @@ class CudaBackend final : public Backend, public cuda::Context {
 
   // ---- memory ----
   Tensor scratch(const Shape& shape, DType dtype) override {
-    select();
+    select_device(index_);  // allocating writes nothing: prepared activations stay
     Tensor out;
     out.data = scratch_bytes(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
     out.dtype = dtype;
@@ -225,7 +225,10 @@ class CudaBackend final : public Backend, public cuda::Context {
     return out;
   }
   ScratchMark scratch_mark() const override { return scratch_.mark(); }
-  void scratch_rewind(const ScratchMark& mark) override { scratch_.rewind(mark); }
+  void scratch_rewind(const ScratchMark& mark) override {
+    forget_prepared_activations();  // their buffers may be handed out again
+    scratch_.rewind(mark);
+  }
   void reset_scratch() override {
     select();
     flush();
@@ -242,7 +245,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     step_upload_count_ = 0;
   }
   Tensor allocate(const Shape& shape, DType dtype) override {
-    select();
+    select_device(index_);  // allocating writes nothing: prepared activations stay
     flush();
     const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
     Tensor out;
@@ -267,12 +270,12 @@ class CudaBackend final : public Backend, public cuda::Context {
     tensor.data = nullptr;
   }
   void synchronize() override {
-    select();
+    select_device(index_);
     flush();
     CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   void copy_to_host(std::span<float> destination, const Tensor& source) override {
-    select();
+    select_device(index_);
     GLM_CHECK(destination.size() == static_cast<size_t>(source.numel()), "internal error: copy_to_host size");
     download_bytes(destination.data(), source.f32(), destination.size_bytes());
   }
@@ -429,6 +432,7 @@ class CudaBackend final : public Backend, public cuda::Context {
         << " captured, " << graph_replays_ << " replays, " << eager_segments_ << " segments run op by op; "
         << (int8_activations ? "int8 activations for 4/8-bit affine weights and f16 for FP8 (GLM_CUDA_ACTIVATIONS=int8)"
                              : "f32 activations (GLM_CUDA_ACTIVATIONS=f32)")
+        << "; quantized activations written by their producer for " << prepared_uses << " GEMV launches"
         << "; prompts on " << (tensor_core_prompts ? "tensor cores, bf16 operands" : "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)");
     return out.str();
   }
@@ -469,7 +473,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     cuda::rms_norm(*this, out.f32(), x.f32(), cuda::matrix_of(gamma, index_), x.rows(), x.dim(-1), eps);
   }
   void linear(Tensor out, const Tensor& x, const Weight& weight, const Weight* bias) override {
-    select();
+    select_for_gemv({&out});
     ProfileScope scope(*this, x.rows() <= 8 ? "linear (n <= 8)" : "linear (n > 8)", &weight);
     cuda::Matrix bias_matrix;
     const cuda::LinearTarget target = linear_target(x, {out, &weight, bias}, bias_matrix);
@@ -516,7 +520,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void route(Routing& out, const Tensor& router_logits, const Weight& correction_bias,
              const RouterParams& params) override {
-    select();
+    select_for_gemv({&out.expert_ids, &out.weights});
     ProfileScope scope(*this, "route");
     const int64_t n_tokens = router_logits.dim(0), n_experts = router_logits.dim(1);
     GLM_CHECK(shape_numel(correction_bias.shape) == n_experts && out.expert_ids.dim(0) == n_tokens &&
@@ -543,7 +547,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   void moe_experts(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate, const ExpertTable& up,
                    const ExpertTable& down) override {
-    select();
+    select_for_gemv({&out});
     ProfileScope scope(*this, "moe_experts", gate.experts.empty() ? nullptr : &gate.experts.front());
     check_same_shape("moe_experts", out.shape, x.shape);
     GLM_CHECK(routing.expert_ids.dim(0) == x.dim(0) && routing.weights.shape == routing.expert_ids.shape,
@@ -553,7 +557,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   // ---- fused ops ----
   void moe_experts_and_shared(Tensor out, const Tensor& x, const Routing& routing, const ExpertTable& gate,
                               const ExpertTable& up, const ExpertTable& down, const SharedExpert& shared) override {
-    select();
+    select_for_gemv({&out});
     {
       ProfileScope scope(*this, "moe_experts + shared", gate.experts.empty() ? nullptr : &gate.experts.front());
       check_same_shape("moe_experts", out.shape, x.shape);
@@ -576,7 +580,8 @@ class CudaBackend final : public Backend, public cuda::Context {
                        residual.rows(), residual.dim(-1), eps);
   }
   void linears(const Tensor& x, std::span<const LinearOutput> outputs) override {
-    select();
+    select_for_gemv({});
+    for (const LinearOutput& output : outputs) select_for_gemv({&output.out});
     ProfileScope scope(*this, x.rows() <= 8 ? "linears (n <= 8)" : "linears (n > 8)",
                        outputs.empty() ? nullptr : outputs.front().weight);
     GLM_CHECK(outputs.size() <= 8, "internal error: linears of ", outputs.size(), " outputs");
@@ -648,7 +653,7 @@ class CudaBackend final : public Backend, public cuda::Context {
    public:
     ProfileScope(CudaBackend& backend, const char* op, const Weight* weight = nullptr) : backend_(backend) {
       if (!backend_.profiling_) return;
-      backend_.select();
+      select_device(backend_.index_);
       index_ = backend_.next_event_pair();
       backend_.timed_ops_.push_back({weight ? std::string(op) + " " + weight->format.describe() : op, index_});
       CUDA_CHECK(cudaEventRecord(backend_.profile_events_[index_], backend_.stream));
@@ -769,8 +774,21 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
 
   // cudaSetDevice only when this thread last selected another device: a
-  // decode step issues hundreds of ops, and the call is not free.
-  void select() const { select_device(index_); }
+  // decode step issues hundreds of ops, and the call is not free. Every op
+  // but the GEMV and expert ops starts here, and forgets the activations a
+  // producer prepared (ops.cuh, Context::prepared_activations): any op may
+  // write the tensor they were made from.
+  void select() {
+    select_device(index_);
+    forget_prepared_activations();
+  }
+  // The ops that read prepared activations (linear, linears, route, the
+  // experts): they keep them, except those made from the tensors they write.
+  void select_for_gemv(std::initializer_list<const Tensor*> written) {
+    select_device(index_);
+    for (const Tensor* tensor : written)
+      if (tensor->data) forget_prepared_activations(tensor->data, tensor->numel() * dtype_size(tensor->dtype));
+  }
 
   template <typename T>
   const T* upload(std::span<const T> values) {

@@ -5,6 +5,8 @@
 //   1. moe_plan_kernel groups the (token, k) assignments by expert: the
 //      active experts in ascending id, each with its tokens in ascending
 //      order, and for every (token, k) the row its expert output goes to.
+//      A single token needs no grouping: its k-th expert takes row k (after
+//      the shared expert's), read straight from the routing (MoePlan::direct_ids).
 //   2. moe_gate_up_kernel: a block per (active expert, 8 rows of its width)
 //      reads those gate and up rows once for all the expert's tokens
 //      (block_row_dots) and writes silu(gate) * up. Only the chosen experts'
@@ -47,20 +49,55 @@ struct ExpertMatrices {
   const Matrix* down;
 };
 
-// The grouping written by moe_plan_kernel (all device memory).
+// The grouping written by moe_plan_kernel (all device memory), or, for one
+// token, none at all: with `direct_ids` set, slot s is assignment row s
+// (first_slot shared-expert rows, then the token's k-th expert at row
+// first_slot + k, whatever its id), which needs no plan kernel (a 4 us
+// dependent step at batch 1); the other fields are then unused.
 struct MoePlan {
   int32_t* active_count;      // [1]
   int32_t* active_expert;     // [slots] local expert ids, ascending
   int32_t* slot_begin;        // [slots + 1] first assignment of each active expert
   int32_t* assignment_token;  // [n * top_k] token of each assignment, by expert then token
   int32_t* assignment_of;     // [n * top_k] assignment row of (t, k); -1 when the expert is not held
+  const int32_t* direct_ids = nullptr;  // one token: its [top_k] expert ids (routing), else null
+  int first_expert = 0;                 // direct: global id of local expert 0
+  int held = 0;                         // direct: local experts (the shared one is index held)
+  int first_slot = 0;                   // direct: 1 with a shared expert, else 0
 };
 
 void append_signature(Signature& signature, const ExpertMatrices& experts) {
   signature.add_all(experts.gate, experts.up, experts.down);
 }
 void append_signature(Signature& signature, const MoePlan& plan) {
-  signature.add_all(plan.active_count, plan.active_expert, plan.slot_begin, plan.assignment_token, plan.assignment_of);
+  signature.add_all(plan.active_count, plan.active_expert, plan.slot_begin, plan.assignment_token, plan.assignment_of,
+                    plan.direct_ids, plan.first_expert, plan.held, plan.first_slot);
+}
+
+// The work of grid slot `slot`: its local expert and its assignment rows
+// [begin, end); false when the slot has none (uniform over the block).
+__device__ __forceinline__ bool slot_work(const MoePlan& plan, int slot, int& expert, int& begin, int& end) {
+  if (plan.direct_ids) {
+    if (slot < plan.first_slot) {
+      expert = plan.held;  // the shared expert
+    } else {
+      expert = plan.direct_ids[slot - plan.first_slot] - plan.first_expert;
+      if (expert < 0 || expert >= plan.held) return false;  // another rank's expert
+    }
+    begin = slot;
+    end = slot + 1;
+    return true;
+  }
+  if (slot >= *plan.active_count) return false;
+  expert = plan.active_expert[slot];
+  begin = plan.slot_begin[slot];
+  end = plan.slot_begin[slot + 1];
+  return true;
+}
+
+// The token of assignment row `row`.
+__device__ __forceinline__ int token_of(const MoePlan& plan, int row) {
+  return plan.direct_ids ? 0 : plan.assignment_token[row];
 }
 
 // One block. Shared memory: counts, first assignment and slot of each held expert.
@@ -127,18 +164,16 @@ __global__ void __launch_bounds__(256)
     moe_gate_up_kernel(float* __restrict__ act, const Activations x, ExpertMatrices experts, MoePlan plan,
                        int64_t width) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-  const int slot = blockIdx.y;
-  if (slot >= *plan.active_count) return;  // uniform over the block
+  int expert, begin, end;
+  if (!slot_work(plan, blockIdx.y, expert, begin, end)) return;
   __shared__ float result[2 * R * NT];
   const int64_t row0 = blockIdx.x * static_cast<int64_t>(R);
-  const int expert = plan.active_expert[slot];
   const Matrix matrices[2] = {experts.gate[expert], experts.up[expert]};
-  const int begin = plan.slot_begin[slot], end = plan.slot_begin[slot + 1];
   for (int a0 = begin; a0 < end; a0 += NT) {
     const int count = min(NT, end - a0);
     int64_t rows[NT];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) rows[t] = plan.assignment_token[a0 + min(t, count - 1)];
+    for (int t = 0; t < NT; ++t) rows[t] = token_of(plan, a0 + min(t, count - 1));
     row_dots<Format, NT, R, 2>(matrices, row0, x, rows, count, result);
     for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
       const int64_t r = row0 + i / NT;
@@ -157,12 +192,11 @@ __global__ void __launch_bounds__(256)
     moe_down_kernel(float* __restrict__ expert_out, const Activations act, ExpertMatrices experts, MoePlan plan,
                     int64_t hidden) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-  const int slot = blockIdx.y;
-  if (slot >= *plan.active_count) return;
+  int expert, begin, end;
+  if (!slot_work(plan, blockIdx.y, expert, begin, end)) return;
   __shared__ float result[R * NT];
   const int64_t row0 = blockIdx.x * static_cast<int64_t>(R);
-  const Matrix matrices[1] = {experts.down[plan.active_expert[slot]]};
-  const int begin = plan.slot_begin[slot], end = plan.slot_begin[slot + 1];
+  const Matrix matrices[1] = {experts.down[expert]};
   for (int a0 = begin; a0 < end; a0 += NT) {
     const int count = min(NT, end - a0);
     int64_t rows[NT];
@@ -179,36 +213,72 @@ __global__ void __launch_bounds__(256)
 
 // out[t] = sum over the token's held experts, ascending id, of weight *
 // expert_out, then + expert_out row t when `shared` (the shared expert's
-// rows come first), as the plain ops compute routed + shared.
-__global__ void moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
+// rows come first), as the plain ops compute routed + shared. A block per
+// token. Its first warp puts the token's (row, weight) pairs in ascending
+// expert id in shared memory (a lane per k, ranked by shuffles), then every
+// thread sums its dims with up to 8 expert rows' loads in flight.
+// direct_held >= 0: the one-token plan of MoePlan::direct_ids (row
+// first_slot + k for the k-th expert if this rank holds it: local id <
+// direct_held), else the rows of assignment_of.
+__global__ void __launch_bounds__(1024)
+    moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
                                    const int32_t* __restrict__ expert_ids, const float* __restrict__ weights,
                                    const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden, bool shared,
-                                   bool vectorized) {
+                                   bool vectorized, int direct_held, int first_expert, int first_slot) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+  __shared__ int32_t sorted_row[kMaxTopK];
+  __shared__ float sorted_mix[kMaxTopK];
+  __shared__ int used_count;
   const int64_t t = blockIdx.x;
-  int32_t ids[kMaxTopK], rows[kMaxTopK];
-  float mix[kMaxTopK];
-  int used = 0;
-  for (int k = 0; k < top_k; ++k) {  // insertion sort by expert id
-    const int64_t i = t * top_k + k;
-    if (assignment_of[i] < 0) continue;
-    int at = used++;
-    for (; at > 0 && ids[at - 1] > expert_ids[i]; --at) {
-      ids[at] = ids[at - 1], rows[at] = rows[at - 1], mix[at] = mix[at - 1];
+  if (threadIdx.x < 32) {  // launched with >= 32 threads; top_k <= kMaxTopK == 32
+    const int k = threadIdx.x;
+    int32_t id = 0, row = -1;
+    float mix = 0.0f;
+    if (k < top_k) {
+      const int64_t i = t * top_k + k;
+      id = expert_ids[i];
+      mix = weights[i];
+      if (direct_held >= 0) {
+        const int local = id - first_expert;
+        row = local >= 0 && local < direct_held ? first_slot + k : -1;
+      } else {
+        row = assignment_of[i];
+      }
     }
-    ids[at] = expert_ids[i], rows[at] = assignment_of[i], mix[at] = weights[i];
+    const unsigned held_lanes = __ballot_sync(0xffffffffu, row >= 0);
+    int rank = 0;  // held experts of lower id (a token picks an expert at most once; ties by k regardless)
+    for (int j = 0; j < top_k; ++j) {
+      const int32_t other = __shfl_sync(0xffffffffu, id, j);
+      rank += (held_lanes >> j & 1u) && (other < id || (other == id && j < k));
+    }
+    if (row >= 0) {
+      sorted_row[rank] = row;
+      sorted_mix[rank] = mix;
+    }
+    if (k == 0) used_count = __popc(held_lanes);
   }
-  // Four dims a thread, and enough threads that a decode token's row takes
-  // one pass: the experts' loads are all in flight at once.
+  __syncthreads();
+  const int used = used_count;
+  constexpr int kInFlight = 8;
   if (vectorized) {
-    for (int64_t d4 = threadIdx.x; d4 < hidden / 4; d4 += blockDim.x) {
+    const float4* rows4 = reinterpret_cast<const float4*>(expert_out);
+    const int64_t hidden4 = hidden / 4;
+    for (int64_t d4 = threadIdx.x; d4 < hidden4; d4 += blockDim.x) {
       float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      for (int j = 0; j < used; ++j) {
-        const float4 e = reinterpret_cast<const float4*>(expert_out + rows[j] * hidden)[d4];
-        sum.x += mix[j] * e.x, sum.y += mix[j] * e.y, sum.z += mix[j] * e.z, sum.w += mix[j] * e.w;
+      for (int j0 = 0; j0 < used; j0 += kInFlight) {
+        float4 e[kInFlight];
+#pragma unroll
+        for (int b = 0; b < kInFlight; ++b)
+          if (j0 + b < used) e[b] = rows4[sorted_row[j0 + b] * hidden4 + d4];
+#pragma unroll
+        for (int b = 0; b < kInFlight; ++b) {
+          if (j0 + b >= used) break;
+          const float m = sorted_mix[j0 + b];
+          sum.x += m * e[b].x, sum.y += m * e[b].y, sum.z += m * e[b].z, sum.w += m * e[b].w;
+        }
       }
       if (shared) {
-        const float4 e = reinterpret_cast<const float4*>(expert_out + t * hidden)[d4];
+        const float4 e = rows4[t * hidden4 + d4];
         sum.x += e.x, sum.y += e.y, sum.z += e.z, sum.w += e.w;
       }
       reinterpret_cast<float4*>(out + t * hidden)[d4] = sum;
@@ -217,7 +287,7 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
   }
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
     float sum = 0.0f;
-    for (int j = 0; j < used; ++j) sum += mix[j] * expert_out[rows[j] * hidden + d];
+    for (int j = 0; j < used; ++j) sum += sorted_mix[j] * expert_out[sorted_row[j] * hidden + d];
     if (shared) sum += expert_out[t * hidden + d];
     out[t * hidden + d] = sum;
   }
@@ -249,20 +319,31 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
   const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
   const Matrix& down0 = ctx.expert_matrices_host(down).front();
   const int64_t width = gate0.rows;
-  const int64_t slots = std::min(entries, held) + (shared ? 1 : 0);
   const int64_t total_rows = shared_rows + entries;  // shared rows first, then one per (token, k)
-  MoePlan plan;
-  plan.active_count = ctx.scratch<int32_t>(1);
-  plan.active_expert = ctx.scratch<int32_t>(slots);
-  plan.slot_begin = ctx.scratch<int32_t>(slots + 1);
-  plan.assignment_token = ctx.scratch<int32_t>(total_rows);
-  plan.assignment_of = ctx.scratch<int32_t>(entries);
+  // One token: slot s is row s (MoePlan::direct_ids), no plan kernel; more
+  // tokens: the plan kernel groups them by expert.
+  const bool direct = n == 1;
+  const int64_t slots = direct ? total_rows : std::min(entries, held) + (shared ? 1 : 0);
+  MoePlan plan{};
+  if (direct) {
+    plan.direct_ids = routing.expert_ids.i32();
+    plan.first_expert = static_cast<int>(gate.first_expert);
+    plan.held = static_cast<int>(held);
+    plan.first_slot = static_cast<int>(shared_rows);
+  } else {
+    plan.active_count = ctx.scratch<int32_t>(1);
+    plan.active_expert = ctx.scratch<int32_t>(slots);
+    plan.slot_begin = ctx.scratch<int32_t>(slots + 1);
+    plan.assignment_token = ctx.scratch<int32_t>(total_rows);
+    plan.assignment_of = ctx.scratch<int32_t>(entries);
+  }
   float* act = ctx.scratch<float>(total_rows * width);         // [total_rows, width]
   float* expert_out = ctx.scratch<float>(total_rows * hidden);  // [total_rows, hidden]
 
-  launch(ctx, moe_plan_kernel, dim3(1), dim3(256), sizeof(int32_t) * 2 * static_cast<size_t>(held), plan,
-         routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
-         static_cast<int>(gate.first_expert), static_cast<int>(held), static_cast<int>(shared_rows));
+  if (!direct)
+    launch(ctx, moe_plan_kernel, dim3(1), dim3(256), sizeof(int32_t) * 2 * static_cast<size_t>(held), plan,
+           routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
+           static_cast<int>(gate.first_expert), static_cast<int>(held), static_cast<int>(shared_rows));
 
   constexpr int kGateUpRows = 8, kDownRows = 16;
   // Threads split a row's 8-value pieces: no more threads than pieces.
@@ -323,9 +404,9 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
   const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
          dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
-         out, expert_out,
-         routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k), hidden,
-         shared != nullptr, vectors);
+         out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k),
+         hidden, shared != nullptr, vectors, direct ? static_cast<int>(held) : -1, static_cast<int>(gate.first_expert),
+         static_cast<int>(shared_rows));
 }
 
 // The host-grouped path (see the file comment).
@@ -510,7 +591,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
   launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
          dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
          out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), assignment_of, static_cast<int>(top_k),
-         hidden, false, vectors);
+         hidden, false, vectors, -1, 0, 0);
 }
 
 }  // namespace

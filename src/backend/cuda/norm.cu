@@ -4,8 +4,11 @@
 // latency-bound (measured: 53 us a call, against 2-3 us for a block).
 // Arithmetic as the CPU reference: x * (1 / sqrt(mean(x^2) + eps)), then
 // times gamma. The fused add_rms_norm first adds a residual delta into x in
-// the same pass (the sum rounded once, as the plain add does).
-#include "backend/cuda/ops.cuh"
+// the same pass (the sum rounded once, as the plain add does). For a decode
+// step the wide-row kernel also writes the normed rows in the form the next
+// GEMVs read (int8 or f16 per 32 values: prepared_activations.cuh), which
+// saves them a quantize kernel.
+#include "backend/cuda/prepared_activations.cuh"
 
 namespace glm::cuda {
 namespace {
@@ -47,10 +50,12 @@ __device__ __forceinline__ float block_total(float value) {
 // A block per row held in registers, four values a load, every load of the
 // row issued before the first is used: one memory latency for the row, not
 // one per loop trip (the looping kernel below took 16 us on a 4096 row).
-// delta: null, or added into x first (x is then written).
+// delta: null, or added into x first (x is then written). prepared: the
+// quantized form of out to write too (kind None: none; needs dim % 128 == 0,
+// so that every warp's lanes hold whole groups of 32).
 __global__ void __launch_bounds__(kBlockThreads)
     rms_norm_vector_kernel(float* out, float* x, const float* delta, const void* gamma, DType gamma_dtype,
-                           int64_t dim, float eps) {
+                           int64_t dim, float eps, const PreparedOutput prepared) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t row = blockIdx.x;
   float4* input = reinterpret_cast<float4*>(x + row * dim);
@@ -86,6 +91,10 @@ __global__ void __launch_bounds__(kBlockThreads)
     result.z = element_f32(gamma, gamma_dtype, 4 * i + 2) * (value[j].z * inverse_rms);
     result.w = element_f32(gamma, gamma_dtype, 4 * i + 3) * (value[j].w * inverse_rms);
     output[i] = result;
+    if (prepared.kind != ActivationKind::None) {  // 8 lanes a group of 32; uniform over the warp
+      const float four[4] = {result.x, result.y, result.z, result.w};
+      prepare_group<4>(prepared, (row * dim / 4 + i) / 8, four);
+    }
   }
 }
 
@@ -115,13 +124,18 @@ __global__ void __launch_bounds__(kBlockThreads)
     output[i] = element_f32(gamma, gamma_dtype, i) * (input[i] * inverse_rms);
 }
 
+// The form of out [rows, dim] the next GEMVs want, where the vector kernel can write it.
+PreparedOutput prepared_for(Context& ctx, float* out, int64_t rows, int64_t dim) {
+  return dim % 128 == 0 ? prepare_activations(ctx, out, rows, dim) : PreparedOutput{};
+}
+
 }  // namespace
 
 void rms_norm(Context& ctx, float* out, const float* x, const Matrix& gamma, int64_t rows, int64_t dim, float eps) {
   if (rows == 0) return;
   if (dim >= kBlockPerRowFrom && vector_row(out, x, nullptr, dim)) {  // x is written only when given a delta
     launch(ctx, rms_norm_vector_kernel, dim3(static_cast<unsigned>(rows)), dim3(kBlockThreads), 0, out,
-           const_cast<float*>(x), nullptr, gamma.data, gamma.dtype, dim, eps);
+           const_cast<float*>(x), nullptr, gamma.data, gamma.dtype, dim, eps, prepared_for(ctx, out, rows, dim));
     return;
   }
   if (dim >= kBlockPerRowFrom) {  // the kernel writes x only when given a delta
@@ -138,7 +152,7 @@ void add_rms_norm(Context& ctx, float* residual, float* normed, const float* del
   if (rows == 0) return;
   if (dim >= kBlockPerRowFrom && vector_row(normed, residual, delta, dim)) {
     launch(ctx, rms_norm_vector_kernel, dim3(static_cast<unsigned>(rows)), dim3(kBlockThreads), 0, normed, residual,
-           delta, gamma.data, gamma.dtype, dim, eps);
+           delta, gamma.data, gamma.dtype, dim, eps, prepared_for(ctx, normed, rows, dim));
     return;
   }
   if (dim >= kBlockPerRowFrom) {

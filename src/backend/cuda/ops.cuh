@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -69,6 +70,26 @@ struct HalfActivations {
   const float* scales;   // [rows, cols / 32]: max |x| of each 32 values (1 where all are 0)
   int64_t cols;
 };
+// Where a producer kernel (add_rms_norm, attention) writes the quantized form
+// of its f32 output beside it, so the decode GEMVs that read that output next
+// need no quantize or scale kernel of their own (2 us each, four a layer):
+// `kind` says which form, None writes nothing. Filled by
+// prepare_activations (activations.cu); the kernels call prepare_group
+// (prepared_activations.cuh), which computes exactly what the standalone
+// quantize_activations and scale_activations_to_half kernels compute.
+enum class ActivationKind : uint8_t { None, Int8, Half };
+struct PreparedOutput {
+  ActivationKind kind = ActivationKind::None;
+  int8_t* int8_values = nullptr;  // [rows, cols] (Int8)
+  __half* half_values = nullptr;  // [rows, cols] (Half)
+  float* scales = nullptr;        // [rows, cols / 32]
+  float* sums = nullptr;          // [rows, cols / 32] (Int8)
+  float* rounding = nullptr;      // [rows, cols / 32] (Int8)
+};
+inline void append_signature(Signature& signature, const PreparedOutput& p) {
+  signature.add_all(p.kind, p.int8_values, p.half_values, p.scales, p.sums, p.rounding);
+}
+
 inline void append_signature(Signature& signature, const F32Activations& x) { signature.add_all(x.data, x.cols); }
 inline void append_signature(Signature& signature, const HalfActivations& x) {
   signature.add_all(x.values, x.scales, x.cols);
@@ -95,6 +116,37 @@ class Context : public Submitter {
   // (gemm_tensor.cu, attention_prefill.cu) or keep f32 activations on the
   // SIMT kernels (the f32-exact mode the tests compare).
   bool tensor_core_prompts = true;
+
+  // Activations a producer op prepared for the GEMVs that read its output
+  // (PreparedOutput above): the consumers' quantize_activations and
+  // scale_activations_to_half return them instead of launching a kernel.
+  // An entry lives until the next op that may write device memory
+  // (CudaBackend clears the list at every op except the GEMV and expert ops
+  // that read it, which drop only entries their outputs overlap) or a scratch
+  // rewind or reset.
+  struct Prepared {
+    const float* source;  // the f32 tensor [rows, cols] the forms were made from
+    int64_t rows, cols;
+    ActivationKind kind;
+    Int8Activations int8;
+    HalfActivations half;
+  };
+  std::vector<Prepared> prepared_activations;
+  // The form the GEMVs last asked for, by input width: a producer prepares
+  // that one (nothing before any GEMV has asked; a wrong guess costs only
+  // the consumer's own quantize kernel).
+  std::vector<std::pair<int64_t, ActivationKind>> activation_kind_by_cols;
+  int64_t prepared_uses = 0;  // GEMV launches that found their input prepared (execution_summary)
+
+  void forget_prepared_activations() { prepared_activations.clear(); }
+  // Drops the entries whose source overlaps [begin, begin + bytes).
+  void forget_prepared_activations(const void* begin, size_t bytes) {
+    const auto* first = static_cast<const char*>(begin);
+    std::erase_if(prepared_activations, [&](const Prepared& p) {
+      const auto* source = reinterpret_cast<const char*>(p.source);
+      return source < first + bytes && first < source + sizeof(float) * p.rows * p.cols;
+    });
+  }
 
   // Device memory valid until the backend's next reset_scratch(); 256-byte aligned.
   virtual void* scratch_bytes(size_t bytes) = 0;
@@ -210,10 +262,18 @@ void tensor_experts_down(Context& ctx, float* expert_out /*[assignments, hidden]
                          const __nv_bfloat16* act /*[assignments, width]*/, const ExpertRows& rows,
                          const Matrix* down /*device [held]*/, const Matrix& down0);
 
-// activations.cu: x [n, cols] (cols % 32 == 0) quantized per 32 values into scratch.
+// activations.cu: x [n, cols] (cols % 32 == 0) quantized per 32 values into
+// scratch, or the form its producer prepared (Context::prepared_activations).
 Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, int64_t cols);
-// x [n, cols] (cols % 32 == 0) scaled per 32 values to f16 into scratch (FP8 weights' fast path).
+// x [n, cols] (cols % 32 == 0) scaled per 32 values to f16 into scratch (FP8
+// weights' fast path), or the form its producer prepared.
 HalfActivations scale_activations_to_half(Context& ctx, const float* x, int64_t n, int64_t cols);
+// For a producer about to write x [n, cols]: scratch for the form the GEMVs
+// last asked for at this width, registered as prepared from x; kind None
+// (the kernel writes nothing) in the exact mode, for more than
+// kMaxPreparedRows rows, widths not a multiple of 32, or before any GEMV asked.
+constexpr int64_t kMaxPreparedRows = 64;
+PreparedOutput prepare_activations(Context& ctx, const float* x, int64_t n, int64_t cols);
 
 // rotary.cu: in place on the first rotary_dim dims of each head. positions
 // and inverse_frequency ([rotary_dim / 2]) on the device.
