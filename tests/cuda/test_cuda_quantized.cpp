@@ -349,9 +349,11 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
       check(*w, normed, "add_rms_norm " + label);
     }
   // Attention's output for o_proj: the split kernels' combine (8 query heads
-  // on 2 KV heads, n = 1) and the unsplit kernel (64 KV heads, 8 tokens).
-  for (auto [n, heads, kv_heads] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 2}, {8, 64, 64}}) {
-    const int64_t head_dim = 32, width = heads * head_dim;
+  // on 2 KV heads, n = 1), the unsplit kernel (64 KV heads, 8 tokens) and the
+  // short-context kernel (GLM-4.5-Air's 96 heads of 128 on 8 KV heads).
+  for (auto [n, heads, kv_heads, head_dim] :
+       {std::tuple<int64_t, int64_t, int64_t, int64_t>{1, 8, 2, 32}, {8, 64, 64, 32}, {2, 96, 8, 128}}) {
+    const int64_t width = heads * head_dim;
     auto w = make_affine(b, out_features, width, 4, 32, ++seed);
     DecodeAttention d = decode_attention(gpu, n, kv_heads, head_dim, 40);
     Tensor q = gpu_input({n, heads, head_dim}, 9300), k = gpu_input({n, kv_heads, head_dim}, 9301);
@@ -401,12 +403,14 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
 // Decode steps of several sequences at GLM-4.5-Air's head counts (96 query
 // heads over 8 KV heads, head_dim 128): the grouped kernel with the context
 // split over blocks, contexts from 1 to 3000 in one step.
+// Contexts of at most 256 take, at head_dim 128 and groups of a multiple of
+// 4, the short-context kernel instead (1 to 200 positions in one step).
 TEST(CudaQuantized, GroupedSplitAttentionAtAirHeadCounts) {
   REQUIRE_GPU();
   Backends b;
+  for (const std::vector<int32_t>& contexts : {std::vector<int32_t>{3000, 1, 700, 33}, std::vector<int32_t>{1, 7, 33, 200}})
   for (auto [heads, kv_heads, head_dim] : {std::tuple<int64_t, int64_t, int64_t>{96, 8, 128}, {16, 4, 64}, {8, 8, 32}}) {
     const int64_t block_size = 16, n_blocks = 400;
-    const std::vector<int32_t> contexts = {3000, 1, 700, 33};
     const Shape cache_shape = {n_blocks, block_size, kv_heads, head_dim};
     KvLayer cpu_cache{b.cpu->allocate(cache_shape), b.cpu->allocate(cache_shape)};
     KvLayer gpu_cache{b.gpu->allocate(cache_shape), b.gpu->allocate(cache_shape)};
@@ -441,8 +445,10 @@ TEST(CudaQuantized, GroupedSplitAttentionAtAirHeadCounts) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     b.cpu->attention(out.cpu, q.cpu, k.cpu, v.cpu, cpu_cache, plan, scale);
     b.gpu->attention(out.gpu, q.gpu, k.gpu, v.gpu, gpu_cache, plan, scale);
+    std::string at;
+    for (int32_t context : contexts) at += (at.empty() ? "" : "/") + std::to_string(context);
     const std::string what = "attention grouped split " + std::to_string(heads) + "/" + std::to_string(kv_heads) +
-                             " heads of " + std::to_string(head_dim) + ", decode at 3000/1/700/33";
+                             " heads of " + std::to_string(head_dim) + ", decode at " + at;
     EXPECT_LT(compare(b, out, what), 1e-5);
     for (Tensor* t : {&cpu_cache.keys, &cpu_cache.values}) b.cpu->release(*t);
     for (Tensor* t : {&gpu_cache.keys, &gpu_cache.values}) b.gpu->release(*t);

@@ -9,6 +9,9 @@
 // That per-head kernel serves odd head sizes; head_dim 32/64/128 with up to
 // 16 query heads per KV head goes to the grouped, split kernel below (at
 // short contexts the group's query heads are spread over blocks of 4).
+// Steps whose contexts all fit 256 positions, at head_dim 128 with groups of
+// a multiple of 4 (GLM-4.5/4.6: 12), take the short-context kernel: a warp
+// shares each key and value row over its lanes, no splits, no combine.
 // Sequences that bring many tokens in one step (prompts, prompt chunks) go to
 // the tensor-core flash kernel of attention_prefill.cu instead, unless
 // GLM_CUDA_PROMPTS=simt asks for these exact f32 kernels.
@@ -310,6 +313,148 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// Decode attention at short contexts (a bucket of <= 256 positions) for
+// head_dim 128 and GQA groups of a multiple of 4: one block per (token, KV
+// head, 4 of its query heads), no splits and so no combine kernel. The split
+// kernel above keeps one warp per 32 positions, a lane per position walking
+// its key row, and a short context leaves it a long chain of dependent steps
+// (13.5 us at context 20, plus 3.5 us of combine, on the H200). Here each
+// warp takes 8 positions at a time and all 32 lanes share each key and value
+// row (a float4 of the 128 dims each): the 8 keys, the 8 values and the
+// queries are requested together, once. Lane l then holds 32 partial dot
+// products (4 heads x 8 positions); a reduce-scatter over the warp (31
+// shuffles) leaves lane l the whole score of head l / 8 at position l % 8,
+// and the online softmax runs per head over 8 lanes. The 4 warps' (max,
+// sum, accumulator) merge through shared memory at the end, which writes
+// `out` (and its quantized form for o_proj: prepared).
+constexpr int kShortHeads = 4, kShortDims = 128, kShortPositions = 8;
+constexpr int64_t kShortContext = 256;
+
+// Sums 32 values over the warp so that lane l ends with the total of value
+// l: each step halves the values a lane keeps (Half of them: the upper ones
+// where lane & Half, else the lower) and adds the partner's copy of them.
+// (A template per step: a runtime loop bound left the array in local memory.)
+template <int Half>
+__device__ __forceinline__ float reduce_scatter(float (&v)[32]) {
+  const bool upper = threadIdx.x & Half;
+#pragma unroll
+  for (int i = 0; i < Half; ++i) {
+    const float send = upper ? v[i] : v[i + Half];
+    const float keep = upper ? v[i + Half] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, Half);
+  }
+  if constexpr (Half > 1) return reduce_scatter<Half / 2>(v);
+  else return v[0];
+}
+
+__global__ void __launch_bounds__(kWarps * 32)
+    short_attention_kernel(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ key_cache,
+                           const float* __restrict__ value_cache, const int32_t* __restrict__ token_sequence,
+                           const int32_t* __restrict__ token_position, const int32_t* __restrict__ table_offsets,
+                           const int32_t* __restrict__ table_blocks, int n_heads, int n_kv_heads, int block_size,
+                           int group, float scale, const PreparedOutput prepared) {
+  constexpr int H = kShortHeads, D = kShortDims, P = kShortPositions;
+  static_assert(H * P == 32, "a lane per (head, position) after the reduce-scatter");
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+  const int head_groups = group / H;
+  const int t = blockIdx.x, kv_head = blockIdx.y / head_groups;
+  const int head_base = kv_head * group + (blockIdx.y % head_groups) * H;  // absolute index of the block's first head
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t slot_size = static_cast<int64_t>(n_kv_heads) * D;
+  const int context = token_position[t] + 1;
+  const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
+
+  float4 query[H];  // dims 4 * lane .. + 3 of each head, pre-scaled
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    query[h] = reinterpret_cast<const float4*>(q + (static_cast<int64_t>(t) * n_heads + head_base + h) * D)[lane];
+    query[h].x *= scale, query[h].y *= scale, query[h].z *= scale, query[h].w *= scale;
+  }
+  float4 acc[H];
+  float running_max[H], running_sum[H];  // the same in every lane
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    acc[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    running_max[h] = -INFINITY;
+    running_sum[h] = 0.0f;
+  }
+  for (int first = warp * P; first < context; first += kWarps * P) {  // positions first .. first + P - 1
+    float4 keys[P], values[P];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      const int p = min(first + j, context - 1);  // past the context: a repeat, weight 0
+      const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;
+      keys[j] = reinterpret_cast<const float4*>(key_cache + slot * slot_size + kv_head * D)[lane];
+      values[j] = reinterpret_cast<const float4*>(value_cache + slot * slot_size + kv_head * D)[lane];
+    }
+    float partial[H * P];  // [head][position]: this lane's 4 dims of each dot product
+#pragma unroll
+    for (int h = 0; h < H; ++h)
+#pragma unroll
+      for (int j = 0; j < P; ++j)
+        partial[h * P + j] = query[h].x * keys[j].x + query[h].y * keys[j].y + query[h].z * keys[j].z +
+                             query[h].w * keys[j].w;
+    const float score = reduce_scatter<16>(partial);  // head lane / P, position first + lane % P
+    const bool valid = first + lane % P < context;
+    float batch_max = valid ? score : -INFINITY;
+#pragma unroll
+    for (int offset = 1; offset < P; offset *= 2) batch_max = fmaxf(batch_max, __shfl_xor_sync(0xffffffffu, batch_max, offset));
+    float own_max = running_max[0];  // this lane's head's (a select chain: no local-memory array)
+#pragma unroll
+    for (int h = 1; h < H; ++h)
+      if (lane / P == h) own_max = running_max[h];
+    const float own_new_max = fmaxf(own_max, batch_max);
+    const float weight = valid ? expf(score - own_new_max) : 0.0f;
+    float batch_sum = weight;
+#pragma unroll
+    for (int offset = 1; offset < P; offset *= 2) batch_sum += __shfl_xor_sync(0xffffffffu, batch_sum, offset);
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      const float new_max = __shfl_sync(0xffffffffu, own_new_max, h * P);
+      const float correction = expf(running_max[h] - new_max);  // 0 on the first batch
+      running_sum[h] = running_sum[h] * correction + __shfl_sync(0xffffffffu, batch_sum, h * P);
+      running_max[h] = new_max;
+      float4 sum = make_float4(acc[h].x * correction, acc[h].y * correction, acc[h].z * correction,
+                               acc[h].w * correction);
+#pragma unroll
+      for (int j = 0; j < P; ++j) {
+        const float w = __shfl_sync(0xffffffffu, weight, h * P + j);
+        sum.x += w * values[j].x, sum.y += w * values[j].y, sum.z += w * values[j].z, sum.w += w * values[j].w;
+      }
+      acc[h] = sum;
+    }
+  }
+
+  // Merge the warps: warp w finishes head w from every warp's part.
+  __shared__ float4 warp_acc[kWarps][H][D / 4];
+  __shared__ float warp_stats[kWarps][H][2];
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    warp_acc[warp][h][lane] = acc[h];
+    if (lane == 0) warp_stats[warp][h][0] = running_max[h], warp_stats[warp][h][1] = running_sum[h];
+  }
+  __syncthreads();
+  static_assert(kWarps == H, "a warp per head in the merge");
+  const int h = warp;
+  float global_max = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) global_max = fmaxf(global_max, warp_stats[w][h][0]);
+  float total = 0.0f;
+  float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const float factor = warp_stats[w][h][0] == -INFINITY ? 0.0f : expf(warp_stats[w][h][0] - global_max);  // idle warps count 0
+    total += warp_stats[w][h][1] * factor;
+    const float4 part = warp_acc[w][h][lane];
+    sum.x += part.x * factor, sum.y += part.y * factor, sum.z += part.z * factor, sum.w += part.w * factor;
+  }
+  const float result[4] = {sum.x / total, sum.y / total, sum.z / total, sum.w / total};
+  const int64_t head_row = static_cast<int64_t>(t) * n_heads + head_base + h;
+  reinterpret_cast<float4*>(out + head_row * D)[lane] = make_float4(result[0], result[1], result[2], result[3]);
+  // for the o_proj GEMV: 8 lanes a group of 32 dims
+  if (prepared.kind != ActivationKind::None) prepare_group<4>(prepared, (head_row * D + 4 * lane) / 32, result);
+}
+
 // out[t, h] = the splits' accumulators rescaled to their common max, over
 // the rescaled sums. Splits past a token's context hold max -inf, weight 0.
 // prepared: out's quantized form too (launched with head_dim % 32 == 0
@@ -453,6 +598,8 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
 
 namespace {
 
+bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // The f32 SIMT kernels over n tokens: the grouped, split kernel where it
 // applies, else a block per (token, query head). context_capacity: the
 // bucket of the longest context (sizes the splits). prepare_out: out is the
@@ -466,6 +613,16 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
   const int dims_per_lane = static_cast<int>(head_dim / 32);
   const bool grouped = head_dim % 32 == 0 && (dims_per_lane == 1 || dims_per_lane == 2 || dims_per_lane == 4) &&
                        group <= kMaxGroup;
+  if (ctx.short_attention && head_dim == kShortDims && group % kShortHeads == 0 && context_capacity <= kShortContext &&
+      aligned16(q) && aligned16(out)) {
+    const PreparedOutput prepared =
+        prepare_out && n <= 8 ? prepare_activations(ctx, out, n, heads * head_dim) : PreparedOutput{};
+    launch(ctx, short_attention_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads)),
+           dim3(kWarps * 32), 0, out, q, cache.keys.f32(), cache.values.f32(), sequences, positions, table_offsets,
+           table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads), static_cast<int>(block_size),
+           static_cast<int>(group), scale, prepared);
+    return;
+  }
   if (grouped) {
     // Enough blocks to cover the GPU twice; splits no shorter than 32 positions
     // (4x and 16 measured slower: 99 against 80 us at context 4096). Splits

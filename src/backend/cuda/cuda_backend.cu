@@ -125,6 +125,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     GLM_CHECK(prompt_mode == "tensor" || prompt_mode == "simt", "GLM_CUDA_PROMPTS=", prompt_mode,
               " is not a mode: use tensor (bf16 tensor cores, the default) or simt (f32 activations, exact)");
     tensor_core_prompts = prompt_mode == "tensor";
+    const char* short_contexts = std::getenv("GLM_CUDA_SHORT_ATTENTION");
+    short_attention = !(short_contexts && std::string(short_contexts) == "0");
   }
 
   ~CudaBackend() override {
