@@ -56,11 +56,21 @@ __device__ __forceinline__ float block_total(float value) {
 __global__ void __launch_bounds__(kBlockThreads)
     rms_norm_vector_kernel(float* out, float* x, const float* delta, const void* gamma, DType gamma_dtype,
                            int64_t dim, float eps, const PreparedOutput prepared) {
+  const int vectors = static_cast<int>(dim / 4);
+  // gamma first: a weight, so its loads may run before the previous kernel
+  // ends, and the normalisation after the block sum waits on nothing
+  float4 scale[kMaxVectors];
+#pragma unroll
+  for (int j = 0; j < kMaxVectors; ++j) {
+    const int i = threadIdx.x + j * kBlockThreads;
+    if (i < vectors)
+      scale[j] = make_float4(element_f32(gamma, gamma_dtype, 4 * i), element_f32(gamma, gamma_dtype, 4 * i + 1),
+                             element_f32(gamma, gamma_dtype, 4 * i + 2), element_f32(gamma, gamma_dtype, 4 * i + 3));
+  }
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   const int64_t row = blockIdx.x;
   float4* input = reinterpret_cast<float4*>(x + row * dim);
   const float4* added = delta ? reinterpret_cast<const float4*>(delta + row * dim) : nullptr;
-  const int vectors = static_cast<int>(dim / 4);
   float4 value[kMaxVectors];
 #pragma unroll
   for (int j = 0; j < kMaxVectors; ++j) {
@@ -86,10 +96,10 @@ __global__ void __launch_bounds__(kBlockThreads)
     const int i = threadIdx.x + j * kBlockThreads;
     if (i >= vectors) break;
     float4 result;
-    result.x = element_f32(gamma, gamma_dtype, 4 * i) * (value[j].x * inverse_rms);
-    result.y = element_f32(gamma, gamma_dtype, 4 * i + 1) * (value[j].y * inverse_rms);
-    result.z = element_f32(gamma, gamma_dtype, 4 * i + 2) * (value[j].z * inverse_rms);
-    result.w = element_f32(gamma, gamma_dtype, 4 * i + 3) * (value[j].w * inverse_rms);
+    result.x = scale[j].x * (value[j].x * inverse_rms);
+    result.y = scale[j].y * (value[j].y * inverse_rms);
+    result.z = scale[j].z * (value[j].z * inverse_rms);
+    result.w = scale[j].w * (value[j].w * inverse_rms);
     output[i] = result;
     if (prepared.kind != ActivationKind::None) {  // 8 lanes a group of 32; uniform over the warp
       const float four[4] = {result.x, result.y, result.z, result.w};

@@ -32,7 +32,6 @@ __device__ __forceinline__ void warp_best(float& best, int& best_index) {
 __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict__ weights,
                              const float* __restrict__ logits, const void* bias, DType bias_dtype, int n_experts,
                              int n_group, int topk_group, int top_k, bool norm_topk_prob, float scaling) {
-  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   extern __shared__ float shared[];
   float* scores = shared;                    // [n_experts]
   float* choice = scores + n_experts;        // [n_experts]
@@ -41,10 +40,37 @@ __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict
   const int t = blockIdx.x, lane = threadIdx.x;
   const float* row = logits + static_cast<int64_t>(t) * n_experts;
 
-  for (int e = lane; e < n_experts; e += 32) {
-    const float score = 1.0f / (1.0f + expf(-row[e]));
-    scores[e] = score;
-    choice[e] = score + element_f32(bias, bias_dtype, e);
+  // Up to 256 experts: the bias (a weight: before waiting for the logits'
+  // kernel) and the logits each in one round of loads, not one per 32 experts.
+  constexpr int kUnrolled = 8;
+  if (n_experts <= 32 * kUnrolled) {
+    float bias_of[kUnrolled], logit[kUnrolled];
+#pragma unroll
+    for (int j = 0; j < kUnrolled; ++j) {
+      const int e = lane + 32 * j;
+      bias_of[j] = e < n_experts ? element_f32(bias, bias_dtype, e) : 0.0f;
+    }
+    wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+#pragma unroll
+    for (int j = 0; j < kUnrolled; ++j) {
+      const int e = lane + 32 * j;
+      logit[j] = e < n_experts ? row[e] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kUnrolled; ++j) {
+      const int e = lane + 32 * j;
+      if (e >= n_experts) break;
+      const float score = 1.0f / (1.0f + expf(-logit[j]));
+      scores[e] = score;
+      choice[e] = score + bias_of[j];
+    }
+  } else {
+    wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+    for (int e = lane; e < n_experts; e += 32) {
+      const float score = 1.0f / (1.0f + expf(-row[e]));
+      scores[e] = score;
+      choice[e] = score + element_f32(bias, bias_dtype, e);
+    }
   }
   __syncwarp();
 
