@@ -403,11 +403,16 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
 // Decode steps of several sequences at GLM-4.5-Air's head counts (96 query
 // heads over 8 KV heads, head_dim 128): the grouped kernel with the context
 // split over blocks, contexts from 1 to 3000 in one step.
-// Contexts of at most 256 take, at head_dim 128 and groups of a multiple of
-// 4, the short-context kernel instead (1 to 200 positions in one step).
+// At head_dim 128 and groups of a multiple of 4 the default is the kernel
+// that shares key rows over a warp (one block a head group up to 256
+// positions, slices past that); GLM_CUDA_SHORT_ATTENTION=0 keeps the split
+// kernel. Both, at contexts 1 to 3000 in one step.
 TEST(CudaQuantized, GroupedSplitAttentionAtAirHeadCounts) {
   REQUIRE_GPU();
+  for (const char* mode : {"1", "0"}) {
+  setenv("GLM_CUDA_SHORT_ATTENTION", mode, 1);
   Backends b;
+  unsetenv("GLM_CUDA_SHORT_ATTENTION");
   for (const std::vector<int32_t>& contexts : {std::vector<int32_t>{3000, 1, 700, 33}, std::vector<int32_t>{1, 7, 33, 200}})
   for (auto [heads, kv_heads, head_dim] : {std::tuple<int64_t, int64_t, int64_t>{96, 8, 128}, {16, 4, 64}, {8, 8, 32}}) {
     const int64_t block_size = 16, n_blocks = 400;
@@ -448,10 +453,11 @@ TEST(CudaQuantized, GroupedSplitAttentionAtAirHeadCounts) {
     std::string at;
     for (int32_t context : contexts) at += (at.empty() ? "" : "/") + std::to_string(context);
     const std::string what = "attention grouped split " + std::to_string(heads) + "/" + std::to_string(kv_heads) +
-                             " heads of " + std::to_string(head_dim) + ", decode at " + at;
+                             " heads of " + std::to_string(head_dim) + ", decode at " + at + " (mode " + mode + ")";
     EXPECT_LT(compare(b, out, what), 1e-5);
     for (Tensor* t : {&cpu_cache.keys, &cpu_cache.values}) b.cpu->release(*t);
     for (Tensor* t : {&gpu_cache.keys, &gpu_cache.values}) b.gpu->release(*t);
+  }
   }
 }
 

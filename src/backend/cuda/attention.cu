@@ -9,9 +9,9 @@
 // That per-head kernel serves odd head sizes; head_dim 32/64/128 with up to
 // 16 query heads per KV head goes to the grouped, split kernel below (at
 // short contexts the group's query heads are spread over blocks of 4).
-// Steps whose contexts all fit 256 positions, at head_dim 128 with groups of
-// a multiple of 4 (GLM-4.5/4.6: 12), take the short-context kernel: a warp
-// shares each key and value row over its lanes, no splits, no combine.
+// At head_dim 128 with groups of a multiple of 4 (GLM-4.5/4.6: 12) decode
+// steps take short_attention_kernel instead: a warp shares each key and value
+// row over its lanes; no slices (and no combine) for contexts up to 256.
 // Sequences that bring many tokens in one step (prompts, prompt chunks) go to
 // the tensor-core flash kernel of attention_prefill.cu instead, unless
 // GLM_CUDA_PROMPTS=simt asks for these exact f32 kernels.
@@ -134,6 +134,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// A split with no positions of its token: heads [first_row, first_row +
+// heads) get (max -inf, sum 0), weight 0 in attention_combine_kernel.
+__device__ __forceinline__ void mark_empty_split(float* partial_stats, int64_t first_row, int heads, int split,
+                                                 int splits) {
+  if (threadIdx.x < heads) {
+    const int64_t head_row = first_row + threadIdx.x;
+    partial_stats[(head_row * splits + split) * 2] = -INFINITY;
+    partial_stats[(head_row * splits + split) * 2 + 1] = 0.0f;
+  }
+}
+
 // The grouped, split kernel: one block per (token, KV head, split of the
 // context). GQA sharing: the block holds the queries of all `group` heads
 // that read this KV head (12 for GLM-4.5-Air), so every key and value is
@@ -173,11 +184,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int begin = split * split_length, end = min(begin + split_length, context);
   const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
   if (begin >= end) {  // a split past this token's context (the grid is sized for a bucket): weight 0
-    if (threadIdx.x < here) {
-      const int64_t head_row = static_cast<int64_t>(t) * n_heads + head_base + threadIdx.x;
-      partial_stats[(head_row * splits + split) * 2] = -INFINITY;
-      partial_stats[(head_row * splits + split) * 2 + 1] = 0.0f;
-    }
+    mark_empty_split(partial_stats, static_cast<int64_t>(t) * n_heads + head_base, here, split, splits);
     return;
   }
 
@@ -313,12 +320,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Decode attention at short contexts (a bucket of <= 256 positions) for
-// head_dim 128 and GQA groups of a multiple of 4: one block per (token, KV
-// head, 4 of its query heads), no splits and so no combine kernel. The split
-// kernel above keeps one warp per 32 positions, a lane per position walking
-// its key row, and a short context leaves it a long chain of dependent steps
-// (13.5 us at context 20, plus 3.5 us of combine, on the H200). Here each
+// Decode attention for head_dim 128 and GQA groups of a multiple of 4: one
+// block per (token, KV head, 4 of its query heads), and at contexts past 256
+// positions per slice of the context as well (merged by
+// attention_combine_kernel); short contexts need no slices and no combine.
+// The split kernel above keeps one warp per 32 positions, a lane per position
+// walking its key row, and a short context leaves it a long chain of
+// dependent steps (13.5 us at context 20, plus 3.5 us of combine, on the
+// H200); at 4096 positions it reads the cache at ~0.6 TB/s. Here each
 // warp takes 8 positions at a time and all 32 lanes share each key and value
 // row (a float4 of the 128 dims each): the 8 keys, the 8 values and the
 // queries are requested together, once. Lane l then holds 32 partial dot
@@ -352,7 +361,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                            const float* __restrict__ value_cache, const int32_t* __restrict__ token_sequence,
                            const int32_t* __restrict__ token_position, const int32_t* __restrict__ table_offsets,
                            const int32_t* __restrict__ table_blocks, int n_heads, int n_kv_heads, int block_size,
-                           int group, float scale, const PreparedOutput prepared) {
+                           int group, float scale, const PreparedOutput prepared, float* __restrict__ partial_acc,
+                           float* __restrict__ partial_stats, int split_length) {
   constexpr int H = kShortHeads, D = kShortDims, P = kShortPositions;
   static_assert(H * P == 32, "a lane per (head, position) after the reduce-scatter");
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
@@ -363,6 +373,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t slot_size = static_cast<int64_t>(n_kv_heads) * D;
   const int context = token_position[t] + 1;
   const int32_t* blocks = table_blocks + table_offsets[token_sequence[t]];
+  // Long contexts: blockIdx.z is a slice of the context, merged by attention_combine_kernel.
+  const int split = blockIdx.z, splits = gridDim.z;
+  const int begin = split * split_length, end = min(begin + split_length, context);
+  if (begin >= end) {  // a slice past this token's context (the grid is sized for a bucket): weight 0
+    mark_empty_split(partial_stats, static_cast<int64_t>(t) * n_heads + head_base, H, split, splits);
+    return;
+  }
 
   float4 query[H];  // dims 4 * lane .. + 3 of each head, pre-scaled
 #pragma unroll
@@ -378,11 +395,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     running_max[h] = -INFINITY;
     running_sum[h] = 0.0f;
   }
-  for (int first = warp * P; first < context; first += kWarps * P) {  // positions first .. first + P - 1
+  for (int first = begin + warp * P; first < end; first += kWarps * P) {  // positions first .. first + P - 1
     float4 keys[P], values[P];
 #pragma unroll
     for (int j = 0; j < P; ++j) {
-      const int p = min(first + j, context - 1);  // past the context: a repeat, weight 0
+      const int p = min(first + j, end - 1);  // past the slice: a repeat, weight 0
       const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;
       keys[j] = reinterpret_cast<const float4*>(key_cache + slot * slot_size + kv_head * D)[lane];
       values[j] = reinterpret_cast<const float4*>(value_cache + slot * slot_size + kv_head * D)[lane];
@@ -395,7 +412,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         partial[h * P + j] = query[h].x * keys[j].x + query[h].y * keys[j].y + query[h].z * keys[j].z +
                              query[h].w * keys[j].w;
     const float score = reduce_scatter<16>(partial);  // head lane / P, position first + lane % P
-    const bool valid = first + lane % P < context;
+    const bool valid = first + lane % P < end;
     float batch_max = valid ? score : -INFINITY;
 #pragma unroll
     for (int offset = 1; offset < P; offset *= 2) batch_max = fmaxf(batch_max, __shfl_xor_sync(0xffffffffu, batch_max, offset));
@@ -448,8 +465,16 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float4 part = warp_acc[w][h][lane];
     sum.x += part.x * factor, sum.y += part.y * factor, sum.z += part.z * factor, sum.w += part.w * factor;
   }
-  const float result[4] = {sum.x / total, sum.y / total, sum.z / total, sum.w / total};
   const int64_t head_row = static_cast<int64_t>(t) * n_heads + head_base + h;
+  if (splits > 1) {  // the slice's unnormalised accumulator and its (max, sum)
+    reinterpret_cast<float4*>(partial_acc + (head_row * splits + split) * D)[lane] = sum;
+    if (lane == 0) {
+      partial_stats[(head_row * splits + split) * 2] = global_max;
+      partial_stats[(head_row * splits + split) * 2 + 1] = total;
+    }
+    return;
+  }
+  const float result[4] = {sum.x / total, sum.y / total, sum.z / total, sum.w / total};
   reinterpret_cast<float4*>(out + head_row * D)[lane] = make_float4(result[0], result[1], result[2], result[3]);
   // for the o_proj GEMV: 8 lanes a group of 32 dims
   if (prepared.kind != ActivationKind::None) prepare_group<4>(prepared, (head_row * D + 4 * lane) / 32, result);
@@ -613,14 +638,31 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
   const int dims_per_lane = static_cast<int>(head_dim / 32);
   const bool grouped = head_dim % 32 == 0 && (dims_per_lane == 1 || dims_per_lane == 2 || dims_per_lane == 4) &&
                        group <= kMaxGroup;
-  if (ctx.short_attention && head_dim == kShortDims && group % kShortHeads == 0 && context_capacity <= kShortContext &&
-      aligned16(q) && aligned16(out)) {
+  const bool short_shape = head_dim == kShortDims && group % kShortHeads == 0 && aligned16(q) && aligned16(out);
+  if (short_shape && ctx.short_attention) {
     const PreparedOutput prepared =
         prepare_out && n <= 8 ? prepare_activations(ctx, out, n, heads * head_dim) : PreparedOutput{};
-    launch(ctx, short_attention_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads)),
+    // Short contexts: one block does a (token, KV head, 4 heads) whole. Longer
+    // ones: slices of >= 64 positions, enough blocks to cover the GPU 4 times.
+    const int64_t head_groups = group / kShortHeads, base_blocks = n * kv_heads * head_groups;
+    int64_t splits = 1, split_length = context_capacity;
+    if (context_capacity > kShortContext) {
+      const int64_t target_blocks = 4 * static_cast<int64_t>(ctx.multiprocessors);
+      splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (context_capacity + 63) / 64);
+      split_length = (context_capacity + splits - 1) / splits;
+      splits = (context_capacity + split_length - 1) / split_length;
+    }
+    float* partial_acc = splits > 1 ? ctx.scratch<float>(n * heads * splits * head_dim) : nullptr;  // [n, heads, splits, D]
+    float* partial_stats = splits > 1 ? ctx.scratch<float>(n * heads * splits * 2) : nullptr;      // [n, heads, splits, 2]
+    launch(ctx, short_attention_kernel,
+           dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads), static_cast<unsigned>(splits)),
            dim3(kWarps * 32), 0, out, q, cache.keys.f32(), cache.values.f32(), sequences, positions, table_offsets,
            table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads), static_cast<int>(block_size),
-           static_cast<int>(group), scale, prepared);
+           static_cast<int>(group), scale, prepared, partial_acc, partial_stats, static_cast<int>(split_length));
+    if (splits > 1)
+      launch(ctx, attention_combine_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
+             dim3(static_cast<unsigned>(head_dim)), 0, out, partial_acc, partial_stats, static_cast<int>(splits),
+             static_cast<int>(head_dim), prepared);
     return;
   }
   if (grouped) {

@@ -116,9 +116,10 @@ class Context : public Submitter {
   // (gemm_tensor.cu, attention_prefill.cu) or keep f32 activations on the
   // SIMT kernels (the f32-exact mode the tests compare).
   bool tensor_core_prompts = true;
-  // GLM_CUDA_SHORT_ATTENTION=1 (default) or 0: whether decode steps whose
-  // contexts fit 256 positions take the short-context attention kernel
-  // (head_dim 128, GQA groups of a multiple of 4) or the split kernel.
+  // GLM_CUDA_SHORT_ATTENTION=1 (default) or 0: whether decode attention at
+  // head_dim 128 with GQA groups of a multiple of 4 takes the kernel that
+  // shares each key row over a warp (attention.cu, short_attention_kernel;
+  // contexts past 256 positions in slices) or the split kernel.
   bool short_attention = true;
 
   // Activations a producer op prepared for the GEMVs that read its output
