@@ -45,38 +45,22 @@ PreparedOutput allocate_form(Context& ctx, ActivationKind kind, int64_t n, int64
   return out;
 }
 
-const Context::Prepared* find_prepared(const Context& ctx, const float* x, int64_t n, int64_t cols,
-                                       ActivationKind kind) {
-  for (const Context::Prepared& p : ctx.prepared_activations)
-    if (p.source == x && p.rows == n && p.cols == cols && p.kind == kind) return &p;
-  return nullptr;
-}
-
-// Remembers which form GEMVs of this input width want (prepare_activations' guess).
-void note_kind(Context& ctx, int64_t cols, ActivationKind kind) {
+// The form GEMVs of this input width last asked for (None: none yet).
+ActivationKind& wanted_kind(Context& ctx, int64_t cols) {
   for (auto& [width, wanted] : ctx.activation_kind_by_cols)
-    if (width == cols) {
-      wanted = kind;
-      return;
-    }
-  ctx.activation_kind_by_cols.emplace_back(cols, kind);
+    if (width == cols) return wanted;
+  return ctx.activation_kind_by_cols.emplace_back(cols, ActivationKind::None).second;
 }
 
 // The form of kind `kind` of x: prepared by x's producer, else made here.
 PreparedOutput form_of(Context& ctx, const float* x, int64_t n, int64_t cols, ActivationKind kind) {
   GLM_CHECK(cols % 32 == 0, "internal error: quantized activations need rows of a multiple of 32 values, not ", cols);
-  note_kind(ctx, cols, kind);
-  if (const Context::Prepared* p = find_prepared(ctx, x, n, cols, kind)) {
-    ++ctx.prepared_uses;
-    PreparedOutput out;
-    out.kind = kind;
-    out.int8_values = const_cast<int8_t*>(p->int8.values);
-    out.half_values = const_cast<__half*>(p->half.values);
-    out.scales = const_cast<float*>(kind == ActivationKind::Half ? p->half.scales : p->int8.scales);
-    out.sums = const_cast<float*>(p->int8.sums);
-    out.rounding = const_cast<float*>(p->int8.rounding);
-    return out;
-  }
+  wanted_kind(ctx, cols) = kind;  // prepare_activations' guess for this width
+  for (const Context::Prepared& p : ctx.prepared_activations)
+    if (p.source == x && p.rows == n && p.cols == cols && p.form.kind == kind) {
+      ++ctx.prepared_uses;
+      return p.form;
+    }
   const PreparedOutput out = allocate_form(ctx, kind, n, cols);
   const int64_t groups = n * cols / 32;
   if (groups > 0)
@@ -105,23 +89,11 @@ Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, in
 
 PreparedOutput prepare_activations(Context& ctx, const float* x, int64_t n, int64_t cols) {
   if (!ctx.int8_activations || n <= 0 || n > kMaxPreparedRows || cols % 32 != 0) return {};
-  ActivationKind kind = ActivationKind::None;
-  for (const auto& [width, wanted] : ctx.activation_kind_by_cols)
-    if (width == cols) kind = wanted;
+  const ActivationKind kind = wanted_kind(ctx, cols);
   if (kind == ActivationKind::None) return {};
   const PreparedOutput out = allocate_form(ctx, kind, n, cols);
-  Context::Prepared entry{x, n, cols, kind, {}, {}};
-  if (kind == ActivationKind::Half) {
-    entry.half = HalfActivations{out.half_values, out.scales, cols};
-  } else {
-    entry.int8.values = out.int8_values;
-    entry.int8.scales = out.scales;
-    entry.int8.sums = out.sums;
-    entry.int8.rounding = out.rounding;
-    entry.int8.cols = cols;
-  }
   ctx.forget_prepared_activations(x, sizeof(float) * static_cast<size_t>(n * cols));
-  ctx.prepared_activations.push_back(entry);
+  ctx.prepared_activations.push_back({x, n, cols, out});
   return out;
 }
 

@@ -130,11 +130,9 @@ class Context : public Submitter {
   // that read it, which drop only entries their outputs overlap) or a scratch
   // rewind or reset.
   struct Prepared {
-    const float* source;  // the f32 tensor [rows, cols] the forms were made from
+    const float* source;  // the f32 tensor [rows, cols] the form was made from
     int64_t rows, cols;
-    ActivationKind kind;
-    Int8Activations int8;
-    HalfActivations half;
+    PreparedOutput form;
   };
   std::vector<Prepared> prepared_activations;
   // The form the GEMVs last asked for, by input width: a producer prepares
