@@ -100,6 +100,14 @@ __device__ __forceinline__ int token_of(const MoePlan& plan, int row) {
   return plan.direct_ids ? 0 : plan.assignment_token[row];
 }
 
+// The assignment row of token t's k-th expert (entry i = t * top_k + k, its
+// global id `id`); -1 when this rank does not hold that expert.
+__device__ __forceinline__ int assignment_row(const MoePlan& plan, int64_t i, int k, int32_t id) {
+  if (!plan.direct_ids) return plan.assignment_of[i];
+  const int local = id - plan.first_expert;
+  return local >= 0 && local < plan.held ? plan.first_slot + k : -1;
+}
+
 // One block. Shared memory: counts, first assignment and slot of each held expert.
 // shared_tokens > 0: slot 0 is a shared expert (table index `held`) taking
 // rows 0 .. shared_tokens - 1, one per token; the routed rows follow.
@@ -217,14 +225,12 @@ __global__ void __launch_bounds__(256)
 // token. Its first warp puts the token's (row, weight) pairs in ascending
 // expert id in shared memory (a lane per k, ranked by shuffles), then every
 // thread sums its dims with up to 8 expert rows' loads in flight.
-// direct_held >= 0: the one-token plan of MoePlan::direct_ids (row
-// first_slot + k for the k-th expert if this rank holds it: local id <
-// direct_held), else the rows of assignment_of.
+// The rows come from the plan (assignment_row: its assignment_of, or the one-token
+// rows of MoePlan::direct_ids).
 __global__ void __launch_bounds__(1024)
     moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
-                                   const int32_t* __restrict__ expert_ids, const float* __restrict__ weights,
-                                   const int32_t* __restrict__ assignment_of, int top_k, int64_t hidden, bool shared,
-                                   bool vectorized, int direct_held, int first_expert, int first_slot) {
+                       const int32_t* __restrict__ expert_ids, const float* __restrict__ weights, MoePlan plan,
+                       int top_k, int64_t hidden, bool shared, bool vectorized) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   __shared__ int32_t sorted_row[kMaxTopK];
   __shared__ float sorted_mix[kMaxTopK];
@@ -238,12 +244,7 @@ __global__ void __launch_bounds__(1024)
       const int64_t i = t * top_k + k;
       id = expert_ids[i];
       mix = weights[i];
-      if (direct_held >= 0) {
-        const int local = id - first_expert;
-        row = local >= 0 && local < direct_held ? first_slot + k : -1;
-      } else {
-        row = assignment_of[i];
-      }
+      row = assignment_row(plan, i, k, id);
     }
     const unsigned held_lanes = __ballot_sync(0xffffffffu, row >= 0);
     int rank = 0;  // held experts of lower id (a token picks an expert at most once; ties by k regardless)
@@ -303,6 +304,17 @@ __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restr
   const float* source = expert_out + i * hidden;
   const float weight = mix[i];
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) target[d] += weight * source[d];
+}
+
+// moe_combine_kernel over n tokens: out[t] from expert_out's rows (assignment_row).
+void combine(Context& ctx, float* out, const float* expert_out, const Routing& routing, const MoePlan& plan,
+             int64_t n, int64_t hidden, bool shared) {
+  // float4s where rows stay 16-byte aligned (expert_out is scratch: aligned).
+  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
+         dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
+         out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), plan,
+         static_cast<int>(routing.expert_ids.dim(1)), hidden, shared, vectors);
 }
 
 // The device-side path (see the file comment).
@@ -400,13 +412,7 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
       });
     }
   });
-  // float4s where rows stay 16-byte aligned (expert_out is scratch: aligned).
-  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
-         dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
-         out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), plan.assignment_of, static_cast<int>(top_k),
-         hidden, shared != nullptr, vectors, direct ? static_cast<int>(held) : -1, static_cast<int>(gate.first_expert),
-         static_cast<int>(shared_rows));
+  combine(ctx, out, expert_out, routing, plan, n, hidden, shared != nullptr);
 }
 
 // The host-grouped path (see the file comment).
@@ -587,11 +593,9 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
   tensor_experts_gate_up(ctx, act, x, n, rows, ctx.expert_matrices(gate), ctx.expert_matrices(up), gate0);
   tensor_experts_down(ctx, expert_out, act, rows, ctx.expert_matrices(down), down0);
 
-  const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
-         dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
-         out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), assignment_of, static_cast<int>(top_k),
-         hidden, false, vectors, -1, 0, 0);
+  MoePlan rows_of_entries{};  // the combine needs only each entry's row
+  rows_of_entries.assignment_of = assignment_of;
+  combine(ctx, out, expert_out, routing, rows_of_entries, n, hidden, false);
 }
 
 }  // namespace
