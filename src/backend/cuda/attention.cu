@@ -625,6 +625,40 @@ namespace {
 
 bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Slices of a context of `capacity` positions for the split kernels: enough
+// that the blocks (base_blocks a slice) cover the GPU `coverage` times, none
+// shorter than `min_length`; past a token's true context they weigh 0.
+struct ContextSlices {
+  int64_t splits, length;
+};
+ContextSlices context_slices(const Context& ctx, int64_t capacity, int64_t base_blocks, int coverage,
+                             int64_t min_length) {
+  const int64_t target_blocks = coverage * static_cast<int64_t>(ctx.multiprocessors);
+  const int64_t splits =
+      std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (capacity + min_length - 1) / min_length);
+  const int64_t length = (capacity + splits - 1) / splits;
+  return {(capacity + length - 1) / length, length};
+}
+
+// Each slice's unnormalised accumulator and (max, sum), for attention_combine_kernel (none for one slice).
+struct SplitPartials {
+  float* acc = nullptr;    // [n, heads, splits, head_dim]
+  float* stats = nullptr;  // [n, heads, splits, 2]
+};
+SplitPartials split_partials(Context& ctx, int64_t n, int64_t heads, int64_t head_dim, int64_t splits) {
+  if (splits <= 1) return {};
+  return {ctx.scratch<float>(n * heads * splits * head_dim), ctx.scratch<float>(n * heads * splits * 2)};
+}
+
+// The slices merged into out (and its prepared form), where there are several.
+void merge_splits(Context& ctx, float* out, const SplitPartials& partials, int64_t n, int64_t heads,
+                  int64_t head_dim, int64_t splits, const PreparedOutput& prepared) {
+  if (splits <= 1) return;
+  launch(ctx, attention_combine_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
+         dim3(static_cast<unsigned>(head_dim)), 0, out, partials.acc, partials.stats, static_cast<int>(splits),
+         static_cast<int>(head_dim), prepared);
+}
+
 // The f32 SIMT kernels over n tokens: the grouped, split kernel where it
 // applies, else a block per (token, query head). context_capacity: the
 // bucket of the longest context (sizes the splits). prepare_out: out is the
@@ -638,31 +672,28 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
   const int dims_per_lane = static_cast<int>(head_dim / 32);
   const bool grouped = head_dim % 32 == 0 && (dims_per_lane == 1 || dims_per_lane == 2 || dims_per_lane == 4) &&
                        group <= kMaxGroup;
-  const bool short_shape = head_dim == kShortDims && group % kShortHeads == 0 && aligned16(q) && aligned16(out);
-  if (short_shape && ctx.short_attention) {
-    const PreparedOutput prepared =
-        prepare_out && n <= 8 ? prepare_activations(ctx, out, n, heads * head_dim) : PreparedOutput{};
+  const bool short_kernel =
+      ctx.short_attention && head_dim == kShortDims && group % kShortHeads == 0 && aligned16(q) && aligned16(out);
+  // o_proj reads out as quantized activations only as a GEMV (n <= 8 tokens);
+  // the per-head kernel below does not write them.
+  const PreparedOutput prepared = prepare_out && n <= 8 && (short_kernel || grouped)
+                                      ? prepare_activations(ctx, out, n, heads * head_dim)
+                                      : PreparedOutput{};
+  if (short_kernel) {
     // Short contexts: one block does a (token, KV head, 4 heads) whole. Longer
     // ones: slices of >= 64 positions, enough blocks to cover the GPU 4 times.
-    const int64_t head_groups = group / kShortHeads, base_blocks = n * kv_heads * head_groups;
-    int64_t splits = 1, split_length = context_capacity;
-    if (context_capacity > kShortContext) {
-      const int64_t target_blocks = 4 * static_cast<int64_t>(ctx.multiprocessors);
-      splits = std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (context_capacity + 63) / 64);
-      split_length = (context_capacity + splits - 1) / splits;
-      splits = (context_capacity + split_length - 1) / split_length;
-    }
-    float* partial_acc = splits > 1 ? ctx.scratch<float>(n * heads * splits * head_dim) : nullptr;  // [n, heads, splits, D]
-    float* partial_stats = splits > 1 ? ctx.scratch<float>(n * heads * splits * 2) : nullptr;      // [n, heads, splits, 2]
+    const int64_t base_blocks = n * kv_heads * (group / kShortHeads);
+    const ContextSlices slices = context_capacity > kShortContext
+                                     ? context_slices(ctx, context_capacity, base_blocks, 4, 64)
+                                     : ContextSlices{1, context_capacity};
+    const SplitPartials partials = split_partials(ctx, n, heads, head_dim, slices.splits);
     launch(ctx, short_attention_kernel,
-           dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads), static_cast<unsigned>(splits)),
+           dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads),
+                static_cast<unsigned>(slices.splits)),
            dim3(kWarps * 32), 0, out, q, cache.keys.f32(), cache.values.f32(), sequences, positions, table_offsets,
            table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads), static_cast<int>(block_size),
-           static_cast<int>(group), scale, prepared, partial_acc, partial_stats, static_cast<int>(split_length));
-    if (splits > 1)
-      launch(ctx, attention_combine_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
-             dim3(static_cast<unsigned>(head_dim)), 0, out, partial_acc, partial_stats, static_cast<int>(splits),
-             static_cast<int>(head_dim), prepared);
+           static_cast<int>(group), scale, prepared, partials.acc, partials.stats, static_cast<int>(slices.length));
+    merge_splits(ctx, out, partials, n, heads, head_dim, slices.splits, prepared);
     return;
   }
   if (grouped) {
@@ -676,24 +707,16 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
     // so each key and value is read once.
     const int64_t head_groups = context_capacity <= 2048 && group > 4 ? (group + 3) / 4 : 1;
     const int64_t block_heads = (group + head_groups - 1) / head_groups;
-    const int64_t base_blocks = n * kv_heads * head_groups, target_blocks = 2 * static_cast<int64_t>(ctx.multiprocessors);
-    int64_t splits =
-        std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (context_capacity + 31) / 32);
-    const int64_t split_length = (context_capacity + splits - 1) / splits;
-    splits = (context_capacity + split_length - 1) / split_length;
-    float* partial_acc = splits > 1 ? ctx.scratch<float>(n * heads * splits * head_dim) : nullptr;  // [n, heads, splits, D]
-    float* partial_stats = splits > 1 ? ctx.scratch<float>(n * heads * splits * 2) : nullptr;      // [n, heads, splits, 2]
-    // o_proj reads out as quantized activations only as a GEMV (n <= 8 tokens)
-    const PreparedOutput prepared =
-        prepare_out && n <= 8 ? prepare_activations(ctx, out, n, heads * head_dim) : PreparedOutput{};
+    const ContextSlices slices = context_slices(ctx, context_capacity, n * kv_heads * head_groups, 2, 32);
+    const SplitPartials partials = split_partials(ctx, n, heads, head_dim, slices.splits);
     const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(kv_heads * head_groups),
-                    static_cast<unsigned>(splits));
+                    static_cast<unsigned>(slices.splits));
     auto launch_grouped = [&](auto dims, auto max_group) {
       launch(ctx, grouped_attention_kernel<decltype(dims)::value, decltype(max_group)::value>, grid,
-             dim3(kWarps * 32), 0, out, partial_acc, partial_stats, q, cache.keys.f32(), cache.values.f32(),
+             dim3(kWarps * 32), 0, out, partials.acc, partials.stats, q, cache.keys.f32(), cache.values.f32(),
              sequences, positions, table_offsets, table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads),
              static_cast<int>(block_size), static_cast<int>(group), static_cast<int>(head_groups),
-             static_cast<int>(split_length), scale, prepared);
+             static_cast<int>(slices.length), scale, prepared);
     };
     auto with_group = [&](auto dims) {
       if (block_heads == 1) launch_grouped(dims, std::integral_constant<int, 1>{});
@@ -705,10 +728,7 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
     if (dims_per_lane == 1) with_group(std::integral_constant<int, 1>{});
     else if (dims_per_lane == 2) with_group(std::integral_constant<int, 2>{});
     else with_group(std::integral_constant<int, 4>{});
-    if (splits > 1)
-      launch(ctx, attention_combine_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads)),
-             dim3(static_cast<unsigned>(head_dim)), 0, out, partial_acc, partial_stats, static_cast<int>(splits),
-             static_cast<int>(head_dim), prepared);
+    merge_splits(ctx, out, partials, n, heads, head_dim, slices.splits, prepared);
     return;
   }
 
