@@ -40,6 +40,11 @@ __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict
   const int t = blockIdx.x, lane = threadIdx.x;
   const float* row = logits + static_cast<int64_t>(t) * n_experts;
 
+  auto score_expert = [&](int e, float logit, float bias_value) {
+    const float score = 1.0f / (1.0f + expf(-logit));
+    scores[e] = score;
+    choice[e] = score + bias_value;
+  };
   // Up to 256 experts: the bias (a weight: before waiting for the logits'
   // kernel) and the logits each in one round of loads, not one per 32 experts.
   constexpr int kUnrolled = 8;
@@ -60,17 +65,11 @@ __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict
     for (int j = 0; j < kUnrolled; ++j) {
       const int e = lane + 32 * j;
       if (e >= n_experts) break;
-      const float score = 1.0f / (1.0f + expf(-logit[j]));
-      scores[e] = score;
-      choice[e] = score + bias_of[j];
+      score_expert(e, logit[j], bias_of[j]);
     }
   } else {
     wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-    for (int e = lane; e < n_experts; e += 32) {
-      const float score = 1.0f / (1.0f + expf(-row[e]));
-      scores[e] = score;
-      choice[e] = score + element_f32(bias, bias_dtype, e);
-    }
+    for (int e = lane; e < n_experts; e += 32) score_expert(e, row[e], element_f32(bias, bias_dtype, e));
   }
   __syncwarp();
 
