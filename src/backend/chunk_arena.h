@@ -41,6 +41,17 @@ class ChunkArena {
     current_ = mark.chunk;
     used_ = mark.used;
   }
+  // Whether `p` lies in a piece handed out after `mark` (so a rewind to it
+  // hands that memory out again); false for memory outside the arena.
+  bool taken_since(const Backend::ScratchMark& mark, const void* p) const {
+    const auto* byte = static_cast<const char*>(p);
+    for (size_t chunk = 0; chunk < chunks_.size(); ++chunk) {
+      const auto* first = static_cast<const char*>(chunks_[chunk].first);
+      if (byte < first || byte >= first + chunks_[chunk].second) continue;
+      return chunk > mark.chunk || (chunk == mark.chunk && static_cast<size_t>(byte - first) >= mark.used);
+    }
+    return false;
+  }
   template <typename Free>
   void free_all(Free&& free_chunk) {
     for (auto& chunk : chunks_) free_chunk(chunk.first);

@@ -347,6 +347,23 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
       check(*w, normed, "rms_norm " + label);
       gpu.add_rms_norm(x, normed, delta, gamma, 1e-5f);
       check(*w, normed, "add_rms_norm " + label);
+      // The model's layer-end norm writes a tensor made before the layer, then
+      // rewinds the layer's scratch: the form must survive that rewind, and a
+      // form made from a tensor the rewind hands out again must not.
+      const Backend::ScratchMark layer_start = gpu.scratch_mark();
+      Tensor layer_tensor = gpu.scratch({n, hidden});
+      gpu.add_rms_norm(x, normed, delta, gamma, 1e-5f);
+      gpu.scratch_rewind(layer_start);
+      check(*w, normed, "add_rms_norm across a scratch rewind " + label);
+      gpu.scratch_rewind(layer_start);
+      layer_tensor = gpu.scratch({n, hidden});
+      gpu.rms_norm(layer_tensor, x, gamma, 1e-5f);
+      gpu.scratch_rewind(layer_start);
+      Tensor reused = gpu.scratch({n, hidden}), unused = gpu.scratch({n, out_features});
+      EXPECT_EQ(reused.data, layer_tensor.data) << label;
+      const int64_t before_reuse = prepared_uses(gpu);
+      gpu.linear(unused, reused, w->device, nullptr);
+      EXPECT_EQ(prepared_uses(gpu), before_reuse) << label << ": a form outlived its rewound source";
     }
   // Attention's output for o_proj: the split kernels' combine (8 query heads
   // on 2 KV heads, n = 1), the unsplit kernel (64 KV heads, 8 tokens) and the

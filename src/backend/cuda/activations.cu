@@ -28,19 +28,27 @@ __global__ void __launch_bounds__(kGroupsPerBlock * 32)
   prepare_group<1>(out, group, value);
 }
 
-// Scratch for one form of x [n, cols] (not yet written).
-PreparedOutput allocate_form(Context& ctx, ActivationKind kind, int64_t n, int64_t cols) {
+// Memory for one form of x [n, cols] (not yet written): the consumer's own
+// in the scratch, a producer's from the prepared-form ring (whose buffers
+// outlive the model's per-layer scratch rewind). One block either way,
+// carved into 256-byte aligned pieces.
+PreparedOutput allocate_form(Context& ctx, ActivationKind kind, int64_t n, int64_t cols, bool for_producer) {
+  const auto piece = [](int64_t bytes) { return (static_cast<size_t>(bytes) + 255) & ~size_t{255}; };
   const int64_t groups = n * cols / 32;
+  const size_t values_bytes = piece(n * cols * (kind == ActivationKind::Half ? 2 : 1));
+  const size_t group_bytes = piece(groups * 4);
+  const int group_arrays = kind == ActivationKind::Half ? 1 : 3;  // scales (+ sums, rounding)
+  const size_t bytes = values_bytes + group_arrays * group_bytes;
+  char* block = static_cast<char*>(for_producer ? ctx.prepared_form_bytes(bytes) : ctx.scratch_bytes(bytes));
   PreparedOutput out;
   out.kind = kind;
+  out.scales = reinterpret_cast<float*>(block + values_bytes);
   if (kind == ActivationKind::Half) {
-    out.half_values = ctx.scratch<__half>(n * cols);
-    out.scales = ctx.scratch<float>(groups);
+    out.half_values = reinterpret_cast<__half*>(block);
   } else {
-    out.int8_values = ctx.scratch<int8_t>(n * cols);
-    out.scales = ctx.scratch<float>(groups);
-    out.sums = ctx.scratch<float>(groups);
-    out.rounding = ctx.scratch<float>(groups);
+    out.int8_values = reinterpret_cast<int8_t*>(block);
+    out.sums = reinterpret_cast<float*>(block + values_bytes + group_bytes);
+    out.rounding = reinterpret_cast<float*>(block + values_bytes + 2 * group_bytes);
   }
   return out;
 }
@@ -61,7 +69,7 @@ PreparedOutput form_of(Context& ctx, const float* x, int64_t n, int64_t cols, Ac
       ++ctx.prepared_uses;
       return p.form;
     }
-  const PreparedOutput out = allocate_form(ctx, kind, n, cols);
+  const PreparedOutput out = allocate_form(ctx, kind, n, cols, false);
   const int64_t groups = n * cols / 32;
   if (groups > 0)
     launch(ctx, prepare_activations_kernel, dim3(blocks_for(groups, kGroupsPerBlock)), dim3(kGroupsPerBlock * 32), 0,
@@ -91,7 +99,7 @@ PreparedOutput prepare_activations(Context& ctx, const float* x, int64_t n, int6
   if (!ctx.int8_activations || n <= 0 || n > kMaxPreparedRows || cols % 32 != 0) return {};
   const ActivationKind kind = wanted_kind(ctx, cols);
   if (kind == ActivationKind::None) return {};
-  const PreparedOutput out = allocate_form(ctx, kind, n, cols);
+  const PreparedOutput out = allocate_form(ctx, kind, n, cols, true);
   ctx.forget_prepared_activations(x, sizeof(float) * static_cast<size_t>(n * cols));
   ctx.prepared_activations.push_back({x, n, cols, out});
   return out;

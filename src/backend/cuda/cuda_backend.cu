@@ -138,6 +138,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     for (auto& entry : graphs_)
       if (entry.second.exec) cudaGraphExecDestroy(entry.second.exec);
     scratch_.free_all([](void* p) { cudaFree(p); });
+    for (auto& slot : prepared_forms_) slot.free_all([](void* p) { cudaFree(p); });
     uploads_.free_all([](void* p) { cudaFree(p); });
     staging_.free_all([](void* p) { cudaFreeHost(p); });
     weights_.free_all([](void* p) { cudaFree(p); });
@@ -156,6 +157,16 @@ class CudaBackend final : public Backend, public cuda::Context {
     return scratch_.take(bytes, [&](size_t need) {
       const size_t size = std::max(need, kScratchChunk);
       return std::make_pair(device_malloc(size, "activation scratch"), size);
+    });
+  }
+  void* prepared_form_bytes(size_t bytes) override {
+    // Reset with the scratch, so every step hands out the same addresses
+    // (a replayed graph's arguments stay right).
+    ChunkArena<kAlignment>& slot = prepared_forms_[prepared_form_count_++ % 2];
+    slot.reset();
+    return slot.take(bytes, [&](size_t need) {
+      const size_t size = std::max(need, kStagingChunk);
+      return std::make_pair(device_malloc(size, "prepared activations"), size);
     });
   }
   // Every layer uploads the same small step inputs (positions, slots, block
@@ -228,7 +239,9 @@ class CudaBackend final : public Backend, public cuda::Context {
   }
   ScratchMark scratch_mark() const override { return scratch_.mark(); }
   void scratch_rewind(const ScratchMark& mark) override {
-    forget_prepared_activations();  // their buffers may be handed out again
+    // A prepared form whose source is handed out again would describe a
+    // tensor that no longer exists; forms made from older tensors stay.
+    std::erase_if(prepared_activations, [&](const Prepared& p) { return scratch_.taken_since(mark, p.source); });
     scratch_.rewind(mark);
   }
   void reset_scratch() override {
@@ -242,6 +255,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     }
     staging_pending_ = false;
     scratch_.reset();
+    prepared_form_count_ = 0;
     uploads_.reset();
     staging_.reset();
     step_upload_count_ = 0;
@@ -929,6 +943,8 @@ class CudaBackend final : public Backend, public cuda::Context {
   cudaEvent_t staging_done_ = nullptr;
   bool staging_pending_ = false;
   ChunkArena<kAlignment> scratch_, uploads_, staging_, weights_;
+  ChunkArena<kAlignment> prepared_forms_[2];  // prepared_form_bytes' ring
+  size_t prepared_form_count_ = 0;           // prepares since the last reset_scratch
   bool programmatic_launch_ = false;
   std::vector<void*> allocations_;
   std::map<std::pair<int64_t, double>, float*> inverse_frequencies_;

@@ -127,8 +127,10 @@ class Context : public Submitter {
   // scale_activations_to_half return them instead of launching a kernel.
   // An entry lives until the next op that may write device memory
   // (CudaBackend clears the list at every op except the GEMV and expert ops
-  // that read it, which drop only entries their outputs overlap) or a scratch
-  // rewind or reset.
+  // that read it, which drop only entries their outputs overlap), a scratch
+  // rewind that hands its source out again, or a reset. The forms themselves
+  // live outside the scratch (prepared_form_bytes), so the layer-end norm's
+  // form for the next layer's q/k/v survives the model's per-layer rewind.
   struct Prepared {
     const float* source;  // the f32 tensor [rows, cols] the form was made from
     int64_t rows, cols;
@@ -153,6 +155,11 @@ class Context : public Submitter {
 
   // Device memory valid until the backend's next reset_scratch(); 256-byte aligned.
   virtual void* scratch_bytes(size_t bytes) = 0;
+  // Device memory for one producer's prepared form: a ring of two buffers
+  // apart from the scratch, each handed out again two prepares later. That is
+  // safe because every producer op clears the entries before it (select()),
+  // and stream order keeps the earlier readers ahead of the next writer.
+  virtual void* prepared_form_bytes(size_t bytes) = 0;
   // Copies host bytes into fresh device scratch on the stream (through pinned
   // staging, so the caller's buffer may change as soon as this returns).
   virtual void* upload_bytes(const void* host, size_t bytes) = 0;
