@@ -86,13 +86,7 @@ HalfActivations scale_activations_to_half(Context& ctx, const float* x, int64_t 
 
 Int8Activations quantize_activations(Context& ctx, const float* x, int64_t n, int64_t cols) {
   const PreparedOutput form = form_of(ctx, x, n, cols, ActivationKind::Int8);
-  Int8Activations out;
-  out.values = form.int8_values;
-  out.scales = form.scales;
-  out.sums = form.sums;
-  out.rounding = form.rounding;
-  out.cols = cols;
-  return out;
+  return Int8Activations{form.int8_values, form.scales, form.sums, form.rounding, cols};
 }
 
 PreparedOutput prepare_activations(Context& ctx, const float* x, int64_t n, int64_t cols) {
