@@ -14,7 +14,7 @@
 #   4. times, one after the other, each format pair in REPS interleaved rounds of: llama-bench
 #      (-p 512 -n 16 -t THREADS -r 1, after its own warm-up runs), `glm4moe bench` (512-token prompt,
 #      16 generated tokens at context 0, THREADS threads) once per mode of OUR_MODES (default:
-#      GLM_CPU_ACTIVATIONS unset = exact f32 activations, then fast-prompts); every timed command runs under
+#      GLM_CPU_ACTIVATIONS=exact, f32 activations, then fast-prompts); every timed command runs under
 #      `flock /tmp/glm-timing.lock` (so timings of cooperating agents never overlap) at nice NICE,
 #      after waiting for a nearly idle machine; the load average and the CPU others took are logged;
 #   5. prints a markdown table (tools/llama_cpp/bench_table.py): tok/s of both, best of the REPS
@@ -29,8 +29,9 @@
 #
 # Run:   bash bench/llama_cpp_cpu.sh /work/llamacpp-scratch
 # Knobs (environment): LAYERS=3 THREADS=2 REPS=5 FORMATS="bf16 int8 int4"
-#   OUR_MODES="exact fast-prompts" (values of GLM_CPU_ACTIVATIONS our bench runs with; add "int8" for
-#   int8 activations with affine weights at every batch size, "fast" for bf16/int8 activations everywhere)
+#   OUR_MODES="exact fast-prompts" (values of GLM_CPU_ACTIVATIONS our bench runs with; add "int8" (the
+#   default) for int8 activations with affine weights at every batch size, "fast" for bf16/int8
+#   activations everywhere)
 #   LLAMA_BUILD=/work/llamacpp-build   GLM_SRC=<repo> (the glm4moe tree built; a clean copy of a commit:
 #   git archive HEAD | tar -x -C DIR, with the hash in DIR/.commit)   GLM_BUILD=<repo>/build-llamacmp
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 (vendors ggml-org/llama.cpp@0c1e57098)
@@ -190,8 +191,7 @@ bench_pair() {  # $1 = format name, $2 = GGUF, $3 = our checkpoint directory
     timed "$RESULTS/llama-$name-$rep.json" "$LLAMA_BUILD/bin/llama-bench" -m "$gguf" -p 512 -n 16 \
       -t "$THREADS" -r 1 -o json
     for mode in $OUR_MODES; do
-      local setting=()  # exact: GLM_CPU_ACTIVATIONS unset (the default)
-      [[ $mode == exact ]] || setting=("GLM_CPU_ACTIVATIONS=$mode")
+      local setting=("GLM_CPU_ACTIVATIONS=$mode")  # every mode named, the default (int8) too
       log "timing $name, round $rep/$REPS: glm4moe bench ($mode)"
       timed "$RESULTS/glm-$name-$mode-$rep.json" env -u GLM_CPU_ACTIVATIONS "${setting[@]}" "$GLM" bench \
         --model "$ours" --prompt-tokens 512 --gen-tokens 16 --threads "$THREADS" --json

@@ -201,15 +201,7 @@ std::vector<Isa> available_isas() {
 // Every activation mode: exact, fast (bf16/int8) and int8 (affine only).
 constexpr Activations kModes[] = {Activations::Exact, Activations::Fast, Activations::Int8};
 
-std::string mode_name(Activations mode) {
-  switch (mode) {
-    case Activations::Exact: return "exact";
-    case Activations::Fast: return "fast";
-    case Activations::FastPrompts: return "fast-prompts";
-    case Activations::Int8: return "int8";
-  }
-  return "?";
-}
+std::string mode_name(Activations mode) { return cpu::kernels::activations_name(mode); }
 
 // Whether a fast (bf16/int8-activation) kernel runs for this weight now.
 bool fast_kernel_runs(const Weight& w, Isa isa) {
@@ -648,9 +640,15 @@ TEST(KernelsDispatch, UnsupportedFormatsFallBackToTheReference) {
   }
 }
 
-TEST(KernelsDispatch, DefaultIsExactAndTheBestIsa) {
+// Int8 activations for affine weights by default (kernels.h says why); this
+// program itself runs Exact unless a test picks a mode
+// (tests/common/exact_cpu_activations.cpp).
+TEST(KernelsDispatch, DefaultIsInt8AndTheBestIsa) {
   const cpu::kernels::Options defaults;
-  EXPECT_EQ(defaults.activations, Activations::Exact);
+  EXPECT_EQ(defaults.activations, Activations::Int8);
+  EXPECT_STREQ(cpu::kernels::activations_name(defaults.activations), "int8");
+  EXPECT_STREQ(std::getenv("GLM_CPU_ACTIVATIONS"), "exact");
+  EXPECT_EQ(cpu::kernels::options().activations, Activations::Exact);
   if (!std::getenv("GLM_CPU_ISA")) {
     EXPECT_EQ(cpu::kernels::options().isa, cpu::kernels::supported_isa());
   }

@@ -30,8 +30,15 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return "cpu"; }
 
+  // Which kernels the projections take (bench prints it beside its numbers).
+  std::string execution_summary() const override {
+    const cpu::kernels::Options& o = cpu::kernels::options();
+    return std::string("kernels ") + cpu::kernels::isa_name(o.isa) + ", activations " +
+           cpu::kernels::activations_name(o.activations) + " (GLM_CPU_ACTIVATIONS)";
+  }
+
   // Weights stay in the mapped file. When the int8 decode kernel will read
-  // an affine projection (GLM_CPU_ACTIVATIONS=int8 or fast, AVX512_VNNI),
+  // an affine projection (GLM_CPU_ACTIVATIONS=int8, the default, or fast; AVX512_VNNI),
   // its scales and biases are also laid out per block of 16 rows
   // (kernels::fill_block_scale_pairs): 1/9 of the weight's bytes at 4 bits
   // and group 64, in memory this backend owns, so decoding skips a

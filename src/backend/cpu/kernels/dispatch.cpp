@@ -173,6 +173,16 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
+const char* activations_name(Activations activations) {
+  switch (activations) {
+    case Activations::Exact: return "exact";
+    case Activations::Fast: return "fast";
+    case Activations::FastPrompts: return "fast-prompts";
+    case Activations::Int8: return "int8";
+  }
+  return "?";
+}
+
 Options& options() {
   static Options o = options_from_environment();
   // Never run instructions the CPU lacks, whatever was asked.
