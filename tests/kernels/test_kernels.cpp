@@ -475,6 +475,31 @@ TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
   EXPECT_STREQ(cpu::kernels::kernel_name(eight.weight, 1), "avx2 exact");
 }
 
+// FastPrompts counts the step's tokens, not the call's (kernels::linear's
+// step_tokens): an expert's 3 tokens of a 512-token prompt take the bf16
+// kernel, as the whole step would, and the same 3 tokens of a 3-token step
+// stay exact. Compared with the Fast and Exact modes' results, bit for bit.
+TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
+  if (cpu::kernels::supported_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512";
+  const TestWeight bf16 = float_test_weight(24, 256, DType::BF16, 21);
+  const std::vector<float> x = random_values(3 * 256, 22);
+  auto run = [&](Activations mode, int64_t step_tokens) {
+    KernelScope scope(Isa::Avx512, mode);
+    std::vector<float> y(3 * 24, NAN);
+    cpu::linear(y.data(), x.data(), 3, bf16.weight, nullptr, step_tokens);
+    return y;
+  };
+  const std::vector<float> exact = run(Activations::Exact, 0), fast = run(Activations::Fast, 0);
+  {
+    KernelScope scope(Isa::Avx512, Activations::Fast);
+    if (std::string(cpu::kernels::kernel_name(bf16.weight, 3)) != "avx512 bf16-dot") GTEST_SKIP() << "no AVX512_BF16";
+  }
+  ASSERT_NE(std::memcmp(exact.data(), fast.data(), exact.size() * sizeof(float)), 0) << "the modes must differ here";
+  const std::vector<float> share = run(Activations::FastPrompts, 512), alone = run(Activations::FastPrompts, 0);
+  EXPECT_EQ(std::memcmp(share.data(), fast.data(), fast.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(alone.data(), exact.data(), exact.size() * sizeof(float)), 0);
+}
+
 // The reference dequantizer (dequantize.cpp) agrees with the test's packing.
 TEST(KernelsAffine, ReferenceDequantizerAgreesWithTheOracle) {
   const TestWeight t = affine_test_weight(9, 256, 4, 32, DType::BF16, 14);

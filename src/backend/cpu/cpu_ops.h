@@ -60,7 +60,9 @@ void rms_norm(float* out /*[rows, dim]*/, const float* x /*[rows, dim]*/, const 
               int64_t dim, float eps);
 void rms_norm_reference(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps);
 // out = x W^T + b: the fast kernels of kernels/ when one applies, else linear_reference.
-void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
+// step_tokens: see kernels::linear (an expert's share of a prompt step).
+void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias,
+            int64_t step_tokens = 0);
 // Several projections (kernels::LinearJob) in one parallel region when the
 // kernels take them all (kernels::linear_many), else one linear() each: the
 // same bits either way.

@@ -32,8 +32,9 @@ void load_row_f32(const TensorView& view, int64_t row, float* out) {
   }
 }
 
-void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
-  if (!kernels::linear(out, x, n_tokens, weight, bias)) linear_reference(out, x, n_tokens, weight, bias);
+void linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias,
+            int64_t step_tokens) {
+  if (!kernels::linear(out, x, n_tokens, weight, bias, step_tokens)) linear_reference(out, x, n_tokens, weight, bias);
 }
 
 void linear_many(const kernels::LinearJob* jobs, int64_t count) {

@@ -334,10 +334,12 @@ void moe_experts_one_by_one(float* out, const float* x, int64_t n_tokens, int64_
     }
     {
       const SerialBelowMinMacs small(m * width * hidden);  // each of the three projections
-      linear(buffers.gate_out.data(), inputs, m, gate.at(expert), nullptr);
-      linear(buffers.up_out.data(), inputs, m, up.at(expert), nullptr);
+      // The step's token count picks the kernels (FastPrompts): an expert's
+      // few tokens of a prompt still take the prompt's kernels.
+      linear(buffers.gate_out.data(), inputs, m, gate.at(expert), nullptr, n_tokens);
+      linear(buffers.up_out.data(), inputs, m, up.at(expert), nullptr, n_tokens);
       swiglu(buffers.gate_out.data(), buffers.gate_out.data(), buffers.up_out.data(), m * width);
-      linear(buffers.expert_out.data(), buffers.gate_out.data(), m, down.at(expert), nullptr);
+      linear(buffers.expert_out.data(), buffers.gate_out.data(), m, down.at(expert), nullptr, n_tokens);
     }
     add_weighted_rows(out, buffers.expert_out.data(), tokens, assigned.weight.data() + assigned.first[local], m,
                       hidden, fast);

@@ -289,8 +289,9 @@ void fill_block_scale_pairs(const Weight& weight, uint32_t* out) {
   avx512::fill_block_scale_pairs(a, out);
 }
 
-bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {
-  const LinearJob job{out, x, n_tokens, &weight, bias};
+bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias,
+            int64_t step_tokens) {
+  const LinearJob job{out, x, n_tokens, &weight, bias, step_tokens};
   return linear_many(&job, 1);
 }
 
@@ -318,7 +319,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
     a.in = job.weight->dim(1);
     a.out = job.out;
     a.out_features = job.weight->dim(0);
-    plan.path = choose_path(o, a, job.n_tokens);
+    plan.path = choose_path(o, a, std::max(job.n_tokens, job.step_tokens));
     switch (plan.path) {
       case Path::Exact: plan.kernel = o.isa == Isa::Avx512 ? avx512::exact_rows : avx2::exact_rows; break;
       case Path::Bf16: plan.kernel = avx512::bf16_rows; break;

@@ -34,7 +34,7 @@
 // (one accumulator per (row, token), summed over columns in a fixed order,
 // reduced by a fixed tree), so a token alone and in a ragged batch get
 // bit-identical results in a given mode. Mode FastPrompts (Fast only when
-// n_tokens >= fast_min_tokens) gives up that property on purpose.
+// the step has >= fast_min_tokens tokens) gives up that property on purpose.
 #pragma once
 
 #include <cstdint>
@@ -49,7 +49,7 @@ enum class Activations { Exact, Fast, FastPrompts, Int8 };
 struct Options {
   Isa isa = Isa::Reference;                    // clamped to what the CPU supports
   Activations activations = Activations::Int8;
-  int64_t fast_min_tokens = 32;                // FastPrompts threshold
+  int64_t fast_min_tokens = 32;                // FastPrompts threshold: tokens of the step
 };
 
 // The best ISA this CPU (and build) supports.
@@ -69,7 +69,11 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens);
 
 // out [n_tokens, out_features] = x [n_tokens, in_features] W^T (+ bias).
 // Returns false, touching nothing, when no fast kernel applies.
-bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias);
+// step_tokens: the tokens of the whole step when this call takes only a
+// share of them (an expert's), so that FastPrompts' threshold counts the
+// step, not the share; 0 means n_tokens.
+bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias,
+            int64_t step_tokens = 0);
 
 // Scales and biases laid out for the one-token int8 kernel
 // (WeightFormat::block_scale_pairs): how many uint32 this weight takes, 0
@@ -88,6 +92,7 @@ struct LinearJob {
   int64_t n_tokens = 0;
   const Weight* weight = nullptr;
   const Weight* bias = nullptr;  // or null
+  int64_t step_tokens = 0;       // as in linear(): the step's tokens when more than n_tokens
 };
 
 // Several independent projections in one parallel region, each with the
