@@ -14,8 +14,8 @@
 #   4. times, one after the other, each format pair in REPS interleaved rounds of: llama-bench
 #      (-p 512 -n 16 -t THREADS -r 1, after its own warm-up runs), `glm4moe bench` (512-token prompt,
 #      16 generated tokens at context 0, THREADS threads) once per mode of OUR_MODES (default:
-#      GLM_CPU_ACTIVATIONS=exact, f32 activations, then fast-prompts); every timed command runs under
-#      `flock /tmp/glm-timing.lock` (so timings of cooperating agents never overlap) at nice NICE,
+#      GLM_CPU_ACTIVATIONS=exact, f32 activations, then fast-prompts, then int8, the engine's default);
+#      every timed command runs under `flock /tmp/glm-timing.lock` (so timings of cooperating agents never overlap) at nice NICE,
 #      after waiting for a nearly idle machine; the load average and the CPU others took are logged;
 #   5. prints a markdown table (tools/llama_cpp/bench_table.py): tok/s of both, best of the REPS
 #      rounds (the least disturbed; mean/median alongside), and the ratios ours/llama.cpp.
@@ -29,9 +29,9 @@
 #
 # Run:   bash bench/llama_cpp_cpu.sh /work/llamacpp-scratch
 # Knobs (environment): LAYERS=3 THREADS=2 REPS=5 FORMATS="bf16 int8 int4"
-#   OUR_MODES="exact fast-prompts" (values of GLM_CPU_ACTIVATIONS our bench runs with; add "int8" (the
-#   default) for int8 activations with affine weights at every batch size, "fast" for bf16/int8
-#   activations everywhere)
+#   OUR_MODES="exact fast-prompts int8" (values of GLM_CPU_ACTIVATIONS our bench runs with; int8, the
+#   engine's default: int8 activations with affine weights at every batch size; add "fast" for
+#   bf16/int8 activations everywhere)
 #   LLAMA_BUILD=/work/llamacpp-build   GLM_SRC=<repo> (the glm4moe tree built; a clean copy of a commit:
 #   git archive HEAD | tar -x -C DIR, with the hash in DIR/.commit)   GLM_BUILD=<repo>/build-llamacmp
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 (vendors ggml-org/llama.cpp@0c1e57098)
@@ -54,7 +54,7 @@ LAYERS=${LAYERS:-3}
 THREADS=${THREADS:-2}
 REPS=${REPS:-5}
 FORMATS=${FORMATS-"bf16 int8 int4"}  # FORMATS="" only fetches and builds
-OUR_MODES=${OUR_MODES:-"exact fast-prompts"}
+OUR_MODES=${OUR_MODES:-"exact fast-prompts int8"}
 KEEP=${KEEP:-quantized}
 NICE=${NICE:--10}
 BUSY_MAX=${BUSY_MAX:-0.10}

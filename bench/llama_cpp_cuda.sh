@@ -18,7 +18,7 @@
 #      weights on both sides. The bf16 checkpoint and GGUF are deleted once not needed (memory);
 #   3. times each format pair, one command at a time on the GPU: llama-bench (-ngl 99 -p PROMPTS
 #      -n GEN -r REPS -fa FA -ub UBATCH, after its own warm-up run), then `glm4moe bench --device
-#      cuda` once per mode of OUR_MODES (default: GLM_CUDA_ACTIVATIONS unset = f32 activations; int8:
+#      cuda` once per mode of OUR_MODES (default: GLM_CUDA_ACTIVATIONS unset = int8 activations since 64baee5; int8:
 #      GLM_CUDA_ACTIVATIONS=int8, the dp4a decode path), prompts of PROMPTS tokens each REPS + 1
 #      times (the first of each length is a warm-up: kernels load lazily), GEN tokens generated at
 #      context 0 after 3 untimed steps;

@@ -42,7 +42,8 @@ void linear_many(const kernels::LinearJob* jobs, int64_t count) {
   for (int64_t i = 0; i < count; ++i) macs += jobs[i].n_tokens * jobs[i].weight->dim(0) * jobs[i].weight->dim(1);
   const SerialBelowMinMacs small(macs);
   if (count <= 0 || kernels::linear_many(jobs, count)) return;
-  for (int64_t i = 0; i < count; ++i) linear(jobs[i].out, jobs[i].x, jobs[i].n_tokens, *jobs[i].weight, jobs[i].bias);
+  for (int64_t i = 0; i < count; ++i)
+    linear(jobs[i].out, jobs[i].x, jobs[i].n_tokens, *jobs[i].weight, jobs[i].bias, jobs[i].step_tokens);
 }
 
 void linear_reference(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias) {

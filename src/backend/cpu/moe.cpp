@@ -272,8 +272,9 @@ void moe_experts_together(float* out, const float* x, int64_t n_tokens, int64_t 
         std::memcpy(gathered + i * hidden, x + assigned.token[at + i] * hidden, sizeof(float) * hidden);
       inputs = gathered;
     }
-    jobs.push_back({buffers.gate_out.data() + at * width, inputs, m, &gate.at(expert), nullptr});
-    jobs.push_back({buffers.up_out.data() + at * width, inputs, m, &up.at(expert), nullptr});
+    // step_tokens: the kernels chosen for the step (as moe_experts_one_by_one's).
+    jobs.push_back({buffers.gate_out.data() + at * width, inputs, m, &gate.at(expert), nullptr, n_tokens});
+    jobs.push_back({buffers.up_out.data() + at * width, inputs, m, &up.at(expert), nullptr, n_tokens});
   }
   cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
   swiglu(buffers.gate_out.data(), buffers.gate_out.data(), buffers.up_out.data(), assignments * width);
@@ -284,7 +285,7 @@ void moe_experts_together(float* out, const float* x, int64_t n_tokens, int64_t 
     if (m == 0) continue;
     const int64_t at = assigned.first[local];
     jobs.push_back({buffers.expert_out.data() + at * hidden, buffers.gate_out.data() + at * width, m,
-                    &down.at(gate.first_expert + local), nullptr});
+                    &down.at(gate.first_expert + local), nullptr, n_tokens});
   }
   cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
 

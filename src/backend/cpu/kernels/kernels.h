@@ -22,7 +22,8 @@
 //     exact. A 4-bit GEMV with f32 activations is bound by unpacking
 //     nibbles on each core, the VPDPBUSD one by memory, and prompts run at
 //     four times FMA's rate; the quality cost is small (mean KL of 4-bit g64
-//     weights on the bundled model 0.0469 -> 0.0473 nats, tests/quant), and a
+//     weights on the bundled model's whole held-out text 0.0469 -> 0.0473
+//     nats, docs/benchmarks.md; tests/quant checks 256 tokens), and a
 //     token's bits still do not depend on the batch it is in. The tests
 //     compare with f32 references at 1e-5, so they run Exact
 //     (tests/common/exact_cpu_activations.cpp).
