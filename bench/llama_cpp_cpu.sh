@@ -191,9 +191,8 @@ bench_pair() {  # $1 = format name, $2 = GGUF, $3 = our checkpoint directory
     timed "$RESULTS/llama-$name-$rep.json" "$LLAMA_BUILD/bin/llama-bench" -m "$gguf" -p 512 -n 16 \
       -t "$THREADS" -r 1 -o json
     for mode in $OUR_MODES; do
-      local setting=("GLM_CPU_ACTIVATIONS=$mode")  # every mode named, the default (int8) too
-      log "timing $name, round $rep/$REPS: glm4moe bench ($mode)"
-      timed "$RESULTS/glm-$name-$mode-$rep.json" env -u GLM_CPU_ACTIVATIONS "${setting[@]}" "$GLM" bench \
+      log "timing $name, round $rep/$REPS: glm4moe bench ($mode)"  # every mode named, the default (int8) too
+      timed "$RESULTS/glm-$name-$mode-$rep.json" env "GLM_CPU_ACTIVATIONS=$mode" "$GLM" bench \
         --model "$ours" --prompt-tokens 512 --gen-tokens 16 --threads "$THREADS" --json
     done
   done

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -53,23 +54,25 @@ const CpuFeatures& cpu_features() {
   return features;
 }
 
+constexpr Isa kIsas[] = {Isa::Reference, Isa::Avx2, Isa::Avx512};
+constexpr Activations kModes[] = {Activations::Exact, Activations::Fast, Activations::FastPrompts, Activations::Int8};
+
 Options options_from_environment() {
   Options o;
   o.isa = supported_isa();
+  // Each value is the name isa_name / activations_name gives its setting.
   if (const char* isa = std::getenv("GLM_CPU_ISA")) {
-    const std::string value = isa;
-    if (value == "reference") o.isa = Isa::Reference;
-    else if (value == "avx2") o.isa = Isa::Avx2;
-    else if (value == "avx512") o.isa = Isa::Avx512;
-    else fail("GLM_CPU_ISA=", value, ": expected reference, avx2 or avx512");
+    const auto* found = std::find_if(std::begin(kIsas), std::end(kIsas),
+                                     [&](Isa candidate) { return std::strcmp(isa, isa_name(candidate)) == 0; });
+    if (found == std::end(kIsas)) fail("GLM_CPU_ISA=", isa, ": expected reference, avx2 or avx512");
+    o.isa = *found;
   }
   if (const char* mode = std::getenv("GLM_CPU_ACTIVATIONS")) {
-    const std::string value = mode;
-    if (value == "exact") o.activations = Activations::Exact;
-    else if (value == "fast") o.activations = Activations::Fast;
-    else if (value == "fast-prompts") o.activations = Activations::FastPrompts;
-    else if (value == "int8") o.activations = Activations::Int8;
-    else fail("GLM_CPU_ACTIVATIONS=", value, ": expected exact, fast, fast-prompts or int8");
+    const auto* found = std::find_if(std::begin(kModes), std::end(kModes), [&](Activations candidate) {
+      return std::strcmp(mode, activations_name(candidate)) == 0;
+    });
+    if (found == std::end(kModes)) fail("GLM_CPU_ACTIVATIONS=", mode, ": expected exact, fast, fast-prompts or int8");
+    o.activations = *found;
   }
   return o;
 }
