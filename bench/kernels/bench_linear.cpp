@@ -15,7 +15,10 @@
 // memory-bound from DRAM, one near it is core-bound).
 //
 // GLM_CPU_ISA / GLM_CPU_ACTIVATIONS are honoured for the rows that do not set
-// the mode themselves. Every number is the best of several repetitions (the
+// the mode themselves. --gemm runs only the GEMM rows, --tokens 32,512 at
+// those token counts (default 512), --kind bf16 only that weight format;
+// --compare-bf16 (with --tokens) only times fast-prompts' two bf16 kernels
+// in turns. Every other number is the best of several repetitions (the
 // machine may be shared; decode from memory: the 90th percentile of calls).
 #include <immintrin.h>
 #include <omp.h>
@@ -242,13 +245,57 @@ double gemm_gflops(const std::string& kind, int64_t out, int64_t in, int64_t n_t
   return 2.0 * n_tokens * out * in / s / 1e9;
 }
 
+// bf16 prompts in fast-prompts mode: the packed-panel kernel against
+// bf16_rows on 8 copies of an Air expert (weights from memory, as a
+// prompt's experts are), the two in turns call after call; median GFLOP/s
+// of each over `rounds` rounds of the 8 copies.
+void compare_bf16_kernels(int64_t n_tokens, int rounds) {
+  constexpr int kCopies = 8;
+  std::vector<Owned> weights;
+  for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", 1408, 4096, 40 + i));
+  std::vector<float> x(static_cast<size_t>(n_tokens * 4096)), y(static_cast<size_t>(n_tokens * 1408));
+  std::mt19937 generator(3);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(generator);
+  auto& options = cpu::kernels::options();
+  const cpu::kernels::Options saved = options;
+  options.activations = cpu::kernels::Activations::FastPrompts;
+  std::vector<double> rates[2];
+  for (int round = 0; round < rounds; ++round)
+    for (int packed = 0; packed < 2; ++packed) {
+      options.packed_min_tokens = packed ? 1 : int64_t{1} << 40;
+      const auto start = Clock::now();
+      for (const Owned& w : weights) cpu::kernels::linear(y.data(), x.data(), n_tokens, w.weight, nullptr, 512);
+      const double s = std::chrono::duration<double>(Clock::now() - start).count();
+      rates[packed].push_back(2.0 * n_tokens * 1408 * 4096 * kCopies / s / 1e9);
+    }
+  options = saved;
+  for (auto& r : rates) std::sort(r.begin(), r.end());
+  std::printf("  %4lld tokens: bf16-dot %6.1f, bf16-packed %6.1f GFLOP/s (medians of %d rounds)\n",
+              static_cast<long long>(n_tokens), rates[0][rates[0].size() / 2], rates[1][rates[1].size() / 2], rounds);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode_only = false;
+  bool quick = false, decode_only = false, gemm_only = false, compare_bf16 = false;
+  std::vector<int64_t> gemm_tokens = {512};
+  std::string only_kind;  // --kind bf16: GEMM rows of that weight format only
   for (int i = 1; i < argc; ++i) {
-    quick = quick || std::string(argv[i]) == "--quick";
-    decode_only = decode_only || std::string(argv[i]) == "--decode";
+    const std::string arg = argv[i];
+    quick = quick || arg == "--quick";
+    decode_only = decode_only || arg == "--decode";
+    gemm_only = gemm_only || arg == "--gemm";
+    compare_bf16 = compare_bf16 || arg == "--compare-bf16";
+    if (arg == "--kind" && i + 1 < argc) only_kind = argv[++i];
+    if (arg == "--tokens" && i + 1 < argc) {  // e.g. 16,32,512: an expert's share of a prompt is ~32
+      gemm_tokens.clear();
+      for (std::string list = argv[++i]; !list.empty();) {
+        const size_t comma = list.find(',');
+        gemm_tokens.push_back(std::stoll(list.substr(0, comma)));
+        list = comma == std::string::npos ? "" : list.substr(comma + 1);
+      }
+    }
   }
   const int reps = quick ? 3 : 7;
   auto& options = cpu::kernels::options();
@@ -266,8 +313,14 @@ int main(int argc, char** argv) {
     int64_t out, in;
   };
   const Shape shapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
-
   const cpu::kernels::Activations initial_mode = options.activations;
+  if (compare_bf16) {
+    std::printf("\nbf16 experts 1408x4096, 8 copies, fast-prompts kernels in turns\n");
+    for (const int64_t n_tokens : gemm_tokens) compare_bf16_kernels(n_tokens, quick ? 5 : 11);
+    return 0;
+  }
+  if (gemm_only) goto gemm;
+
   std::printf("\nGEMV, 1 token, one core, weight in L2 (q_proj width 4096)\n");
   for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast})  // fast: int8 for these
     for (const char* kind : {"int8", "int4"}) {
@@ -295,17 +348,24 @@ int main(int argc, char** argv) {
 
   if (decode_only) return 0;
 
-  const int64_t n_tokens = 512;
+gemm:
+  for (const int64_t n_tokens : gemm_tokens) {
   std::printf("\nGEMM, %lld tokens\n", static_cast<long long>(n_tokens));
   for (const Shape& shape : shapes)
     for (const char* kind : {"f32", "bf16", "int8", "int4"})
-      for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast}) {
+      for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast,
+                        cpu::kernels::Activations::FastPrompts}) {
+        if (!only_kind.empty() && only_kind != kind) continue;
+        options.activations = cpu::kernels::Activations::Fast;
+        const char* fast_kernel = cpu::kernels::kernel_name(make_weight(kind, 8, 64, 0).weight, n_tokens);
         options.activations = mode;
         const char* kernel = cpu::kernels::kernel_name(make_weight(kind, 8, 64, 0).weight, n_tokens);
-        if (mode == cpu::kernels::Activations::Fast && (!kernel || std::string(kernel).find("exact") != std::string::npos))
+        if (mode != cpu::kernels::Activations::Exact && (!kernel || std::string(kernel).find("exact") != std::string::npos))
           continue;  // no fast kernel for this format
+        if (mode == cpu::kernels::Activations::FastPrompts && std::string(kernel) == fast_kernel)
+          continue;  // the same kernel as fast (fast-prompts differs for bf16 calls of 64+ tokens)
         const std::string name = kernel ? kernel : "reference";
-        const bool dot_bf16 = name.find("bf16-dot") != std::string::npos;
+        const bool dot_bf16 = name.find("bf16-") != std::string::npos;
         const bool dot_int8 = name.find("int8") != std::string::npos;
         double gflops = 0.0, limit = 0.0;
         for (int i = 0; i < (quick ? 2 : 3); ++i) {  // in turns with the peak loop (a shared machine)
@@ -317,5 +377,6 @@ int main(int argc, char** argv) {
                     name.c_str(), gflops, 100 * gflops / limit, dot_bf16 ? "VDPBF16PS" : dot_int8 ? "VPDPBUSD" : "FMA",
                     limit);
       }
+  }
   return 0;
 }

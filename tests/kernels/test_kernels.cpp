@@ -500,6 +500,57 @@ TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
   EXPECT_EQ(std::memcmp(alone.data(), exact.data(), exact.size() * sizeof(float)), 0);
 }
 
+// FastPrompts' packed-panel bf16 kernel (avx512::bf16_packed_rows), forced
+// to every call size: against the f32 reference on row counts around its
+// 48-row blocks, widths around its 512-column panels (one, several, a
+// ragged last one, not a multiple of 32), token counts around its 8-token
+// tiles, with and without a bias; a token's bits do not depend on the
+// thread count or on the batch it is in. And which calls take it.
+TEST(KernelsFloat, PackedPanelsMatchTheReferenceAndDoNotDependOnTheBatch) {
+  if (cpu::kernels::supported_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512";
+  const TestWeight probe = float_test_weight(8, 64, DType::BF16, 30);
+  {
+    KernelScope scope(Isa::Avx512, Activations::FastPrompts);
+    if (std::string(cpu::kernels::kernel_name(probe.weight, 64)) != "avx512 bf16-packed") GTEST_SKIP() << "no AVX512_BF16";
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 63), "avx512 bf16-dot");  // an expert's share of a prompt
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 31), "avx512 exact");     // a decode step
+  }
+  {
+    KernelScope scope(Isa::Avx512, Activations::Fast);  // Fast keeps one kernel at every size
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 512), "avx512 bf16-dot");
+  }
+  const Stored bias_values = store(random_values(100, 31), DType::F32);
+  for (int64_t rows : {int64_t{1}, int64_t{47}, int64_t{48}, int64_t{100}})
+    for (int64_t in : {int64_t{5}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
+      const TestWeight t = float_test_weight(rows, in, DType::BF16, static_cast<unsigned>(rows * 7 + in));
+      const Weight bias_slice = float_weight("b", TensorView(bias_values.bytes.data(), DType::F32, {rows}));
+      for (const Weight* b : {static_cast<const Weight*>(nullptr), &bias_slice}) {
+        SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(in) + (b ? " with bias" : ""));
+        constexpr int64_t kTokens = 17;
+        const std::vector<float> x = random_values(static_cast<size_t>(kTokens * in), 32);
+        const std::vector<float> expected = oracle(t, x, kTokens, b);
+        KernelScope scope(Isa::Avx512, Activations::FastPrompts);
+        cpu::kernels::options().fast_min_tokens = 1;
+        cpu::kernels::options().packed_min_tokens = 1;
+        ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx512 bf16-packed");
+        const std::vector<float> batch = run_linear(t.weight, x, kTokens, b, 1);
+        EXPECT_LE(relative_l2(batch, expected), 1e-2);
+        for (int threads : {2, 3})
+          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, b, threads).data(), batch.data(),
+                                batch.size() * sizeof(float)),
+                    0)
+              << threads << " threads changed bits";
+        for (int64_t n : {1, 7, 8, 9})
+          for (int64_t first : {int64_t{0}, kTokens - n}) {
+            const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
+            const std::vector<float> y = run_linear(t.weight, part, n, b, 2);
+            EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+                << n << " tokens from " << first << " differ from the same tokens in a batch of " << kTokens;
+          }
+      }
+    }
+}
+
 // The reference dequantizer (dequantize.cpp) agrees with the test's packing.
 TEST(KernelsAffine, ReferenceDequantizerAgreesWithTheOracle) {
   const TestWeight t = affine_test_weight(9, 256, 4, 32, DType::BF16, 14);
@@ -661,7 +712,7 @@ TEST(KernelsDispatch, UnsupportedFormatsFallBackToTheReference) {
     EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, 1), "avx512 exact");
     const char* prompt = cpu::kernels::kernel_name(bf16.weight, 512);
     ASSERT_NE(prompt, nullptr);
-    EXPECT_TRUE(std::string(prompt) == "avx512 bf16-dot" || std::string(prompt) == "avx512 exact") << prompt;
+    EXPECT_TRUE(std::string(prompt) == "avx512 bf16-packed" || std::string(prompt) == "avx512 exact") << prompt;
   }
 }
 

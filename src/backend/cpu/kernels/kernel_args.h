@@ -88,6 +88,13 @@ inline int64_t int8_stride(int64_t in) { return (in + 127) / 128 * 128; }
 // same bytes) and their scales and biases as f32 (or 16-bit pairs).
 inline int64_t int8_packed_bytes(int64_t in) { return (in + 127) / 128 * 128 / 4 * 64; }
 inline int64_t int8_scratch_bytes(int64_t in, int64_t group) { return int8_packed_bytes(in) + 2 * 16 * 4 * (in / group); }
+// avx512::bf16_packed_rows transposes kBf16PanelColumns columns of a block
+// of kBf16PanelRows rows at a time into the thread's scratch (3 vectors of
+// 16 rows x 8 tokens = 24 accumulators; 48 KB panels; of 32/48/64 rows and
+// 256/512/2048 columns these did best on Zen 4, within that VM's noise).
+constexpr int kBf16PanelRows = 48;
+constexpr int64_t kBf16PanelColumns = 512;
+inline int64_t bf16_panel_bytes() { return kBf16PanelColumns * kBf16PanelRows * 2; }
 // The AVX-512 affine kernels keep a tile's scales on the stack.
 constexpr int64_t kMaxGroups = 1024;
 
@@ -109,6 +116,10 @@ bool compiled();
 void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // BF16 weights, activations args.xb (needs AVX512_BF16).
 void bf16_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// The same from packed panels (fast-prompts), another summation order;
+// scratch args.scratch (bf16_panel_bytes()). Row ranges should start at
+// multiples of kBf16PanelRows.
+void bf16_packed_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // Affine 4/8-bit, group 32, 64 or 128, activations args.xq, scratch
 // args.scratch (needs AVX512_VNNI). Row ranges should start at multiples of
 // 16 (rows go in blocks of 16).
