@@ -277,7 +277,9 @@ int run_bench(const BenchOptions& options) {
     // Untimed steps first: a device backend replays a repeating step from a
     // graph captured at its third occurrence, and capturing is not decoding.
     for (int warm = 0; warm < 3; ++warm) decode_step();
+    engine.backend().reset_host_idle();
     const double seconds = decode_run();
+    const double host_idle_us = engine.backend().host_idle_median_us();
     ComponentClock clock;
     clock.config = &config;
     clock.attach(engine.model(), engine.backend());
@@ -338,6 +340,7 @@ int run_bench(const BenchOptions& options) {
                                     {"yardstick", yardstick_name},
                                     {"fraction_of_yardstick", total_bytes * n / seconds / yardstick},
                                     {"components", components},
+                                    {"host_idle_us_per_step", host_idle_us},
                                     {"op_device_times", op_times}});
   }
   // Batched decoding: `batch` sequences of one prompt token each take a
@@ -410,6 +413,11 @@ int run_bench(const BenchOptions& options) {
                 static_cast<long long>(g["context"].get<int64_t>()), g["tokens_per_s"].get<double>(),
                 g["bytes_per_token"].get<double>() / 1e6, g["GBps"].get<double>(),
                 100.0 * g["fraction_of_yardstick"].get<double>(), yardstick_name);
+    if (g["host_idle_us_per_step"].get<double>() >= 0)
+      std::printf("  host work per step with the device idle (median, from the ids' download to the replay): %.1f us "
+                  "= %.0f%% of the step\n",
+                  g["host_idle_us_per_step"].get<double>(),
+                  g["host_idle_us_per_step"].get<double>() * 1e-4 * g["tokens_per_s"].get<double>());
     for (const auto& c : g["components"])
       std::printf("  %-48s %9.1f MB/token %8.2f ms/token %7.1f GB/s\n", c["component"].get<std::string>().c_str(),
                   c["bytes_per_token"].get<double>() / 1e6, c["seconds_per_token"].get<double>() * 1e3,

@@ -127,6 +127,13 @@ class Backend {
   // totals since the last call (then clears them). A host backend has none.
   virtual void set_op_profiling(bool) {}
   virtual std::vector<OpTime> op_profile() { return {}; }
+  // Asynchronous backends, for benchmarks: the host time before each replay
+  // of a recorded step during which the device had nothing queued (from the
+  // host's last wait for the device to the launch), as a median in
+  // microseconds over the replays since reset_host_idle(); -1 when none or
+  // not measured (a host backend).
+  virtual void reset_host_idle() {}
+  virtual double host_idle_median_us() const { return -1.0; }
   // How the backend ran its work so far, for benchmarks and tests (the CUDA
   // backend: graphs captured and replayed); empty when there is nothing to say.
   virtual std::string execution_summary() const { return {}; }

@@ -7,12 +7,14 @@
 // kernels dequantize in registers). Steps that repeat exactly (decoding) are
 // replayed from CUDA graphs: see submit() and flush().
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <tuple>
 #include <utility>
@@ -109,6 +111,12 @@ class CudaBackend final : public Backend, public cuda::Context {
     CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH));
     const char* graphs = std::getenv("GLM_CUDA_GRAPHS");
     graphs_enabled_ = !(graphs && std::string(graphs) == "0");
+    if (const char* pieces = std::getenv("GLM_CUDA_GRAPH_PIECE_OPS")) {
+      char* end = nullptr;
+      piece_ops_ = std::strtoll(pieces, &end, 10);
+      GLM_CHECK(end != pieces && *end == '\0' && piece_ops_ >= 0, "GLM_CUDA_GRAPH_PIECE_OPS=", pieces,
+                ": expected a count of ops (0: segments are not cut)");
+    }
     // Programmatic dependent launch needs sm_90; GLM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("GLM_CUDA_PDL");
     programmatic_launch_ = properties_.major >= 9 && !(pdl && std::string(pdl) == "0");
@@ -205,6 +213,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     flush();
     CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
+    last_wait_ = std::chrono::steady_clock::now();
   }
 
   // Stream work runs at once, or, in a segment expected to repeat, is kept
@@ -217,6 +226,10 @@ class CudaBackend final : public Backend, public cuda::Context {
     ++segment_ops_;
     if (deferring_) pending_.push_back(std::move(work));
     else work(stream);
+    // A recorded segment's pieces of piece_ops_ ops are launched as they are
+    // complete, so the device runs one piece while the host records the next
+    // (a decode step's recording is otherwise device idle time).
+    if (piece_ops_ > 0 && segment_ops_ >= piece_ops_) flush();
   }
 
   bool programmatic_launch() const override { return programmatic_launch_; }
@@ -289,6 +302,14 @@ class CudaBackend final : public Backend, public cuda::Context {
     select_device(index_);
     flush();
     CUDA_CHECK(cudaStreamSynchronize(stream));
+    last_wait_ = std::chrono::steady_clock::now();
+  }
+  void reset_host_idle() override { host_idle_us_.clear(); }
+  double host_idle_median_us() const override {
+    if (host_idle_us_.empty()) return -1.0;
+    std::vector<double> gaps = host_idle_us_;
+    std::nth_element(gaps.begin(), gaps.begin() + gaps.size() / 2, gaps.end());
+    return gaps[gaps.size() / 2];
   }
   void copy_to_host(std::span<float> destination, const Tensor& source) override {
     select_device(index_);
@@ -722,6 +743,13 @@ class CudaBackend final : public Backend, public cuda::Context {
     if (deferring_) {
       if (!entry.exec && seen_before && segment_capturable_) capture(entry);
       if (entry.exec) {
+        // The device has had nothing queued since the host last waited for
+        // it (a decode step: the download of the sampled ids), so the host's
+        // recording of this segment was device idle time.
+        if (last_wait_ && host_idle_us_.size() < kMaxIdleSamples)
+          host_idle_us_.push_back(
+              std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *last_wait_).count());
+        last_wait_.reset();
         CUDA_CHECK(cudaGraphLaunch(entry.exec, stream));
         ++graph_replays_;
       } else {
@@ -963,6 +991,10 @@ class CudaBackend final : public Backend, public cuda::Context {
   static constexpr size_t kMaxGraphs = 512;
   static constexpr size_t kMaxSignatures = 4096;
   bool graphs_enabled_ = true;
+  // GLM_CUDA_GRAPH_PIECE_OPS: segments are cut every this many ops (0:
+  // never). 48 (about 2 layers) took the device idle time of a full-depth
+  // int4 decode step from ~142 to 14-49 us: +2.5% (docs/cuda.md).
+  int64_t piece_ops_ = 48;
   bool deferring_ = false;                         // recording the current segment into pending_
   std::vector<cuda::StreamWork> pending_;
   uint64_t segment_signature_ = cuda::Signature{}.value;
@@ -971,6 +1003,11 @@ class CudaBackend final : public Backend, public cuda::Context {
   std::map<uint64_t, GraphEntry> graphs_;
   size_t graph_count_ = 0;  // graphs held now
   int64_t graphs_captured_ = 0, graph_replays_ = 0, eager_segments_ = 0;
+  // reset_host_idle / host_idle_median_us: when the host last waited for the
+  // device, and the idle gaps before replays since the reset.
+  static constexpr size_t kMaxIdleSamples = 1 << 16;
+  std::optional<std::chrono::steady_clock::time_point> last_wait_;
+  std::vector<double> host_idle_us_;
   uint64_t use_clock_ = 0;
   std::vector<cudaEvent_t> profile_events_;
   std::vector<TimedOp> timed_ops_;
