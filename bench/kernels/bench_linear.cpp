@@ -245,6 +245,13 @@ double gemm_gflops(const std::string& kind, int64_t out, int64_t in, int64_t n_t
   return 2.0 * n_tokens * out * in / s / 1e9;
 }
 
+struct Shape {
+  const char* name;
+  int64_t out, in;
+};
+// GLM-4.5-Air shapes: attention's widest projection and one routed expert.
+const Shape kShapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
+
 // bf16 prompts in fast-prompts mode: the packed-panel kernel against
 // bf16_rows on 8 copies of an Air expert (weights from memory, as a
 // prompt's experts are), the two in turns call after call; median GFLOP/s
@@ -252,8 +259,9 @@ double gemm_gflops(const std::string& kind, int64_t out, int64_t in, int64_t n_t
 void compare_bf16_kernels(int64_t n_tokens, int rounds) {
   constexpr int kCopies = 8;
   std::vector<Owned> weights;
-  for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", 1408, 4096, 40 + i));
-  std::vector<float> x(static_cast<size_t>(n_tokens * 4096)), y(static_cast<size_t>(n_tokens * 1408));
+  const Shape& expert = kShapes[1];
+  for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", expert.out, expert.in, 40 + i));
+  std::vector<float> x(static_cast<size_t>(n_tokens * expert.in)), y(static_cast<size_t>(n_tokens * expert.out));
   std::mt19937 generator(3);
   std::normal_distribution<float> normal;
   for (float& v : x) v = normal(generator);
@@ -267,7 +275,7 @@ void compare_bf16_kernels(int64_t n_tokens, int rounds) {
       const auto start = Clock::now();
       for (const Owned& w : weights) cpu::kernels::linear(y.data(), x.data(), n_tokens, w.weight, nullptr, 512);
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      rates[packed].push_back(2.0 * n_tokens * 1408 * 4096 * kCopies / s / 1e9);
+      rates[packed].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
     }
   options = saved;
   for (auto& r : rates) std::sort(r.begin(), r.end());
@@ -275,52 +283,10 @@ void compare_bf16_kernels(int64_t n_tokens, int rounds) {
               static_cast<long long>(n_tokens), rates[0][rates[0].size() / 2], rates[1][rates[1].size() / 2], rounds);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  bool quick = false, decode_only = false, gemm_only = false, compare_bf16 = false;
-  std::vector<int64_t> gemm_tokens = {512};
-  std::string only_kind;  // --kind bf16: GEMM rows of that weight format only
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    quick = quick || arg == "--quick";
-    decode_only = decode_only || arg == "--decode";
-    gemm_only = gemm_only || arg == "--gemm";
-    compare_bf16 = compare_bf16 || arg == "--compare-bf16";
-    if (arg == "--kind" && i + 1 < argc) only_kind = argv[++i];
-    if (arg == "--tokens" && i + 1 < argc) {  // e.g. 16,32,512: an expert's share of a prompt is ~32
-      gemm_tokens.clear();
-      for (std::string list = argv[++i]; !list.empty();) {
-        const size_t comma = list.find(',');
-        gemm_tokens.push_back(std::stoll(list.substr(0, comma)));
-        list = comma == std::string::npos ? "" : list.substr(comma + 1);
-      }
-    }
-  }
-  const int reps = quick ? 3 : 7;
+// Decode: GLM-4.5-Air GEMVs on one core from L2, then on every thread from memory.
+void run_gemv_rows(const ReadBuffer& buffer, int reps) {
   auto& options = cpu::kernels::options();
-  std::printf("threads %d, ISA %s\n", omp_get_max_threads(), cpu::kernels::isa_name(options.isa));
-
-  const ReadBuffer buffer;
-  const double bandwidth = read_bandwidth(buffer, reps);
-  const glm::cpu::CpuPeaks peaks = glm::cpu::measure_cpu_peaks(reps);
-  const double fma = peaks.fma_gflops, dpbf16 = peaks.bf16_gflops, vnni = peaks.vnni_gops;
-  std::printf("read bandwidth %.1f GB/s; peaks: FMA %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
-              bandwidth, fma, dpbf16, vnni);
-
-  struct Shape {
-    const char* name;
-    int64_t out, in;
-  };
-  const Shape shapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
   const cpu::kernels::Activations initial_mode = options.activations;
-  if (compare_bf16) {
-    std::printf("\nbf16 experts 1408x4096, 8 copies, fast-prompts kernels in turns\n");
-    for (const int64_t n_tokens : gemm_tokens) compare_bf16_kernels(n_tokens, quick ? 5 : 11);
-    return 0;
-  }
-  if (gemm_only) goto gemm;
-
   std::printf("\nGEMV, 1 token, one core, weight in L2 (q_proj width 4096)\n");
   for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast})  // fast: int8 for these
     for (const char* kind : {"int8", "int4"}) {
@@ -336,7 +302,7 @@ int main(int argc, char** argv) {
     const bool fast = mode == cpu::kernels::Activations::Fast;
     std::printf("\nGEMV, 1 token (%s activations)\n", fast ? "fast: bf16 or int8" : "exact");
     options.activations = mode;
-    for (const Shape& shape : shapes)
+    for (const Shape& shape : kShapes)
       for (const char* kind : {"f32", "bf16", "f16", "int8", "int4"}) {
         const char* kernel = cpu::kernels::kernel_name(make_weight(kind, 8, 64, 0).weight, 1);
         if (fast && (!kernel || std::string(kernel).find("exact") != std::string::npos)) continue;
@@ -345,13 +311,16 @@ int main(int argc, char** argv) {
                     kernel ? kernel : "reference", gbps, 100 * gbps / read, read);
       }
   }
+  options.activations = initial_mode;
+}
 
-  if (decode_only) return 0;
-
-gemm:
-  for (const int64_t n_tokens : gemm_tokens) {
+// Prompts: n_tokens through each shape and format, in every mode with its
+// own kernel, against the peak of the instruction that kernel uses.
+void run_gemm_rows(int64_t n_tokens, const std::string& only_kind, bool quick) {
+  auto& options = cpu::kernels::options();
+  const cpu::kernels::Activations initial_mode = options.activations;
   std::printf("\nGEMM, %lld tokens\n", static_cast<long long>(n_tokens));
-  for (const Shape& shape : shapes)
+  for (const Shape& shape : kShapes)
     for (const char* kind : {"f32", "bf16", "int8", "int4"})
       for (auto mode : {cpu::kernels::Activations::Exact, cpu::kernels::Activations::Fast,
                         cpu::kernels::Activations::FastPrompts}) {
@@ -377,6 +346,46 @@ gemm:
                     name.c_str(), gflops, 100 * gflops / limit, dot_bf16 ? "VDPBF16PS" : dot_int8 ? "VPDPBUSD" : "FMA",
                     limit);
       }
+  options.activations = initial_mode;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, decode_only = false, gemm_only = false, compare_bf16 = false;
+  std::vector<int64_t> gemm_tokens = {512};
+  std::string only_kind;  // --kind bf16: GEMM rows of that weight format only
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    quick = quick || arg == "--quick";
+    decode_only = decode_only || arg == "--decode";
+    gemm_only = gemm_only || arg == "--gemm";
+    compare_bf16 = compare_bf16 || arg == "--compare-bf16";
+    if (arg == "--kind" && i + 1 < argc) only_kind = argv[++i];
+    if (arg == "--tokens" && i + 1 < argc) {  // e.g. 16,32,512: an expert's share of a prompt is ~32
+      gemm_tokens.clear();
+      for (std::string list = argv[++i]; !list.empty();) {
+        const size_t comma = list.find(',');
+        gemm_tokens.push_back(std::stoll(list.substr(0, comma)));
+        list = comma == std::string::npos ? "" : list.substr(comma + 1);
+      }
+    }
   }
+  const int reps = quick ? 3 : 7;
+  std::printf("threads %d, ISA %s\n", omp_get_max_threads(), cpu::kernels::isa_name(cpu::kernels::options().isa));
+  if (compare_bf16) {  // two kernels against each other: no yardsticks needed
+    std::printf("\nbf16 experts 1408x4096, 8 copies, fast-prompts kernels in turns\n");
+    for (const int64_t n_tokens : gemm_tokens) compare_bf16_kernels(n_tokens, quick ? 5 : 11);
+    return 0;
+  }
+
+  const ReadBuffer buffer;
+  const double bandwidth = read_bandwidth(buffer, reps);
+  const glm::cpu::CpuPeaks peaks = glm::cpu::measure_cpu_peaks(reps);
+  std::printf("read bandwidth %.1f GB/s; peaks: FMA %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
+              bandwidth, peaks.fma_gflops, peaks.bf16_gflops, peaks.vnni_gops);
+  if (!gemm_only) run_gemv_rows(buffer, reps);
+  if (decode_only) return 0;
+  for (const int64_t n_tokens : gemm_tokens) run_gemm_rows(n_tokens, only_kind, quick);
   return 0;
 }

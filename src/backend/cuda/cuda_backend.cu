@@ -224,8 +224,12 @@ class CudaBackend final : public Backend, public cuda::Context {
     segment_signature_ = mixed.value;
     segment_capturable_ = segment_capturable_ && capturable;
     ++segment_ops_;
-    if (deferring_) pending_.push_back(std::move(work));
-    else work(stream);
+    if (deferring_) {
+      pending_.push_back(std::move(work));
+    } else {
+      work(stream);
+      last_wait_.reset();  // the device has work again (host_idle_median_us)
+    }
     // A recorded segment's pieces of piece_ops_ ops are launched as they are
     // complete, so the device runs one piece while the host records the next
     // (a decode step's recording is otherwise device idle time).
@@ -728,7 +732,8 @@ class CudaBackend final : public Backend, public cuda::Context {
   };
   // Ends the current segment of stream work (everything submitted since the
   // last flush; a segment ends wherever the host needs the device's results,
-  // so a decode step is one segment). A segment whose signature was seen
+  // and after piece_ops_ ops, so a decode step is a few pieces of ~2 layers
+  // each, launched as they are recorded). A segment whose signature was seen
   // before was recorded rather than run (deferring_): the first repeat is
   // captured into a CUDA graph, later ones replay it with one launch. The
   // pinned upload buffers the graph copies from were refilled while the
@@ -741,15 +746,16 @@ class CudaBackend final : public Backend, public cuda::Context {
     ++entry.seen;
     entry.last_used = ++use_clock_;
     if (deferring_) {
+      const bool replay = entry.exec != nullptr;  // captured before (not just now)
       if (!entry.exec && seen_before && segment_capturable_) capture(entry);
+      // If the device has had nothing queued since the host last waited for
+      // it (a decode step: the download of the sampled ids), the recording
+      // of this segment was device idle time; counted for replays only.
+      if (replay && last_wait_ && host_idle_us_.size() < kMaxIdleSamples)
+        host_idle_us_.push_back(
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *last_wait_).count());
+      last_wait_.reset();
       if (entry.exec) {
-        // The device has had nothing queued since the host last waited for
-        // it (a decode step: the download of the sampled ids), so the host's
-        // recording of this segment was device idle time.
-        if (last_wait_ && host_idle_us_.size() < kMaxIdleSamples)
-          host_idle_us_.push_back(
-              std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *last_wait_).count());
-        last_wait_.reset();
         CUDA_CHECK(cudaGraphLaunch(entry.exec, stream));
         ++graph_replays_;
       } else {
@@ -988,8 +994,11 @@ class CudaBackend final : public Backend, public cuda::Context {
   // Step graphs (flush()): GLM_CUDA_GRAPHS=0 turns them off.
   // One per (batch size, context bucket) in use; a run that synchronises
   // inside steps (bench's per-component split) has one per segment.
-  static constexpr size_t kMaxGraphs = 512;
-  static constexpr size_t kMaxSignatures = 4096;
+  // A decode step at full depth is ~23 pieces, each a graph: room for ~90
+  // step shapes (context buckets x batch sizes) before the least recently
+  // used are recaptured.
+  static constexpr size_t kMaxGraphs = 2048;
+  static constexpr size_t kMaxSignatures = 16384;
   bool graphs_enabled_ = true;
   // GLM_CUDA_GRAPH_PIECE_OPS: segments are cut every this many ops (0:
   // never). 48 (about 2 layers) took the device idle time of a full-depth

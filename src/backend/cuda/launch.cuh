@@ -2,10 +2,10 @@
 // memsets, copies, cuBLAS calls) goes through Context::submit, with a
 // signature that identifies it exactly: the kernel, its grid, and the bytes
 // of every argument (device pointers included). The backend may then run the
-// work at once, or defer a whole step and replay it from a CUDA graph
-// captured the last time the same signature was seen (cuda_backend.cu,
-// flush()). A decode step issues ~27 small ops per layer; one graph launch
-// removes the per-launch gaps between them.
+// work at once, or defer a step's pieces (segments of up to 48 ops) and
+// replay each from a CUDA graph captured the last time the same signature
+// was seen (cuda_backend.cu, flush()). A decode step issues ~27 small ops per
+// layer; a graph launch per piece removes the per-launch gaps between them.
 //
 // Why an exact signature and not a "step kind" key: whether two steps issue
 // the same work depends on host decisions inside the ops (attention splits,

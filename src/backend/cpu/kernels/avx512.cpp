@@ -953,33 +953,36 @@ void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* x
 // VDPBF16PS peak on a lone 512-token projection, but 55-70% inside the model
 // (an expert's ~32 tokens of a 512-token prompt, L2 shared with whatever the
 // neighbours run). Here rows go in the 16 lanes instead, as int8_rows does:
-// a block of 32 rows (two panels of 16) is transposed, kBf16PanelColumns
+// a block of 48 rows (3 vectors of 16) is transposed, kBf16PanelColumns
 // columns at a time, into the thread's scratch as one zmm per column pair
-// and panel (lane r: row r's two bf16), and every token then streams over
-// it with its pair broadcast: per column pair 2 loads of the panel (one
+// and vector (lane r: row r's two bf16), and every token then streams over
+// it with its pair broadcast: per column pair 3 loads of the panel (one
 // sequential stream) and, per token, one broadcast dword that stays in L1
-// for 16 pairs. 2 x 12 accumulators hold 32 rows x 12 tokens; the outputs
-// come out as 32 contiguous floats per token, with no reduction.
+// for 16 pairs. 3 x 8 accumulators hold 48 rows x 8 tokens; the outputs
+// come out as 48 contiguous floats per token, with no reduction.
 //
 // A lane sums its row's column pairs in column order, whatever the tile or
 // the thread, so a token's bits do not depend on the batch within this
 // kernel; they differ from bf16_rows' (another order), which is why only
-// fast-prompts, whose steps of 32 tokens or more all take this kernel, uses
-// it: there a token's bits depend only on whether its step was a prompt.
+// fast-prompts uses it, for calls of packed_min_tokens or more: there a
+// token's bits depend on whether its step was a prompt and, for an expert,
+// on how many of the step's tokens chose it.
 namespace {
 
-// A block is kBf16PanelRows rows: H vectors of 16 rows; H x T accumulators.
-constexpr int H = kBf16PanelRows / 16;
-constexpr int kBf16PanelTokens = 24 / H;
+// A block is kBf16PanelRows rows: kPanelVectors vectors of 16 rows. A tile
+// keeps kPanelVectors x kBf16PanelTokens = 24 accumulators in registers, the
+// panel vectors of one column pair and a broadcast beside them (of 32).
+constexpr int kPanelVectors = kBf16PanelRows / 16;
+constexpr int kBf16PanelTokens = 24 / kPanelVectors;
 
-// Columns [k0, k0 + columns) of rows [r0, r0 + rows) (rows <= 16 H; missing
+// Columns [k0, k0 + columns) of rows [r0, r0 + rows) (rows <= 16 kPanelVectors; missing
 // rows and columns past `in` are zero) into panel[pair][h] (vector h: rows
 // r0 + 16h ..).
 inline void bf16_pack_panel(const LinearArgs& a, int64_t r0, int rows, int64_t k0, int64_t columns, __m512i* panel) {
   for (int64_t c = 0; c < columns; c += 32) {
     const int64_t left = a.in - (k0 + c);
     const __mmask32 mask = left >= 32 ? ~__mmask32{0} : left <= 0 ? 0 : static_cast<__mmask32>((uint64_t{1} << left) - 1);
-    for (int h = 0; h < H; ++h) {
+    for (int h = 0; h < kPanelVectors; ++h) {
       __m512i r[16];
       GLM_UNROLL
       for (int i = 0; i < 16; ++i) {
@@ -989,7 +992,7 @@ inline void bf16_pack_panel(const LinearArgs& a, int64_t r0, int rows, int64_t k
       }
       transpose16x16(r);  // r[j]: columns k0 + c + 2j, + 1 of the 16 rows
       GLM_UNROLL
-      for (int j = 0; j < 16; ++j) _mm512_store_si512(panel + (c / 2 + j) * H + h, r[j]);
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(panel + (c / 2 + j) * kPanelVectors + h, r[j]);
     }
   }
 }
@@ -1015,42 +1018,44 @@ struct PanelPrefetch {
 template <int T>
 void bf16_panel_tile(const LinearArgs& a, const __m512i* panel, int64_t pairs, int64_t r0, int rows, int64_t t0,
                      int64_t k0, bool first, bool last, PanelPrefetch& prefetch) {
-  __mmask16 mask[H];
+  __mmask16 mask[kPanelVectors];
   GLM_UNROLL
-  for (int h = 0; h < H; ++h) {
+  for (int h = 0; h < kPanelVectors; ++h) {
     const int present = rows - 16 * h;
     mask[h] = present >= 16 ? 0xffff : present <= 0 ? 0 : static_cast<__mmask16>((1u << present) - 1);
   }
-  const int32_t* xs[T];  // each token's column pairs as dwords
+  const uint16_t* xs[T];  // each token's columns from k0, read a pair (a dword) at a time
   GLM_UNROLL
-  for (int t = 0; t < T; ++t) xs[t] = reinterpret_cast<const int32_t*>(a.xb + (t0 + t) * a.xb_stride + k0);
-  __m512 acc[H][T];
+  for (int t = 0; t < T; ++t) xs[t] = a.xb + (t0 + t) * a.xb_stride + k0;
+  __m512 acc[kPanelVectors][T];
   GLM_UNROLL
   for (int t = 0; t < T; ++t)
     GLM_UNROLL
-    for (int h = 0; h < H; ++h)
+    for (int h = 0; h < kPanelVectors; ++h)
       acc[h][t] = first ? _mm512_setzero_ps()
                         : _mm512_maskz_loadu_ps(mask[h], a.out + (t0 + t) * a.out_features + r0 + 16 * h);
   for (int64_t j = 0; j < pairs; ++j) {
     prefetch.step();
-    __m512bh w[H];
+    __m512bh w[kPanelVectors];
     GLM_UNROLL
-    for (int h = 0; h < H; ++h) w[h] = (__m512bh)_mm512_load_si512(panel + H * j + h);
+    for (int h = 0; h < kPanelVectors; ++h) w[h] = (__m512bh)_mm512_load_si512(panel + kPanelVectors * j + h);
     GLM_UNROLL
     for (int t = 0; t < T; ++t) {
-      const __m512bh x = (__m512bh)_mm512_set1_epi32(xs[t][j]);
+      int32_t pair;
+      std::memcpy(&pair, xs[t] + 2 * j, 4);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
       GLM_UNROLL
-      for (int h = 0; h < H; ++h) acc[h][t] = _mm512_dpbf16_ps(acc[h][t], w[h], x);
+      for (int h = 0; h < kPanelVectors; ++h) acc[h][t] = _mm512_dpbf16_ps(acc[h][t], w[h], x);
     }
   }
-  __m512 bias[H];
+  __m512 bias[kPanelVectors];
   GLM_UNROLL
-  for (int h = 0; h < H; ++h)
+  for (int h = 0; h < kPanelVectors; ++h)
     bias[h] = last && a.bias ? _mm512_maskz_loadu_ps(mask[h], a.bias + r0 + 16 * h) : _mm512_setzero_ps();
   GLM_UNROLL
   for (int t = 0; t < T; ++t)
     GLM_UNROLL
-    for (int h = 0; h < H; ++h)
+    for (int h = 0; h < kPanelVectors; ++h)
       _mm512_mask_storeu_ps(a.out + (t0 + t) * a.out_features + r0 + 16 * h, mask[h],
                             last ? _mm512_add_ps(acc[h][t], bias[h]) : acc[h][t]);
 }

@@ -121,7 +121,8 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
 // Bf16Packed: bf16_packed_rows, for the prompt steps of fast-prompts.
 enum class Path { Exact, Bf16, Bf16Packed, Int8, Int8Avx2 };
 
-// step_tokens: the step's tokens (FastPrompts' threshold); a.n_tokens: the call's.
+// step_tokens: the step's tokens (FastPrompts' threshold); a.n_tokens: the
+// call's; a.in set (describe_weight leaves both to the caller).
 Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   const bool int8_only = o.activations == Activations::Int8;  // affine weights only
   const bool fast = int8_only || o.activations == Activations::Fast ||
@@ -131,8 +132,9 @@ Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   const bool int8_group = a.group == 32 || a.group == 64 || a.group == 128;
   if (o.isa == Isa::Avx512) {
     if (a.kind == WeightKind::BF16 && cpu.bf16 && !int8_only)
-      return o.activations == Activations::FastPrompts && a.n_tokens >= o.packed_min_tokens ? Path::Bf16Packed
-                                                                                             : Path::Bf16;
+      return o.activations == Activations::FastPrompts && a.n_tokens >= o.packed_min_tokens && a.in > 0
+                 ? Path::Bf16Packed
+                 : Path::Bf16;
     if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && cpu.vnni && int8_group) return Path::Int8;
   }
   if (a.kind == WeightKind::Affine4 && int8_group) return Path::Int8Avx2;  // AVX2, or AVX-512 without VNNI
@@ -204,6 +206,7 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens) {
   LinearArgs a;
   if (o.isa == Isa::Reference || !describe_weight(weight, a)) return nullptr;
   a.n_tokens = n_tokens;
+  a.in = weight.dim(1);
   switch (choose_path(o, a, n_tokens)) {
     case Path::Bf16: return "avx512 bf16-dot";
     case Path::Bf16Packed: return "avx512 bf16-packed";
@@ -287,7 +290,10 @@ int64_t activation_bytes(const Prep& p) {
 
 int64_t block_scale_pairs_count(const Weight& weight) {
   LinearArgs a;
-  if (!describe_weight(weight, a) || choose_path(options(), a, 1) != Path::Int8 || a.scale_type != a.bias_type ||
+  if (!describe_weight(weight, a)) return 0;
+  a.n_tokens = 1;  // the one-token kernel's layout
+  a.in = weight.dim(1);
+  if (choose_path(options(), a, 1) != Path::Int8 || a.scale_type != a.bias_type ||
       a.scale_type == ScaleType::F32)
     return 0;
   return (weight.dim(0) + 15) / 16 * (weight.dim(1) / a.group) * 16;

@@ -72,7 +72,8 @@ struct LinearArgs {
   int64_t xq_stride = 0;
   const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
   const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
-  // Per-thread scratch of int8_rows: int8_scratch_bytes(in, group), 64-byte aligned.
+  // Per-thread scratch, 64-byte aligned: int8_rows' int8_scratch_bytes(in,
+  // group), bf16_packed_rows' bf16_panel_bytes().
   uint8_t* scratch = nullptr;
 };
 
