@@ -17,8 +17,8 @@
 // GLM_CPU_ISA / GLM_CPU_ACTIVATIONS are honoured for the rows that do not set
 // the mode themselves. --gemm runs only the GEMM rows, --tokens 32,512 at
 // those token counts (default 512), --kind bf16 only that weight format;
-// --compare-bf16 (with --tokens) only times fast-prompts' two bf16 kernels
-// in turns. Every other number is the best of several repetitions (the
+// --compare-bf16 (with --tokens) only times fast's and fast-prompts' bf16
+// kernels against each other, in turns. Every other number is the best of several repetitions (the
 // machine may be shared; decode from memory: the 90th percentile of calls).
 #include <immintrin.h>
 #include <omp.h>
@@ -252,14 +252,15 @@ struct Shape {
 // GLM-4.5-Air shapes: attention's widest projection and one routed expert.
 const Shape kShapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
 
-// bf16 prompts in fast-prompts mode: the packed-panel kernel against
-// bf16_rows on 8 copies of an Air expert (weights from memory, as a
-// prompt's experts are), the two in turns call after call; median GFLOP/s
-// of each over `rounds` rounds of the 8 copies.
+// bf16 prompts: fast's bf16_rows against fast-prompts' packed panels and
+// its tokens-in-lanes kernel (up to 64 tokens), on 8 copies of an Air
+// expert (weights from memory, as a prompt's experts are), the kernels in
+// turns call after call; median GFLOP/s of each over `rounds` rounds of the
+// 8 copies. Calls are timed as shares of a 512-token step.
 void compare_bf16_kernels(int64_t n_tokens, int rounds) {
   constexpr int kCopies = 8;
-  std::vector<Owned> weights;
   const Shape& expert = kShapes[1];
+  std::vector<Owned> weights;
   for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", expert.out, expert.in, 40 + i));
   std::vector<float> x(static_cast<size_t>(n_tokens * expert.in)), y(static_cast<size_t>(n_tokens * expert.out));
   std::mt19937 generator(3);
@@ -267,20 +268,34 @@ void compare_bf16_kernels(int64_t n_tokens, int rounds) {
   for (float& v : x) v = normal(generator);
   auto& options = cpu::kernels::options();
   const cpu::kernels::Options saved = options;
-  options.activations = cpu::kernels::Activations::FastPrompts;
-  std::vector<double> rates[2];
+  struct Variant {
+    cpu::kernels::Activations mode;
+    int64_t packed_min_tokens;
+  };
+  const Variant variants[3] = {{cpu::kernels::Activations::Fast, 64},
+                               {cpu::kernels::Activations::FastPrompts, 1},
+                               {cpu::kernels::Activations::FastPrompts, int64_t{1} << 40}};
+  std::string names[3];
+  std::vector<double> rates[3];
   for (int round = 0; round < rounds; ++round)
-    for (int packed = 0; packed < 2; ++packed) {
-      options.packed_min_tokens = packed ? 1 : int64_t{1} << 40;
+    for (int i = 0; i < 3; ++i) {
+      options.activations = variants[i].mode;
+      options.packed_min_tokens = variants[i].packed_min_tokens;
+      options.fast_min_tokens = 1;  // for the name: the call is a share of a prompt
+      names[i] = cpu::kernels::kernel_name(weights[0].weight, n_tokens);
+      options.fast_min_tokens = saved.fast_min_tokens;
       const auto start = Clock::now();
       for (const Owned& w : weights) cpu::kernels::linear(y.data(), x.data(), n_tokens, w.weight, nullptr, 512);
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      rates[packed].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
+      rates[i].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
     }
   options = saved;
-  for (auto& r : rates) std::sort(r.begin(), r.end());
-  std::printf("  %4lld tokens: bf16-dot %6.1f, bf16-packed %6.1f GFLOP/s (medians of %d rounds)\n",
-              static_cast<long long>(n_tokens), rates[0][rates[0].size() / 2], rates[1][rates[1].size() / 2], rounds);
+  std::printf("  %4lld tokens:", static_cast<long long>(n_tokens));
+  for (int i = 0; i < 3; ++i) {
+    std::sort(rates[i].begin(), rates[i].end());
+    std::printf(" %s %6.1f%s", names[i].c_str(), rates[i][rates[i].size() / 2], i < 2 ? "," : "");
+  }
+  std::printf(" GFLOP/s (medians of %d rounds)\n", rounds);
 }
 
 // Decode: GLM-4.5-Air GEMVs on one core from L2, then on every thread from memory.
@@ -374,7 +389,7 @@ int main(int argc, char** argv) {
   const int reps = quick ? 3 : 7;
   std::printf("threads %d, ISA %s\n", omp_get_max_threads(), cpu::kernels::isa_name(cpu::kernels::options().isa));
   if (compare_bf16) {  // two kernels against each other: no yardsticks needed
-    std::printf("\nbf16 experts 1408x4096, 8 copies, fast-prompts kernels in turns\n");
+    std::printf("\nbf16 experts 1408x4096, 8 copies, fast and fast-prompts kernels in turns\n");
     for (const int64_t n_tokens : gemm_tokens) compare_bf16_kernels(n_tokens, quick ? 5 : 11);
     return 0;
   }

@@ -476,62 +476,68 @@ TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
 }
 
 // FastPrompts counts the step's tokens, not the call's (kernels::linear's
-// step_tokens): an expert's 3 tokens of a 512-token prompt take the bf16
-// kernel, as the whole step would, and the same 3 tokens of a 3-token step
-// stay exact. Compared with the Fast and Exact modes' results, bit for bit.
+// step_tokens): an expert's 3 tokens of a 512-token prompt take the prompt
+// kernel (tokens in lanes), as they would with a threshold of 1, and the
+// same 3 tokens of a 3-token step stay exact. Compared bit for bit.
 TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
   if (cpu::kernels::supported_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512";
   const TestWeight bf16 = float_test_weight(24, 256, DType::BF16, 21);
   const std::vector<float> x = random_values(3 * 256, 22);
-  auto run = [&](Activations mode, int64_t step_tokens) {
+  auto run = [&](Activations mode, int64_t step_tokens, int64_t fast_min_tokens = 32) {
     KernelScope scope(Isa::Avx512, mode);
+    cpu::kernels::options().fast_min_tokens = fast_min_tokens;
     std::vector<float> y(3 * 24, NAN);
     cpu::linear(y.data(), x.data(), 3, bf16.weight, nullptr, step_tokens);
     return y;
   };
-  const std::vector<float> exact = run(Activations::Exact, 0), fast = run(Activations::Fast, 0);
   {
-    KernelScope scope(Isa::Avx512, Activations::Fast);
-    if (std::string(cpu::kernels::kernel_name(bf16.weight, 3)) != "avx512 bf16-dot") GTEST_SKIP() << "no AVX512_BF16";
+    KernelScope scope(Isa::Avx512, Activations::FastPrompts);
+    cpu::kernels::options().fast_min_tokens = 1;
+    if (std::string(cpu::kernels::kernel_name(bf16.weight, 3)) != "avx512 bf16-lanes") GTEST_SKIP() << "no AVX512_BF16";
   }
-  ASSERT_NE(std::memcmp(exact.data(), fast.data(), exact.size() * sizeof(float)), 0) << "the modes must differ here";
+  const std::vector<float> exact = run(Activations::Exact, 0);
+  const std::vector<float> prompt = run(Activations::FastPrompts, 0, /*fast_min_tokens=*/1);
+  ASSERT_NE(std::memcmp(exact.data(), prompt.data(), exact.size() * sizeof(float)), 0) << "the kernels must differ here";
   const std::vector<float> share = run(Activations::FastPrompts, 512), alone = run(Activations::FastPrompts, 0);
-  EXPECT_EQ(std::memcmp(share.data(), fast.data(), fast.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(share.data(), prompt.data(), prompt.size() * sizeof(float)), 0);
   EXPECT_EQ(std::memcmp(alone.data(), exact.data(), exact.size() * sizeof(float)), 0);
 }
 
-// FastPrompts' packed-panel bf16 kernel (avx512::bf16_packed_rows), forced
-// to every call size: against the f32 reference on row counts around its
-// 48-row blocks, widths around its 512-column panels (one, several, a
-// ragged last one, not a multiple of 32), token counts around its 8-token
-// tiles, with and without a bias; a token's bits do not depend on the
-// thread count or on the batch it is in. And which calls take it.
-TEST(KernelsFloat, PackedPanelsMatchTheReferenceAndDoNotDependOnTheBatch) {
+// FastPrompts' bf16 kernels: packed panels (avx512::bf16_packed_rows) and,
+// for calls of fewer tokens, tokens in the lanes (bf16_lanes_rows), which
+// must give the same bits. Each forced to every call size: against the f32
+// reference on row counts around their 48- and 24-row blocks, widths around
+// the 512-column panels (one, several, a ragged last one, odd, not a
+// multiple of 32), token counts around the 8-token tiles and 16-token
+// vectors (up to 64, the lanes kernel's limit), with and without a bias; a
+// token's bits do not depend on the kernel, the thread count or the batch
+// it is in. And which calls take which kernel.
+TEST(KernelsFloat, PackedPanelsAndTokenLanesMatchTheReferenceWithTheSameBits) {
   if (cpu::kernels::supported_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512";
   const TestWeight probe = float_test_weight(8, 64, DType::BF16, 30);
   {
     KernelScope scope(Isa::Avx512, Activations::FastPrompts);
-    if (std::string(cpu::kernels::kernel_name(probe.weight, 64)) != "avx512 bf16-packed") GTEST_SKIP() << "no AVX512_BF16";
-    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 63), "avx512 bf16-dot");  // an expert's share of a prompt
-    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 31), "avx512 exact");     // a decode step
+    if (std::string(cpu::kernels::kernel_name(probe.weight, 65)) != "avx512 bf16-packed") GTEST_SKIP() << "no AVX512_BF16";
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 64), "avx512 bf16-lanes");  // an expert's share of a prompt
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 31), "avx512 exact");       // a decode step
   }
   {
     KernelScope scope(Isa::Avx512, Activations::Fast);  // Fast keeps one kernel at every size
     EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 512), "avx512 bf16-dot");
   }
   const Stored bias_values = store(random_values(100, 31), DType::F32);
-  for (int64_t rows : {int64_t{1}, int64_t{47}, int64_t{48}, int64_t{100}})
+  for (int64_t rows : {int64_t{1}, int64_t{25}, int64_t{47}, int64_t{48}, int64_t{100}})
     for (int64_t in : {int64_t{5}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
       const TestWeight t = float_test_weight(rows, in, DType::BF16, static_cast<unsigned>(rows * 7 + in));
       const Weight bias_slice = float_weight("b", TensorView(bias_values.bytes.data(), DType::F32, {rows}));
       for (const Weight* b : {static_cast<const Weight*>(nullptr), &bias_slice}) {
         SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(in) + (b ? " with bias" : ""));
-        constexpr int64_t kTokens = 17;
+        constexpr int64_t kTokens = 64;
         const std::vector<float> x = random_values(static_cast<size_t>(kTokens * in), 32);
         const std::vector<float> expected = oracle(t, x, kTokens, b);
         KernelScope scope(Isa::Avx512, Activations::FastPrompts);
         cpu::kernels::options().fast_min_tokens = 1;
-        cpu::kernels::options().packed_min_tokens = 1;
+        cpu::kernels::options().packed_min_tokens = 1;  // panels at every size
         ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx512 bf16-packed");
         const std::vector<float> batch = run_linear(t.weight, x, kTokens, b, 1);
         EXPECT_LE(relative_l2(batch, expected), 1e-2);
@@ -540,13 +546,18 @@ TEST(KernelsFloat, PackedPanelsMatchTheReferenceAndDoNotDependOnTheBatch) {
                                 batch.size() * sizeof(float)),
                     0)
               << threads << " threads changed bits";
-        for (int64_t n : {1, 7, 8, 9})
-          for (int64_t first : {int64_t{0}, kTokens - n}) {
-            const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
-            const std::vector<float> y = run_linear(t.weight, part, n, b, 2);
-            EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
-                << n << " tokens from " << first << " differ from the same tokens in a batch of " << kTokens;
-          }
+        for (int64_t packed_min_tokens : {int64_t{1}, int64_t{1} << 40}) {  // panels, then lanes up to 64 tokens
+          cpu::kernels::options().packed_min_tokens = packed_min_tokens;
+          for (int64_t n : {1, 7, 8, 9, 16, 17, 33, 64})
+            for (int64_t first : {int64_t{0}, kTokens - n}) {
+              const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
+              const char* kernel = cpu::kernels::kernel_name(t.weight, n);
+              const std::vector<float> y = run_linear(t.weight, part, n, b, n % 2 ? 3 : 2);
+              EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+                  << kernel << ": " << n << " tokens from " << first
+                  << " differ from the same tokens in the panels' batch of " << kTokens;
+            }
+        }
       }
     }
 }

@@ -964,9 +964,9 @@ void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* x
 // A lane sums its row's column pairs in column order, whatever the tile or
 // the thread, so a token's bits do not depend on the batch within this
 // kernel; they differ from bf16_rows' (another order), which is why only
-// fast-prompts uses it, for calls of packed_min_tokens or more: there a
-// token's bits depend on whether its step was a prompt and, for an expert,
-// on how many of the step's tokens chose it.
+// fast-prompts uses it (for calls of packed_min_tokens or more; smaller
+// ones take bf16_lanes_rows below, with the same bits): there a token's
+// bits depend only on whether its step was a prompt.
 namespace {
 
 // A block is kBf16PanelRows rows: kPanelVectors vectors of 16 rows. A tile
@@ -1103,12 +1103,119 @@ void bf16_packed_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// ---- the same bits for small calls: tokens in the lanes ----
+//
+// An expert's share of a prompt (~32 tokens of 512) does not repay the
+// panels' transposition, and bf16_rows sums in another order. Here the
+// roles are swapped: the call's few tokens are transposed instead (once per
+// call and thread, cheap next to the weights), 16 tokens a vector and one
+// vector per column pair, and each weight row's column pair is broadcast
+// against them, straight from the row as stored (R rows streaming, no
+// copy). A lane holds one (row, token) and adds the row's pairs in column
+// order with the same VDPBF16PS, so every output gets the bits
+// bf16_packed_rows gives it (bf16 products are exact in f32, so which
+// operand is broadcast does not matter): fast-prompts takes this kernel
+// below packed_min_tokens and a token's bits do not depend on how many
+// tokens its call had. V vectors of tokens (up to 4: 64 tokens) x R rows;
+// results are scattered to out[token][row].
+namespace {
+
+// xb's tokens [0, n_tokens) as [pair][V * 16] dwords (missing tokens zero).
+inline void bf16_transpose_tokens(const LinearArgs& a, int vectors, int32_t* xt) {
+  const int64_t pairs = bf16_stride(a.in) / 2;
+  for (int v = 0; v < vectors; ++v)
+    for (int64_t j0 = 0; j0 < pairs; j0 += 16) {
+      __m512i r[16];
+      GLM_UNROLL
+      for (int i = 0; i < 16; ++i) {
+        const int64_t token = 16 * v + i;
+        r[i] = token < a.n_tokens ? _mm512_loadu_si512(a.xb + token * a.xb_stride + 2 * j0) : _mm512_setzero_si512();
+      }
+      transpose16x16(r);  // r[i]: pair j0 + i of the 16 tokens
+      GLM_UNROLL
+      for (int i = 0; i < 16; ++i) _mm512_store_si512(xt + ((j0 + i) * vectors + v) * 16, r[i]);
+    }
+}
+
+template <int V, int R>
+void bf16_lanes_tile(const LinearArgs& a, const int32_t* xt, int64_t r0) {
+  const int64_t pairs = bf16_stride(a.in) / 2;
+  const uint8_t* row[R];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r) row[r] = a.w + (r0 + r) * a.w_stride;
+  __m512 acc[R][V];
+  GLM_UNROLL
+  for (int r = 0; r < R; ++r)
+    GLM_UNROLL
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  // Pair j of row r as stored; past the row (the zero padding of x up to a
+  // multiple of 32 columns, and an odd width's last pair) only the values
+  // the row has, the rest zero, as the panels hold them.
+  const int64_t whole = a.in / 2;
+  auto step = [&](int64_t j, bool inside) {
+    __m512bh x[V];
+    GLM_UNROLL
+    for (int v = 0; v < V; ++v) x[v] = (__m512bh)_mm512_load_si512(xt + (j * V + v) * 16);
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r) {
+      int32_t pair = 0;
+      if (inside) std::memcpy(&pair, row[r] + 4 * j, 4);
+      else if (2 * j < a.in) std::memcpy(&pair, row[r] + 4 * j, 2);
+      const __m512bh w = (__m512bh)_mm512_set1_epi32(pair);
+      GLM_UNROLL
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], w, x[v]);
+    }
+  };
+  for (int64_t j = 0; j < whole; ++j) {
+    if ((j & 15) == 0) GLM_PREFETCH_ROWS(row, R, 4 * j + 1024);
+    step(j, true);
+  }
+  for (int64_t j = whole; j < pairs; ++j) step(j, false);
+  const __m512i token_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                   _mm512_set1_epi32(static_cast<int>(a.out_features)));
+  GLM_UNROLL
+  for (int v = 0; v < V; ++v) {
+    const int64_t left = a.n_tokens - 16 * v;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    GLM_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 sum = a.bias ? _mm512_add_ps(acc[r][v], _mm512_set1_ps(a.bias[r0 + r])) : acc[r][v];
+      _mm512_mask_i32scatter_ps(a.out + 16 * v * a.out_features + r0 + r, mask, token_offsets, sum, 4);
+    }
+  }
+}
+
+// R rows a tile: 24 / V accumulators' worth, at most 12 (the rows' pointers
+// must stay in registers); 24 rows, the threads' unit, are whole tiles.
+template <int V>
+void bf16_lanes_rows_of(const LinearArgs& a, const int32_t* xt, int64_t row_begin, int64_t row_end) {
+  constexpr int R = 24 / V < 12 ? 24 / V : 12;
+  int64_t r = row_begin;
+  for (; r + R <= row_end; r += R) bf16_lanes_tile<V, R>(a, xt, r);
+  for (; r < row_end; ++r) bf16_lanes_tile<V, 1>(a, xt, r);
+}
+
+}  // namespace
+
+void bf16_lanes_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  int32_t* xt = reinterpret_cast<int32_t*>(a.scratch);
+  const int vectors = static_cast<int>((a.n_tokens + 15) / 16);
+  bf16_transpose_tokens(a, vectors, xt);
+  switch (vectors) {
+    case 1: return bf16_lanes_rows_of<1>(a, xt, row_begin, row_end);
+    case 2: return bf16_lanes_rows_of<2>(a, xt, row_begin, row_end);
+    case 3: return bf16_lanes_rows_of<3>(a, xt, row_begin, row_end);
+    case 4: return bf16_lanes_rows_of<4>(a, xt, row_begin, row_end);
+  }
+}
+
 #else  // not an x86-64 GCC/Clang build: never selected
 
 bool compiled() { return false; }
 void exact_rows(const LinearArgs&, int64_t, int64_t) {}
 void bf16_rows(const LinearArgs&, int64_t, int64_t) {}
 void bf16_packed_rows(const LinearArgs&, int64_t, int64_t) {}
+void bf16_lanes_rows(const LinearArgs&, int64_t, int64_t) {}
 void int8_rows(const LinearArgs&, int64_t, int64_t) {}
 void prepare_bf16(const float*, int64_t, uint16_t*) {}
 void prepare_int8(const float*, int64_t, int64_t, int, int8_t*, float*, float*) {}

@@ -118,8 +118,9 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
 
 // Int8: VPDPBUSD (AVX512_VNNI), affine 4/8-bit. Int8Avx2: VPMADDUBSW,
 // affine 4-bit, for CPUs without VNNI (or GLM_CPU_ISA=avx2); same bits.
-// Bf16Packed: bf16_packed_rows, for the prompt steps of fast-prompts.
-enum class Path { Exact, Bf16, Bf16Packed, Int8, Int8Avx2 };
+// Bf16Packed / Bf16Lanes: bf16_packed_rows and, for calls of fewer tokens,
+// bf16_lanes_rows (the same bits), in the prompt steps of fast-prompts.
+enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2 };
 
 // step_tokens: the step's tokens (FastPrompts' threshold); a.n_tokens: the
 // call's; a.in set (describe_weight leaves both to the caller).
@@ -131,10 +132,11 @@ Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   const CpuFeatures& cpu = cpu_features();
   const bool int8_group = a.group == 32 || a.group == 64 || a.group == 128;
   if (o.isa == Isa::Avx512) {
-    if (a.kind == WeightKind::BF16 && cpu.bf16 && !int8_only)
-      return o.activations == Activations::FastPrompts && a.n_tokens >= o.packed_min_tokens && a.in > 0
-                 ? Path::Bf16Packed
-                 : Path::Bf16;
+    if (a.kind == WeightKind::BF16 && cpu.bf16 && !int8_only) {
+      if (o.activations != Activations::FastPrompts || a.in == 0) return Path::Bf16;
+      return a.n_tokens >= o.packed_min_tokens || a.n_tokens > kBf16LanesMaxTokens ? Path::Bf16Packed
+                                                                                  : Path::Bf16Lanes;
+    }
     if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && cpu.vnni && int8_group) return Path::Int8;
   }
   if (a.kind == WeightKind::Affine4 && int8_group) return Path::Int8Avx2;  // AVX2, or AVX-512 without VNNI
@@ -165,7 +167,7 @@ struct CallBuffers {
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 // Threads split rows in units of this many (the kernels' row tiles: 4 rows,
 // or blocks of 16 for avx512::int8_rows, 8 for avx2::int8_rows, 48 for
-// avx512::bf16_packed_rows).
+// avx512::bf16_packed_rows, 24 for avx512::bf16_lanes_rows).
 constexpr int64_t kRowUnit = 4;
 constexpr int64_t kInt8RowUnit = 16;
 constexpr int64_t kInt8Avx2RowUnit = 8;
@@ -210,6 +212,7 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens) {
   switch (choose_path(o, a, n_tokens)) {
     case Path::Bf16: return "avx512 bf16-dot";
     case Path::Bf16Packed: return "avx512 bf16-packed";
+    case Path::Bf16Lanes: return "avx512 bf16-lanes";
     case Path::Int8: return "avx512 int8-vnni";
     case Path::Int8Avx2: return "avx2 int8-maddubs";
     case Path::Exact: return o.isa == Isa::Avx512 ? "avx512 exact" : "avx2 exact";
@@ -263,6 +266,7 @@ void prepare_token(const Prep& p, int64_t t) {
       break;
     case Path::Bf16:
     case Path::Bf16Packed:
+    case Path::Bf16Lanes:
       avx512::prepare_bf16(x, p.in, const_cast<uint16_t*>(a.xb) + t * a.xb_stride);
       break;
     case Path::Int8:
@@ -281,7 +285,8 @@ int64_t activation_bytes(const Prep& p) {
   switch (p.path) {
     case Path::Exact: return p.in * int64_t{sizeof(float)};
     case Path::Bf16:
-    case Path::Bf16Packed: return bf16_stride(p.in) * int64_t{sizeof(uint16_t)};
+    case Path::Bf16Packed:
+    case Path::Bf16Lanes: return bf16_stride(p.in) * int64_t{sizeof(uint16_t)};
     default: return int8_stride(p.in);
   }
 }
@@ -343,12 +348,14 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
       case Path::Exact: plan.kernel = o.isa == Isa::Avx512 ? avx512::exact_rows : avx2::exact_rows; break;
       case Path::Bf16: plan.kernel = avx512::bf16_rows; break;
       case Path::Bf16Packed: plan.kernel = avx512::bf16_packed_rows; plan.row_unit = kBf16PanelRowUnit; break;
+      case Path::Bf16Lanes: plan.kernel = avx512::bf16_lanes_rows; plan.row_unit = kBf16LanesRows; break;
       case Path::Int8: plan.kernel = avx512::int8_rows; plan.row_unit = kInt8RowUnit; break;
       case Path::Int8Avx2: plan.kernel = avx2::int8_rows; plan.row_unit = kInt8Avx2RowUnit; break;
     }
     if (plan.path == Path::Int8 || plan.path == Path::Int8Avx2)
       scratch_each = std::max(scratch_each, (int8_scratch_bytes(a.in, a.group) + 63) / 64 * 64);
     if (plan.path == Path::Bf16Packed) scratch_each = std::max(scratch_each, bf16_panel_bytes());
+    if (plan.path == Path::Bf16Lanes) scratch_each = std::max(scratch_each, bf16_lanes_bytes(a.in, a.n_tokens));
     if (needs_prep(plan.path, o.isa, a.kind)) {
       Prep p;
       p.x = job.x;
@@ -387,6 +394,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
         break;
       case Path::Bf16:
       case Path::Bf16Packed:
+      case Path::Bf16Lanes:
         a.xb_stride = bf16_stride(p.in);
         a.xb = reinterpret_cast<const uint16_t*>(activations);
         break;

@@ -96,6 +96,13 @@ inline int64_t int8_scratch_bytes(int64_t in, int64_t group) { return int8_packe
 constexpr int kBf16PanelRows = 48;
 constexpr int64_t kBf16PanelColumns = 512;
 inline int64_t bf16_panel_bytes() { return kBf16PanelColumns * kBf16PanelRows * 2; }
+// avx512::bf16_lanes_rows: up to 4 vectors of 16 tokens, each column pair's
+// tokens transposed into the thread's scratch; tiles of up to 24 rows.
+constexpr int64_t kBf16LanesMaxTokens = 64;
+constexpr int64_t kBf16LanesRows = 24;
+inline int64_t bf16_lanes_bytes(int64_t in, int64_t n_tokens) {
+  return bf16_stride(in) / 2 * ((n_tokens + 15) / 16) * 64;
+}
 // The AVX-512 affine kernels keep a tile's scales on the stack.
 constexpr int64_t kMaxGroups = 1024;
 
@@ -121,6 +128,10 @@ void bf16_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // scratch args.scratch (bf16_panel_bytes()). Row ranges should start at
 // multiples of kBf16PanelRows.
 void bf16_packed_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// Calls of up to kBf16LanesMaxTokens tokens with bf16_packed_rows' bits,
+// tokens in the lanes; scratch bf16_lanes_bytes(in, n_tokens). Row ranges
+// should start at multiples of kBf16LanesRows.
+void bf16_lanes_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // Affine 4/8-bit, group 32, 64 or 128, activations args.xq, scratch
 // args.scratch (needs AVX512_VNNI). Row ranges should start at multiples of
 // 16 (rows go in blocks of 16).

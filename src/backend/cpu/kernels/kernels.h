@@ -35,9 +35,11 @@
 // (one accumulator per (row, token), summed over columns in a fixed order,
 // reduced by a fixed tree), so a token alone and in a ragged batch get
 // bit-identical results in a given mode. Mode FastPrompts (Fast only when
-// the step has >= fast_min_tokens tokens; bf16 calls of >= packed_min_tokens
-// tokens from packed panels, another summation order) gives up that
-// property on purpose.
+// the step has >= fast_min_tokens tokens; bf16 weights then take packed
+// panels, or for calls under packed_min_tokens tokens the tokens-in-lanes
+// kernel, both in another summation order than Fast's, the same as each
+// other) gives up that property on purpose: a token's bits depend on
+// whether its step was a prompt.
 #pragma once
 
 #include <cstdint>
@@ -53,9 +55,11 @@ struct Options {
   Isa isa = Isa::Reference;                    // clamped to what the CPU supports
   Activations activations = Activations::Int8;
   int64_t fast_min_tokens = 32;                // FastPrompts threshold: tokens of the step
-  // FastPrompts, bf16 weights: calls of at least this many tokens run the
-  // packed-panel kernel (avx512::bf16_packed_rows), smaller ones bf16_rows.
-  int64_t packed_min_tokens = 64;
+  // FastPrompts, bf16 weights: calls of at least this many tokens (or more
+  // than 64) run the packed-panel kernel (avx512::bf16_packed_rows), smaller
+  // ones the tokens-in-lanes kernel (bf16_lanes_rows); the same bits. The
+  // lanes kernel is the faster up to its limit of 64 tokens.
+  int64_t packed_min_tokens = 65;
 };
 
 // The best ISA this CPU (and build) supports.
