@@ -184,13 +184,12 @@ int run_bench(const BenchOptions& options) {
     return tokens;
   };
   PagedKvCache& cache = engine.cache();
-  {  // Warm-up: an untimed prompt of the longest timed length, so the timed
-     // ones find their buffers grown and paged in (llama-bench warms up with
-     // its prompt too). A process's first prompt pays that once: on the
-     // 2-core CPU, the first 512-token bf16 prompt of a run took a median
-     // 4% longer than the next two (18 runs).
-    // One token more than the longest: a device backend captures a repeated
-    // step's pieces into graphs, which must not happen inside the timing.
+  {  // Warm-up: an untimed prompt one token longer than the longest timed
+     // one, so the timed ones find their buffers grown and paged in
+     // (llama-bench warms up with its prompt too; a process's first 512-token
+     // bf16 prompt on the 2-core CPU took a median 4% longer than the next
+     // two, 18 runs), without repeating a timed length (a device backend
+     // captures a repeated step's pieces into graphs, not inside the timing).
     const int32_t sequence = cache.create_sequence();
     engine.step({SequenceWork{sequence, random_tokens(max_prompt + 1, 99), LogitsWanted::Last}});
     cache.release_sequence(sequence);

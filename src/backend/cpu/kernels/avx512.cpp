@@ -40,6 +40,11 @@ namespace {
 
 #include "backend/cpu/kernels/scalar_helpers.inc"
 
+// The first n of 16 lanes (none for n <= 0, all for n >= 16).
+inline __mmask16 first_lanes16(int64_t n) {
+  return n >= 16 ? __mmask16{0xffff} : n <= 0 ? __mmask16{0} : static_cast<__mmask16>((1u << n) - 1);
+}
+
 // Up to 16 scales/biases from index on (lanes past `mask` are 0) as f32.
 inline __m512 load_scales16(const void* base, ScaleType type, int64_t index, __mmask16 mask) {
   switch (type) {
@@ -119,7 +124,7 @@ inline void tile_scales(const void* base, ScaleType type, int64_t stride, int64_
   for (int r = 0; r < rows; ++r)
     for (int64_t g = 0; g < groups; g += 16) {
       const int64_t left = groups - g;
-      const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 mask = first_lanes16(left);
       _mm512_mask_storeu_ps(out + r * groups + g, mask, load_scales16(base, type, (r0 + r) * stride + g, mask));
     }
 }
@@ -129,7 +134,7 @@ inline float bias_dot(const LinearArgs& a, int64_t r, const float* sums, int64_t
   __m512 acc = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; g += 16) {
     const int64_t left = groups - g;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = first_lanes16(left);
     acc = _mm512_fmadd_ps(load_scales16(a.biases, a.bias_type, r * a.bias_stride + g, mask),
                           _mm512_maskz_loadu_ps(mask, sums + g), acc);
   }
@@ -386,8 +391,8 @@ void prepare_bf16(const float* x, int64_t in, uint16_t* out) {
   const int64_t padded = bf16_stride(in);
   for (int64_t k = 0; k < padded; k += 32) {
     const int64_t left = in - k;
-    const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : 0;
-    const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1) : 0;
+    const __mmask16 m0 = first_lanes16(left);
+    const __mmask16 m1 = first_lanes16(left - 16);
     const __m512 lo = _mm512_maskz_loadu_ps(m0, x + k), hi = _mm512_maskz_loadu_ps(m1, x + k + 16);
     // Round to nearest even, as torch casts; the second operand fills the low half.
     _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
@@ -502,7 +507,7 @@ inline void repack_scales(const LinearArgs& a, int64_t r0, int rows, float* scal
   // Scales and biases: 16 groups of 16 rows at a time, transposed the same way.
   for (int64_t g0 = 0; g0 < groups; g0 += 16) {
     const int64_t left = groups - g0;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = first_lanes16(left);
     const int n = static_cast<int>(min64(16, left));
     __m512i s[16], b[16];
     GLM_UNROLL
@@ -535,7 +540,7 @@ inline void repack_scale_pairs(const LinearArgs& a, int64_t r0, int rows, uint32
   constexpr int kGroupOfDword[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
   for (int64_t g0 = 0; g0 < groups; g0 += 16) {
     const int64_t left = groups - g0;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = first_lanes16(left);
     __m512i r[16];
     GLM_UNROLL
     for (int i = 0; i < 16; ++i) {
@@ -638,7 +643,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
       bias_acc[t] = _mm512_fmadd_ps(b, _mm512_set1_ps(xsum[t][g]), bias_acc[t]);
     }
   }
-  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __mmask16 mask = first_lanes16(rows);
   const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + r0) : _mm512_setzero_ps();
   GLM_UNROLL
   for (int t = 0; t < T; ++t)
@@ -822,7 +827,7 @@ void int8_block_gemv(const LinearArgs& a, const uint8_t* base, int64_t stride, i
       }
     }
   }
-  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __mmask16 mask = first_lanes16(rows);
   const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + r0) : _mm512_setzero_ps();
   _mm512_mask_storeu_ps(a.out + t * a.out_features + r0, mask, _mm512_add_ps(_mm512_add_ps(acc, bias_acc), bias));
 }
@@ -981,7 +986,7 @@ constexpr int kBf16PanelTokens = 24 / kPanelVectors;
 inline void bf16_pack_panel(const LinearArgs& a, int64_t r0, int rows, int64_t k0, int64_t columns, __m512i* panel) {
   for (int64_t c = 0; c < columns; c += 32) {
     const int64_t left = a.in - (k0 + c);
-    const __mmask32 mask = left >= 32 ? ~__mmask32{0} : left <= 0 ? 0 : static_cast<__mmask32>((uint64_t{1} << left) - 1);
+    const __mmask32 mask = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << left) - 1);  // left > 0: c < columns
     for (int h = 0; h < kPanelVectors; ++h) {
       __m512i r[16];
       GLM_UNROLL
@@ -1021,8 +1026,7 @@ void bf16_panel_tile(const LinearArgs& a, const __m512i* panel, int64_t pairs, i
   __mmask16 mask[kPanelVectors];
   GLM_UNROLL
   for (int h = 0; h < kPanelVectors; ++h) {
-    const int present = rows - 16 * h;
-    mask[h] = present >= 16 ? 0xffff : present <= 0 ? 0 : static_cast<__mmask16>((1u << present) - 1);
+    mask[h] = first_lanes16(rows - 16 * h);
   }
   const uint16_t* xs[T];  // each token's columns from k0, read a pair (a dword) at a time
   GLM_UNROLL
@@ -1176,7 +1180,7 @@ void bf16_lanes_tile(const LinearArgs& a, const int32_t* xt, int64_t r0) {
   GLM_UNROLL
   for (int v = 0; v < V; ++v) {
     const int64_t left = a.n_tokens - 16 * v;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = first_lanes16(left);
     GLM_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m512 sum = a.bias ? _mm512_add_ps(acc[r][v], _mm512_set1_ps(a.bias[r0 + r])) : acc[r][v];

@@ -171,7 +171,6 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 constexpr int64_t kRowUnit = 4;
 constexpr int64_t kInt8RowUnit = 16;
 constexpr int64_t kInt8Avx2RowUnit = 8;
-constexpr int64_t kBf16PanelRowUnit = kBf16PanelRows;
 
 }  // namespace
 
@@ -347,7 +346,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
     switch (plan.path) {
       case Path::Exact: plan.kernel = o.isa == Isa::Avx512 ? avx512::exact_rows : avx2::exact_rows; break;
       case Path::Bf16: plan.kernel = avx512::bf16_rows; break;
-      case Path::Bf16Packed: plan.kernel = avx512::bf16_packed_rows; plan.row_unit = kBf16PanelRowUnit; break;
+      case Path::Bf16Packed: plan.kernel = avx512::bf16_packed_rows; plan.row_unit = kBf16PanelRows; break;
       case Path::Bf16Lanes: plan.kernel = avx512::bf16_lanes_rows; plan.row_unit = kBf16LanesRows; break;
       case Path::Int8: plan.kernel = avx512::int8_rows; plan.row_unit = kInt8RowUnit; break;
       case Path::Int8Avx2: plan.kernel = avx2::int8_rows; plan.row_unit = kInt8Avx2RowUnit; break;
