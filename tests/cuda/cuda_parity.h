@@ -51,12 +51,23 @@ inline void report(const std::string& what, double error) { std::printf("PARITY 
 
 // A CUDA backend whose prompt-sized products run in `prompts` mode
 // (GLM_CUDA_PROMPTS: "simt", the tests' default, or "tensor").
+// `prompts`: "simt", "tensor" (wgmma where the device and binary have it,
+// else mma.sync), or "tensor-mma" (tensor cores through mma.sync even there:
+// GLM_CUDA_WGMMA=0 while the backend is made).
 inline std::unique_ptr<Backend> cuda_backend(const char* prompts) {
-  setenv("GLM_CUDA_PROMPTS", prompts, 1);
+  const bool mma = std::string(prompts) == "tensor-mma";
+  const char* wgmma = std::getenv("GLM_CUDA_WGMMA");
+  const std::string saved = wgmma ? wgmma : "";
+  setenv("GLM_CUDA_PROMPTS", mma ? "tensor" : prompts, 1);
+  if (mma) setenv("GLM_CUDA_WGMMA", "0", 1);
   std::unique_ptr<Backend> backend = make_backend("cuda");
   setenv("GLM_CUDA_PROMPTS", "simt", 1);
+  if (wgmma) setenv("GLM_CUDA_WGMMA", saved.c_str(), 1);
+  else unsetenv("GLM_CUDA_WGMMA");
   return backend;
 }
+// The tensor-core modes every tensor-core test runs: both instructions.
+inline constexpr const char* kTensorModes[] = {"tensor", "tensor-mma"};
 
 // The two backends under comparison and helpers moving data into and out of them.
 struct Backends {

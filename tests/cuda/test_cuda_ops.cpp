@@ -183,34 +183,50 @@ TEST(CudaOps, LinearAllPathsDtypesAndSizes) {
 // Prompt-sized projections on tensor cores (GLM_CUDA_PROMPTS=tensor): bf16
 // operands and f32 sums against the f32 CPU reference, ~1e-3 expected on
 // these inputs, bound 1e-2, and above 1e-6 or the tensor path did not run.
-// Tokens and features are not multiples of the 128 tile; a depth that is not
-// a multiple of 32 (45) keeps the exact SIMT path.
+// Tokens and features are not multiples of the 128 tile; a depth of 96 ends
+// in a half stage; a depth that is not a multiple of 32 (45) keeps the exact
+// SIMT path. Both instructions (kTensorModes).
 TEST(CudaOps, LinearOnTensorCores) {
   REQUIRE_GPU();
-  Backends b("tensor");
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{67, 64}, {200, 256}, {1000, 1024}, {67, 45}};
-  unsigned seed = 700;
-  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
-    for (auto [out_features, in_features] : shapes) {
-      auto weight = make_weight(b, {out_features, in_features}, dtype, ++seed);
-      auto bias = make_weight(b, {out_features}, DType::BF16, ++seed);
-      const bool tensor = in_features % 32 == 0;
-      for (int64_t n : {9, 33, 130, 300}) {
-        const bool with_bias = n % 2 == 1;
-        Both x = input(b, {n, in_features}, random_values(static_cast<size_t>(n * in_features), ++seed));
-        Both out = output(b, {n, out_features});
-        b.cpu->linear(out.cpu, x.cpu, weight->host, with_bias ? &bias->host : nullptr);
-        b.gpu->linear(out.gpu, x.gpu, weight->device, with_bias ? &bias->device : nullptr);
-        const std::string what = std::string("linear tensor cores ") + dtype_label(dtype) + " n=" +
-                                 std::to_string(n) + " [" + std::to_string(out_features) + ", " +
-                                 std::to_string(in_features) + "]" + (with_bias ? " +bias" : "");
-        const double error = compare(b, out, what);
-        EXPECT_LT(error, tensor ? 1e-2 : 1e-5) << what;
-        if (tensor) {
-          EXPECT_GT(error, 1e-6) << what << ": the tensor-core path did not run";
+  for (const char* mode : kTensorModes) {
+    Backends b(mode);
+    const std::vector<std::pair<int64_t, int64_t>> shapes = {{67, 64}, {200, 256}, {130, 96}, {1000, 1024}, {67, 45}};
+    unsigned seed = 700;
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+      for (auto [out_features, in_features] : shapes) {
+        auto weight = make_weight(b, {out_features, in_features}, dtype, ++seed);
+        auto bias = make_weight(b, {out_features}, DType::BF16, ++seed);
+        const bool tensor = in_features % 32 == 0;
+        for (int64_t n : {9, 33, 130, 300}) {
+          const bool with_bias = n % 2 == 1;
+          Both x = input(b, {n, in_features}, random_values(static_cast<size_t>(n * in_features), ++seed));
+          Both out = output(b, {n, out_features});
+          b.cpu->linear(out.cpu, x.cpu, weight->host, with_bias ? &bias->host : nullptr);
+          b.gpu->linear(out.gpu, x.gpu, weight->device, with_bias ? &bias->device : nullptr);
+          const std::string what = std::string("linear ") + mode + " " + dtype_label(dtype) + " n=" +
+                                   std::to_string(n) + " [" + std::to_string(out_features) + ", " +
+                                   std::to_string(in_features) + "]" + (with_bias ? " +bias" : "");
+          const double error = compare(b, out, what);
+          EXPECT_LT(error, tensor ? 1e-2 : 1e-5) << what;
+          if (tensor) {
+            EXPECT_GT(error, 1e-6) << what << ": the tensor-core path did not run";
+          }
         }
       }
-    }
+  }
+}
+
+// Where the device is Hopper (sm_90) and the binary holds sm_90a code (the
+// default build), prompts use wgmma unless GLM_CUDA_WGMMA=0; elsewhere mma.sync.
+TEST(CudaOps, TensorCoresUseWgmmaOnHopper) {
+  REQUIRE_GPU();
+  cudaDeviceProp properties{};
+  ASSERT_EQ(cudaGetDeviceProperties(&properties, 0), cudaSuccess);
+  Backends wgmma("tensor"), mma("tensor-mma");
+  EXPECT_NE(mma.gpu->execution_summary().find("tensor cores (mma.sync)"), std::string::npos);
+  if (properties.major != 9) GTEST_SKIP() << "not an sm_90 device: mma.sync only";
+  EXPECT_NE(wgmma.gpu->execution_summary().find("tensor cores (wgmma)"), std::string::npos)
+      << wgmma.gpu->execution_summary();
 }
 
 TEST(CudaOps, LinearStridedShardsAndUnalignedInputs) {
@@ -592,7 +608,8 @@ TEST(CudaOps, MoeExpertsRaggedAndExpertParallel) {
     std::vector<int64_t> tokens;
     double tolerance, floor;
   };
-  for (const Case& c : {Case{"simt", 96, 40, {1, 5, 40}, 1e-5, 0.0}, Case{"tensor", 128, 64, {65, 300, 1000}, 1e-2, 1e-6}}) {
+  for (const Case& c : {Case{"simt", 96, 40, {1, 5, 40}, 1e-5, 0.0}, Case{"tensor", 128, 64, {65, 300, 1000}, 1e-2, 1e-6},
+                        Case{"tensor-mma", 128, 64, {65, 300, 1000}, 1e-2, 1e-6}}) {
     Backends b(c.prompts);
     const int64_t n_experts = 16, top_k = 4;
     for (DType dtype : {DType::F32, DType::BF16}) {
@@ -603,7 +620,7 @@ TEST(CudaOps, MoeExpertsRaggedAndExpertParallel) {
                    [&](int64_t rows, int64_t cols) { return make_weight(b, {rows, cols}, dtype, ++seed); });
       for (int64_t n : c.tokens)
         check_moe_experts(b, host, device, n, top_k,
-                          std::string("moe_experts ") + (c.floor > 0 ? "tensor cores " : "") + dtype_label(dtype),
+                          std::string("moe_experts ") + c.prompts + " " + dtype_label(dtype),
                           c.tolerance, nullptr, nullptr, c.floor);
     }
   }

@@ -396,25 +396,28 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
 // 300 tokens) and 128-row tiles (1000: 250 rows an expert).
 TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   REQUIRE_GPU();
-  Backends b("tensor");
-  unsigned seed = 7000;
-  check_affine_bits_and_groups(b, 200, 512, {9, 130, 300}, seed, 1e-2, " tensor cores");
-  auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
-  check_linear(b, *large, {200}, ++seed, 1e-2, " tensor cores");
-  auto three_bit = make_affine(b, 200, 512, 3, 64, ++seed);
-  check_linear(b, *three_bit, {130}, ++seed, 1e-5, " (SIMT fallback)");
-  for (auto scale : {WeightFormat::Fp8Scale::Tensor, WeightFormat::Fp8Scale::Channel, WeightFormat::Fp8Scale::Block}) {
-    auto w = make_fp8(b, 200, 256, scale, ++seed);
-    check_linear(b, *w, {9, 130}, ++seed, 1e-2, " tensor cores");
+  for (const char* mode : kTensorModes) {
+    SCOPED_TRACE(mode);
+    Backends b(mode);
+    unsigned seed = 7000;
+    check_affine_bits_and_groups(b, 200, 512, {9, 130, 300}, seed, 1e-2, " tensor cores");
+    auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
+    check_linear(b, *large, {200}, ++seed, 1e-2, " tensor cores");
+    auto three_bit = make_affine(b, 200, 512, 3, 64, ++seed);
+    check_linear(b, *three_bit, {130}, ++seed, 1e-5, " (SIMT fallback)");
+    for (auto scale : {WeightFormat::Fp8Scale::Tensor, WeightFormat::Fp8Scale::Channel, WeightFormat::Fp8Scale::Block}) {
+      auto w = make_fp8(b, 200, 256, scale, ++seed);
+      check_linear(b, *w, {9, 130}, ++seed, 1e-2, " tensor cores");
+    }
+    const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
+    std::vector<std::unique_ptr<QuantWeight>> storage;
+    ExpertTables host, device;
+    make_experts(storage, host, device, n_experts, width, hidden,
+                 [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
+    for (int64_t n : {65, 300, 1000})
+      check_moe_experts(b, host, device, n, top_k,
+                        "moe_experts affine 4-bit tensor cores", 1e-2, nullptr, nullptr, 1e-6);
   }
-  const int64_t hidden = 256, width = 96, n_experts = 16, top_k = 4;
-  std::vector<std::unique_ptr<QuantWeight>> storage;
-  ExpertTables host, device;
-  make_experts(storage, host, device, n_experts, width, hidden,
-               [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 32, ++seed); });
-  for (int64_t n : {65, 300, 1000})
-    check_moe_experts(b, host, device, n, top_k,
-                      "moe_experts affine 4-bit tensor cores", 1e-2, nullptr, nullptr, 1e-6);
 }
 
 // Decode steps of several sequences at GLM-4.5-Air's head counts (96 query

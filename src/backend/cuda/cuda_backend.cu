@@ -133,6 +133,9 @@ class CudaBackend final : public Backend, public cuda::Context {
     GLM_CHECK(prompt_mode == "tensor" || prompt_mode == "simt", "GLM_CUDA_PROMPTS=", prompt_mode,
               " is not a mode: use tensor (bf16 tensor cores, the default) or simt (f32 activations, exact)");
     tensor_core_prompts = prompt_mode == "tensor";
+    const char* wgmma = std::getenv("GLM_CUDA_WGMMA");
+    wgmma_prompts = tensor_core_prompts && properties_.major == 9 && !(wgmma && std::string(wgmma) == "0") &&
+                    cuda::wgmma_compiled(stream);
     const char* short_contexts = std::getenv("GLM_CUDA_SHORT_ATTENTION");
     short_attention = !(short_contexts && std::string(short_contexts) == "0");
   }
@@ -474,7 +477,10 @@ class CudaBackend final : public Backend, public cuda::Context {
         << (int8_activations ? "int8 activations for 4/8-bit affine weights and f16 for FP8 (GLM_CUDA_ACTIVATIONS=int8)"
                              : "f32 activations (GLM_CUDA_ACTIVATIONS=f32)")
         << "; quantized activations written by their producer for " << prepared_uses << " GEMV launches"
-        << "; prompts on " << (tensor_core_prompts ? "tensor cores, bf16 operands" : "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)");
+        << "; prompts on "
+        << (!tensor_core_prompts ? "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)"
+            : wgmma_prompts      ? "tensor cores (wgmma), bf16 operands"
+                                 : "tensor cores (mma.sync), bf16 operands");
     return out.str();
   }
   std::string placement_summary() const override {

@@ -1,6 +1,6 @@
 // Prompt-sized matrix products on tensor cores: out[rows, O] = x[rows, I] W[O, I]^T,
-// the operands rounded to bf16 and the products summed in f32 by
-// mma.sync m16n8k16 (sm_80 and later; Hopper runs it as well).
+// the operands rounded to bf16 and the products summed in f32 by Hopper's
+// warpgroup MMA (wgmma, sm_90a) or by mma.sync m16n8k16 (sm_80 and later).
 //
 // Why: a prompt of n tokens multiplies every weight by n activation rows, so
 // it is bound by arithmetic, not by memory; the SIMT GEMM in linear.cu does
@@ -19,9 +19,14 @@
 //     threads (the format's 8-value pieces, weight_formats.cuh), so a
 //     quantized weight is never expanded in device memory. bf16 weights skip
 //     this: their stored bytes are the tile.
-//   - 4 warps (2 along rows x 2 along features) each multiply 64 x 64 of the
-//     tile (32 x 64 with 64-row tiles) with ldmatrix + mma.sync, accumulating
-//     in registers; two blocks share an SM.
+//   - On Hopper (sm_90a code, GLM_CUDA_WGMMA not 0) the 4 warps are one
+//     warpgroup: per 16 of depth it issues one wgmma m64n128k16 per 64 rows,
+//     which reads both tiles straight from shared memory (128-byte rows in
+//     the 128-byte swizzle) and runs asynchronously, so the threads widen
+//     the next stage while the tensor cores multiply this one. Elsewhere 4
+//     warps (2 along rows x 2 along features) each multiply 64 x 64 of the
+//     tile (32 x 64 with 64-row tiles) with ldmatrix + mma.sync. Either
+//     way the sums stay in registers and two blocks share an SM.
 //
 // Three uses, one template:
 //   plain     out = x W^T + bias                     (projections, lm_head)
@@ -155,28 +160,42 @@ struct Stage<Fp8Format> {
 };
 
 // Shared memory of one block: the rings of staged activations and weights,
-// then the widened weight tile (absent for direct formats).
-template <typename Format, int kTileRows>
+// then the widened weight tile (absent for direct formats). mma.sync reads
+// bf16 rows padded to kPitch; wgmma reads unpadded 128-byte rows in the
+// 128-byte swizzle (mma.cuh), tiles on 1024-byte boundaries, and has two
+// widened tiles, one being multiplied while the next is widened, where two
+// blocks an SM still fit (not for 8-bit and FP8 stages: a second tile there
+// cost one block an SM, int8 q_proj 214 -> 183 TFLOP/s).
+constexpr int kTwoBlocksShared = 113 * 1024;  // 228 KB an SM, less 1 KB the system keeps per block
+template <typename Format, int kTileRows, bool kWgmma>
 struct Layout {
   using S = Stage<Format>;
-  static constexpr int kXStage = kTileRows * kPitch * 2;
-  static constexpr int kWeightPitch = S::kDirect ? kPitch * 2 : S::kBytes + 16;  // bytes per staged weight row
+  static constexpr int kRowBytes = kWgmma ? kTileDepth * 2 : kPitch * 2;  // bytes per bf16 tile row
+  static constexpr int kXStage = kTileRows * kRowBytes;
+  static constexpr int kWeightPitch = S::kDirect ? kRowBytes : S::kBytes + 16;  // bytes per staged weight row
   static constexpr int kWeightStage = kTileWeights * kWeightPitch;
   static constexpr int kPairStage = S::kHasPairs ? kTileWeights * 8 * kMaxPairs : 0;
+  static constexpr int kTileBytes = kTileWeights * kRowBytes;
   static constexpr int kX = 0;
   static constexpr int kWeights = kX + kStages * kXStage;
   static constexpr int kPairs = kWeights + kStages * kWeightStage;
-  static constexpr int kTile = kPairs + kStages * kPairStage;
-  static constexpr int kTotal = kTile + (S::kDirect ? 0 : kTileWeights * kPitch * 2);
+  static constexpr int kTile = (kPairs + kStages * kPairStage + 1023) / 1024 * 1024;
+  static constexpr int kAlignment = kWgmma ? 1024 : 16;  // of the block's base, found at run time
+  static constexpr bool kTwoTilesFit = kTile + 2 * kTileBytes + kAlignment - 16 <= kTwoBlocksShared;
+  static constexpr int kTiles = S::kDirect ? 0 : kWgmma && kTwoTilesFit ? 2 : 1;
+  static constexpr int kTotal = kTile + kTiles * kTileBytes + kAlignment - 16;
 };
 
-template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows>
+// kWgmma: the block's 4 warps are one warpgroup issuing wgmma (sm_90a) on
+// the whole tile instead of 4 warps each issuing mma.sync on a quarter.
+template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   using S = Stage<Format>;
-  using L = Layout<Format, kTileRows>;
-  constexpr int kMTiles = kTileRows / 32;  // 16-row tiles per warp (2 warps along rows)
-  extern __shared__ __align__(16) char shared[];
+  using L = Layout<Format, kTileRows, kWgmma>;
+  constexpr int kMTiles = kTileRows / 32;  // mma.sync: 16-row tiles per warp (2 warps along rows)
+  extern __shared__ __align__(16) char shared_raw[];
+  char* const shared = shared_raw + (L::kAlignment - shared_address(shared_raw) % L::kAlignment) % L::kAlignment;
 
   // The rows and weights of this block.
   int64_t row0, row_end;
@@ -254,6 +273,13 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     pair_source = kSwiGLU && tid >= kTileWeights / 2 ? base_second : base_first;
   }
 
+  // Byte offset of 16-byte chunk `chunk` (values 8 chunk..) of row r of a
+  // bf16 tile: padded rows for ldmatrix, the 128-byte swizzle for wgmma.
+  auto tile_offset = [](int r, int chunk) {
+    if constexpr (kWgmma) return swizzled_128(r, chunk);
+    else return r * L::kRowBytes + chunk * 16;
+  };
+
   // Copies of stage k0 into ring slot `slot`. Past the depth (a last half
   // stage when depth % 64 == 32) the copies write zeros.
   auto issue_stage = [&](int64_t k0, int slot) {
@@ -262,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     for (int i = 0; i < kXSlots; ++i) {
       const int c = tid + kThreads * i;
       const int64_t k = k0 + (c % kXChunks) * 8;
-      cp_async_16(shared_address(x_ring + (c / kXChunks) * kPitch * 2 + (c % kXChunks) * 16),
+      cp_async_16(shared_address(x_ring + tile_offset(c / kXChunks, c % kXChunks)),
              g.x + static_cast<int64_t>(max(x_source[i], 0)) * g.depth + k, x_source[i] >= 0 && k < g.depth);
     }
     char* w_ring = shared + L::kWeights + slot * L::kWeightStage;
@@ -272,7 +298,8 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       const int c = tid + kThreads * i;
       const int64_t k = k0 + (c % kChunks) * kValuesPerChunk;
       const char* base = kSwiGLU && i >= kChunkSlots / 2 ? w_second : w_first;  // known once unrolled
-      cp_async_16(shared_address(w_ring + (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16),
+      const int staged = S::kDirect ? tile_offset(c / kChunks, c % kChunks) : (c / kChunks) * L::kWeightPitch + (c % kChunks) * 16;
+      cp_async_16(shared_address(w_ring + staged),
              base + static_cast<int64_t>(max(w_source[i], 0)) * w_stride + (c % kChunks) * 16 + advance,
              w_source[i] >= 0 && k < g.depth);
     }
@@ -288,12 +315,38 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     }
   };
 
-  // acc[m][j]: rows warp_row * kTileRows / 2 + 16 m (+8), the warp's 8-feature tile j.
-  float acc[kMTiles][kNTiles][4] = {};
-  // Tile rows of the warp's feature tiles 2q and 2q + 1 (16 consecutive rows).
-  auto weight_rows_of_pair = [&](int q) {
-    // SwiGLU: pairs 0, 1 are the warp's 32 gate rows, pairs 2, 3 the same features' up rows.
-    return kSwiGLU ? (q / 2) * (kTileWeights / 2) + warp_feature * 32 + 16 * (q % 2) : warp_feature * kWarpFeatures + 16 * q;
+  // Widens stage s's staged weights into the bf16 tile at `tile`: piece p =
+  // tid + 128 i is piece p % 8 of row p / 8.
+  auto widen_stage = [&](int s, char* tile) {
+    constexpr int kPieces = kTileDepth / 8;
+    const int slot = s % kStages;
+    const int64_t k0 = static_cast<int64_t>(s) * kTileDepth;
+    constexpr int kWidenSteps = kTileWeights * kPieces / kThreads;
+#pragma unroll
+    for (int i = 0; i < kWidenSteps; ++i) {
+      const int p = tid + kThreads * i, r = p / kPieces;
+      bool valid;
+      const int64_t row = weight_row(r, valid);
+      valid = valid && k0 + (p % kPieces) * 8 < g.depth;
+      uint4 packed = {0u, 0u, 0u, 0u};
+      if (valid) {
+        float values[8];
+        // the second half of i holds rows 64..127: the up rows with SwiGLU, known once unrolled
+        Format::piece_values(S::piece(kSwiGLU && i >= kWidenSteps / 2 ? second : first, row, k0,
+                                      shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,
+                                      shared + L::kPairs + slot * L::kPairStage + r * 8 * kMaxPairs, p % kPieces),
+                             values);
+        packed = {pack_bf16(values[0], values[1]), pack_bf16(values[2], values[3]), pack_bf16(values[4], values[5]),
+                  pack_bf16(values[6], values[7])};
+      }
+      *reinterpret_cast<uint4*>(tile + tile_offset(r, p % kPieces)) = packed;
+    }
+  };
+  // Stage s's tiles: activations, and the weights as bf16 (as staged, or widened).
+  auto x_tile_of = [&](int s) { return shared + L::kX + (s % kStages) * L::kXStage; };
+  auto w_tile_of = [&](int s) {
+    if constexpr (S::kDirect) return shared + L::kWeights + (s % kStages) * L::kWeightStage;
+    else return shared + L::kTile + (s % L::kTiles) * L::kTileBytes;
   };
 
   const int stages = static_cast<int>((g.depth + kTileDepth - 1) / kTileDepth);
@@ -302,98 +355,116 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     if (s < stages) issue_stage(static_cast<int64_t>(s) * kTileDepth, s);
     cp_async_commit();  // empty groups keep the count: stage s is always group s
   }
-  for (int s = 0; s < stages; ++s) {
-    cp_async_wait<kStages - 2>();  // this thread's copies of stage s have landed
-    __syncthreads();             // everyone's have, and everyone is done with stage s - 1's slot
-    const int next = s + kStages - 1;
-    if (next < stages) issue_stage(static_cast<int64_t>(next) * kTileDepth, next % kStages);
-    cp_async_commit();
-
-    const int slot = s % kStages;
-    const __nv_bfloat16* x_tile = reinterpret_cast<const __nv_bfloat16*>(shared + L::kX + slot * L::kXStage);
-    const __nv_bfloat16* w_tile;
-    if constexpr (S::kDirect) {
-      w_tile = reinterpret_cast<const __nv_bfloat16*>(shared + L::kWeights + slot * L::kWeightStage);
-    } else {
-      // Widen the stage's weights: piece p = tid + 256 i is piece p % 8 of row p / 8.
-      constexpr int kPieces = kTileDepth / 8;
-      __nv_bfloat16* tile = reinterpret_cast<__nv_bfloat16*>(shared + L::kTile);
-      const int64_t k0 = static_cast<int64_t>(s) * kTileDepth;
-      constexpr int kWidenSteps = kTileWeights * kPieces / kThreads;
-#pragma unroll
-      for (int i = 0; i < kWidenSteps; ++i) {
-        const int p = tid + kThreads * i, r = p / kPieces;
-        bool valid;
-        const int64_t row = weight_row(r, valid);
-        valid = valid && k0 + (p % kPieces) * 8 < g.depth;
-        uint4 packed = {0u, 0u, 0u, 0u};
-        if (valid) {
-          float values[8];
-          // the second half of i holds rows 64..127: the up rows with SwiGLU, known once unrolled
-          Format::piece_values(S::piece(kSwiGLU && i >= kWidenSteps / 2 ? second : first, row, k0,
-                                        shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,
-                                        shared + L::kPairs + slot * L::kPairStage + r * 8 * kMaxPairs, p % kPieces),
-                               values);
-          packed = {pack_bf16(values[0], values[1]), pack_bf16(values[2], values[3]), pack_bf16(values[4], values[5]),
-                    pack_bf16(values[6], values[7])};
-        }
-        *reinterpret_cast<uint4*>(&tile[r * kPitch + (p % kPieces) * 8]) = packed;
-      }
-      __syncthreads();
-      w_tile = tile;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kTileDepth; kk += 16) {
-      uint32_t a[kMTiles][4];
-#pragma unroll
-      for (int m = 0; m < kMTiles; ++m)
-        ldmatrix_x4(a[m], shared_address(&x_tile[(warp_row * (kTileRows / 2) + 16 * m + lane % 16) * kPitch + kk +
-                                                 (lane / 16) * 8]));
-      uint32_t b[kNTiles / 2][4];
-#pragma unroll
-      for (int q = 0; q < kNTiles / 2; ++q)
-        ldmatrix_x4(b[q], shared_address(&w_tile[(weight_rows_of_pair(q) + lane % 8 + 8 * (lane / 16)) * kPitch + kk +
-                                                 8 * ((lane / 8) % 2)]));
-#pragma unroll
-      for (int m = 0; m < kMTiles; ++m)
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j) mma_bf16(acc[m][j], a[m], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
-    }
-  }
-  cp_async_wait<0>();
 
   // Thread (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of each
-  // 16-row tile, features 2t and 2t + 1 of each 8-feature tile.
+  // 16-row tile, features 2t and 2t + 1 of each 8-feature tile, with both
+  // instructions. store() writes tile row `tile_row`, tile feature n (with
+  // SwiGLU, `value` is the gate sum and `up` the up sum of that feature).
   const int group = lane / 4, pair = lane % 4;
+  auto store = [&](int tile_row, int n, float value, float up) {
+    const int64_t row = row0 + tile_row, feature = feature0 + n;
+    if (row >= row_end || feature >= g.features) return;
+    if constexpr (kSwiGLU)
+      static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + feature] =
+          __float2bfloat16_rn(value / (1.0f + __expf(-value)) * up);
+    else
+      static_cast<float*>(g.out)[row * g.out_stride + feature] =
+          value + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
+  };
+
+  if constexpr (kWgmma) {
+    // acc[h][4 j + i]: tile rows 64 h + 16 warp + group (+ 8 for i >= 2),
+    // tile feature 8 j + 2 pair + i % 2 (wgmma_m64n128k16_bf16).
+    float acc[kTileRows / 64][64] = {};
+    for (int s = 0; s < stages; ++s) {
+      cp_async_wait<kStages - 2>();  // this thread's copies of stage s have landed
+      if constexpr (L::kTiles == 1) wgmma_wait<0>();  // one tile: stage s - 1's products must be done with it
+      if constexpr (!S::kDirect) {
+        __syncthreads();  // everyone's copies have landed: widen them (two tiles: tile s % 2 was last read
+                          // by stage s - 2's products, done)
+        widen_stage(s, w_tile_of(s));
+      }
+      fence_proxy_async();  // this thread's copies and tile writes, visible to the tensor cores
+      wgmma_wait<0>();      // stage s - 1's products are done with their slot and tile
+      __syncthreads();
+      const int next = s + kStages - 1;
+      if (next < stages) issue_stage(static_cast<int64_t>(next) * kTileDepth, next % kStages);
+      cp_async_commit();
+      const uint32_t x_tile = shared_address(x_tile_of(s)), w_tile = shared_address(w_tile_of(s));
+      wgmma_fence();
 #pragma unroll
-  for (int m = 0; m < kMTiles; ++m)
+      for (int kk = 0; kk < kTileDepth; kk += 16)
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t row = row0 + warp_row * (kTileRows / 2) + 16 * m + group + 8 * half;
-      if (row >= row_end) continue;
-      if constexpr (kSwiGLU) {
-        __nv_bfloat16* out_row = static_cast<__nv_bfloat16*>(g.out) + row * g.out_stride;
+        for (int h = 0; h < kTileRows / 64; ++h)  // 64 rows of 128 bytes apart; 16 values = 32 bytes deeper
+          wgmma_m64n128k16_bf16(acc[h], wgmma_descriptor(x_tile + h * 64 * 128 + kk * 2),
+                                wgmma_descriptor(w_tile + kk * 2));
+      wgmma_commit();  // runs while the next stage is widened
+    }
+    wgmma_wait<0>();
 #pragma unroll
-        for (int j = 0; j < kNTiles / 2; ++j)
+    for (int h = 0; h < kTileRows / 64; ++h) wgmma_hold(acc[h]);
+    cp_async_wait<0>();
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int64_t feature = feature0 + warp_feature * 32 + 8 * j + 2 * pair + c;
-            if (feature >= g.features) continue;
-            const float gate = acc[m][j][2 * half + c], up = acc[m][j + kNTiles / 2][2 * half + c];
-            out_row[feature] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
-          }
-      } else {
-        float* out_row = static_cast<float*>(g.out) + row * g.out_stride;
+    for (int h = 0; h < kTileRows / 64; ++h)
 #pragma unroll
-        for (int j = 0; j < kNTiles; ++j)
+      for (int j = 0; j < (kSwiGLU ? 8 : 16); ++j)
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int64_t feature = feature0 + warp_feature * kWarpFeatures + 8 * j + 2 * pair + c;
-            if (feature >= g.features) continue;
-            out_row[feature] = acc[m][j][2 * half + c] + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
-          }
+        for (int i = 0; i < 4; ++i)  // SwiGLU: the gate at feature n, its up 64 tile features on
+          store(64 * h + 16 * warp + group + 8 * (i / 2), 8 * j + 2 * pair + i % 2, acc[h][4 * j + i],
+                kSwiGLU ? acc[h][4 * (j + 8) + i] : 0.0f);
+  } else {
+    // acc[m][j]: rows warp_row * kTileRows / 2 + 16 m (+8), the warp's 8-feature tile j.
+    float acc[kMTiles][kNTiles][4] = {};
+    // Tile rows of the warp's feature tiles 2q and 2q + 1 (16 consecutive rows).
+    auto weight_rows_of_pair = [&](int q) {
+      // SwiGLU: pairs 0, 1 are the warp's 32 gate rows, pairs 2, 3 the same features' up rows.
+      return kSwiGLU ? (q / 2) * (kTileWeights / 2) + warp_feature * 32 + 16 * (q % 2)
+                     : warp_feature * kWarpFeatures + 16 * q;
+    };
+    for (int s = 0; s < stages; ++s) {
+      cp_async_wait<kStages - 2>();  // this thread's copies of stage s have landed
+      __syncthreads();               // everyone's have, and everyone is done with stage s - 1's slot
+      const int next = s + kStages - 1;
+      if (next < stages) issue_stage(static_cast<int64_t>(next) * kTileDepth, next % kStages);
+      cp_async_commit();
+      if constexpr (!S::kDirect) {
+        widen_stage(s, w_tile_of(s));
+        __syncthreads();
+      }
+      const __nv_bfloat16* x_tile = reinterpret_cast<const __nv_bfloat16*>(x_tile_of(s));
+      const __nv_bfloat16* w_tile = reinterpret_cast<const __nv_bfloat16*>(w_tile_of(s));
+#pragma unroll
+      for (int kk = 0; kk < kTileDepth; kk += 16) {
+        uint32_t a[kMTiles][4];
+#pragma unroll
+        for (int m = 0; m < kMTiles; ++m)
+          ldmatrix_x4(a[m], shared_address(&x_tile[(warp_row * (kTileRows / 2) + 16 * m + lane % 16) * kPitch + kk +
+                                                   (lane / 16) * 8]));
+        uint32_t b[kNTiles / 2][4];
+#pragma unroll
+        for (int q = 0; q < kNTiles / 2; ++q)
+          ldmatrix_x4(b[q], shared_address(&w_tile[(weight_rows_of_pair(q) + lane % 8 + 8 * (lane / 16)) * kPitch +
+                                                   kk + 8 * ((lane / 8) % 2)]));
+#pragma unroll
+        for (int m = 0; m < kMTiles; ++m)
+#pragma unroll
+          for (int j = 0; j < kNTiles; ++j)
+            mma_bf16(acc[m][j], a[m], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
       }
     }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m)
+#pragma unroll
+      for (int j = 0; j < (kSwiGLU ? kNTiles / 2 : kNTiles); ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // SwiGLU: the up sums of the same features are kNTiles / 2 tiles on
+          const int tile_row = warp_row * (kTileRows / 2) + 16 * m + group + 8 * (i / 2);
+          const int n = kSwiGLU ? warp_feature * 32 + 8 * j + 2 * pair + i % 2
+                                : warp_feature * kWarpFeatures + 8 * j + 2 * pair + i % 2;
+          store(tile_row, n, acc[m][j][i], kSwiGLU ? acc[m][j + kNTiles / 2][i] : 0.0f);
+        }
+  }
 }
 
 // x rounded to bf16 (the product's activation operand), 4 values a thread.
@@ -431,26 +502,53 @@ bool reads(const Matrix& weight) {
   return pieces && weight.cols % kDepthUnit == 0;
 }
 
+template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
+void launch_kernel(Context& ctx, const TensorGemm& g, dim3 grid) {
+  auto kernel = tensor_gemm_kernel<Format, kSwiGLU, kGrouped, kTileRows, kWgmma>;
+  constexpr int bytes = Layout<Format, kTileRows, kWgmma>::kTotal;
+  static const bool raised = [&] {  // past 48 KB a kernel must ask for its shared memory
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    return true;
+  }();
+  (void)raised;
+  launch(ctx, kernel, grid, dim3(kThreads), bytes, g);
+}
+
 template <bool kSwiGLU, bool kGrouped, int kTileRows>
 void launch_gemm(Context& ctx, const TensorGemm& g, const Matrix& format_of, dim3 grid) {
   dispatch_format(format_of, [&](auto format) {
     using Format = decltype(format);
     if constexpr (Format::kHasPieces) {
-      auto kernel = tensor_gemm_kernel<Format, kSwiGLU, kGrouped, kTileRows>;
-      constexpr int bytes = Layout<Format, kTileRows>::kTotal;
-      static const bool raised = [&] {  // past 48 KB a kernel must ask for its shared memory
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-        return true;
-      }();
-      (void)raised;
-      launch(ctx, kernel, grid, dim3(kThreads), bytes, g);
+      if (ctx.wgmma_prompts) launch_kernel<Format, kSwiGLU, kGrouped, kTileRows, true>(ctx, g, grid);
+      else launch_kernel<Format, kSwiGLU, kGrouped, kTileRows, false>(ctx, g, grid);
     } else {
       fail("internal error: the tensor-core GEMM got a format without pieces");
     }
   });
 }
 
+// Writes 1 where this binary holds sm_90a code for the device it runs on.
+__global__ void wgmma_probe_kernel(int* compiled) {
+#ifdef GLM_WGMMA
+  *compiled = 1;
+#else
+  *compiled = 0;
+#endif
+}
+
 }  // namespace
+
+bool wgmma_compiled(cudaStream_t stream) {
+  int* flag = nullptr;
+  CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+  CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream));
+  wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag);
+  int compiled = 0;
+  CUDA_CHECK(cudaMemcpyAsync(&compiled, flag, sizeof(int), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaFree(flag));
+  return compiled == 1;
+}
 
 bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
   if (!ctx.tensor_core_prompts || !reads(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;

@@ -1,7 +1,7 @@
 // PTX wrappers the tensor-core kernels share (gemm_tensor.cu,
 // attention_prefill.cu): bf16 packing, shared-memory addresses, ldmatrix,
 // mma.sync m16n8k16 with bf16 operands and f32 sums, and cp.async copies
-// (all sm_80 and later).
+// (all sm_80 and later); Hopper's warpgroup MMA (wgmma, sm_90a only).
 #pragma once
 
 #include "backend/cuda/common.cuh"
@@ -56,6 +56,79 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
+
+// ---- Hopper's warpgroup MMA (wgmma, sm_90a only) ----
+// A warpgroup (4 warps, 128 threads) multiplies operands it reads straight
+// from shared memory, asynchronously: no ldmatrix, and the threads go on
+// (widening the next stage) while the tensor cores work. Compiled only for
+// sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere these are never reached
+// (wgmma_compiled() tells the host).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GLM_WGMMA 1
+#endif
+
+// A shared-memory operand's descriptor for K-major tiles whose rows are
+// 64 bf16 (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8)
+// (the 128-byte swizzle; the tile starts on 1024 bytes): start address / 16,
+// leading offset 1 (unused with this swizzle), 1024 bytes between groups of
+// 8 rows, swizzle mode 1 (128 bytes). Moving `address` by 32 bytes steps 16
+// deeper into the rows: the swizzle applies to the computed addresses.
+__device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t address) {
+  return static_cast<uint64_t>((address & 0x3ffff) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in such a tile.
+__device__ __forceinline__ int swizzled_128(int row, int chunk) { return row * 128 + ((chunk ^ (row % 8)) << 4); }
+
+// Orders this thread's earlier writes to shared memory (st.shared, landed
+// cp.async) before later reads by the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef GLM_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef GLM_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef GLM_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+// Waits until at most kPending committed groups of this warpgroup are in flight.
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef GLM_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+#endif
+}
+// Keeps the compiler from moving reads or writes of the accumulators across
+// this point (they belong to the tensor cores between issue and wait).
+template <int N>
+__device__ __forceinline__ void wgmma_hold(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d[64 x 128] += a[64 x 16] b[16 x 128]^T, both bf16 K-major tiles in shared
+// memory (descriptors above), d f32. Thread t of the warpgroup holds rows
+// 16 (t / 32) + (t % 32) / 4 (+ 8) and, of each 8-column block j, columns
+// 8 j + 2 (t % 4) (+ 1): d[4 j + i] is (row + 8 (i / 2), column + i % 2),
+// the mma.sync accumulator layout per 8 columns.
+__device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t a, uint64_t b) {
+#ifdef GLM_WGMMA
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 1, 1, 1, 0, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b));
+#else
+  (void)d, (void)a, (void)b;
+  __trap();
+#endif
 }
 
 }  // namespace glm::cuda

@@ -116,6 +116,10 @@ class Context : public Submitter {
   // (gemm_tensor.cu, attention_prefill.cu) or keep f32 activations on the
   // SIMT kernels (the f32-exact mode the tests compare).
   bool tensor_core_prompts = true;
+  // Whether those products issue Hopper's warpgroup MMA (wgmma) rather than
+  // mma.sync: on sm_90 devices when this binary holds sm_90a code, unless
+  // GLM_CUDA_WGMMA=0 (gemm_tensor.cu).
+  bool wgmma_prompts = false;
   // GLM_CUDA_SHORT_ATTENTION=1 (default) or 0: whether decode attention at
   // head_dim 128 with GQA groups of a multiple of 4 takes the kernel that
   // shares each key row over a warp (attention.cu, short_attention_kernel;
@@ -248,6 +252,9 @@ void linears(Context& ctx, const float* x /*[n, cols]*/, int64_t n, std::span<co
 // multiple of 32); linear() then takes its SIMT path.
 bool tensor_linear(Context& ctx, float* out /*[n, rows]*/, const float* x /*[n, cols]*/, int64_t n,
                    const Matrix& weight, const Matrix* bias /*[rows] or null*/);
+// Whether the binary holds sm_90a code (wgmma) for the current device; runs
+// a one-thread probe on `stream` and waits for it (at start-up only).
+bool wgmma_compiled(cudaStream_t stream);
 // Expert rows grouped by local expert (device memory): expert e owns rows
 // [row_begin[e], row_begin[e + 1]) and GEMM tiles [tile_begin[e], tile_begin[e + 1]).
 struct ExpertRows {
