@@ -5,7 +5,7 @@
 // against the card's device-to-device copy bandwidth measured in the same
 // run. Weights are random: bf16, and mlx affine int8/int4 (group 64).
 //
-//   cmake --build build --target bench_cuda_ops && build/bench_cuda_ops [--quick] [--format bf16|int8|int4]
+//   cmake --build build --target bench_cuda_ops && build/bench_cuda_ops [--quick] [--format bf16|int8|int4|fp8] (fp8: prompts only)
 //
 // --quick times one projection shape per format; --format one format only;
 // --prompts adds 4096-token projections and experts on tensor cores, in
@@ -34,9 +34,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A weight of `format` ("bf16", "int8", "int4" with groups of 64) with its host storage.
+// A weight of `format` ("bf16", "int8", "int4" with groups of 64, "fp8":
+// e4m3 with an f32 scale per row, as the official FP8 checkpoints) with its
+// host storage.
 struct HostWeight {
   std::vector<uint16_t> half;
+  std::vector<uint8_t> fp8;
+  std::vector<float> fp8_scales;
   std::unique_ptr<AffineMatrix> affine;
   Weight host;
 };
@@ -49,6 +53,23 @@ std::unique_ptr<HostWeight> make_weight(int64_t rows, int64_t cols, const std::s
     w->half.resize(static_cast<size_t>(rows * cols));
     for (auto& value : w->half) value = f32_to_bf16(normal(generator));
     w->host = float_weight("bench", TensorView(w->half.data(), DType::BF16, {rows, cols}));
+    return w;
+  }
+  if (format == "fp8") {  // random finite e4m3 bytes of magnitude below 2^4, scales ~1/256
+    w->fp8.resize(static_cast<size_t>(rows * cols));
+    for (uint8_t& byte : w->fp8) {
+      do byte = static_cast<uint8_t>(generator() & 0xff);
+      while ((byte & 0x78) > 0x58);
+    }
+    w->fp8_scales.assign(static_cast<size_t>(rows), 1.0f / 256);
+    Weight& host = w->host;
+    host.name = "bench";
+    host.shape = {rows, cols};
+    host.view = TensorView(w->fp8.data(), DType::F8_E4M3, {rows, cols});
+    host.format.kind = WeightFormat::Kind::Fp8;
+    host.format.dtype = DType::F8_E4M3;
+    host.format.fp8_scale = WeightFormat::Fp8Scale::Channel;
+    host.format.scales = TensorView(w->fp8_scales.data(), DType::F32, {rows, 1});
     return w;
   }
   std::vector<float> values(static_cast<size_t>(rows * cols));
@@ -266,7 +287,7 @@ int main(int argc, char** argv) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (float& value : values) value = normal(generator);
     cudaMemcpy(prompt_x.data, values.data(), values.size() * 4, cudaMemcpyHostToDevice);
-    for (const std::string format : {"bf16", "int8", "int4"}) {
+    for (const std::string format : {"bf16", "int8", "int4", "fp8"}) {
       if (!only.empty() && format != only) continue;
       for (auto [name, rows, cols] : {std::tuple{"q_proj", int64_t{12288}, hidden},
                                       std::tuple{"o_proj", hidden, int64_t{12288}},

@@ -393,7 +393,9 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
 // loop. bf16 operands: bound 1e-2 against the f32 reference, and above f32
 // rounding. Affine 3-bit has no 8-value pieces and keeps the exact SIMT
 // path. The int4 experts run the grouped GEMMs with 64-row tiles (65 and
-// 300 tokens) and 128-row tiles (1000: 250 rows an expert).
+// 300 tokens) and 128-row tiles (1000: 250 rows an expert); FP8 experts with
+// channel scales the kernel that scales the sums instead of the weights.
+// Both instructions (kTensorModes).
 TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   REQUIRE_GPU();
   for (const char* mode : kTensorModes) {
@@ -417,6 +419,16 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
     for (int64_t n : {65, 300, 1000})
       check_moe_experts(b, host, device, n, top_k,
                         "moe_experts affine 4-bit tensor cores", 1e-2, nullptr, nullptr, 1e-6);
+    // FP8 experts with channel scales: gate and up widen unscaled and each
+    // takes its own scales on the sums (the SwiGLU epilogue), down likewise.
+    std::vector<std::unique_ptr<QuantWeight>> fp8_storage;
+    ExpertTables fp8_host, fp8_device;
+    make_experts(fp8_storage, fp8_host, fp8_device, n_experts, width, hidden, [&](int64_t rows, int64_t cols) {
+      return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Channel, ++seed);
+    });
+    for (int64_t n : {65, 1000})
+      check_moe_experts(b, fp8_host, fp8_device, n, top_k, "moe_experts fp8 channel tensor cores", 1e-2, nullptr,
+                        nullptr, 1e-6);
   }
 }
 

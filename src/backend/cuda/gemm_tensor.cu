@@ -159,6 +159,15 @@ struct Stage<Fp8Format> {
   }
 };
 
+// FP8 with a tensor or channel scale gets its own kernel: the weights widen
+// unscaled (exactly: every e4m3 value is a bf16) and the scale multiplies the
+// f32 sums in the epilogue (sum_k x_k s w_k = s sum_k x_k w_k), instead of a
+// scale read and a product per piece in the main loop. Block scales change
+// along the depth and stay per piece (Fp8Format).
+struct Fp8ScaledSums : Fp8Format {};
+template <>
+struct Stage<Fp8ScaledSums> : Stage<Fp8Format> {};
+
 // Shared memory of one block: the rings of staged activations and weights,
 // then the widened weight tile (absent for direct formats). mma.sync reads
 // bf16 rows padded to kPitch; wgmma reads unpadded 128-byte rows in the
@@ -316,28 +325,47 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   };
 
   // Widens stage s's staged weights into the bf16 tile at `tile`: piece p =
-  // tid + 128 i is piece p % 8 of row p / 8.
+  // tid + 128 i is piece p % 8 (= tid % 8) of row p / 8. Which of those rows
+  // exist is fixed for the block: a bit per i, found once (the per-piece
+  // 64-bit checks were a tenth of the main loop's instructions).
+  constexpr int kPieces = kTileDepth / 8;
+  constexpr int kWidenSteps = kTileWeights * kPieces / kThreads;
+  uint32_t widen_rows = 0;
+  constexpr bool kScaleSums = std::is_same_v<Format, Fp8ScaledSums>;  // scales applied in store()
+#pragma unroll
+  for (int i = 0; i < kWidenSteps; ++i) {
+    bool valid;
+    weight_row((tid + kThreads * i) / kPieces, valid);
+    widen_rows |= static_cast<uint32_t>(valid) << i;
+  }
+  // Piece `index` (8 values) of a staged weight row as bf16 pairs.
+  auto widen_piece = [&](const Matrix& m, int64_t row, int64_t k0, const char* staged, const char* pairs,
+                         int index) -> uint4 {
+    if constexpr (kScaleSums) return Fp8Format::unscaled_bf16(reinterpret_cast<const uint2*>(staged)[index]);
+    const auto piece = S::piece(m, row, k0, staged, pairs, index);
+    if constexpr (requires { Format::piece_bf16(piece); }) {  // straight to bf16 pairs (4-bit)
+      return Format::piece_bf16(piece);
+    } else {
+      float values[8];
+      Format::piece_values(piece, values);
+      return {pack_bf16(values[0], values[1]), pack_bf16(values[2], values[3]), pack_bf16(values[4], values[5]),
+              pack_bf16(values[6], values[7])};
+    }
+  };
   auto widen_stage = [&](int s, char* tile) {
-    constexpr int kPieces = kTileDepth / 8;
     const int slot = s % kStages;
     const int64_t k0 = static_cast<int64_t>(s) * kTileDepth;
-    constexpr int kWidenSteps = kTileWeights * kPieces / kThreads;
+    const bool depth_valid = k0 + (tid % kPieces) * 8 < g.depth;  // a last half stage
 #pragma unroll
     for (int i = 0; i < kWidenSteps; ++i) {
       const int p = tid + kThreads * i, r = p / kPieces;
-      bool valid;
-      const int64_t row = weight_row(r, valid);
-      valid = valid && k0 + (p % kPieces) * 8 < g.depth;
       uint4 packed = {0u, 0u, 0u, 0u};
-      if (valid) {
-        float values[8];
+      if (depth_valid && (widen_rows >> i & 1u)) {
+        const int64_t row = feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r);
         // the second half of i holds rows 64..127: the up rows with SwiGLU, known once unrolled
-        Format::piece_values(S::piece(kSwiGLU && i >= kWidenSteps / 2 ? second : first, row, k0,
-                                      shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,
-                                      shared + L::kPairs + slot * L::kPairStage + r * 8 * kMaxPairs, p % kPieces),
-                             values);
-        packed = {pack_bf16(values[0], values[1]), pack_bf16(values[2], values[3]), pack_bf16(values[4], values[5]),
-                  pack_bf16(values[6], values[7])};
+        packed = widen_piece(kSwiGLU && i >= kWidenSteps / 2 ? second : first, row, k0,
+                             shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,
+                             shared + L::kPairs + slot * L::kPairStage + r * 8 * kMaxPairs, p % kPieces);
       }
       *reinterpret_cast<uint4*>(tile + tile_offset(r, p % kPieces)) = packed;
     }
@@ -361,6 +389,12 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   // instructions. store() writes tile row `tile_row`, tile feature n (with
   // SwiGLU, `value` is the gate sum and `up` the up sum of that feature).
   const int group = lane / 4, pair = lane % 4;
+  // kScaleSums: the scale of tile feature n's sums (of the up rows' with
+  // `up`), applied to the accumulators before store(); one live at a time.
+  auto sum_scale = [&](int n, bool up) {
+    const int64_t feature = feature0 + n;
+    return feature < g.features ? Fp8Format::scale_of(up ? second : first, feature, 0) : 0.0f;
+  };
   auto store = [&](int tile_row, int n, float value, float up) {
     const int64_t row = row0 + tile_row, feature = feature0 + n;
     if (row >= row_end || feature >= g.features) return;
@@ -404,6 +438,16 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
 #pragma unroll
     for (int h = 0; h < kTileRows / 64; ++h) wgmma_hold(acc[h]);
     cp_async_wait<0>();
+    if constexpr (kScaleSums) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {  // SwiGLU: tiles 8..15 are the up rows of tile features 0..63
+          const float scale = sum_scale(8 * (kSwiGLU ? j % 8 : j) + 2 * pair + c, kSwiGLU && j >= 8);
+#pragma unroll
+          for (int h = 0; h < kTileRows / 64; ++h) acc[h][4 * j + c] *= scale, acc[h][4 * j + 2 + c] *= scale;
+        }
+    }
 #pragma unroll
     for (int h = 0; h < kTileRows / 64; ++h)
 #pragma unroll
@@ -453,6 +497,18 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       }
     }
     cp_async_wait<0>();
+    if constexpr (kScaleSums) {
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {  // SwiGLU: tiles kNTiles / 2.. are the up rows of the first half's features
+          const float scale = kSwiGLU ? sum_scale(warp_feature * 32 + 8 * (j % (kNTiles / 2)) + 2 * pair + c,
+                                                  j >= kNTiles / 2)
+                                      : sum_scale(warp_feature * kWarpFeatures + 8 * j + 2 * pair + c, false);
+#pragma unroll
+          for (int m = 0; m < kMTiles; ++m) acc[m][j][c] *= scale, acc[m][j][2 + c] *= scale;
+        }
+    }
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m)
 #pragma unroll
@@ -519,8 +575,15 @@ void launch_gemm(Context& ctx, const TensorGemm& g, const Matrix& format_of, dim
   dispatch_format(format_of, [&](auto format) {
     using Format = decltype(format);
     if constexpr (Format::kHasPieces) {
-      if (ctx.wgmma_prompts) launch_kernel<Format, kSwiGLU, kGrouped, kTileRows, true>(ctx, g, grid);
-      else launch_kernel<Format, kSwiGLU, kGrouped, kTileRows, false>(ctx, g, grid);
+      auto launch_as = [&](auto as) {
+        using Kernel = decltype(as);
+        if (ctx.wgmma_prompts) launch_kernel<Kernel, kSwiGLU, kGrouped, kTileRows, true>(ctx, g, grid);
+        else launch_kernel<Kernel, kSwiGLU, kGrouped, kTileRows, false>(ctx, g, grid);
+      };
+      if constexpr (std::is_same_v<Format, Fp8Format>) {
+        if (format_of.fp8_scale != WeightFormat::Fp8Scale::Block) return launch_as(Fp8ScaledSums{});
+      }
+      launch_as(format);
     } else {
       fail("internal error: the tensor-core GEMM got a format without pieces");
     }
