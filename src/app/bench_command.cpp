@@ -1,9 +1,11 @@
 // The benchmark: memory made warm first (every mapped page touched), timed
 // prompt steps, then the yardsticks measured in the same run (a read-bandwidth
 // kernel and, on the CPU, the FMA / VDPBF16PS / VPDPBUSD peaks; on a device,
-// its copy bandwidth), then decode steps. Decode steps are split into components with the model's tracer
-// (attention incl. its KV-cache reads, dense MLP, MoE, lm_head), each reported
-// with the bytes it reads per token and the bandwidth that implies.
+// its copy bandwidth), then decode steps. Prompts and decode steps are split
+// into components with the model's tracer (attention incl. its projections
+// and KV-cache reads, dense MLP, MoE, lm_head): a prompt's components with
+// the FLOPs they do and the rate that implies, a decode step's with the bytes
+// they read per token and the bandwidth that implies.
 #include "app/bench_command.h"
 
 #include <omp.h>
@@ -100,6 +102,36 @@ ComponentBytes bytes_per_token(const Glm4MoeConfig& config, const ModelWeights& 
                                      static_cast<double>(config.num_key_value_heads / weights.parallel.world_size) *
                                      static_cast<double>(config.head_dim) * sizeof(float);
   return bytes;
+}
+
+// FLOPs of a prompt of n tokens (from position 0) by component, this rank's
+// weights: 2 per multiply-add of the projections; the attention core 4 x
+// head_dim x query heads per (query, key) pair, causal (n (n + 1) / 2 pairs);
+// lm_head for the last token only (the only row that asks for logits).
+struct ComponentFlops {
+  double attention = 0, dense_mlp = 0, moe = 0, head = 0;
+};
+
+ComponentFlops prompt_flops(const Glm4MoeConfig& config, const ModelWeights& weights, int64_t n) {
+  auto numel = [](const Weight& w) { return w.present() ? static_cast<double>(w.dim(0)) * static_cast<double>(w.dim(1)) : 0.0; };
+  const double tokens = static_cast<double>(n), pairs = tokens * (tokens + 1) / 2;
+  ComponentFlops flops;
+  for (const LayerWeights& layer : weights.layers) {
+    const AttentionWeights& a = layer.attention;
+    const double query_heads = static_cast<double>(a.q_proj.dim(0) / config.head_dim);
+    flops.attention += 2 * tokens * (numel(a.q_proj) + numel(a.k_proj) + numel(a.v_proj) + numel(a.o_proj)) +
+                       4 * static_cast<double>(config.head_dim) * query_heads * pairs;
+    if (!layer.is_moe) {
+      flops.dense_mlp += 2 * tokens * (numel(layer.dense.gate_proj) + numel(layer.dense.up_proj) + numel(layer.dense.down_proj));
+      continue;
+    }
+    const MoeWeights& m = layer.moe;
+    const double expert = m.gate.experts.empty() ? 0.0 : numel(m.gate.experts[0]) + numel(m.up.experts[0]) + numel(m.down.experts[0]);
+    flops.moe += 2 * tokens * (numel(m.router) + numel(m.shared.gate_proj) + numel(m.shared.up_proj) + numel(m.shared.down_proj) +
+                               static_cast<double>(config.num_experts_per_tok) * expert);
+  }
+  flops.head = 2 * numel(weights.lm_head);
+  return flops;
 }
 
 // Accumulates wall time between the model's trace points.
@@ -210,6 +242,34 @@ int run_bench(const BenchOptions& options) {
                                 {"seconds", seconds},
                                 {"tokens_per_s", length / seconds},
                                 {"GFLOP_per_s_excluding_attention", flops_per_token * length / seconds / 1e9}});
+    {  // The same prompt again, marked: each component's time (a synchronisation at each mark) and FLOPs.
+      ComponentClock clock;
+      clock.config = &config;
+      clock.attach(engine.model(), engine.backend());
+      const int32_t marked = cache.create_sequence();
+      const auto marked_start = Clock::now();
+      clock.mark = marked_start;
+      engine.step({SequenceWork{marked, tokens, LogitsWanted::Last}});
+      const double marked_seconds = seconds_since(marked_start);
+      engine.model().set_tracer({});
+      cache.release_sequence(marked);
+      clock.head = marked_seconds - (clock.attention + clock.dense_mlp + clock.moe);
+      const ComponentFlops flops = prompt_flops(config, engine.model().weights(), length);
+      nlohmann::ordered_json components = nlohmann::ordered_json::array();
+      auto component = [&](const char* name, double component_flops, double component_seconds) {
+        if (component_flops == 0 && component_seconds < 1e-6) return;  // e.g. no dense layer
+        components.push_back({{"component", name},
+                              {"seconds", component_seconds},
+                              {"GFLOP", component_flops / 1e9},
+                              {"GFLOP_per_s", component_seconds > 0 ? component_flops / component_seconds / 1e9 : 0.0}});
+      };
+      component("attention (q/k/v/o and attention itself)", flops.attention, clock.attention);
+      component("dense MLP", flops.dense_mlp, clock.dense_mlp);
+      component("MoE (router, shared, top-k experts)", flops.moe, clock.moe);
+      component("lm_head (last token; + embedding, final norm, step overhead)", flops.head, clock.head);
+      report["prompt"].back()["marked_seconds"] = marked_seconds;
+      report["prompt"].back()["components"] = components;
+    }
     if (options.profile) {  // the same prompt again, each op timed on the device
       const int32_t again = cache.create_sequence();
       engine.backend().op_profile();  // drop anything timed before
@@ -255,8 +315,11 @@ int run_bench(const BenchOptions& options) {
     const double matmul_rate = engine.backend().measure_matmul_rate();
     if (matmul_rate > 0) {
       report["bf16_matmul_TFLOPps"] = matmul_rate / 1e12;
-      for (auto& p : report["prompt"])
+      for (auto& p : report["prompt"]) {
         p["fraction_of_bf16_matmul_rate"] = p["GFLOP_per_s_excluding_attention"].get<double>() * 1e9 / matmul_rate;
+        for (auto& c : p["components"])
+          c["fraction_of_bf16_matmul_rate"] = c["GFLOP_per_s"].get<double>() * 1e9 / matmul_rate;
+      }
     }
   }
   const char* yardstick_name = copy_bandwidth > 0 ? "device copy bandwidth" : "read bandwidth";
@@ -404,6 +467,17 @@ int run_bench(const BenchOptions& options) {
       std::printf(" = %.0f%% of a bf16 matmul's %.0f TFLOP/s", 100.0 * p["fraction_of_bf16_matmul_rate"].get<double>(),
                   report["bf16_matmul_TFLOPps"].get<double>());
     std::printf("\n");
+    if (p.contains("components")) {
+      std::printf("  by component (the prompt again, %.2fx the time with a mark after each component):\n",
+                  p["marked_seconds"].get<double>() / p["seconds"].get<double>());
+      for (const auto& c : p["components"]) {
+        std::printf("  %-62s %9.2f ms %10.1f GFLOP/s", c["component"].get<std::string>().c_str(),
+                    c["seconds"].get<double>() * 1e3, c["GFLOP_per_s"].get<double>());
+        if (c.contains("fraction_of_bf16_matmul_rate"))
+          std::printf(" = %3.0f%% of the matmul rate", 100.0 * c["fraction_of_bf16_matmul_rate"].get<double>());
+        std::printf("\n");
+      }
+    }
     if (p.contains("op_device_times"))
       for (const auto& op : p["op_device_times"])
         std::printf("    op %-46s %6lld calls %9.1f us\n", op["op"].get<std::string>().c_str(),

@@ -136,6 +136,33 @@ TEST(Cli, InfoReportsCountsAndLayout) {
   EXPECT_EQ(out["weights"]["files"], 3);
 }
 
+// bench splits each prompt by component: the FLOPs it counts for the
+// projections and experts (the components' total less the attention core,
+// 4 x head_dim x heads per causal (query, key) pair a layer) are the
+// summary's 2 x active parameters a token (lm_head's apart), to within the
+// norms and biases the summary also counts.
+TEST(Cli, BenchSplitsPromptsByComponent) {
+  const int64_t n = 24;
+  const CommandResult result =
+      run("bench --model " + fixture(kCase) + " --prompt-tokens " + std::to_string(n) + " --gen-tokens 2 --threads 1 --json");
+  ASSERT_EQ(result.status, 0) << result.output;
+  const auto out = nlohmann::json::parse(result.output);
+  std::ifstream config_file(fixture(kCase) + "/config.json");
+  const auto config = nlohmann::json::parse(config_file);
+  const auto& prompt = out["prompt"].at(0);
+  ASSERT_EQ(prompt["components"].size(), 4u) << prompt.dump();  // attention, dense MLP, MoE, lm_head
+  double gflop = 0;
+  for (const auto& c : prompt["components"]) {
+    EXPECT_GT(c["GFLOP"].get<double>(), 0.0) << c.dump();
+    EXPECT_GE(c["seconds"].get<double>(), 0.0) << c.dump();
+    if (c["component"].get<std::string>().rfind("lm_head", 0) != 0) gflop += c["GFLOP"].get<double>();
+  }
+  const double core = 4.0 * config["head_dim"].get<double>() * config["num_attention_heads"].get<double>() *
+                      (n * (n + 1) / 2.0) * config["num_hidden_layers"].get<double>() / 1e9;
+  const double summary = prompt["GFLOP_per_s_excluding_attention"].get<double>() * prompt["seconds"].get<double>();
+  EXPECT_NEAR(gflop - core, summary, 0.03 * summary);
+}
+
 TEST(CliBadInput, MissingDirectory) {
   expect_clean_error(run("generate --model /nonexistent/glm --prompt-ids 1,2"), "/nonexistent/glm");
 }
