@@ -55,7 +55,7 @@ std::unique_ptr<HostWeight> make_weight(int64_t rows, int64_t cols, const std::s
     w->host = float_weight("bench", TensorView(w->half.data(), DType::BF16, {rows, cols}));
     return w;
   }
-  if (format == "fp8") {  // random finite e4m3 bytes of magnitude below 2^4, scales ~1/256
+  if (format == "fp8") {  // random finite e4m3 bytes (exponent field <= 11: magnitudes below 32), scales 1/256
     w->fp8.resize(static_cast<size_t>(rows * cols));
     for (uint8_t& byte : w->fp8) {
       do byte = static_cast<uint8_t>(generator() & 0xff);

@@ -242,7 +242,7 @@ int run_bench(const BenchOptions& options) {
                                 {"seconds", seconds},
                                 {"tokens_per_s", length / seconds},
                                 {"GFLOP_per_s_excluding_attention", flops_per_token * length / seconds / 1e9}});
-    {  // The same prompt again, marked: each component's time (a synchronisation at each mark) and FLOPs.
+    if (options.prompt_components) {  // The same prompt again, marked: each component's time (a synchronisation at each mark) and FLOPs.
       ComponentClock clock;
       clock.config = &config;
       clock.attach(engine.model(), engine.backend());

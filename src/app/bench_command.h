@@ -24,6 +24,7 @@ struct BenchOptions {
   int threads = 0;
   bool json = false;
   bool profile = false;         // per-op device time of decoding (device backends)
+  bool prompt_components = true;  // each prompt run again, marked, for its time by component
   std::vector<int64_t> batches;  // also decode this many sequences together per step (at context 0)
 };
 

@@ -388,6 +388,9 @@ int main(int argc, char** argv) {
   bench->add_flag("--json", bench_options.json, "print JSON");
   bench->add_flag("--profile", bench_options.profile,
                   "also time every op of decoding on the device (CUDA events): kernel time vs launch gaps");
+  bench->add_flag("--prompt-components,!--no-prompt-components", bench_options.prompt_components,
+                  "run each prompt a second time with a mark after each component, for its time and FLOP/s by "
+                  "component (default on; off halves the prompts' share of the run)");
 
   glm::QuantizeOptions quantize_options;
   CLI::App* quantize = app.add_subcommand("quantize", "write an mlx-compatible affine-quantized copy of a checkpoint");

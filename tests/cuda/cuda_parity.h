@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <memory>
 #include <random>
 #include <string>
@@ -54,17 +55,34 @@ inline void report(const std::string& what, double error) { std::printf("PARITY 
 // `prompts`: "simt", "tensor" (wgmma where the device and binary have it,
 // else mma.sync), or "tensor-mma" (tensor cores through mma.sync even there:
 // GLM_CUDA_WGMMA=0 while the backend is made).
+// Sets an environment variable for its lifetime, then puts back what was there.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) setenv(name_, old_.c_str(), 1);
+    else unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
 inline std::unique_ptr<Backend> cuda_backend(const char* prompts) {
   const bool mma = std::string(prompts) == "tensor-mma";
-  const char* wgmma = std::getenv("GLM_CUDA_WGMMA");
-  const std::string saved = wgmma ? wgmma : "";
-  setenv("GLM_CUDA_PROMPTS", mma ? "tensor" : prompts, 1);
-  if (mma) setenv("GLM_CUDA_WGMMA", "0", 1);
-  std::unique_ptr<Backend> backend = make_backend("cuda");
-  setenv("GLM_CUDA_PROMPTS", "simt", 1);
-  if (wgmma) setenv("GLM_CUDA_WGMMA", saved.c_str(), 1);
-  else unsetenv("GLM_CUDA_WGMMA");
-  return backend;
+  ScopedEnv prompt_mode("GLM_CUDA_PROMPTS", mma ? "tensor" : prompts);
+  std::optional<ScopedEnv> instruction;
+  if (mma) instruction.emplace("GLM_CUDA_WGMMA", "0");
+  return make_backend("cuda");
 }
 // The tensor-core modes every tensor-core test runs: both instructions.
 inline constexpr const char* kTensorModes[] = {"tensor", "tensor-mma"};

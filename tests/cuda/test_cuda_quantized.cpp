@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -405,6 +406,8 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
     check_affine_bits_and_groups(b, 200, 512, {9, 130, 300}, seed, 1e-2, " tensor cores");
     auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
     check_linear(b, *large, {200}, ++seed, 1e-2, " tensor cores");
+    auto half_stage = make_affine(b, 200, 160, 4, 32, ++seed);  // depth 160: two stages of 64 and a half
+    check_linear(b, *half_stage, {130}, ++seed, 1e-2, " tensor cores, depth 160");
     auto three_bit = make_affine(b, 200, 512, 3, 64, ++seed);
     check_linear(b, *three_bit, {130}, ++seed, 1e-5, " (SIMT fallback)");
     for (auto scale : {WeightFormat::Fp8Scale::Tensor, WeightFormat::Fp8Scale::Channel, WeightFormat::Fp8Scale::Block}) {
@@ -419,16 +422,29 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
     for (int64_t n : {65, 300, 1000})
       check_moe_experts(b, host, device, n, top_k,
                         "moe_experts affine 4-bit tensor cores", 1e-2, nullptr, nullptr, 1e-6);
-    // FP8 experts with channel scales: gate and up widen unscaled and each
-    // takes its own scales on the sums (the SwiGLU epilogue), down likewise.
-    std::vector<std::unique_ptr<QuantWeight>> fp8_storage;
-    ExpertTables fp8_host, fp8_device;
-    make_experts(fp8_storage, fp8_host, fp8_device, n_experts, width, hidden, [&](int64_t rows, int64_t cols) {
-      return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Channel, ++seed);
-    });
-    for (int64_t n : {65, 1000})
-      check_moe_experts(b, fp8_host, fp8_device, n, top_k, "moe_experts fp8 channel tensor cores", 1e-2, nullptr,
-                        nullptr, 1e-6);
+    // 8-bit experts (one widened tile under wgmma), and FP8 experts with
+    // channel and tensor scales: gate and up widen unscaled and each takes
+    // its own scales on the sums (the SwiGLU epilogue), down likewise.
+    struct ExpertCase {
+      const char* label;
+      std::function<std::unique_ptr<QuantWeight>(int64_t, int64_t)> make;
+      std::vector<int64_t> tokens;
+    };
+    const ExpertCase expert_cases[] = {
+        {"moe_experts affine 8-bit tensor cores",
+         [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 8, 32, ++seed); }, {65, 1000}},
+        {"moe_experts fp8 channel tensor cores",
+         [&](int64_t rows, int64_t cols) { return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Channel, ++seed); },
+         {65, 1000}},
+        {"moe_experts fp8 tensor-scale tensor cores",
+         [&](int64_t rows, int64_t cols) { return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Tensor, ++seed); },
+         {300}}};
+    for (const ExpertCase& c : expert_cases) {
+      std::vector<std::unique_ptr<QuantWeight>> case_storage;
+      ExpertTables case_host, case_device;
+      make_experts(case_storage, case_host, case_device, n_experts, width, hidden, c.make);
+      for (int64_t n : c.tokens) check_moe_experts(b, case_host, case_device, n, top_k, c.label, 1e-2, nullptr, nullptr, 1e-6);
+    }
   }
 }
 

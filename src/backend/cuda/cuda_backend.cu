@@ -134,8 +134,12 @@ class CudaBackend final : public Backend, public cuda::Context {
               " is not a mode: use tensor (bf16 tensor cores, the default) or simt (f32 activations, exact)");
     tensor_core_prompts = prompt_mode == "tensor";
     const char* wgmma = std::getenv("GLM_CUDA_WGMMA");
-    wgmma_prompts = tensor_core_prompts && properties_.major == 9 && !(wgmma && std::string(wgmma) == "0") &&
-                    cuda::wgmma_compiled(stream);
+    const std::string wgmma_mode = wgmma ? wgmma : "1";
+    GLM_CHECK(wgmma_mode == "1" || wgmma_mode == "0", "GLM_CUDA_WGMMA=", wgmma_mode,
+              " is not a mode: use 1 (prompt GEMMs on wgmma where the device is sm_90 and the binary has sm_90a "
+              "code; the default) or 0 (mma.sync)");
+    wgmma_binary_ = properties_.major == 9 && cuda::wgmma_compiled(stream);
+    wgmma_prompts = tensor_core_prompts && wgmma_binary_ && wgmma_mode == "1";
     const char* short_contexts = std::getenv("GLM_CUDA_SHORT_ATTENTION");
     short_attention = !(short_contexts && std::string(short_contexts) == "0");
   }
@@ -480,7 +484,9 @@ class CudaBackend final : public Backend, public cuda::Context {
         << "; prompts on "
         << (!tensor_core_prompts ? "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)"
             : wgmma_prompts      ? "tensor cores (wgmma), bf16 operands"
-                                 : "tensor cores (mma.sync), bf16 operands");
+            : properties_.major == 9 && !wgmma_binary_
+                ? "tensor cores (mma.sync: this binary has no sm_90a code for wgmma), bf16 operands"
+                : "tensor cores (mma.sync), bf16 operands");
     return out.str();
   }
   std::string placement_summary() const override {
@@ -997,6 +1003,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   std::vector<StepUpload> step_uploads_;
   size_t step_upload_count_ = 0;
   bool profiling_ = false;
+  bool wgmma_binary_ = false;  // an sm_90 device and sm_90a code in this binary (wgmma_compiled)
   // Step graphs (flush()): GLM_CUDA_GRAPHS=0 turns them off.
   // One per (batch size, context bucket) in use; a run that synchronises
   // inside steps (bench's per-component split) has one per segment.

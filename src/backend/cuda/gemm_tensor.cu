@@ -26,7 +26,8 @@
 //     the next stage while the tensor cores multiply this one. Elsewhere 4
 //     warps (2 along rows x 2 along features) each multiply 64 x 64 of the
 //     tile (32 x 64 with 64-row tiles) with ldmatrix + mma.sync. Either
-//     way the sums stay in registers and two blocks share an SM.
+//     way the sums stay in registers and two blocks share an SM (one for
+//     f16 and f32 weights).
 //
 // Three uses, one template:
 //   plain     out = x W^T + bias                     (projections, lm_head)
@@ -52,7 +53,7 @@ constexpr int kTileWeights = 128;       // weight rows staged per block (SwiGLU:
 constexpr int kTileDepth = 64;          // k per stage: 8 pieces of 8 a weight row
 constexpr int kDepthUnit = 32;          // depths must be multiples of this; a last half stage is zero-filled
 constexpr int kStages = 3;              // stages in flight: 2 being copied while one is multiplied
-constexpr int kThreads = 128;           // 4 warps: 2 along rows x 2 along features
+constexpr int kThreads = 128;           // 4 warps: one warpgroup (wgmma), or 2 along rows x 2 along features (mma.sync)
 constexpr int kWarpFeatures = kTileWeights / 2;  // weight rows a warp multiplies: 64
 constexpr int kNTiles = kWarpFeatures / 8;       // its 8-feature mma tiles
 constexpr int kPitch = kTileDepth + 8;  // bf16 per shared tile row: 144 bytes, so ldmatrix's 8 rows hit distinct banks
@@ -163,7 +164,9 @@ struct Stage<Fp8Format> {
 // unscaled (exactly: every e4m3 value is a bf16) and the scale multiplies the
 // f32 sums in the epilogue (sum_k x_k s w_k = s sum_k x_k w_k), instead of a
 // scale read and a product per piece in the main loop. Block scales change
-// along the depth and stay per piece (Fp8Format).
+// along the depth and stay per piece (Fp8Format). (Its 128-row wgmma kernels
+// spill ~100 bytes in the epilogue, the scale loads beside 128 live sums;
+// none in the main loop.)
 struct Fp8ScaledSums : Fp8Format {};
 template <>
 struct Stage<Fp8ScaledSums> : Stage<Fp8Format> {};
@@ -173,8 +176,10 @@ struct Stage<Fp8ScaledSums> : Stage<Fp8Format> {};
 // bf16 rows padded to kPitch; wgmma reads unpadded 128-byte rows in the
 // 128-byte swizzle (mma.cuh), tiles on 1024-byte boundaries, and has two
 // widened tiles, one being multiplied while the next is widened, where two
-// blocks an SM still fit (not for 8-bit and FP8 stages: a second tile there
-// cost one block an SM, int8 q_proj 214 -> 183 TFLOP/s).
+// blocks an SM still fit (int4 and FP8 stages; not 8-bit affine ones, whose
+// scale pairs and wider rows would make a second tile cost one block an SM:
+// int8 q_proj 214 -> 183 TFLOP/s). f16 and f32 weights fit one block an SM
+// whatever the tiles (rare: checkpoints are bf16 or quantized).
 constexpr int kTwoBlocksShared = 113 * 1024;  // 228 KB an SM, less 1 KB the system keeps per block
 template <typename Format, int kTileRows, bool kWgmma>
 struct Layout {
@@ -251,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     valid = feature < g.features;
     return valid ? feature : int64_t{0};
   };
-  // Weight chunk c = tid + 256 i is 16 bytes (kValuesPerChunk values) of
+  // Weight chunk c = tid + 128 i is 16 bytes (kValuesPerChunk values) of
   // staged row c / kChunks; the sources are fixed per thread and advance by
   // kAdvance bytes a stage.
   // (Pointers are chosen here, once: selecting between the two Matrix
@@ -602,14 +607,18 @@ __global__ void wgmma_probe_kernel(int* compiled) {
 }  // namespace
 
 bool wgmma_compiled(cudaStream_t stream) {
-  int* flag = nullptr;
-  CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
-  CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream));
-  wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag);
+  // Start-up only, outside any recorded step: a plain launch, then a wait.
+  struct Flag {
+    int* device = nullptr;
+    ~Flag() { cudaFree(device); }
+  } flag;
+  CUDA_CHECK(cudaMalloc(&flag.device, sizeof(int)));
+  CUDA_CHECK(cudaMemsetAsync(flag.device, 0, sizeof(int), stream));
+  wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag.device);
+  CUDA_CHECK(cudaGetLastError());
   int compiled = 0;
-  CUDA_CHECK(cudaMemcpyAsync(&compiled, flag, sizeof(int), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaMemcpyAsync(&compiled, flag.device, sizeof(int), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
-  CUDA_CHECK(cudaFree(flag));
   return compiled == 1;
 }
 

@@ -247,7 +247,7 @@ struct AffineFormat {
   // and one bf16 fused multiply-add applies scale and bias with a single
   // rounding: 3.5 instructions a pair (1.5 byte permutes, the subtraction,
   // the multiply-add) against piece_values' 7 and its selector moves; the
-  // GEMM's main loop went from 1032 to ~850 instructions a stage. Scales and
+  // GEMM's main loop went from 1032 to 808 instructions a stage (with the rows' validity found once). Scales and
   // biases stored in bf16 (mlx's) pass exactly; f32 ones are rounded to bf16.
   template <int B = BITS>
     requires(B == 4)
