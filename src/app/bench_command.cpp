@@ -317,8 +317,9 @@ int run_bench(const BenchOptions& options) {
       report["bf16_matmul_TFLOPps"] = matmul_rate / 1e12;
       for (auto& p : report["prompt"]) {
         p["fraction_of_bf16_matmul_rate"] = p["GFLOP_per_s_excluding_attention"].get<double>() * 1e9 / matmul_rate;
-        for (auto& c : p["components"])
-          c["fraction_of_bf16_matmul_rate"] = c["GFLOP_per_s"].get<double>() * 1e9 / matmul_rate;
+        if (p.contains("components"))  // (not with --no-prompt-components; p["components"] would make a null)
+          for (auto& c : p["components"])
+            c["fraction_of_bf16_matmul_rate"] = c["GFLOP_per_s"].get<double>() * 1e9 / matmul_rate;
       }
     }
   }
