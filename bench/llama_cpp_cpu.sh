@@ -18,7 +18,8 @@
 #      every timed command runs under `flock /tmp/glm-timing.lock` (so timings of cooperating agents never overlap) at nice NICE,
 #      after waiting for a nearly idle machine; the load average and the CPU others took are logged;
 #   5. prints a markdown table (tools/llama_cpp/bench_table.py): tok/s of both, best of the REPS
-#      rounds (the least disturbed; mean/median alongside), and the ratios ours/llama.cpp.
+#      rounds (the least disturbed; mean/median alongside), and the ratios ours/llama.cpp, of the
+#      bests and paired by round (median and range).
 #
 # Needs: cmake, ninja, a C++20 compiler, pip (PyPI reachable for step 1 unless the source is
 # already in SCRATCH), python3 with torch, transformers, numpy and safetensors (for the

@@ -11,8 +11,10 @@ count as more rounds of the same measurement):
 and prints: the main table, each cell the best of the runs (fastest sample: the least disturbed on a
 shared machine) with, in brackets, llama-bench's mean ± std or our median, and the ratios
 ours/llama.cpp of the bests (our generation rate pools the exact and fast-prompts runs: decode runs
-the exact kernels in both); rows for the other modes (int8, fast) if such runs exist; then per-run
-details (read-kernel bandwidth, major page faults, others' CPU share, load).
+the exact kernels in both; a mode that was not run shows nan); rows for the other modes (int8, fast)
+if such runs exist; the paired ratios (each round's ours over the same round's llama.cpp: the two ran
+minutes apart, so a machine whose speed drifts between minutes moves both); then per-run details
+(read-kernel bandwidth, major page faults, others' CPU share, load).
 
 Usage: python tools/llama_cpp/bench_table.py RESULTS_DIR [RESULTS_DIR ...]
 """
@@ -65,6 +67,25 @@ def label(path: Path) -> str:
     return f"{path.parent.name}/{path.stem.split('-')[-1]}"
 
 
+def round_key(path: Path) -> tuple[str, str]:
+    """(results directory, round number) of a timed run."""
+    return (str(path.parent), path.stem.split("-")[-1])
+
+
+def paired(llama_files: list[Path], ours: list[Path]) -> dict[str, list[float]]:
+    """Per round present on both sides: ours / llama.cpp, median over each side's samples in that round."""
+    llama_by_round = {round_key(path): llama_rates([path]) for path in llama_files}
+    ratios: dict[str, list[float]] = {"gen": [], "prompt": []}
+    for path in ours:
+        theirs = llama_by_round.get(round_key(path))
+        if not theirs or not theirs["gen"] or not theirs["prompt"]:
+            continue
+        r = json.loads(path.read_text())
+        ratios["gen"].append(r["generation"][0]["tokens_per_s"] / statistics.median(theirs["gen"]))
+        ratios["prompt"].append(r["prompt"][0]["tokens_per_s"] / statistics.median(theirs["prompt"]))
+    return ratios
+
+
 def main() -> None:
     dirs = [Path(arg) for arg in sys.argv[1:]]
     for d in dirs:
@@ -74,23 +95,24 @@ def main() -> None:
     print("| format (llama.cpp / ours) | size GB (llama.cpp / ours) | generate ctx 0: llama.cpp | ours | ours/llama.cpp "
           "| prompt 512: llama.cpp | ours exact | ours/llama.cpp | ours fast-prompts | ours/llama.cpp |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    details, other_rows = [], []
+    details, other_rows, pair_rows = [], [], []
     for fmt, gguf_type in FORMATS:
         llama_files = files(dirs, f"llama-{fmt}.json") + files(dirs, f"llama-{fmt}-*.json")
         llama = llama_rates(llama_files)
         runs = {mode: [json.loads(p.read_text()) for p in files(dirs, f"glm-{fmt}-{mode}-*.json")]
                 for mode in MODES}
-        if not llama["gen"] or not llama["prompt"] or not runs["exact"]:
+        if not llama["gen"] or not llama["prompt"] or not (runs["exact"] or runs["fast-prompts"]):
             continue
         # Decode runs the exact kernels in both exact and fast-prompts runs (fast-prompts switches only
         # calls of >= 32 tokens): both are samples of our generation rate.
         gen = [r["generation"][0]["tokens_per_s"] for r in runs["exact"] + runs["fast-prompts"]]
-        prompt = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]]
+        prompt = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]] or [float("nan")]
         prompt_fast = [r["prompt"][0]["tokens_per_s"] for r in runs["fast-prompts"]] or [float("nan")]
         lg, lp = max(llama["gen"]), max(llama["prompt"])
         g, p, pf = max(gen), max(prompt), max(prompt_fast)
         size_files = [d / f"ours-{fmt}.bytes" for d in dirs if (d / f"ours-{fmt}.bytes").exists()]
-        ours_size = int(size_files[0].read_text()) if size_files else runs["exact"][0]["weights_bytes"]
+        ours_size = (int(size_files[0].read_text()) if size_files
+                     else (runs["exact"] or runs["fast-prompts"])[0]["weights_bytes"])
         print(f"| {gguf_type} / {OURS_NAME[fmt]} | {llama['size'] / 1e9:.2f} / {ours_size / 1e9:.2f} "
               f"| {lg:.2f} ({mean_sd(llama['gen'], 2)}) | {g:.2f} ({statistics.median(gen):.2f}) | {g / lg:.2f} "
               f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {p:.1f} ({statistics.median(prompt):.1f}) | {p / lp:.2f} "
@@ -101,6 +123,13 @@ def main() -> None:
                 fp = [r["prompt"][0]["tokens_per_s"] for r in runs[mode]]
                 other_rows.append(f"| {gguf_type} / {OURS_NAME[fmt]} | {mode} | {lg:.2f} | {max(fg):.2f} ({statistics.median(fg):.2f}) "
                                   f"| {max(fg) / lg:.2f} | {max(fp):.1f} ({statistics.median(fp):.1f}) | {max(fp) / lp:.2f} |")
+        for mode in MODES:
+            ratios = paired(llama_files, files(dirs, f"glm-{fmt}-{mode}-*.json"))
+            if ratios["gen"]:
+                g_r, p_r = ratios["gen"], ratios["prompt"]
+                pair_rows.append(f"| {gguf_type} / {OURS_NAME[fmt]} | {mode} | {len(g_r)} "
+                                 f"| {statistics.median(g_r):.3f} ({min(g_r):.2f}-{max(g_r):.2f}) "
+                                 f"| {statistics.median(p_r):.3f} ({min(p_r):.2f}-{max(p_r):.2f}) |")
         for path in llama_files:
             rates = llama_rates([path])
             details.append(f"| {fmt} | llama.cpp {label(path)} | {' '.join(f'{x:.2f}' for x in rates['gen'])} "
@@ -117,6 +146,11 @@ def main() -> None:
         print("| format | mode | generate, llama.cpp | ours | ours/llama.cpp | prompt 512, ours | ours/llama.cpp |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(other_rows))
+    if pair_rows:
+        print("\nPaired by round (ours / llama.cpp of the same round; median, range):\n")
+        print("| format | mode | rounds | generate | prompt 512 |")
+        print("|---|---|---|---|---|")
+        print("\n".join(pair_rows))
     print("\n| format | run | generate tok/s | prompt-512 tok/s | read kernel | major faults "
           "| others' CPU share while running; load before |")
     print("|---|---|---|---|---|---|---|")
