@@ -113,7 +113,7 @@ struct ComponentFlops {
 };
 
 ComponentFlops prompt_flops(const Glm4MoeConfig& config, const ModelWeights& weights, int64_t n) {
-  auto numel = [](const Weight& w) { return w.present() ? static_cast<double>(w.dim(0)) * static_cast<double>(w.dim(1)) : 0.0; };
+  auto numel = [](const Weight& w) { return w.present() ? static_cast<double>(shape_numel(w.shape)) : 0.0; };
   const double tokens = static_cast<double>(n), pairs = tokens * (tokens + 1) / 2;
   ComponentFlops flops;
   for (const LayerWeights& layer : weights.layers) {

@@ -251,8 +251,9 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     const int64_t row = row0 + (tid + kThreads * i) / kXChunks;
     x_source[i] = row >= row_end ? -1 : g.x_rows ? g.x_rows[row] : static_cast<int32_t>(row);
   }
+  auto feature_of = [&](int r) -> int64_t { return feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r); };
   auto weight_row = [&](int r, bool& valid) {
-    const int64_t feature = feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r);
+    const int64_t feature = feature_of(r);
     valid = feature < g.features;
     return valid ? feature : int64_t{0};
   };
@@ -366,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
       const int p = tid + kThreads * i, r = p / kPieces;
       uint4 packed = {0u, 0u, 0u, 0u};
       if (depth_valid && (widen_rows >> i & 1u)) {
-        const int64_t row = feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r);
+        const int64_t row = feature_of(r);  // exists: widen_rows
         // the second half of i holds rows 64..127: the up rows with SwiGLU, known once unrolled
         packed = widen_piece(kSwiGLU && i >= kWidenSteps / 2 ? second : first, row, k0,
                              shared + L::kWeights + slot * L::kWeightStage + r * L::kWeightPitch,

@@ -73,7 +73,8 @@ struct LinearArgs {
   const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
   const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
   // Per-thread scratch, 64-byte aligned: int8_rows' int8_scratch_bytes(in,
-  // group), bf16_packed_rows' bf16_panel_bytes().
+  // group), bf16_packed_rows' bf16_panel_bytes(), bf16_lanes_rows'
+  // bf16_lanes_bytes(in, n_tokens).
   uint8_t* scratch = nullptr;
 };
 
