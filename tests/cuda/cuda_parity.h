@@ -50,11 +50,6 @@ inline double relative_error(const std::vector<float>& actual, const std::vector
 
 inline void report(const std::string& what, double error) { std::printf("PARITY %-58s %.3e\n", what.c_str(), error); }
 
-// A CUDA backend whose prompt-sized products run in `prompts` mode
-// (GLM_CUDA_PROMPTS: "simt", the tests' default, or "tensor").
-// `prompts`: "simt", "tensor" (wgmma where the device and binary have it,
-// else mma.sync), or "tensor-mma" (tensor cores through mma.sync even there:
-// GLM_CUDA_WGMMA=0 while the backend is made).
 // Sets an environment variable for its lifetime, then puts back what was there.
 class ScopedEnv {
  public:
@@ -77,15 +72,24 @@ class ScopedEnv {
   std::string old_;
 };
 
+// A CUDA backend whose prompt-sized products run in `prompts` mode:
+// "simt" (GLM_CUDA_PROMPTS=simt, the tests' default), "tensor" (wgmma where
+// the device and binary have it, 4-bit weights widened into its registers;
+// else mma.sync), "tensor-shared" (wgmma with every weight widened into a
+// tile in shared memory: GLM_CUDA_REGISTER_WEIGHTS=0) or "tensor-mma"
+// (tensor cores through mma.sync even on Hopper: GLM_CUDA_WGMMA=0), the
+// variables set while the backend is made.
 inline std::unique_ptr<Backend> cuda_backend(const char* prompts) {
-  const bool mma = std::string(prompts) == "tensor-mma";
-  ScopedEnv prompt_mode("GLM_CUDA_PROMPTS", mma ? "tensor" : prompts);
-  std::optional<ScopedEnv> instruction;
-  if (mma) instruction.emplace("GLM_CUDA_WGMMA", "0");
+  const std::string mode = prompts;
+  const bool tensor = mode.starts_with("tensor");
+  ScopedEnv prompt_mode("GLM_CUDA_PROMPTS", tensor ? "tensor" : prompts);
+  std::optional<ScopedEnv> instruction, registers;  // else as the environment has them
+  if (mode == "tensor-mma") instruction.emplace("GLM_CUDA_WGMMA", "0");
+  if (mode == "tensor-shared") registers.emplace("GLM_CUDA_REGISTER_WEIGHTS", "0");
   return make_backend("cuda");
 }
-// The tensor-core modes every tensor-core test runs: both instructions.
-inline constexpr const char* kTensorModes[] = {"tensor", "tensor-mma"};
+// The tensor-core modes every tensor-core test runs: each kernel.
+inline constexpr const char* kTensorModes[] = {"tensor", "tensor-shared", "tensor-mma"};
 
 // The two backends under comparison and helpers moving data into and out of them.
 struct Backends {

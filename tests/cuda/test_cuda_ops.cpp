@@ -231,6 +231,13 @@ TEST(CudaOps, TensorCoresUseWgmmaOnHopper) {
     GTEST_SKIP() << "built without sm_90a code (CMAKE_CUDA_ARCHITECTURES lacks 90a)";
   EXPECT_NE(wgmma.gpu->execution_summary().find("tensor cores (wgmma)"), std::string::npos)
       << wgmma.gpu->execution_summary();
+  const char* registers = std::getenv("GLM_CUDA_REGISTER_WEIGHTS");
+  if (!registers || std::string(registers) != "0")
+    EXPECT_NE(wgmma.gpu->execution_summary().find("4-bit weights widened into registers"), std::string::npos)
+        << wgmma.gpu->execution_summary();
+  Backends shared("tensor-shared");
+  EXPECT_EQ(shared.gpu->execution_summary().find("widened into registers"), std::string::npos)
+      << shared.gpu->execution_summary();
 }
 
 TEST(CudaOps, LinearStridedShardsAndUnalignedInputs) {

@@ -396,7 +396,10 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
 // path. The int4 experts run the grouped GEMMs with 64-row tiles (65 and
 // 300 tokens) and 128-row tiles (1000: 250 rows an expert); FP8 experts with
 // channel scales the kernel that scales the sums instead of the weights.
-// Both instructions (kTensorModes).
+// Every kernel (kTensorModes): on Hopper, 4-bit weights whose depth is whole
+// stages of 64 take the register-weights kernel in mode "tensor", with the
+// activations in its depth order (experts of width 128: act written in that
+// order for down too; width 96: down takes the shared-memory kernel).
 TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   REQUIRE_GPU();
   for (const char* mode : kTensorModes) {
@@ -429,8 +432,13 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
       const char* label;
       std::function<std::unique_ptr<QuantWeight>(int64_t, int64_t)> make;
       std::vector<int64_t> tokens;
+      int64_t width = 96;
     };
     const ExpertCase expert_cases[] = {
+        // width 128: down's depth is whole stages of 64 too, so on Hopper
+        // gate/up write act in the register kernel's depth order for it
+        {"moe_experts affine 4-bit g64 width 128 tensor cores",
+         [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 4, 64, ++seed); }, {65, 1000}, 128},
         {"moe_experts affine 8-bit tensor cores",
          [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 8, 32, ++seed); }, {65, 1000}},
         {"moe_experts fp8 channel tensor cores",
@@ -442,7 +450,7 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
     for (const ExpertCase& c : expert_cases) {
       std::vector<std::unique_ptr<QuantWeight>> case_storage;
       ExpertTables case_host, case_device;
-      make_experts(case_storage, case_host, case_device, n_experts, width, hidden, c.make);
+      make_experts(case_storage, case_host, case_device, n_experts, c.width, hidden, c.make);
       for (int64_t n : c.tokens) check_moe_experts(b, case_host, case_device, n, top_k, c.label, 1e-2, nullptr, nullptr, 1e-6);
     }
   }

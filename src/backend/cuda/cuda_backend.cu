@@ -140,6 +140,12 @@ class CudaBackend final : public Backend, public cuda::Context {
               "code; the default) or 0 (mma.sync)");
     wgmma_binary_ = properties_.major == 9 && cuda::wgmma_compiled(stream);
     wgmma_prompts = tensor_core_prompts && wgmma_binary_ && wgmma_mode == "1";
+    const char* registers = std::getenv("GLM_CUDA_REGISTER_WEIGHTS");
+    const std::string registers_mode = registers ? registers : "1";
+    GLM_CHECK(registers_mode == "1" || registers_mode == "0", "GLM_CUDA_REGISTER_WEIGHTS=", registers_mode,
+              " is not a mode: use 1 (prompt GEMMs on 4-bit weights widen them into wgmma's registers; the "
+              "default) or 0 (into a bf16 tile in shared memory)");
+    register_weight_prompts = wgmma_prompts && registers_mode == "1";
     const char* short_contexts = std::getenv("GLM_CUDA_SHORT_ATTENTION");
     short_attention = !(short_contexts && std::string(short_contexts) == "0");
   }
@@ -483,7 +489,9 @@ class CudaBackend final : public Backend, public cuda::Context {
         << "; quantized activations written by their producer for " << prepared_uses << " GEMV launches"
         << "; prompts on "
         << (!tensor_core_prompts ? "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)"
-            : wgmma_prompts      ? "tensor cores (wgmma), bf16 operands"
+            : register_weight_prompts
+                ? "tensor cores (wgmma), bf16 operands, 4-bit weights widened into registers"
+            : wgmma_prompts ? "tensor cores (wgmma), bf16 operands"
             : properties_.major == 9 && !wgmma_binary_
                 ? "tensor cores (mma.sync: this binary has no sm_90a code for wgmma), bf16 operands"
                 : "tensor cores (mma.sync), bf16 operands");

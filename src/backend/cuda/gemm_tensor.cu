@@ -82,11 +82,16 @@ struct TensorGemm {
   const int32_t* row_begin;   // [held + 1]
   const int32_t* tile_begin;  // [held + 1]
   int held;
+  // SwiGLU: write out's features in the depth order of the register-weights
+  // kernel (register_depth_position), the order its activations must have,
+  // because that kernel takes out as the down projection's operand.
+  bool out_in_register_order;
 };
 
 void append_signature(Signature& signature, const TensorGemm& g) {
   signature.add_all(g.out, g.out_stride, g.x, g.x_rows, g.rows, g.features, g.depth, g.first, g.second, g.bias,
-                    g.bias_dtype, g.expert_first, g.expert_second, g.row_begin, g.tile_begin, g.held);
+                    g.bias_dtype, g.expert_first, g.expert_second, g.row_begin, g.tile_begin, g.held,
+                    g.out_in_register_order);
 }
 
 // ---- How each format's stored bytes of one stage (32 values of a row) are
@@ -200,24 +205,51 @@ struct Layout {
   static constexpr int kTotal = kTile + kTiles * kTileBytes + kAlignment - 16;
 };
 
-// kWgmma: the block's 4 warps are one warpgroup issuing wgmma (sm_90a) on
-// the whole tile instead of 4 warps each issuing mma.sync on a quarter.
-template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
-__global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {
-  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-  using S = Stage<Format>;
-  using L = Layout<Format, kTileRows, kWgmma>;
-  constexpr int kMTiles = kTileRows / 32;  // mma.sync: 16-row tiles per warp (2 warps along rows)
-  extern __shared__ __align__(16) char shared_raw[];
-  char* const shared = shared_raw + (L::kAlignment - shared_address(shared_raw) % L::kAlignment) % L::kAlignment;
+// ---- The register-weights kernel's depth order (register_weights_kernel
+// below). Its thread at column c = lane % 4 takes the 16 consecutive values
+// 16c..16c+15 of each weight row's stage of 64 (bytes 8c..8c+7 of the packed
+// row: one 8-byte load), two 32-bit words of 8 nibbles. wgmma's register
+// operand wants that thread's values at depths 2c, 2c+1, 2c+8, 2c+9 of each
+// 16, so the kernel multiplies the stage in another order: nibbles p and p + 4
+// of word v (one bf16 pair, the cheapest to widen) go to depth step 2v + p / 2
+// at slots 2c + 8 (p % 2) and +1. The activations are written in that order
+// too, so every weight still meets its own activation: a sum over the depth
+// does not depend on the order of its terms.
+// Where position `position` (0..63) of the kernel's order reads its stage's value from.
+__host__ __device__ constexpr int register_depth_source(int position) {
+  const int step = position / 16, slot = position % 16;
+  const int column = (slot % 8) / 2, high = slot % 2, odd_pair = slot / 8;
+  const int word = step / 2, pair = 2 * (step % 2) + odd_pair;
+  return 16 * column + 8 * word + pair + 4 * high;
+}
+// Where value `depth` (0..63) of a stage goes in that order (the inverse).
+__host__ __device__ constexpr int register_depth_position(int depth) {
+  const int column = depth / 16, word = (depth / 8) % 2, nibble = depth % 8;
+  const int pair = nibble % 4, high = nibble / 4;
+  return 16 * (2 * word + pair / 2) + 2 * column + 8 * (pair % 2) + high;
+}
+static_assert([] {
+  for (int depth = 0; depth < 64; ++depth)
+    if (register_depth_source(register_depth_position(depth)) != depth) return false;
+  return true;
+}(), "the register depth order must be a permutation of each stage");
 
-  // The rows and weights of this block.
-  int64_t row0, row_end;
-  Matrix first, second;
+// Column of output feature `feature` in a SwiGLU product's bf16 output.
+__device__ __forceinline__ int64_t swiglu_column(const TensorGemm& g, int64_t feature) {
+  return g.out_in_register_order ? feature / kTileDepth * kTileDepth + register_depth_position(feature % kTileDepth)
+                                 : feature;
+}
+
+// The output rows [row0, row_end) of block (x, y) and its weights (SwiGLU:
+// gate and up); false for a grouped block past the last expert tile (the
+// grid is sized for the worst case).
+template <bool kSwiGLU, bool kGrouped, int kTileRows>
+__device__ __forceinline__ bool block_work(const TensorGemm& g, int64_t& row0, int64_t& row_end, Matrix& first,
+                                           Matrix& second) {
   if constexpr (kGrouped) {
     const int tile = static_cast<int>(blockIdx.y);
-    if (tile >= g.tile_begin[g.held]) return;  // the grid is sized for the worst case
-    int low = 0, high = g.held - 1;            // the last expert whose tiles start at or before `tile`
+    if (tile >= g.tile_begin[g.held]) return false;
+    int low = 0, high = g.held - 1;  // the last expert whose tiles start at or before `tile`
     while (low < high) {
       const int middle = (low + high + 1) / 2;
       if (g.tile_begin[middle] <= tile) low = middle;
@@ -233,6 +265,24 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     first = g.first;
     second = g.second;
   }
+  return true;
+}
+
+// kWgmma: the block's 4 warps are one warpgroup issuing wgmma (sm_90a) on
+// the whole tile instead of 4 warps each issuing mma.sync on a quarter.
+template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
+__global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+  using S = Stage<Format>;
+  using L = Layout<Format, kTileRows, kWgmma>;
+  constexpr int kMTiles = kTileRows / 32;  // mma.sync: 16-row tiles per warp (2 warps along rows)
+  extern __shared__ __align__(16) char shared_raw[];
+  char* const shared = shared_raw + (L::kAlignment - shared_address(shared_raw) % L::kAlignment) % L::kAlignment;
+
+  // The rows and weights of this block.
+  int64_t row0, row_end;
+  Matrix first, second;
+  if (!block_work<kSwiGLU, kGrouped, kTileRows>(g, row0, row_end, first, second)) return;
   constexpr int kBlockFeatures = kSwiGLU ? kTileWeights / 2 : kTileWeights;
   const int64_t feature0 = static_cast<int64_t>(blockIdx.x) * kBlockFeatures;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -405,7 +455,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     const int64_t row = row0 + tile_row, feature = feature0 + n;
     if (row >= row_end || feature >= g.features) return;
     if constexpr (kSwiGLU)
-      static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + feature] =
+      static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + swiglu_column(g, feature)] =
           __float2bfloat16_rn(value / (1.0f + __expf(-value)) * up);
     else
       static_cast<float*>(g.out)[row * g.out_stride + feature] =
@@ -529,6 +579,243 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   }
 }
 
+// ---- Weights in registers: 4-bit affine weights on Hopper (sm_90a) ----
+// The kernel above widens each quantized weight stage into a bf16 tile in
+// shared memory: all threads load the packed bytes, widen, store the tile,
+// meet at a barrier, and the tensor cores read it back. That pass, not the
+// tensor cores, bounds it (int4 at 36% of the bf16 matmul rate, bf16 weights
+// at 52%). Here the operands swap roles: the weights are wgmma's first
+// operand (64 weight rows an instruction), widened by each thread straight
+// into the registers the instruction reads, and the activations (the
+// tokens) are the second, read from the staged tile in shared memory. No
+// bf16 weight tile, no widening barrier, a quarter of the shared-memory
+// traffic per weight value.
+//   - A block computes 128 weight rows (two instructions of 64; SwiGLU: 64
+//     gate rows and the same 64 up rows, so each thread holds the gate and
+//     up sums of the same outputs) by kTokens rows (tokens: 128, or 64 for
+//     experts with few rows each).
+//   - Stages of 64 depth go through a ring of 4 slots with cp.async, two
+//     stages ahead: the staged activations (128-byte swizzled rows, as in the
+//     shared-memory kernel), the packed rows (32 bytes each) and their scale
+//     pairs.
+//   - Per stage each thread loads 8 bytes of each of its 4 weight rows
+//     (register_depth_source above has the order), then per 16 of depth
+//     widens 16 values into 8 registers and issues two wgmma; each buffer of
+//     registers is rewritten only after the products that read it are done
+//     (wgmma_wait<1> leaves only the previous step's in flight).
+// Depths must be multiples of 64 and groups 32 or multiples of 64.
+constexpr int kRegisterSlots = 4;  // ring: stage s + 2 copied while s is multiplied and s - 1 finishes
+template <int kTokens>
+struct RegisterLayout {
+  static constexpr int kXStage = kTokens * 128;           // bf16 activations: kTokens rows of 64
+  static constexpr int kWeightStage = kTileWeights * 32;  // packed 4-bit rows: 64 values in 32 bytes
+  static constexpr int kPairStage = kTileWeights * 16;    // a row's one or two (scale, bias) pairs, 8 bytes each
+  static constexpr int kX = 0;                            // 1024-aligned: the swizzle's period
+  static constexpr int kWeights = kX + kRegisterSlots * kXStage;
+  static constexpr int kPairs = kWeights + kRegisterSlots * kWeightStage;
+  static constexpr int kTotal = kPairs + kRegisterSlots * kPairStage + 1024 - 16;
+};
+
+// Nibbles `pair` and `pair` + 4 of `word` as a bf16 pair scale q + bias: each
+// nibble q is placed under the exponent of 128 (0x4300 | q is 128 + q), 128
+// is subtracted exactly, and one fma applies the pair's scale and bias.
+__device__ __forceinline__ uint32_t widen_nibble_pair(uint32_t word, int pair, uint32_t scales, uint32_t biases) {
+  const uint32_t biased = ((word >> (4 * pair)) & 0x000F000Fu) | 0x43004300u;
+  const uint32_t offset = 0x43004300u;
+  const __nv_bfloat162 value =
+      __hfma2(__hsub2(*reinterpret_cast<const __nv_bfloat162*>(&biased), *reinterpret_cast<const __nv_bfloat162*>(&offset)),
+              *reinterpret_cast<const __nv_bfloat162*>(&scales), *reinterpret_cast<const __nv_bfloat162*>(&biases));
+  return *reinterpret_cast<const uint32_t*>(&value);
+}
+
+template <int kTokens>
+__device__ __forceinline__ void wgmma_registers(float (&d)[kTokens / 2], const uint32_t (&a)[4], uint64_t b,
+                                                bool accumulate) {
+  if constexpr (kTokens == 128) wgmma_m64n128k16_bf16_rs(d, a, b, accumulate);
+  else wgmma_m64n64k16_bf16_rs(d, a, b, accumulate);
+}
+
+template <bool kSwiGLU, bool kGrouped, int kTokens>
+__global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const TensorGemm g) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+  using L = RegisterLayout<kTokens>;
+  extern __shared__ __align__(16) char shared_raw[];
+  char* const shared = shared_raw + (1024 - shared_address(shared_raw) % 1024) % 1024;
+  int64_t row0, row_end;
+  Matrix first, second;
+  if (!block_work<kSwiGLU, kGrouped, kTokens>(g, row0, row_end, first, second)) return;
+  constexpr int kBlockFeatures = kSwiGLU ? kTileWeights / 2 : kTileWeights;
+  const int64_t feature0 = static_cast<int64_t>(blockIdx.x) * kBlockFeatures;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int group = lane / 4, column = lane % 4;
+
+  // Copies, as in tensor_gemm_kernel: activation chunk c = tid + 128 i is
+  // 16 bytes of token row c / 8; weight chunk c = tid + 128 i is half c % 2
+  // of staged row c / 2 (i = 1: rows 64..127, the up rows with SwiGLU);
+  // thread r stages row r's scale pairs.
+  constexpr int kXSlots = kTokens * 8 / kThreads;
+  int32_t x_source[kXSlots];
+#pragma unroll
+  for (int i = 0; i < kXSlots; ++i) {
+    const int64_t row = row0 + (tid + kThreads * i) / 8;
+    x_source[i] = row >= row_end ? -1 : g.x_rows ? g.x_rows[row] : static_cast<int32_t>(row);
+  }
+  auto feature_of = [&](int r) -> int64_t { return feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r); };
+  const char* w_first = static_cast<const char*>(first.data);
+  const char* w_second = static_cast<const char*>(second.data);
+  const int64_t w_stride = first.cols / 2;  // bytes a packed row
+  int32_t w_source[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t feature = feature_of((tid + kThreads * i) / 2);
+    w_source[i] = feature < g.features ? static_cast<int32_t>(feature) : -1;
+  }
+  const int pair_bytes = first.scales_dtype == DType::BF16 ? 4 : 8;
+  const bool two_groups = first.group_size == 32;  // a stage spans two groups of 32, else lies in one
+  const int64_t pair_feature = feature_of(tid);
+  const bool pair_valid = pair_feature < g.features;
+  const char* pair_source = static_cast<const char*>(kSwiGLU && tid >= kTileWeights / 2 ? second.scales : first.scales) +
+                            (pair_valid ? pair_feature : 0) * first.scales_stride * pair_bytes;
+
+  auto issue_stage = [&](int s, int slot) {
+    const int64_t k0 = static_cast<int64_t>(s) * kTileDepth;
+    char* x_ring = shared + L::kX + slot * L::kXStage;
+#pragma unroll
+    for (int i = 0; i < kXSlots; ++i) {
+      const int c = tid + kThreads * i;
+      cp_async_16(shared_address(x_ring + swizzled_128(c / 8, c % 8)),
+                  g.x + static_cast<int64_t>(max(x_source[i], 0)) * g.depth + k0 + (c % 8) * 8, x_source[i] >= 0);
+    }
+    char* w_ring = shared + L::kWeights + slot * L::kWeightStage;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int c = tid + kThreads * i;
+      const char* base = kSwiGLU && i == 1 ? w_second : w_first;
+      cp_async_16(shared_address(w_ring + c * 16),
+                  base + static_cast<int64_t>(max(w_source[i], 0)) * w_stride + k0 / 2 + (c % 2) * 16,
+                  w_source[i] >= 0);
+    }
+    char* pairs = shared + L::kPairs + slot * L::kPairStage + tid * 16;
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      if (q == 1 && !two_groups) break;
+      const char* source = pair_source + ((k0 + 32 * q) / first.group_size) * pair_bytes;
+      if (pair_bytes == 4) cp_async_small<4>(shared_address(pairs + 8 * q), source, pair_valid);
+      else cp_async_small<8>(shared_address(pairs + 8 * q), source, pair_valid);
+    }
+  };
+
+  const int stages = static_cast<int>(g.depth / kTileDepth);
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    if (s < stages) issue_stage(s, s);
+    cp_async_commit();  // empty groups keep the count: stage s is always group s
+  }
+  // acc[h][4 j + i]: weight row 64 h + 16 warp + group (+ 8 for i >= 2) of
+  // the block, token 8 j + 2 column + i % 2 of the tile (wgmma's layout).
+  float acc[2][kTokens / 2];  // the first products overwrite them (accumulate = false)
+  uint32_t a[2][2][4];  // [buffer][h] the registers wgmma reads: two steps of 16 in flight
+  for (int s = 0; s < stages; ++s) {
+    cp_async_wait<1>();   // this thread's copies of stage s have landed
+    fence_proxy_async();  // and are visible to the tensor cores
+    __syncthreads();      // everyone's have; every product of stage s - 2 is done (the waits below)
+    if (s + 2 < stages) issue_stage(s + 2, (s + 2) % kRegisterSlots);
+    cp_async_commit();
+    const int slot = s % kRegisterSlots;
+    // This thread's bytes of its 4 weight rows (64 h + 16 warp + group + 8 r)
+    // and their scale pairs as bf16 pairs (scale, scale) and (bias, bias).
+    uint2 words[2][2];
+    uint32_t scales[2][2], biases[2][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = 64 * h + 16 * warp + group + 8 * r;
+        words[h][r] = *reinterpret_cast<const uint2*>(shared + L::kWeights + slot * L::kWeightStage + row * 32 + 8 * column);
+        const char* pair = shared + L::kPairs + slot * L::kPairStage + row * 16 + (two_groups ? 8 * (column / 2) : 0);
+        if (pair_bytes == 4) {
+          const uint32_t both = *reinterpret_cast<const uint32_t*>(pair);  // scale in the low half
+          scales[h][r] = __byte_perm(both, both, 0x1010);
+          biases[h][r] = __byte_perm(both, both, 0x3232);
+        } else {
+          const float2 both = *reinterpret_cast<const float2*>(pair);
+          scales[h][r] = pack_bf16(both.x, both.x);
+          biases[h][r] = pack_bf16(both.y, both.y);
+        }
+      }
+    const uint32_t x_tile = shared_address(shared + L::kX + slot * L::kXStage);
+#pragma unroll
+    for (int step = 0; step < kTileDepth / 16; ++step) {
+      const int buffer = step % 2;
+      wgmma_wait<1>();  // the products of step - 2, which read this buffer, are done
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        wgmma_hold_registers(a[buffer][h]);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint32_t word = step / 2 ? words[h][r].y : words[h][r].x;
+          a[buffer][h][r] = widen_nibble_pair(word, 2 * (step % 2), scales[h][r], biases[h][r]);
+          a[buffer][h][2 + r] = widen_nibble_pair(word, 2 * (step % 2) + 1, scales[h][r], biases[h][r]);
+        }
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        wgmma_registers<kTokens>(acc[h], a[buffer][h], wgmma_descriptor(x_tile + step * 32), s > 0 || step > 0);
+      wgmma_commit();
+    }
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    wgmma_hold(acc[h]);
+    wgmma_hold_registers(a[0][h]);
+    wgmma_hold_registers(a[1][h]);
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int j = 0; j < kTokens / 8; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row0 + 8 * j + 2 * column + i % 2;
+      if (row >= row_end) continue;
+      const int m = 16 * warp + group + 8 * (i / 2);
+      if constexpr (kSwiGLU) {  // h = 0 the gate sums, h = 1 the up sums of the same features
+        const int64_t feature = feature0 + m;
+        const float gate = acc[0][4 * j + i];
+        if (feature < g.features)
+          static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + swiglu_column(g, feature)] =
+              __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * acc[1][4 * j + i]);
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t feature = feature0 + 64 * h + m;
+          if (feature < g.features)
+            static_cast<float*>(g.out)[row * g.out_stride + feature] =
+                acc[h][4 * j + i] + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
+        }
+      }
+    }
+}
+
+// x rounded to bf16 in the register-weights kernel's depth order
+// (register_depth_source), 8 values a thread; count is a multiple of 64.
+__global__ void round_to_bf16_register_order_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ x,
+                                                    int64_t count) {
+  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 8; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x * 8) {
+    const float* stage = x + i / kTileDepth * kTileDepth;  // the 64 values this thread's 8 come from
+    const int position = static_cast<int>(i % kTileDepth);
+    uint32_t packed[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      packed[e] = pack_bf16(stage[register_depth_source(position + 2 * e)], stage[register_depth_source(position + 2 * e + 1)]);
+    *reinterpret_cast<uint4*>(out + i) = uint4{packed[0], packed[1], packed[2], packed[3]};
+  }
+}
+
 // x rounded to bf16 (the product's activation operand), 4 values a thread.
 __global__ void round_to_bf16_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ x, int64_t count) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
@@ -545,6 +832,42 @@ const __nv_bfloat16* rounded_to_bf16(Context& ctx, const float* x, int64_t count
          dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 4, 256), 1, 4 * 1024))), dim3(256), 0,
          out, x, count);
   return out;
+}
+
+// Launches GEMM kernel kKernel with kBytes of dynamic shared memory (past
+// 48 KB a kernel must ask for it: once per kernel, the static below).
+template <auto kKernel, int kBytes>
+void launch_gemm_kernel(Context& ctx, const TensorGemm& g, dim3 grid) {
+  static const bool raised = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+    return true;
+  }();
+  (void)raised;
+  launch(ctx, kKernel, grid, dim3(kThreads), kBytes, g);
+}
+
+// The same in the register-weights kernel's depth order (count: whole stages of 64).
+const __nv_bfloat16* rounded_to_bf16_register_order(Context& ctx, const float* x, int64_t count) {
+  __nv_bfloat16* out = ctx.scratch<__nv_bfloat16>(count);
+  launch(ctx, round_to_bf16_register_order_kernel,
+         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 8, 256), 1, 4 * 1024))), dim3(256), 0,
+         out, x, count);
+  return out;
+}
+
+// Whether the register-weights kernel takes this weight: on Hopper's wgmma
+// (unless GLM_CUDA_REGISTER_WEIGHTS=0), 4-bit affine, whole stages of 64,
+// a stage in one group or two of 32.
+bool register_weights_read(const Context& ctx, const Matrix& weight) {
+  return ctx.register_weight_prompts && weight.kind == WeightFormat::Kind::Affine && weight.bits == 4 &&
+         weight.cols % kTileDepth == 0 && (weight.group_size == 32 || weight.group_size % kTileDepth == 0) &&
+         AffineFormat<4>::pieces_ok(weight);
+}
+
+template <bool kSwiGLU, bool kGrouped, int kTokens>
+void launch_register_weights(Context& ctx, const TensorGemm& g, dim3 grid) {
+  launch_gemm_kernel<register_weights_kernel<kSwiGLU, kGrouped, kTokens>, RegisterLayout<kTokens>::kTotal>(ctx, g,
+                                                                                                          grid);
 }
 
 // Whether the kernel reads this weight: the format's 8-value pieces, whole
@@ -566,14 +889,8 @@ bool reads(const Matrix& weight) {
 
 template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
 void launch_kernel(Context& ctx, const TensorGemm& g, dim3 grid) {
-  auto kernel = tensor_gemm_kernel<Format, kSwiGLU, kGrouped, kTileRows, kWgmma>;
-  constexpr int bytes = Layout<Format, kTileRows, kWgmma>::kTotal;
-  static const bool raised = [&] {  // past 48 KB a kernel must ask for its shared memory
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    return true;
-  }();
-  (void)raised;
-  launch(ctx, kernel, grid, dim3(kThreads), bytes, g);
+  launch_gemm_kernel<tensor_gemm_kernel<Format, kSwiGLU, kGrouped, kTileRows, kWgmma>,
+                     Layout<Format, kTileRows, kWgmma>::kTotal>(ctx, g, grid);
 }
 
 template <bool kSwiGLU, bool kGrouped, int kTileRows>
@@ -625,18 +942,20 @@ bool wgmma_compiled(cudaStream_t stream) {
 
 bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
   if (!ctx.tensor_core_prompts || !reads(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  const bool registers = register_weights_read(ctx, weight);
   TensorGemm g{};
   g.out = out;
   g.out_stride = weight.rows;
-  g.x = rounded_to_bf16(ctx, x, n * weight.cols);
+  g.x = registers ? rounded_to_bf16_register_order(ctx, x, n * weight.cols) : rounded_to_bf16(ctx, x, n * weight.cols);
   g.rows = n;
   g.features = weight.rows;
   g.depth = weight.cols;
   g.first = g.second = weight;
   g.bias = bias ? bias->data : nullptr;
   g.bias_dtype = bias ? bias->dtype : DType::F32;
-  launch_gemm<false, false, kRowsLarge>(ctx, g, weight,
-                                       dim3(blocks_for(weight.rows, kTileWeights), blocks_for(n, kRowsLarge)));
+  const dim3 grid(blocks_for(weight.rows, kTileWeights), blocks_for(n, kRowsLarge));
+  if (registers) launch_register_weights<false, false, kRowsLarge>(ctx, g, grid);
+  else launch_gemm<false, false, kRowsLarge>(ctx, g, weight, grid);
   return true;
 }
 
@@ -684,11 +1003,18 @@ TensorGemm grouped(void* out, const __nv_bfloat16* x, const ExpertRows& rows, co
 }  // namespace
 
 void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act, const float* x, int64_t n, const ExpertRows& rows,
-                            const Matrix* gate, const Matrix* up, const Matrix& gate0) {
-  TensorGemm g = grouped(act, rounded_to_bf16(ctx, x, n * gate0.cols), rows, gate, up, gate0);
+                            const Matrix* gate, const Matrix* up, const Matrix& gate0, const Matrix& down0) {
+  const bool registers = register_weights_read(ctx, gate0);
+  const int64_t count = n * gate0.cols;
+  TensorGemm g = grouped(act, registers ? rounded_to_bf16_register_order(ctx, x, count) : rounded_to_bf16(ctx, x, count),
+                         rows, gate, up, gate0);
   g.x_rows = rows.token;
+  g.out_in_register_order = register_weights_read(ctx, down0);  // act is the down projection's operand
   const dim3 grid(blocks_for(gate0.rows, kTileWeights / 2), static_cast<unsigned>(rows.max_tiles));
-  if (rows.tile_rows == kRowsLarge) launch_gemm<true, true, kRowsLarge>(ctx, g, gate0, grid);
+  const bool large = rows.tile_rows == kRowsLarge;
+  if (registers && large) launch_register_weights<true, true, kRowsLarge>(ctx, g, grid);
+  else if (registers) launch_register_weights<true, true, kRowsSmall>(ctx, g, grid);
+  else if (large) launch_gemm<true, true, kRowsLarge>(ctx, g, gate0, grid);
   else launch_gemm<true, true, kRowsSmall>(ctx, g, gate0, grid);
 }
 
@@ -696,7 +1022,10 @@ void tensor_experts_down(Context& ctx, float* expert_out, const __nv_bfloat16* a
                          const Matrix* down, const Matrix& down0) {
   const TensorGemm g = grouped(expert_out, act, rows, down, down, down0);
   const dim3 grid(blocks_for(down0.rows, kTileWeights), static_cast<unsigned>(rows.max_tiles));
-  if (rows.tile_rows == kRowsLarge) launch_gemm<false, true, kRowsLarge>(ctx, g, down0, grid);
+  const bool registers = register_weights_read(ctx, down0), large = rows.tile_rows == kRowsLarge;
+  if (registers && large) launch_register_weights<false, true, kRowsLarge>(ctx, g, grid);
+  else if (registers) launch_register_weights<false, true, kRowsSmall>(ctx, g, grid);
+  else if (large) launch_gemm<false, true, kRowsLarge>(ctx, g, down0, grid);
   else launch_gemm<false, true, kRowsSmall>(ctx, g, down0, grid);
 }
 

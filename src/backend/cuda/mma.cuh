@@ -1,7 +1,8 @@
 // PTX wrappers the tensor-core kernels share (gemm_tensor.cu,
 // attention_prefill.cu): bf16 packing, shared-memory addresses, ldmatrix,
 // mma.sync m16n8k16 with bf16 operands and f32 sums, and cp.async copies
-// (all sm_80 and later); Hopper's warpgroup MMA (wgmma, sm_90a only).
+// (all sm_80 and later); Hopper's warpgroup MMA (wgmma, sm_90a only), with
+// both operands in shared memory or the first in registers.
 #pragma once
 
 #include "backend/cuda/common.cuh"
@@ -114,6 +115,14 @@ __device__ __forceinline__ void wgmma_hold(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// The same for registers an in-flight wgmma reads (its `a` operand): the
+// compiler must not reuse them before the wgmma_wait that covers it.
+template <int N>
+__device__ __forceinline__ void wgmma_hold_registers(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
 // d[64 x 128] += a[64 x 16] b[16 x 128]^T, both bf16 K-major tiles in shared
 // memory (descriptors above), d f32. Thread t of the warpgroup holds rows
 // 16 (t / 32) + (t % 32) / 4 (+ 8) and, of each 8-column block j, columns
@@ -127,6 +136,54 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t a
       : "l"(a), "l"(b));
 #else
   (void)d, (void)a, (void)b;
+  __trap();
+#endif
+}
+
+// d[64 x 128] += a[64 x 16] b[16 x 128]^T with a in registers (bf16 pairs,
+// the mma.sync m16n8k16 A layout per warp: a[0] row g, columns 2c, 2c + 1;
+// a[1] row g + 8; a[2] row g, columns 2c + 8, 2c + 9; a[3] row g + 8 there,
+// where g = lane / 4, c = lane % 4 and warp w of the warpgroup holds rows
+// 16 w..) and b a K-major bf16 tile in shared memory (descriptor above).
+// d as in wgmma_m64n128k16_bf16; `accumulate` false overwrites d instead
+// (a first product: zeroing d with other instructions would make ptxas
+// serialize the wgmma pipeline). The tensor cores read `a` after the
+// instruction issues: its registers must hold still until a wgmma_wait
+// covers it (wgmma_hold_registers).
+__device__ __forceinline__ void wgmma_m64n128k16_bf16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b,
+                                                          bool accumulate) {
+#ifdef GLM_WGMMA
+  asm volatile(
+      "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, accumulate, 1, 1, 0;\n}"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(static_cast<int>(accumulate)));
+#else
+  (void)d, (void)a, (void)b, (void)accumulate;
+  __trap();
+#endif
+}
+
+// d[64 x 64] += a[64 x 16] b[16 x 64]^T with a in registers (bf16 pairs,
+// the mma.sync m16n8k16 A layout per warp: a[0] row g, columns 2c, 2c + 1;
+// a[1] row g + 8; a[2] row g, columns 2c + 8, 2c + 9; a[3] row g + 8 there,
+// where g = lane / 4, c = lane % 4 and warp w of the warpgroup holds rows
+// 16 w..) and b a K-major bf16 tile in shared memory (descriptor above).
+// d as in wgmma_m64n128k16_bf16; `accumulate` false overwrites d instead
+// (a first product: zeroing d with other instructions would make ptxas
+// serialize the wgmma pipeline). The tensor cores read `a` after the
+// instruction issues: its registers must hold still until a wgmma_wait
+// covers it (wgmma_hold_registers).
+__device__ __forceinline__ void wgmma_m64n64k16_bf16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b,
+                                                          bool accumulate) {
+#ifdef GLM_WGMMA
+  asm volatile(
+      "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, accumulate, 1, 1, 0;\n}"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(static_cast<int>(accumulate)));
+#else
+  (void)d, (void)a, (void)b, (void)accumulate;
   __trap();
 #endif
 }

@@ -590,7 +590,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
 
   // Each expert with assignments wastes at most one partial tile.
   const ExpertRows rows{row_token, row_begin, tile_begin, held, tile_rows, max_tiles};
-  tensor_experts_gate_up(ctx, act, x, n, rows, ctx.expert_matrices(gate), ctx.expert_matrices(up), gate0);
+  tensor_experts_gate_up(ctx, act, x, n, rows, ctx.expert_matrices(gate), ctx.expert_matrices(up), gate0, down0);
   tensor_experts_down(ctx, expert_out, act, rows, ctx.expert_matrices(down), down0);
 
   MoePlan rows_of_entries{};  // the combine needs only each entry's row

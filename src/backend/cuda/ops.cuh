@@ -120,6 +120,11 @@ class Context : public Submitter {
   // mma.sync: on sm_90 devices when this binary holds sm_90a code, unless
   // GLM_CUDA_WGMMA=0 (gemm_tensor.cu).
   bool wgmma_prompts = false;
+  // Whether, on wgmma, products with 4-bit affine weights take the kernel
+  // that widens the weights straight into wgmma's register operand
+  // (register_weights_kernel) rather than into a bf16 tile in shared memory:
+  // yes unless GLM_CUDA_REGISTER_WEIGHTS=0.
+  bool register_weight_prompts = false;
   // GLM_CUDA_SHORT_ATTENTION=1 (default) or 0: whether decode attention at
   // head_dim 128 with GQA groups of a multiple of 4 takes the kernel that
   // shares each key row over a warp (attention.cu, short_attention_kernel;
@@ -269,11 +274,12 @@ bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up
 // Rows of one expert tile for `assignments` rows over `held` experts.
 int tensor_expert_tile_rows(int64_t assignments, int64_t held);
 // act[r] = silu(gate_e x[token[r]]) * (up_e x[token[r]]) in bf16 (the next
-// product's operand) for the rows r of each expert e.
+// product's operand, in the depth order the kernel that will take down0
+// reads) for the rows r of each expert e.
 void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act /*[assignments, width]*/,
                             const float* x /*[n, hidden]*/, int64_t n, const ExpertRows& rows,
                             const Matrix* gate /*device [held]*/, const Matrix* up /*device [held]*/,
-                            const Matrix& gate0);
+                            const Matrix& gate0, const Matrix& down0);
 // expert_out[r] = down_e act[r] for the rows r of each expert e.
 void tensor_experts_down(Context& ctx, float* expert_out /*[assignments, hidden]*/,
                          const __nv_bfloat16* act /*[assignments, width]*/, const ExpertRows& rows,
