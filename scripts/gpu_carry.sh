@@ -20,7 +20,9 @@ case "$mode" in
       [ -f "$build_dir/$binary" ] && strip -o "$build_dir/carry/$binary" "$build_dir/$binary"
     done
     cp -L "$(ldconfig -p | awk '/libutf8proc.so.2 /{print $NF; exit}')" "$build_dir/carry/"
-    tar -C "$build_dir/carry" -cJf "$build_dir/carry.tar.xz" .
+    # xz -9's 64 MiB window sees the three binaries' common device code once:
+    # 35 MB at the default level, 12.6 MB so (the device tool carries 64 MiB)
+    tar -C "$build_dir/carry" -cf - . | xz -9e -T1 >"$build_dir/carry.tar.xz"
     ls -la "$build_dir/carry.tar.xz"
     ;;
   unpack)

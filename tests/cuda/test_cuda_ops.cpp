@@ -233,7 +233,7 @@ TEST(CudaOps, TensorCoresUseWgmmaOnHopper) {
       << wgmma.gpu->execution_summary();
   const char* registers = std::getenv("GLM_CUDA_REGISTER_WEIGHTS");
   if (!registers || std::string(registers) != "0")
-    EXPECT_NE(wgmma.gpu->execution_summary().find("4-bit weights widened into registers"), std::string::npos)
+    EXPECT_NE(wgmma.gpu->execution_summary().find("quantized weights widened into registers"), std::string::npos)
         << wgmma.gpu->execution_summary();
   Backends shared("tensor-shared");
   EXPECT_EQ(shared.gpu->execution_summary().find("widened into registers"), std::string::npos)

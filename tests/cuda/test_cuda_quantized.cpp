@@ -396,10 +396,11 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
 // path. The int4 experts run the grouped GEMMs with 64-row tiles (65 and
 // 300 tokens) and 128-row tiles (1000: 250 rows an expert); FP8 experts with
 // channel scales the kernel that scales the sums instead of the weights.
-// Every kernel (kTensorModes): on Hopper, 4-bit weights whose depth is whole
-// stages of 64 take the register-weights kernel in mode "tensor", with the
-// activations in its depth order (experts of width 128: act written in that
-// order for down too; width 96: down takes the shared-memory kernel).
+// Every kernel (kTensorModes): on Hopper, 4/8-bit affine and FP8 (tensor or
+// channel scale) weights whose depth is whole stages of 64 take the
+// register-weights kernel in mode "tensor", with the activations in its
+// depth order (experts of width 128: act written in that order for down
+// too; width 96: down takes the shared-memory kernel).
 TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
   REQUIRE_GPU();
   for (const char* mode : kTensorModes) {
@@ -446,7 +447,12 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
          {65, 1000}},
         {"moe_experts fp8 tensor-scale tensor cores",
          [&](int64_t rows, int64_t cols) { return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Tensor, ++seed); },
-         {300}}};
+         {300}},
+        {"moe_experts affine 8-bit g64 width 128 tensor cores",
+         [&](int64_t rows, int64_t cols) { return make_affine(b, rows, cols, 8, 64, ++seed); }, {1000}, 128},
+        {"moe_experts fp8 channel width 128 tensor cores",
+         [&](int64_t rows, int64_t cols) { return make_fp8(b, rows, cols, WeightFormat::Fp8Scale::Channel, ++seed); },
+         {65, 1000}, 128}};
     for (const ExpertCase& c : expert_cases) {
       std::vector<std::unique_ptr<QuantWeight>> case_storage;
       ExpertTables case_host, case_device;

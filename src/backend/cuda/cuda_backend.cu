@@ -143,7 +143,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     const char* registers = std::getenv("GLM_CUDA_REGISTER_WEIGHTS");
     const std::string registers_mode = registers ? registers : "1";
     GLM_CHECK(registers_mode == "1" || registers_mode == "0", "GLM_CUDA_REGISTER_WEIGHTS=", registers_mode,
-              " is not a mode: use 1 (prompt GEMMs on 4-bit weights widen them into wgmma's registers; the "
+              " is not a mode: use 1 (prompt GEMMs on quantized weights widen them into wgmma's registers; the "
               "default) or 0 (into a bf16 tile in shared memory)");
     register_weight_prompts = wgmma_prompts && registers_mode == "1";
     const char* short_contexts = std::getenv("GLM_CUDA_SHORT_ATTENTION");
@@ -490,7 +490,7 @@ class CudaBackend final : public Backend, public cuda::Context {
         << "; prompts on "
         << (!tensor_core_prompts ? "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)"
             : register_weight_prompts
-                ? "tensor cores (wgmma), bf16 operands, 4-bit weights widened into registers"
+                ? "tensor cores (wgmma), bf16 operands, quantized weights widened into registers"
             : wgmma_prompts ? "tensor cores (wgmma), bf16 operands"
             : properties_.major == 9 && !wgmma_binary_
                 ? "tensor cores (mma.sync: this binary has no sm_90a code for wgmma), bf16 operands"

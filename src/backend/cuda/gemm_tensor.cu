@@ -82,16 +82,16 @@ struct TensorGemm {
   const int32_t* row_begin;   // [held + 1]
   const int32_t* tile_begin;  // [held + 1]
   int held;
-  // SwiGLU: write out's features in the depth order of the register-weights
-  // kernel (register_depth_position), the order its activations must have,
-  // because that kernel takes out as the down projection's operand.
-  bool out_in_register_order;
+  // SwiGLU: out's features in the depth order (depth_in_order) of the
+  // kernel that takes out as the down projection's operand: 0 as they are,
+  // 4 or 8 the register-weights kernel's for weights of that many bits.
+  int out_order;
 };
 
 void append_signature(Signature& signature, const TensorGemm& g) {
   signature.add_all(g.out, g.out_stride, g.x, g.x_rows, g.rows, g.features, g.depth, g.first, g.second, g.bias,
                     g.bias_dtype, g.expert_first, g.expert_second, g.row_begin, g.tile_begin, g.held,
-                    g.out_in_register_order);
+                    g.out_order);
 }
 
 // ---- How each format's stored bytes of one stage (32 values of a row) are
@@ -205,39 +205,56 @@ struct Layout {
   static constexpr int kTotal = kTile + kTiles * kTileBytes + kAlignment - 16;
 };
 
-// ---- The register-weights kernel's depth order (register_weights_kernel
+// ---- The register-weights kernel's depth orders (register_weights_kernel
 // below). Its thread at column c = lane % 4 takes the 16 consecutive values
-// 16c..16c+15 of each weight row's stage of 64 (bytes 8c..8c+7 of the packed
-// row: one 8-byte load), two 32-bit words of 8 nibbles. wgmma's register
-// operand wants that thread's values at depths 2c, 2c+1, 2c+8, 2c+9 of each
-// 16, so the kernel multiplies the stage in another order: nibbles p and p + 4
-// of word v (one bf16 pair, the cheapest to widen) go to depth step 2v + p / 2
-// at slots 2c + 8 (p % 2) and +1. The activations are written in that order
-// too, so every weight still meets its own activation: a sum over the depth
-// does not depend on the order of its terms.
-// Where position `position` (0..63) of the kernel's order reads its stage's value from.
+// 16c..16c+15 of each weight row's stage of 64 (one 8-byte load of packed
+// 4-bit values, one 16-byte load of 8-bit ones). wgmma's register operand
+// wants that thread's values at depths 2c, 2c+1, 2c+8, 2c+9 of each 16, so
+// the kernel multiplies the stage in another order, the activations are
+// written in that order too, and every weight still meets its own
+// activation: a sum over the depth does not depend on the order of its terms.
+//   4-bit: nibbles p and p + 4 of the thread's word v (one bf16 pair, the
+//     cheapest to widen) go to depth step 2v + p / 2, slots 2c + 8 (p % 2)
+//     and + 1.
+//   8-bit: bytes 4t..4t+3 of the thread's 16 go to step t, the first two at
+//     slots 2c, 2c + 1, the last two at 2c + 8, 2c + 9.
+// Where position `position` (0..63) of the order for kValueBits-bit weights
+// reads its stage's value from.
+template <int kValueBits>
 __host__ __device__ constexpr int register_depth_source(int position) {
   const int step = position / 16, slot = position % 16;
-  const int column = (slot % 8) / 2, high = slot % 2, odd_pair = slot / 8;
-  const int word = step / 2, pair = 2 * (step % 2) + odd_pair;
-  return 16 * column + 8 * word + pair + 4 * high;
+  const int column = (slot % 8) / 2, second = slot % 2, upper = slot / 8;  // upper: slots 2c + 8, 2c + 9
+  if constexpr (kValueBits == 4) return 16 * column + 8 * (step / 2) + 2 * (step % 2) + upper + 4 * second;
+  else return 16 * column + 4 * step + 2 * upper + second;
 }
 // Where value `depth` (0..63) of a stage goes in that order (the inverse).
+template <int kValueBits>
 __host__ __device__ constexpr int register_depth_position(int depth) {
-  const int column = depth / 16, word = (depth / 8) % 2, nibble = depth % 8;
-  const int pair = nibble % 4, high = nibble / 4;
-  return 16 * (2 * word + pair / 2) + 2 * column + 8 * (pair % 2) + high;
+  const int column = depth / 16, within = depth % 16;  // the thread's 16 values
+  if constexpr (kValueBits == 4) {
+    const int word = within / 8, pair = within % 4, second = (within % 8) / 4;
+    return 16 * (2 * word + pair / 2) + 2 * column + 8 * (pair % 2) + second;
+  } else {
+    const int step = within / 4, byte = within % 4;
+    return 16 * step + 2 * column + 8 * (byte / 2) + byte % 2;
+  }
 }
-static_assert([] {
+template <int kValueBits>
+constexpr bool register_order_is_a_permutation() {
   for (int depth = 0; depth < 64; ++depth)
-    if (register_depth_source(register_depth_position(depth)) != depth) return false;
+    if (register_depth_source<kValueBits>(register_depth_position<kValueBits>(depth)) != depth) return false;
   return true;
-}(), "the register depth order must be a permutation of each stage");
+}
+static_assert(register_order_is_a_permutation<4>() && register_order_is_a_permutation<8>(),
+              "a register depth order must be a permutation of each stage");
 
-// Column of output feature `feature` in a SwiGLU product's bf16 output.
-__device__ __forceinline__ int64_t swiglu_column(const TensorGemm& g, int64_t feature) {
-  return g.out_in_register_order ? feature / kTileDepth * kTileDepth + register_depth_position(feature % kTileDepth)
-                                 : feature;
+// Position of value `depth` in the order `order` (0: as it is; 4 or 8: the
+// register kernel's for weights of that many bits).
+__device__ __forceinline__ int64_t depth_in_order(int64_t depth, int order) {
+  if (order == 0) return depth;
+  const int64_t stage = depth / kTileDepth * kTileDepth;
+  const int within = static_cast<int>(depth % kTileDepth);
+  return stage + (order == 4 ? register_depth_position<4>(within) : register_depth_position<8>(within));
 }
 
 // The output rows [row0, row_end) of block (x, y) and its weights (SwiGLU:
@@ -455,7 +472,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
     const int64_t row = row0 + tile_row, feature = feature0 + n;
     if (row >= row_end || feature >= g.features) return;
     if constexpr (kSwiGLU)
-      static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + swiglu_column(g, feature)] =
+      static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + depth_in_order(feature, g.out_order)] =
           __float2bfloat16_rn(value / (1.0f + __expf(-value)) * up);
     else
       static_cast<float*>(g.out)[row * g.out_stride + feature] =
@@ -579,7 +596,7 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
   }
 }
 
-// ---- Weights in registers: 4-bit affine weights on Hopper (sm_90a) ----
+// ---- Weights in registers: quantized weights on Hopper (sm_90a) ----
 // The kernel above widens each quantized weight stage into a bf16 tile in
 // shared memory: all threads load the packed bytes, widen, store the tile,
 // meet at a barrier, and the tensor cores read it back. That pass, not the
@@ -588,32 +605,39 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
 // operand (64 weight rows an instruction), widened by each thread straight
 // into the registers the instruction reads, and the activations (the
 // tokens) are the second, read from the staged tile in shared memory. No
-// bf16 weight tile, no widening barrier, a quarter of the shared-memory
-// traffic per weight value.
+// bf16 weight tile, no widening barrier, and shared memory carries the
+// stored bytes of a weight once instead of its widened bf16 twice.
+//   - Formats: 4- and 8-bit affine (AffineFormat<4>, AffineFormat<8>) and
+//     FP8 with a tensor or channel scale (Fp8ScaledSums: the e4m3 values
+//     widen exactly, the scale multiplies each weight row's f32 sums).
 //   - A block computes 128 weight rows (two instructions of 64; SwiGLU: 64
 //     gate rows and the same 64 up rows, so each thread holds the gate and
 //     up sums of the same outputs) by kTokens rows (tokens: 128, or 64 for
 //     experts with few rows each).
 //   - Stages of 64 depth go through a ring of 4 slots with cp.async, two
 //     stages ahead: the staged activations (128-byte swizzled rows, as in the
-//     shared-memory kernel), the packed rows (32 bytes each) and their scale
-//     pairs.
-//   - Per stage each thread loads 8 bytes of each of its 4 weight rows
-//     (register_depth_source above has the order), then per 16 of depth
-//     widens 16 values into 8 registers and issues two wgmma; each buffer of
-//     registers is rewritten only after the products that read it are done
-//     (wgmma_wait<1> leaves only the previous step's in flight).
-// Depths must be multiples of 64 and groups 32 or multiples of 64.
+//     shared-memory kernel), the packed weight rows and their scale pairs.
+//   - Per stage each thread loads its 16 values of each of its 4 weight rows
+//     (the depth orders above), then per 16 of depth widens 16 values into
+//     8 registers and issues two wgmma; each buffer of registers is
+//     rewritten only after the products that read it are done (wgmma_wait<1>
+//     leaves only the previous step's in flight).
+// Depths must be multiples of 64, affine groups 32 or multiples of 64.
 constexpr int kRegisterSlots = 4;  // ring: stage s + 2 copied while s is multiplied and s - 1 finishes
-template <int kTokens>
+template <typename Format>
+constexpr int kRegisterValueBits = std::is_same_v<Format, AffineFormat<4>> ? 4 : 8;
+template <typename Format, int kTokens>
 struct RegisterLayout {
-  static constexpr int kXStage = kTokens * 128;           // bf16 activations: kTokens rows of 64
-  static constexpr int kWeightStage = kTileWeights * 32;  // packed 4-bit rows: 64 values in 32 bytes
-  static constexpr int kPairStage = kTileWeights * 16;    // a row's one or two (scale, bias) pairs, 8 bytes each
-  static constexpr int kX = 0;                            // 1024-aligned: the swizzle's period
+  static constexpr int kRowBytes = kTileDepth * kRegisterValueBits<Format> / 8;  // a packed row's stage
+  static constexpr bool kAffine = !std::is_same_v<Format, Fp8ScaledSums>;
+  static constexpr int kXStage = kTokens * 128;                  // bf16 activations: kTokens rows of 64
+  static constexpr int kWeightStage = kTileWeights * kRowBytes;  // packed rows
+  static constexpr int kPairStage = kAffine ? kTileWeights * 16 : 0;  // a row's one or two (scale, bias) pairs, 8 bytes each
+  static constexpr int kX = 0;                                   // 1024-aligned: the swizzle's period
   static constexpr int kWeights = kX + kRegisterSlots * kXStage;
   static constexpr int kPairs = kWeights + kRegisterSlots * kWeightStage;
   static constexpr int kTotal = kPairs + kRegisterSlots * kPairStage + 1024 - 16;
+  static_assert(kTotal <= kTwoBlocksShared, "two blocks an SM");
 };
 
 // Nibbles `pair` and `pair` + 4 of `word` as a bf16 pair scale q + bias: each
@@ -635,10 +659,11 @@ __device__ __forceinline__ void wgmma_registers(float (&d)[kTokens / 2], const u
   else wgmma_m64n64k16_bf16_rs(d, a, b, accumulate);
 }
 
-template <bool kSwiGLU, bool kGrouped, int kTokens>
+template <typename Format, bool kSwiGLU, bool kGrouped, int kTokens>
 __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const TensorGemm g) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
-  using L = RegisterLayout<kTokens>;
+  using L = RegisterLayout<Format, kTokens>;
+  constexpr int kValueBits = kRegisterValueBits<Format>;
   extern __shared__ __align__(16) char shared_raw[];
   char* const shared = shared_raw + (1024 - shared_address(shared_raw) % 1024) % 1024;
   int64_t row0, row_end;
@@ -650,9 +675,9 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
   const int group = lane / 4, column = lane % 4;
 
   // Copies, as in tensor_gemm_kernel: activation chunk c = tid + 128 i is
-  // 16 bytes of token row c / 8; weight chunk c = tid + 128 i is half c % 2
-  // of staged row c / 2 (i = 1: rows 64..127, the up rows with SwiGLU);
-  // thread r stages row r's scale pairs.
+  // 16 bytes of token row c / 8; weight chunk c = tid + 128 i is 16 bytes of
+  // staged row c / kChunks (i >= kChunkSlots / 2: rows 64..127, the up rows
+  // with SwiGLU); thread r stages row r's scale pairs (affine).
   constexpr int kXSlots = kTokens * 8 / kThreads;
   int32_t x_source[kXSlots];
 #pragma unroll
@@ -661,13 +686,14 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
     x_source[i] = row >= row_end ? -1 : g.x_rows ? g.x_rows[row] : static_cast<int32_t>(row);
   }
   auto feature_of = [&](int r) -> int64_t { return feature0 + (kSwiGLU ? r % (kTileWeights / 2) : r); };
+  constexpr int kChunks = L::kRowBytes / 16, kChunkSlots = kTileWeights * kChunks / kThreads;
   const char* w_first = static_cast<const char*>(first.data);
   const char* w_second = static_cast<const char*>(second.data);
-  const int64_t w_stride = first.cols / 2;  // bytes a packed row
-  int32_t w_source[2];
+  const int64_t w_stride = first.cols * kValueBits / 8;  // bytes a packed row
+  int32_t w_source[kChunkSlots];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t feature = feature_of((tid + kThreads * i) / 2);
+  for (int i = 0; i < kChunkSlots; ++i) {
+    const int64_t feature = feature_of((tid + kThreads * i) / kChunks);
     w_source[i] = feature < g.features ? static_cast<int32_t>(feature) : -1;
   }
   const int pair_bytes = first.scales_dtype == DType::BF16 ? 4 : 8;
@@ -688,20 +714,22 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
     }
     char* w_ring = shared + L::kWeights + slot * L::kWeightStage;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < kChunkSlots; ++i) {
       const int c = tid + kThreads * i;
-      const char* base = kSwiGLU && i == 1 ? w_second : w_first;
+      const char* base = kSwiGLU && i >= kChunkSlots / 2 ? w_second : w_first;  // known once unrolled
       cp_async_16(shared_address(w_ring + c * 16),
-                  base + static_cast<int64_t>(max(w_source[i], 0)) * w_stride + k0 / 2 + (c % 2) * 16,
+                  base + static_cast<int64_t>(max(w_source[i], 0)) * w_stride + k0 * kValueBits / 8 + (c % kChunks) * 16,
                   w_source[i] >= 0);
     }
-    char* pairs = shared + L::kPairs + slot * L::kPairStage + tid * 16;
+    if constexpr (L::kAffine) {
+      char* pairs = shared + L::kPairs + slot * L::kPairStage + tid * 16;
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      if (q == 1 && !two_groups) break;
-      const char* source = pair_source + ((k0 + 32 * q) / first.group_size) * pair_bytes;
-      if (pair_bytes == 4) cp_async_small<4>(shared_address(pairs + 8 * q), source, pair_valid);
-      else cp_async_small<8>(shared_address(pairs + 8 * q), source, pair_valid);
+      for (int q = 0; q < 2; ++q) {
+        if (q == 1 && !two_groups) break;
+        const char* source = pair_source + ((k0 + 32 * q) / first.group_size) * pair_bytes;
+        if (pair_bytes == 4) cp_async_small<4>(shared_address(pairs + 8 * q), source, pair_valid);
+        else cp_async_small<8>(shared_address(pairs + 8 * q), source, pair_valid);
+      }
     }
   };
 
@@ -714,7 +742,8 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
   // acc[h][4 j + i]: weight row 64 h + 16 warp + group (+ 8 for i >= 2) of
   // the block, token 8 j + 2 column + i % 2 of the tile (wgmma's layout).
   float acc[2][kTokens / 2];  // the first products overwrite them (accumulate = false)
-  uint32_t a[2][2][4];  // [buffer][h] the registers wgmma reads: two steps of 16 in flight
+  uint32_t a[2][2][4];        // [buffer][h] the registers wgmma reads: two steps of 16 in flight
+  using Slice = std::conditional_t<kValueBits == 4, uint2, uint4>;  // a thread's 16 values of a row
   for (int s = 0; s < stages; ++s) {
     cp_async_wait<1>();   // this thread's copies of stage s have landed
     fence_proxy_async();  // and are visible to the tensor cores
@@ -722,27 +751,53 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
     if (s + 2 < stages) issue_stage(s + 2, (s + 2) % kRegisterSlots);
     cp_async_commit();
     const int slot = s % kRegisterSlots;
-    // This thread's bytes of its 4 weight rows (64 h + 16 warp + group + 8 r)
-    // and their scale pairs as bf16 pairs (scale, scale) and (bias, bias).
-    uint2 words[2][2];
+    // This thread's values of its 4 weight rows (64 h + 16 warp + group + 8 r)
+    // and their scale pairs: 4-bit as bf16 pairs (scale, scale) and (bias,
+    // bias) for one bf16 fma a pair; 8-bit as f32.
+    Slice slices[2][2];
     uint32_t scales[2][2], biases[2][2];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = 64 * h + 16 * warp + group + 8 * r;
-        words[h][r] = *reinterpret_cast<const uint2*>(shared + L::kWeights + slot * L::kWeightStage + row * 32 + 8 * column);
-        const char* pair = shared + L::kPairs + slot * L::kPairStage + row * 16 + (two_groups ? 8 * (column / 2) : 0);
-        if (pair_bytes == 4) {
-          const uint32_t both = *reinterpret_cast<const uint32_t*>(pair);  // scale in the low half
-          scales[h][r] = __byte_perm(both, both, 0x1010);
-          biases[h][r] = __byte_perm(both, both, 0x3232);
-        } else {
-          const float2 both = *reinterpret_cast<const float2*>(pair);
-          scales[h][r] = pack_bf16(both.x, both.x);
-          biases[h][r] = pack_bf16(both.y, both.y);
+        slices[h][r] = *reinterpret_cast<const Slice*>(shared + L::kWeights + slot * L::kWeightStage +
+                                                       row * L::kRowBytes + column * sizeof(Slice));
+        if constexpr (L::kAffine) {
+          const char* pair = shared + L::kPairs + slot * L::kPairStage + row * 16 + (two_groups ? 8 * (column / 2) : 0);
+          float scale, bias;
+          AffineFormat<kValueBits>::pair_at(pair, first.scales_dtype, 0, scale, bias);
+          if constexpr (kValueBits == 4) {
+            scales[h][r] = pack_bf16(scale, scale);
+            biases[h][r] = pack_bf16(bias, bias);
+          } else {
+            scales[h][r] = __float_as_uint(scale);
+            biases[h][r] = __float_as_uint(bias);
+          }
         }
       }
+    // Step `step`'s values of row (h, r) as the bf16 pairs at slots 2c, 2c + 1 (low) and 2c + 8, 2c + 9 (high).
+    auto widen = [&](int h, int r, int step, uint32_t& low, uint32_t& high) {
+      if constexpr (kValueBits == 4) {
+        const uint32_t word = step / 2 ? slices[h][r].y : slices[h][r].x;
+        low = widen_nibble_pair(word, 2 * (step % 2), scales[h][r], biases[h][r]);
+        high = widen_nibble_pair(word, 2 * (step % 2) + 1, scales[h][r], biases[h][r]);
+      } else {
+        const uint4 bytes = slices[h][r];
+        const uint32_t word = step == 0 ? bytes.x : step == 1 ? bytes.y : step == 2 ? bytes.z : bytes.w;
+        if constexpr (L::kAffine) {
+          const float scale = __uint_as_float(scales[h][r]), bias = __uint_as_float(biases[h][r]);
+          auto value = [&](int b) { return __fmaf_rn(scale, AffineFormat<8>::byte_to_float(word, b), bias); };
+          low = pack_bf16(value(0), value(1));
+          high = pack_bf16(value(2), value(3));
+        } else {  // e4m3 -> f16 -> f32 -> bf16, exact all the way
+          const __nv_bfloat162 first_two = __float22bfloat162_rn(__half22float2(Fp8Format::widen2_half(word)));
+          const __nv_bfloat162 last_two = __float22bfloat162_rn(__half22float2(Fp8Format::widen2_half(word >> 16)));
+          low = *reinterpret_cast<const uint32_t*>(&first_two);
+          high = *reinterpret_cast<const uint32_t*>(&last_two);
+        }
+      }
+    };
     const uint32_t x_tile = shared_address(shared + L::kX + slot * L::kXStage);
 #pragma unroll
     for (int step = 0; step < kTileDepth / 16; ++step) {
@@ -752,11 +807,7 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
       for (int h = 0; h < 2; ++h) {
         wgmma_hold_registers(a[buffer][h]);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const uint32_t word = step / 2 ? words[h][r].y : words[h][r].x;
-          a[buffer][h][r] = widen_nibble_pair(word, 2 * (step % 2), scales[h][r], biases[h][r]);
-          a[buffer][h][2 + r] = widen_nibble_pair(word, 2 * (step % 2) + 1, scales[h][r], biases[h][r]);
-        }
+        for (int r = 0; r < 2; ++r) widen(h, r, step, a[buffer][h][r], a[buffer][h][2 + r]);
       }
       wgmma_fence();
 #pragma unroll
@@ -774,6 +825,17 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
   }
   cp_async_wait<0>();
 
+  // FP8: each weight row's scale on its sums (rows past the features: 0).
+  float row_scale[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};
+  if constexpr (!L::kAffine) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t feature = feature_of(64 * h + 16 * warp + group + 8 * r);
+        row_scale[h][r] = feature < g.features ? Fp8Format::scale_of(h == 1 ? second : first, feature, 0) : 0.0f;
+      }
+  }
 #pragma unroll
   for (int j = 0; j < kTokens / 8; ++j)
 #pragma unroll
@@ -783,24 +845,26 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
       const int m = 16 * warp + group + 8 * (i / 2);
       if constexpr (kSwiGLU) {  // h = 0 the gate sums, h = 1 the up sums of the same features
         const int64_t feature = feature0 + m;
-        const float gate = acc[0][4 * j + i];
+        const float gate = acc[0][4 * j + i] * row_scale[0][i / 2], up = acc[1][4 * j + i] * row_scale[1][i / 2];
         if (feature < g.features)
-          static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + swiglu_column(g, feature)] =
-              __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * acc[1][4 * j + i]);
+          static_cast<__nv_bfloat16*>(g.out)[row * g.out_stride + depth_in_order(feature, g.out_order)] =
+              __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
       } else {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int64_t feature = feature0 + 64 * h + m;
           if (feature < g.features)
             static_cast<float*>(g.out)[row * g.out_stride + feature] =
-                acc[h][4 * j + i] + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
+                acc[h][4 * j + i] * row_scale[h][i / 2] + (g.bias ? element_f32(g.bias, g.bias_dtype, feature) : 0.0f);
         }
       }
     }
 }
 
-// x rounded to bf16 in the register-weights kernel's depth order
-// (register_depth_source), 8 values a thread; count is a multiple of 64.
+// x rounded to bf16 in the register-weights kernel's depth order for
+// kValueBits-bit weights (register_depth_source), 8 values a thread; count
+// is a multiple of 64.
+template <int kValueBits>
 __global__ void round_to_bf16_register_order_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ x,
                                                     int64_t count) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
@@ -811,7 +875,8 @@ __global__ void round_to_bf16_register_order_kernel(__nv_bfloat16* __restrict__ 
     uint32_t packed[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      packed[e] = pack_bf16(stage[register_depth_source(position + 2 * e)], stage[register_depth_source(position + 2 * e + 1)]);
+      packed[e] = pack_bf16(stage[register_depth_source<kValueBits>(position + 2 * e)],
+                            stage[register_depth_source<kValueBits>(position + 2 * e + 1)]);
     *reinterpret_cast<uint4*>(out + i) = uint4{packed[0], packed[1], packed[2], packed[3]};
   }
 }
@@ -846,28 +911,44 @@ void launch_gemm_kernel(Context& ctx, const TensorGemm& g, dim3 grid) {
   launch(ctx, kKernel, grid, dim3(kThreads), kBytes, g);
 }
 
-// The same in the register-weights kernel's depth order (count: whole stages of 64).
-const __nv_bfloat16* rounded_to_bf16_register_order(Context& ctx, const float* x, int64_t count) {
+// x rounded to bf16 in depth order `order` (depth_in_order; 4 or 8: count
+// is whole stages of 64), the operand of a product whose kernel reads it so.
+const __nv_bfloat16* rounded_in_order(Context& ctx, const float* x, int64_t count, int order) {
+  if (order == 0) return rounded_to_bf16(ctx, x, count);
   __nv_bfloat16* out = ctx.scratch<__nv_bfloat16>(count);
-  launch(ctx, round_to_bf16_register_order_kernel,
-         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 8, 256), 1, 4 * 1024))), dim3(256), 0,
-         out, x, count);
+  const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 8, 256), 1, 4 * 1024)));
+  if (order == 4) launch(ctx, round_to_bf16_register_order_kernel<4>, grid, dim3(256), 0, out, x, count);
+  else launch(ctx, round_to_bf16_register_order_kernel<8>, grid, dim3(256), 0, out, x, count);
   return out;
 }
 
-// Whether the register-weights kernel takes this weight: on Hopper's wgmma
-// (unless GLM_CUDA_REGISTER_WEIGHTS=0), 4-bit affine, whole stages of 64,
-// a stage in one group or two of 32.
-bool register_weights_read(const Context& ctx, const Matrix& weight) {
-  return ctx.register_weight_prompts && weight.kind == WeightFormat::Kind::Affine && weight.bits == 4 &&
-         weight.cols % kTileDepth == 0 && (weight.group_size == 32 || weight.group_size % kTileDepth == 0) &&
-         AffineFormat<4>::pieces_ok(weight);
+// The depth order of the kernel that multiplies this weight: 4 or 8 where
+// the register-weights kernel takes it (on Hopper's wgmma unless
+// GLM_CUDA_REGISTER_WEIGHTS=0; 4- and 8-bit affine with a stage in one group
+// or two of 32, FP8 with a tensor or channel scale; whole stages of 64), the
+// bits of a stored value; 0 (as it is) for the shared-memory kernels.
+int register_order(const Context& ctx, const Matrix& weight) {
+  if (!ctx.register_weight_prompts || weight.cols % kTileDepth != 0) return 0;
+  if (weight.kind == WeightFormat::Kind::Affine && (weight.bits == 4 || weight.bits == 8) &&
+      (weight.group_size == 32 || weight.group_size % kTileDepth == 0) &&
+      (weight.bits == 4 ? AffineFormat<4>::pieces_ok(weight) : AffineFormat<8>::pieces_ok(weight)))
+    return weight.bits;
+  if (weight.kind == WeightFormat::Kind::Fp8 && weight.fp8_scale != WeightFormat::Fp8Scale::Block &&
+      Fp8Format::pieces_ok(weight))
+    return 8;
+  return 0;
 }
 
 template <bool kSwiGLU, bool kGrouped, int kTokens>
-void launch_register_weights(Context& ctx, const TensorGemm& g, dim3 grid) {
-  launch_gemm_kernel<register_weights_kernel<kSwiGLU, kGrouped, kTokens>, RegisterLayout<kTokens>::kTotal>(ctx, g,
-                                                                                                          grid);
+void launch_register_weights(Context& ctx, const TensorGemm& g, const Matrix& format_of, dim3 grid) {
+  auto launch_as = [&](auto format) {
+    using Format = decltype(format);
+    launch_gemm_kernel<register_weights_kernel<Format, kSwiGLU, kGrouped, kTokens>,
+                       RegisterLayout<Format, kTokens>::kTotal>(ctx, g, grid);
+  };
+  if (format_of.kind == WeightFormat::Kind::Fp8) launch_as(Fp8ScaledSums{});
+  else if (format_of.bits == 4) launch_as(AffineFormat<4>{});
+  else launch_as(AffineFormat<8>{});
 }
 
 // Whether the kernel reads this weight: the format's 8-value pieces, whole
@@ -942,11 +1023,11 @@ bool wgmma_compiled(cudaStream_t stream) {
 
 bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
   if (!ctx.tensor_core_prompts || !reads(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
-  const bool registers = register_weights_read(ctx, weight);
+  const int order = register_order(ctx, weight);
   TensorGemm g{};
   g.out = out;
   g.out_stride = weight.rows;
-  g.x = registers ? rounded_to_bf16_register_order(ctx, x, n * weight.cols) : rounded_to_bf16(ctx, x, n * weight.cols);
+  g.x = rounded_in_order(ctx, x, n * weight.cols, order);
   g.rows = n;
   g.features = weight.rows;
   g.depth = weight.cols;
@@ -954,7 +1035,7 @@ bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Ma
   g.bias = bias ? bias->data : nullptr;
   g.bias_dtype = bias ? bias->dtype : DType::F32;
   const dim3 grid(blocks_for(weight.rows, kTileWeights), blocks_for(n, kRowsLarge));
-  if (registers) launch_register_weights<false, false, kRowsLarge>(ctx, g, grid);
+  if (order != 0) launch_register_weights<false, false, kRowsLarge>(ctx, g, weight, grid);
   else launch_gemm<false, false, kRowsLarge>(ctx, g, weight, grid);
   return true;
 }
@@ -1004,16 +1085,14 @@ TensorGemm grouped(void* out, const __nv_bfloat16* x, const ExpertRows& rows, co
 
 void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act, const float* x, int64_t n, const ExpertRows& rows,
                             const Matrix* gate, const Matrix* up, const Matrix& gate0, const Matrix& down0) {
-  const bool registers = register_weights_read(ctx, gate0);
-  const int64_t count = n * gate0.cols;
-  TensorGemm g = grouped(act, registers ? rounded_to_bf16_register_order(ctx, x, count) : rounded_to_bf16(ctx, x, count),
-                         rows, gate, up, gate0);
+  const int order = register_order(ctx, gate0);
+  TensorGemm g = grouped(act, rounded_in_order(ctx, x, n * gate0.cols, order), rows, gate, up, gate0);
   g.x_rows = rows.token;
-  g.out_in_register_order = register_weights_read(ctx, down0);  // act is the down projection's operand
+  g.out_order = register_order(ctx, down0);  // act is the down projection's operand
   const dim3 grid(blocks_for(gate0.rows, kTileWeights / 2), static_cast<unsigned>(rows.max_tiles));
   const bool large = rows.tile_rows == kRowsLarge;
-  if (registers && large) launch_register_weights<true, true, kRowsLarge>(ctx, g, grid);
-  else if (registers) launch_register_weights<true, true, kRowsSmall>(ctx, g, grid);
+  if (order != 0 && large) launch_register_weights<true, true, kRowsLarge>(ctx, g, gate0, grid);
+  else if (order != 0) launch_register_weights<true, true, kRowsSmall>(ctx, g, gate0, grid);
   else if (large) launch_gemm<true, true, kRowsLarge>(ctx, g, gate0, grid);
   else launch_gemm<true, true, kRowsSmall>(ctx, g, gate0, grid);
 }
@@ -1022,9 +1101,9 @@ void tensor_experts_down(Context& ctx, float* expert_out, const __nv_bfloat16* a
                          const Matrix* down, const Matrix& down0) {
   const TensorGemm g = grouped(expert_out, act, rows, down, down, down0);
   const dim3 grid(blocks_for(down0.rows, kTileWeights), static_cast<unsigned>(rows.max_tiles));
-  const bool registers = register_weights_read(ctx, down0), large = rows.tile_rows == kRowsLarge;
-  if (registers && large) launch_register_weights<false, true, kRowsLarge>(ctx, g, grid);
-  else if (registers) launch_register_weights<false, true, kRowsSmall>(ctx, g, grid);
+  const bool registers = register_order(ctx, down0) != 0, large = rows.tile_rows == kRowsLarge;
+  if (registers && large) launch_register_weights<false, true, kRowsLarge>(ctx, g, down0, grid);
+  else if (registers) launch_register_weights<false, true, kRowsSmall>(ctx, g, down0, grid);
   else if (large) launch_gemm<false, true, kRowsLarge>(ctx, g, down0, grid);
   else launch_gemm<false, true, kRowsSmall>(ctx, g, down0, grid);
 }

@@ -120,10 +120,10 @@ class Context : public Submitter {
   // mma.sync: on sm_90 devices when this binary holds sm_90a code, unless
   // GLM_CUDA_WGMMA=0 (gemm_tensor.cu).
   bool wgmma_prompts = false;
-  // Whether, on wgmma, products with 4-bit affine weights take the kernel
-  // that widens the weights straight into wgmma's register operand
-  // (register_weights_kernel) rather than into a bf16 tile in shared memory:
-  // yes unless GLM_CUDA_REGISTER_WEIGHTS=0.
+  // Whether, on wgmma, products with 4/8-bit affine and FP8 (tensor or
+  // channel scale) weights take the kernel that widens the weights straight
+  // into wgmma's register operand (register_weights_kernel) rather than into
+  // a bf16 tile in shared memory: yes unless GLM_CUDA_REGISTER_WEIGHTS=0.
   bool register_weight_prompts = false;
   // GLM_CUDA_SHORT_ATTENTION=1 (default) or 0: whether decode attention at
   // head_dim 128 with GQA groups of a multiple of 4 takes the kernel that
