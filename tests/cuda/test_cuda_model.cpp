@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "engine/engine.h"
@@ -232,6 +233,15 @@ std::vector<int32_t> heldout_ids(size_t chars) {
   return Tokenizer::from_file((kTrainedModel / "tokenizer.json").string()).encode(text);
 }
 
+// GLM_CUDA_PROMPTS=tensor for the engines made while it lives, then simt
+// again, the tests' default (exact_prompts.cpp), whatever the test's outcome.
+struct TensorPrompts {
+  TensorPrompts() { setenv("GLM_CUDA_PROMPTS", "tensor", 1); }
+  ~TensorPrompts() { setenv("GLM_CUDA_PROMPTS", "simt", 1); }
+  TensorPrompts(const TensorPrompts&) = delete;
+  TensorPrompts& operator=(const TensorPrompts&) = delete;
+};
+
 // How closely a fast mode's logits follow the CPU engine's, position by
 // position: relative L2 (mean and worst) and top-1 agreement. check() prints
 // the PARITY line and holds the bounds for a fast mode: mean within
@@ -311,9 +321,9 @@ TEST(CudaTensorCorePrompts, TrainedModelStaysCloseToTheCpu) {
   const std::vector<int32_t> ids = heldout_ids(1500);
   ASSERT_GT(ids.size(), 250u);
 
-  setenv("GLM_CUDA_PROMPTS", "tensor", 1);
+  std::optional<TensorPrompts> tensor_prompts(std::in_place);
   Engine gpu(kTrainedModel.string(), options("cuda", 1024));
-  setenv("GLM_CUDA_PROMPTS", "simt", 1);
+  tensor_prompts.reset();
   Engine cpu(kTrainedModel.string(), options("cpu", 1024));
   EXPECT_NE(gpu.backend().execution_summary().find("tensor cores"), std::string::npos);
   const int64_t vocab = cpu.config().vocab_size;
@@ -333,6 +343,84 @@ TEST(CudaTensorCorePrompts, TrainedModelStaysCloseToTheCpu) {
   const std::vector<int32_t> whole = generate(gpu, request).tokens;
   request.prefill_chunk = 100;
   EXPECT_EQ(generate(gpu, request).tokens, whole) << "greedy tokens, one chunk vs chunks of 100";
+}
+
+// Chunked prefill sharing steps with decoding, on tensor cores: sequence A
+// decodes while sequence B's 800-token prompt goes through 100 tokens a step
+// in the same steps (mixed plans: B's rows take the tensor-core GEMMs and
+// prefill attention, A's row rides along), then B decodes beside A. Both are
+// fed the greedy tokens they choose alone (so one near tie cannot derail the
+// rest), and each step's logits stay within the fast-mode bounds of those
+// they get alone: relative L2 mean within 2e-2, the same top-1 token at all
+// positions but one.
+TEST(CudaTensorCorePrompts, PromptChunksShareStepsWithDecoding) {
+  if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  if (!fs::exists(kTrainedModel / "model.safetensors")) GTEST_SKIP() << kTrainedModel << " has no weights";
+  const std::vector<int32_t> ids = heldout_ids(8000);
+  ASSERT_GT(ids.size(), 1000u);
+  const std::vector<int32_t> prompt_a(ids.begin(), ids.begin() + 200), prompt_b(ids.begin() + 200, ids.begin() + 1000);
+  constexpr size_t kTokens = 12, kChunk = 100;
+  const TensorPrompts tensor_prompts;
+  Engine gpu(kTrainedModel.string(), options("cuda", 2048));
+  const int64_t vocab = gpu.config().vocab_size;
+  PagedKvCache& cache = gpu.cache();
+
+  // Alone: the prompt in chunks, then kTokens greedy steps; logits[t] chose tokens[t].
+  struct Run {
+    std::vector<int32_t> tokens;
+    std::vector<std::vector<float>> logits;
+  };
+  auto alone = [&](const std::vector<int32_t>& prompt) {
+    Run run;
+    const int32_t sequence = cache.create_sequence();
+    run.logits.push_back(prefill(gpu, sequence, prompt, kChunk));
+    while (run.tokens.size() < kTokens) {
+      run.tokens.push_back(static_cast<int32_t>(argmax(run.logits.back())));
+      run.logits.push_back(std::move(gpu.step({SequenceWork{sequence, {run.tokens.back()}}})[0].logits));
+    }
+    cache.release_sequence(sequence);
+    return run;
+  };
+  const Run expected_a = alone(prompt_a), expected_b = alone(prompt_b);
+
+  const int32_t a = cache.create_sequence(), b = cache.create_sequence();
+  FastModeAgreement agreement;
+  auto compare = [&](const SequenceResult& result, const std::vector<float>& expected) {
+    ASSERT_EQ(result.logits.size(), static_cast<size_t>(vocab));
+    agreement.add(result.logits, expected);
+  };
+  compare(prefill(gpu, a, prompt_a, kChunk, LogitsWanted::Last, std::nullopt), expected_a.logits[0]);
+  size_t done_a = 0, done_b = 0, next_b = 0;  // tokens fed after the prompt; B's prompt tokens sent
+  int mixed_steps = 0;
+  while (done_a < kTokens || done_b < kTokens) {
+    std::vector<SequenceWork> plan;
+    if (done_a < kTokens) plan.push_back({a, {expected_a.tokens[done_a]}});
+    const bool prompt_chunk = next_b < prompt_b.size();
+    if (prompt_chunk) {
+      const size_t end = std::min(prompt_b.size(), next_b + kChunk);
+      plan.push_back({b, {prompt_b.begin() + static_cast<std::ptrdiff_t>(next_b), prompt_b.begin() + static_cast<std::ptrdiff_t>(end)},
+                      end == prompt_b.size() ? LogitsWanted::Last : LogitsWanted::None});
+      next_b = end;
+    } else if (done_b < kTokens) {
+      plan.push_back({b, {expected_b.tokens[done_b]}});
+    }
+    mixed_steps += prompt_chunk && plan.size() == 2;
+    const std::vector<SequenceResult> results = gpu.step(plan);
+    for (const SequenceResult& result : results) {
+      if (result.sequence == a) compare(result, expected_a.logits[++done_a]);
+      else if (!prompt_chunk) compare(result, expected_b.logits[++done_b]);
+      else if (result.rows == 1) compare(result, expected_b.logits[0]);  // the prompt's last chunk
+    }
+  }
+  EXPECT_GE(mixed_steps, 8) << "steps holding a prompt chunk and a decode token";
+  const double mean_error = agreement.total_error / agreement.rows;
+  std::printf("PARITY %-58s %.3e (worst %.3e), top-1 %d/%d\n", "e2e trained, prompt chunks beside decoding vs alone",
+              mean_error, agreement.worst, agreement.agree, agreement.rows);
+  EXPECT_EQ(agreement.rows, static_cast<int>(2 * kTokens + 2));
+  EXPECT_LT(mean_error, 2e-2);
+  EXPECT_GE(agreement.agree, agreement.rows - 1);
+  cache.release_sequence(a);
+  cache.release_sequence(b);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaQuantizedModel,

@@ -394,7 +394,9 @@ TEST(CudaQuantized, PreparedActivationsMatchTheGemvsOwnQuantization) {
 // loop. bf16 operands: bound 1e-2 against the f32 reference, and above f32
 // rounding. Affine 3-bit has no 8-value pieces and keeps the exact SIMT
 // path. The int4 experts run the grouped GEMMs with 64-row tiles (65 and
-// 300 tokens) and 128-row tiles (1000: 250 rows an expert); FP8 experts with
+// 300 tokens; 65 tokens, 16 rows an expert, on 32-row tiles where the
+// register-weights kernel takes gate/up and down) and 128-row tiles (1000:
+// 250 rows an expert); FP8 experts with
 // channel scales the kernel that scales the sums instead of the weights.
 // Every kernel (kTensorModes): on Hopper, 4/8-bit affine and FP8 (tensor or
 // channel scale) weights whose depth is whole stages of 64 take the

@@ -60,8 +60,9 @@ constexpr int kPitch = kTileDepth + 8;  // bf16 per shared tile row: 144 bytes, 
 constexpr int kMaxPairs = kTileDepth / 32;  // affine scale pairs a row's stage spans (groups of 32 and up)
 // Output rows per block: 128 (warps of 64 rows) for projections and experts
 // with many rows each; 64 (warps of 32) for experts with few, whose row
-// ranges end in partial tiles (tensor_expert_tile_rows).
-constexpr int kRowsLarge = 128, kRowsSmall = 64;
+// ranges end in partial tiles (tensor_expert_tile_rows); 32 for experts with
+// fewer still, in the register-weights kernel only.
+constexpr int kRowsLarge = 128, kRowsSmall = 64, kRowsTiny = 32;
 
 // What one launch multiplies (see the file comment for the three uses).
 struct TensorGemm {
@@ -612,8 +613,8 @@ __global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGe
 //     widen exactly, the scale multiplies each weight row's f32 sums).
 //   - A block computes 128 weight rows (two instructions of 64; SwiGLU: 64
 //     gate rows and the same 64 up rows, so each thread holds the gate and
-//     up sums of the same outputs) by kTokens rows (tokens: 128, or 64 for
-//     experts with few rows each).
+//     up sums of the same outputs) by kTokens rows (tokens: 128, or 64 or 32
+//     for experts with few rows each: wgmma's N may be any multiple of 8).
 //   - Stages of 64 depth go through a ring of 4 slots with cp.async, two
 //     stages ahead: the staged activations (128-byte swizzled rows, as in the
 //     shared-memory kernel), the packed weight rows and their scale pairs.
@@ -656,7 +657,8 @@ template <int kTokens>
 __device__ __forceinline__ void wgmma_registers(float (&d)[kTokens / 2], const uint32_t (&a)[4], uint64_t b,
                                                 bool accumulate) {
   if constexpr (kTokens == 128) wgmma_m64n128k16_bf16_rs(d, a, b, accumulate);
-  else wgmma_m64n64k16_bf16_rs(d, a, b, accumulate);
+  else if constexpr (kTokens == 64) wgmma_m64n64k16_bf16_rs(d, a, b, accumulate);
+  else wgmma_m64n32k16_bf16_rs(d, a, b, accumulate);
 }
 
 template <typename Format, bool kSwiGLU, bool kGrouped, int kTokens>
@@ -1052,14 +1054,22 @@ bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up
 // 128-row tiles widen each weight stage for twice the rows and give each warp
 // twice the rows (H200, 4096 tokens x top 8 over 128 experts, 256 rows an
 // expert: 128-row tiles 226 / 162 TFLOP/s bf16 / int4, 64-row 195 / 125).
-// GLM_CUDA_EXPERT_TILE_ROWS=64|128 forces one (for measuring).
-int tensor_expert_tile_rows(int64_t assignments, int64_t held) {
+// Where both products take the register-weights kernel, experts with fewer
+// than 48 rows on average get 32-row tiles (a 512-token prompt: 32 rows an
+// expert).
+// GLM_CUDA_EXPERT_TILE_ROWS=32|64|128 forces one (for measuring; 32 only
+// where the register-weights kernel takes both).
+int tensor_expert_tile_rows(const Context& ctx, int64_t assignments, int64_t held, const Matrix& gate0,
+                            const Matrix& down0) {
   static const int forced = [] {
     const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS");
     return rows ? std::atoi(rows) : 0;
   }();
+  const bool tiny_ok = register_order(ctx, gate0) != 0 && register_order(ctx, down0) != 0;
   if (forced == kRowsSmall || forced == kRowsLarge) return forced;
-  return assignments >= 192 * held ? kRowsLarge : kRowsSmall;
+  if (forced == kRowsTiny) return tiny_ok ? kRowsTiny : kRowsSmall;
+  if (assignments >= 192 * held) return kRowsLarge;
+  return tiny_ok && assignments < 48 * held ? kRowsTiny : kRowsSmall;
 }
 
 namespace {
@@ -1092,6 +1102,7 @@ void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act, const float* x, in
   const dim3 grid(blocks_for(gate0.rows, kTileWeights / 2), static_cast<unsigned>(rows.max_tiles));
   const bool large = rows.tile_rows == kRowsLarge;
   if (order != 0 && large) launch_register_weights<true, true, kRowsLarge>(ctx, g, gate0, grid);
+  else if (order != 0 && rows.tile_rows == kRowsTiny) launch_register_weights<true, true, kRowsTiny>(ctx, g, gate0, grid);
   else if (order != 0) launch_register_weights<true, true, kRowsSmall>(ctx, g, gate0, grid);
   else if (large) launch_gemm<true, true, kRowsLarge>(ctx, g, gate0, grid);
   else launch_gemm<true, true, kRowsSmall>(ctx, g, gate0, grid);
@@ -1103,6 +1114,7 @@ void tensor_experts_down(Context& ctx, float* expert_out, const __nv_bfloat16* a
   const dim3 grid(blocks_for(down0.rows, kTileWeights), static_cast<unsigned>(rows.max_tiles));
   const bool registers = register_order(ctx, down0) != 0, large = rows.tile_rows == kRowsLarge;
   if (registers && large) launch_register_weights<false, true, kRowsLarge>(ctx, g, down0, grid);
+  else if (registers && rows.tile_rows == kRowsTiny) launch_register_weights<false, true, kRowsTiny>(ctx, g, down0, grid);
   else if (registers) launch_register_weights<false, true, kRowsSmall>(ctx, g, down0, grid);
   else if (large) launch_gemm<false, true, kRowsLarge>(ctx, g, down0, grid);
   else launch_gemm<false, true, kRowsSmall>(ctx, g, down0, grid);

@@ -188,4 +188,28 @@ __device__ __forceinline__ void wgmma_m64n64k16_bf16_rs(float (&d)[32], const ui
 #endif
 }
 
+// d[64 x 32] += a[64 x 16] b[16 x 32]^T with a in registers (bf16 pairs,
+// the mma.sync m16n8k16 A layout per warp: a[0] row g, columns 2c, 2c + 1;
+// a[1] row g + 8; a[2] row g, columns 2c + 8, 2c + 9; a[3] row g + 8 there,
+// where g = lane / 4, c = lane % 4 and warp w of the warpgroup holds rows
+// 16 w..) and b a K-major bf16 tile in shared memory (descriptor above).
+// d as in wgmma_m64n128k16_bf16; `accumulate` false overwrites d instead
+// (a first product: zeroing d with other instructions would make ptxas
+// serialize the wgmma pipeline). The tensor cores read `a` after the
+// instruction issues: its registers must hold still until a wgmma_wait
+// covers it (wgmma_hold_registers).
+__device__ __forceinline__ void wgmma_m64n32k16_bf16_rs(float (&d)[16], const uint32_t (&a)[4], uint64_t b,
+                                                          bool accumulate) {
+#ifdef GLM_WGMMA
+  asm volatile(
+      "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, accumulate, 1, 1, 0;\n}"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(static_cast<int>(accumulate)));
+#else
+  (void)d, (void)a, (void)b, (void)accumulate;
+  __trap();
+#endif
+}
+
 }  // namespace glm::cuda

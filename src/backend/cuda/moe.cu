@@ -569,7 +569,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
   const Matrix& gate0 = ctx.expert_matrices_host(gate).front();
   const Matrix& down0 = ctx.expert_matrices_host(down).front();
   const int64_t width = gate0.rows;
-  const int tile_rows = tensor_expert_tile_rows(entries, held);
+  const int tile_rows = tensor_expert_tile_rows(ctx, entries, held, gate0, down0);
   const int64_t max_tiles = (entries + tile_rows - 1) / tile_rows + std::min<int64_t>(held, entries);
   GLM_CHECK(max_tiles <= 65535, "a step of ", n, " tokens is too long for the CUDA expert kernels (",
             max_tiles, " tiles of a grid's 65535): process the prompt in shorter chunks (--prefill-chunk)");

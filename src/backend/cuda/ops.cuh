@@ -272,7 +272,8 @@ struct ExpertRows {
 };
 bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up, const Matrix& down, const float* x);
 // Rows of one expert tile for `assignments` rows over `held` experts.
-int tensor_expert_tile_rows(int64_t assignments, int64_t held);
+int tensor_expert_tile_rows(const Context& ctx, int64_t assignments, int64_t held, const Matrix& gate0,
+                            const Matrix& down0);
 // act[r] = silu(gate_e x[token[r]]) * (up_e x[token[r]]) in bf16 (the next
 // product's operand, in the depth order the kernel that will take down0
 // reads) for the rows r of each expert e.
