@@ -288,8 +288,9 @@ __device__ __forceinline__ bool block_work(const TensorGemm& g, int64_t& row0, i
 
 // kWgmma: the block's 4 warps are one warpgroup issuing wgmma (sm_90a) on
 // the whole tile instead of 4 warps each issuing mma.sync on a quarter.
+// (The block's work; tensor_gemm_kernel below launches it.)
 template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
-__global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {
+__device__ __forceinline__ void tensor_gemm_tile(const TensorGemm& g) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   using S = Stage<Format>;
   using L = Layout<Format, kTileRows, kWgmma>;
@@ -661,8 +662,21 @@ __device__ __forceinline__ void wgmma_registers(float (&d)[kTokens / 2], const u
   else wgmma_m64n32k16_bf16_rs(d, a, b, accumulate);
 }
 
+// Code other than sm_90a never launches the wgmma kernels (the backend asks
+// wgmma_compiled() first), so there they are stubs: the build does not
+// compile their bodies a second time for sm_80.
+template <typename Format, bool kSwiGLU, bool kGrouped, int kTileRows, bool kWgmma>
+__global__ void __launch_bounds__(kThreads, 2) tensor_gemm_kernel(const TensorGemm g) {
+#ifndef GLM_WGMMA
+  if constexpr (kWgmma) __trap();
+  else
+#endif
+    tensor_gemm_tile<Format, kSwiGLU, kGrouped, kTileRows, kWgmma>(g);
+}
+
+// (The block's work; register_weights_kernel below launches it.)
 template <typename Format, bool kSwiGLU, bool kGrouped, int kTokens>
-__global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const TensorGemm g) {
+__device__ __forceinline__ void register_weights_tile(const TensorGemm& g) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   using L = RegisterLayout<Format, kTokens>;
   constexpr int kValueBits = kRegisterValueBits<Format>;
@@ -861,6 +875,16 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
         }
       }
     }
+}
+
+template <typename Format, bool kSwiGLU, bool kGrouped, int kTokens>
+__global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const TensorGemm g) {
+#ifdef GLM_WGMMA
+  register_weights_tile<Format, kSwiGLU, kGrouped, kTokens>(g);
+#else
+  (void)g;
+  __trap();  // sm_90a only (see tensor_gemm_kernel)
+#endif
 }
 
 // x rounded to bf16 in the register-weights kernel's depth order for
