@@ -36,20 +36,29 @@ using namespace cuda_parity;
 struct QuantWeight {
   std::unique_ptr<AffineMatrix> affine;
   std::vector<uint8_t> bytes;
-  std::vector<float> scales32;
+  std::vector<float> scales32, biases32;
   Weight host, device;
   std::string label;
 };
 
-// mlx affine [rows, cols] from random values, scales and biases in bf16.
+// mlx affine [rows, cols] from random values, scales and biases in bf16 (or,
+// with `f32_scales`, the same values in f32: the device then keeps f32
+// (scale, bias) pairs, 8 bytes each instead of 4).
 std::unique_ptr<QuantWeight> make_affine(Backends& b, int64_t rows, int64_t cols, int bits, int64_t group,
-                                         unsigned seed) {
+                                         unsigned seed, bool f32_scales = false) {
   auto w = std::make_unique<QuantWeight>();
   w->affine = quantize_matrix_affine(random_values(static_cast<size_t>(rows * cols), seed, 0.1f), rows, cols, bits,
                                      group, "affine test");
   w->host = w->affine->weight;
+  if (f32_scales) {
+    for (uint16_t bits16 : w->affine->scales) w->scales32.push_back(bf16_to_f32(bits16));
+    for (uint16_t bits16 : w->affine->biases) w->biases32.push_back(bf16_to_f32(bits16));
+    const Shape scale_shape = w->host.format.scales.shape;
+    w->host.format.scales = TensorView(w->scales32.data(), DType::F32, scale_shape);
+    w->host.format.biases = TensorView(w->biases32.data(), DType::F32, scale_shape);
+  }
   w->device = b.gpu->place(w->host);
-  w->label = "affine " + std::to_string(bits) + "-bit g" + std::to_string(group);
+  w->label = "affine " + std::to_string(bits) + "-bit g" + std::to_string(group) + (f32_scales ? " f32 scales" : "");
   return w;
 }
 
@@ -412,6 +421,11 @@ TEST(CudaQuantized, TensorCorePromptsOnQuantizedWeights) {
     check_affine_bits_and_groups(b, 200, 512, {9, 130, 300}, seed, 1e-2, " tensor cores");
     auto large = make_affine(b, 1000, 4096, 4, 64, ++seed);
     check_linear(b, *large, {200}, ++seed, 1e-2, " tensor cores");
+    for (int bits : {4, 8})  // (scale, bias) pairs of 8 bytes: f32 scales
+      for (int64_t group : {32, 64}) {
+        auto w = make_affine(b, 200, 512, bits, group, ++seed, /*f32_scales=*/true);
+        check_linear(b, *w, {130}, ++seed, 1e-2, " tensor cores");
+      }
     auto half_stage = make_affine(b, 200, 160, 4, 32, ++seed);  // depth 160: two stages of 64 and a half
     check_linear(b, *half_stage, {130}, ++seed, 1e-2, " tensor cores, depth 160");
     auto three_bit = make_affine(b, 200, 512, 3, 64, ++seed);
