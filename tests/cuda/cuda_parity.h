@@ -23,6 +23,7 @@
 
 #include "backend/backend.h"
 #include "../common/random_values.h"
+#include "../common/scoped_env.h"
 
 namespace glm::cuda_parity {
 
@@ -50,32 +51,12 @@ inline double relative_error(const std::vector<float>& actual, const std::vector
 
 inline void report(const std::string& what, double error) { std::printf("PARITY %-58s %.3e\n", what.c_str(), error); }
 
-// Sets an environment variable for its lifetime, then puts back what was there.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_, old_.c_str(), 1);
-    else unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
+using testing_env::ScopedEnv;
 
 // A CUDA backend whose prompt-sized products run in `prompts` mode:
 // "simt" (GLM_CUDA_PROMPTS=simt, the tests' default), "tensor" (wgmma where
-// the device and binary have it, 4-bit weights widened into its registers;
-// else mma.sync), "tensor-shared" (wgmma with every weight widened into a
+// the device and binary have it, quantized weights widened into its
+// registers; else mma.sync), "tensor-shared" (wgmma with every weight widened into a
 // tile in shared memory: GLM_CUDA_REGISTER_WEIGHTS=0) or "tensor-mma"
 // (tensor cores through mma.sync even on Hopper: GLM_CUDA_WGMMA=0), the
 // variables set while the backend is made.

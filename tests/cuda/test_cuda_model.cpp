@@ -25,6 +25,7 @@
 #include "text/tokenizer.h"
 #include "io/npy.h"
 #include "../common/reference_fixtures.h"
+#include "../common/scoped_env.h"
 
 #ifdef GLM_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -233,15 +234,6 @@ std::vector<int32_t> heldout_ids(size_t chars) {
   return Tokenizer::from_file((kTrainedModel / "tokenizer.json").string()).encode(text);
 }
 
-// GLM_CUDA_PROMPTS=tensor for the engines made while it lives, then simt
-// again, the tests' default (exact_prompts.cpp), whatever the test's outcome.
-struct TensorPrompts {
-  TensorPrompts() { setenv("GLM_CUDA_PROMPTS", "tensor", 1); }
-  ~TensorPrompts() { setenv("GLM_CUDA_PROMPTS", "simt", 1); }
-  TensorPrompts(const TensorPrompts&) = delete;
-  TensorPrompts& operator=(const TensorPrompts&) = delete;
-};
-
 // How closely a fast mode's logits follow the CPU engine's, position by
 // position: relative L2 (mean and worst) and top-1 agreement. check() prints
 // the PARITY line and holds the bounds for a fast mode: mean within
@@ -321,7 +313,9 @@ TEST(CudaTensorCorePrompts, TrainedModelStaysCloseToTheCpu) {
   const std::vector<int32_t> ids = heldout_ids(1500);
   ASSERT_GT(ids.size(), 250u);
 
-  std::optional<TensorPrompts> tensor_prompts(std::in_place);
+  // The GPU engine under GLM_CUDA_PROMPTS=tensor; the CPU engine under the
+  // tests' default again (exact_prompts.cpp: simt).
+  std::optional<testing_env::ScopedEnv> tensor_prompts(std::in_place, "GLM_CUDA_PROMPTS", "tensor");
   Engine gpu(kTrainedModel.string(), options("cuda", 1024));
   tensor_prompts.reset();
   Engine cpu(kTrainedModel.string(), options("cpu", 1024));
@@ -360,7 +354,7 @@ TEST(CudaTensorCorePrompts, PromptChunksShareStepsWithDecoding) {
   ASSERT_GT(ids.size(), 1000u);
   const std::vector<int32_t> prompt_a(ids.begin(), ids.begin() + 200), prompt_b(ids.begin() + 200, ids.begin() + 1000);
   constexpr size_t kTokens = 12, kChunk = 100;
-  const TensorPrompts tensor_prompts;
+  const testing_env::ScopedEnv tensor_prompts("GLM_CUDA_PROMPTS", "tensor");
   Engine gpu(kTrainedModel.string(), options("cuda", 2048));
   const int64_t vocab = gpu.config().vocab_size;
   PagedKvCache& cache = gpu.cache();

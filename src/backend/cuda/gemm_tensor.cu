@@ -642,16 +642,13 @@ struct RegisterLayout {
   static_assert(kTotal <= kTwoBlocksShared, "two blocks an SM");
 };
 
-// Nibbles `pair` and `pair` + 4 of `word` as a bf16 pair scale q + bias: each
-// nibble q is placed under the exponent of 128 (0x4300 | q is 128 + q), 128
-// is subtracted exactly, and one fma applies the pair's scale and bias.
+// Nibbles `pair` and `pair` + 4 of `word` as a bf16 pair scale q + bias
+// (scales, biases: bf16 pairs of the same value), each nibble placed under
+// the exponent of 128 for AffineFormat<4>::biased_pair_bf16.
 __device__ __forceinline__ uint32_t widen_nibble_pair(uint32_t word, int pair, uint32_t scales, uint32_t biases) {
-  const uint32_t biased = ((word >> (4 * pair)) & 0x000F000Fu) | 0x43004300u;
-  const uint32_t offset = 0x43004300u;
-  const __nv_bfloat162 value =
-      __hfma2(__hsub2(*reinterpret_cast<const __nv_bfloat162*>(&biased), *reinterpret_cast<const __nv_bfloat162*>(&offset)),
-              *reinterpret_cast<const __nv_bfloat162*>(&scales), *reinterpret_cast<const __nv_bfloat162*>(&biases));
-  return *reinterpret_cast<const uint32_t*>(&value);
+  return AffineFormat<4>::biased_pair_bf16(((word >> (4 * pair)) & 0x000F000Fu) | 0x43004300u,
+                                           *reinterpret_cast<const __nv_bfloat162*>(&scales),
+                                           *reinterpret_cast<const __nv_bfloat162*>(&biases));
 }
 
 template <int kTokens>
@@ -806,11 +803,9 @@ __device__ __forceinline__ void register_weights_tile(const TensorGemm& g) {
           auto value = [&](int b) { return __fmaf_rn(scale, AffineFormat<8>::byte_to_float(word, b), bias); };
           low = pack_bf16(value(0), value(1));
           high = pack_bf16(value(2), value(3));
-        } else {  // e4m3 -> f16 -> f32 -> bf16, exact all the way
-          const __nv_bfloat162 first_two = __float22bfloat162_rn(__half22float2(Fp8Format::widen2_half(word)));
-          const __nv_bfloat162 last_two = __float22bfloat162_rn(__half22float2(Fp8Format::widen2_half(word >> 16)));
-          low = *reinterpret_cast<const uint32_t*>(&first_two);
-          high = *reinterpret_cast<const uint32_t*>(&last_two);
+        } else {
+          low = Fp8Format::unscaled_pair_bf16(word);
+          high = Fp8Format::unscaled_pair_bf16(word >> 16);
         }
       }
     };
@@ -1115,6 +1110,19 @@ TensorGemm grouped(void* out, const __nv_bfloat16* x, const ExpertRows& rows, co
   return g;
 }
 
+// A grouped product on the register-weights kernel or the shared-memory
+// one, with expert tiles of `tile_rows` (32 only on the register kernel:
+// tensor_expert_tile_rows).
+template <bool kSwiGLU>
+void launch_grouped(Context& ctx, const TensorGemm& g, const Matrix& format_of, bool registers, int tile_rows,
+                    dim3 grid) {
+  if (registers && tile_rows == kRowsLarge) launch_register_weights<kSwiGLU, true, kRowsLarge>(ctx, g, format_of, grid);
+  else if (registers && tile_rows == kRowsTiny) launch_register_weights<kSwiGLU, true, kRowsTiny>(ctx, g, format_of, grid);
+  else if (registers) launch_register_weights<kSwiGLU, true, kRowsSmall>(ctx, g, format_of, grid);
+  else if (tile_rows == kRowsLarge) launch_gemm<kSwiGLU, true, kRowsLarge>(ctx, g, format_of, grid);
+  else launch_gemm<kSwiGLU, true, kRowsSmall>(ctx, g, format_of, grid);
+}
+
 }  // namespace
 
 void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act, const float* x, int64_t n, const ExpertRows& rows,
@@ -1123,25 +1131,15 @@ void tensor_experts_gate_up(Context& ctx, __nv_bfloat16* act, const float* x, in
   TensorGemm g = grouped(act, rounded_in_order(ctx, x, n * gate0.cols, order), rows, gate, up, gate0);
   g.x_rows = rows.token;
   g.out_order = register_order(ctx, down0);  // act is the down projection's operand
-  const dim3 grid(blocks_for(gate0.rows, kTileWeights / 2), static_cast<unsigned>(rows.max_tiles));
-  const bool large = rows.tile_rows == kRowsLarge;
-  if (order != 0 && large) launch_register_weights<true, true, kRowsLarge>(ctx, g, gate0, grid);
-  else if (order != 0 && rows.tile_rows == kRowsTiny) launch_register_weights<true, true, kRowsTiny>(ctx, g, gate0, grid);
-  else if (order != 0) launch_register_weights<true, true, kRowsSmall>(ctx, g, gate0, grid);
-  else if (large) launch_gemm<true, true, kRowsLarge>(ctx, g, gate0, grid);
-  else launch_gemm<true, true, kRowsSmall>(ctx, g, gate0, grid);
+  launch_grouped<true>(ctx, g, gate0, order != 0, rows.tile_rows,
+                       dim3(blocks_for(gate0.rows, kTileWeights / 2), static_cast<unsigned>(rows.max_tiles)));
 }
 
 void tensor_experts_down(Context& ctx, float* expert_out, const __nv_bfloat16* act, const ExpertRows& rows,
                          const Matrix* down, const Matrix& down0) {
   const TensorGemm g = grouped(expert_out, act, rows, down, down, down0);
-  const dim3 grid(blocks_for(down0.rows, kTileWeights), static_cast<unsigned>(rows.max_tiles));
-  const bool registers = register_order(ctx, down0) != 0, large = rows.tile_rows == kRowsLarge;
-  if (registers && large) launch_register_weights<false, true, kRowsLarge>(ctx, g, down0, grid);
-  else if (registers && rows.tile_rows == kRowsTiny) launch_register_weights<false, true, kRowsTiny>(ctx, g, down0, grid);
-  else if (registers) launch_register_weights<false, true, kRowsSmall>(ctx, g, down0, grid);
-  else if (large) launch_gemm<false, true, kRowsLarge>(ctx, g, down0, grid);
-  else launch_gemm<false, true, kRowsSmall>(ctx, g, down0, grid);
+  launch_grouped<false>(ctx, g, down0, register_order(ctx, down0) != 0, rows.tile_rows,
+                        dim3(blocks_for(down0.rows, kTileWeights), static_cast<unsigned>(rows.max_tiles)));
 }
 
 }  // namespace glm::cuda

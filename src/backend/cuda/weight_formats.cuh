@@ -253,7 +253,6 @@ struct AffineFormat {
     requires(B == 4)
   __device__ static uint4 piece_bf16(const Piece& p) {
     const __nv_bfloat162 scale = __float2bfloat162_rn(p.scale), bias = __float2bfloat162_rn(p.bias);
-    const __nv_bfloat162 offset = __float2bfloat162_rn(128.0f);
     const uint32_t low = p.words[0] & 0x0F0F0F0Fu, high = (p.words[0] >> 4) & 0x0F0F0F0Fu;  // byte j: columns 2j, 2j+1
     // Columns 0-3 and 4-7 as bytes in order, then each pair [q, 0x43, q', 0x43] from those and the exponents.
     const uint32_t first = __byte_perm(low, high, 0x5140u), second = __byte_perm(low, high, 0x7362u);
@@ -261,12 +260,16 @@ struct AffineFormat {
                                __byte_perm(second, 0x43434343u, 0x4140u), __byte_perm(second, 0x43434343u, 0x4342u)};
     uint32_t out[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const __nv_bfloat162 value =
-          __hfma2(__hsub2(*reinterpret_cast<const __nv_bfloat162*>(&pairs[j]), offset), scale, bias);
-      out[j] = *reinterpret_cast<const uint32_t*>(&value);
-    }
+    for (int j = 0; j < 4; ++j) out[j] = biased_pair_bf16(pairs[j], scale, bias);
     return {out[0], out[1], out[2], out[3]};
+  }
+  // A pair of bf16 128 + q (each nibble q placed under the exponent of 128:
+  // 0x4300 | q) as the bf16 pair scale q + bias: 128 is subtracted exactly,
+  // then one fma with a single rounding.
+  __device__ static uint32_t biased_pair_bf16(uint32_t biased, __nv_bfloat162 scale, __nv_bfloat162 bias) {
+    const __nv_bfloat162 offset = __float2bfloat162_rn(128.0f);
+    const __nv_bfloat162 value = __hfma2(__hsub2(*reinterpret_cast<const __nv_bfloat162*>(&biased), offset), scale, bias);
+    return *reinterpret_cast<const uint32_t*>(&value);
   }
   __device__ static void piece_values(const Piece& p, float (&values)[8]) {
     if constexpr (BITS == 4) {
@@ -387,11 +390,14 @@ struct Fp8Format {
     const uint32_t words[2] = {bytes.x, bytes.y};
     uint32_t out[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const __nv_bfloat162 pair = __float22bfloat162_rn(__half22float2(widen2_half(words[i / 2] >> (16 * (i % 2)))));
-      out[i] = *reinterpret_cast<const uint32_t*>(&pair);
-    }
+    for (int i = 0; i < 4; ++i) out[i] = unscaled_pair_bf16(words[i / 2] >> (16 * (i % 2)));
     return {out[0], out[1], out[2], out[3]};
+  }
+  // The two e4m3 values in the low 16 bits of `pair` as a bf16 pair (e4m3 ->
+  // f16 -> f32 -> bf16, exact all the way).
+  __device__ static uint32_t unscaled_pair_bf16(uint32_t pair) {
+    const __nv_bfloat162 both = __float22bfloat162_rn(__half22float2(widen2_half(pair)));
+    return *reinterpret_cast<const uint32_t*>(&both);
   }
   __device__ static void piece_values(const Piece& p, float (&values)[8]) {
     widen4(p.bytes.x, values);
