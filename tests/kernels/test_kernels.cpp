@@ -432,30 +432,60 @@ TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
   }
 }
 
-// The AVX2 int8 kernel (VPMADDUBSW, 4-bit) gives the bits of the AVX-512
-// one (VPDPBUSD): the same quantized x, the same exact int32 group sums,
-// the same f32 operations per output.
+// The AVX2 int8 kernels (VPMADDUBSW; 8-bit weights recentred to q - 128)
+// give the bits of the AVX-512 ones (VPDPBUSD): the same quantized x, the
+// same exact int32 group sums, the same f32 operations per output.
 TEST(KernelsAffine, Int8ActivationsSameBitsOnAvx2AndAvx512) {
-  const TestWeight t = affine_test_weight(45, 4128, 4, 32, DType::BF16, 24);
-  const std::vector<float> x = random_values(5 * 4128, 25);
-  std::vector<float> avx2, avx512;
-  {
-    KernelScope scope(Isa::Avx2, Activations::Int8);
-    if (!fast_kernel_runs(t.weight, Isa::Avx2)) GTEST_SKIP() << "no AVX2";
-    avx2 = run_linear(t.weight, x, 5, nullptr, 2);
+  struct Shape {
+    int bits;
+    int64_t group, in;
+  };
+  for (const Shape shape : {Shape{4, 32, 4128}, Shape{8, 32, 4128}, Shape{8, 64, 1408}, Shape{8, 128, 2048}}) {
+    SCOPED_TRACE(std::to_string(shape.bits) + "-bit g" + std::to_string(shape.group));
+    const TestWeight t = affine_test_weight(45, shape.in, shape.bits, shape.group, DType::BF16, 24);
+    const std::vector<float> x = random_values(static_cast<size_t>(5 * shape.in), 25);
+    std::vector<float> avx2, avx512;
+    {
+      KernelScope scope(Isa::Avx2, Activations::Int8);
+      if (!fast_kernel_runs(t.weight, Isa::Avx2)) GTEST_SKIP() << "no AVX2";
+      avx2 = run_linear(t.weight, x, 5, nullptr, 2);
+    }
+    KernelScope scope(Isa::Avx512, Activations::Int8);
+    if (!fast_kernel_runs(t.weight, Isa::Avx512) ||
+        std::string(cpu::kernels::kernel_name(t.weight, 5)) != "avx512 int8-vnni")
+      GTEST_SKIP() << "no AVX512_VNNI";
+    avx512 = run_linear(t.weight, x, 5, nullptr, 3);
+    EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), avx2.size() * sizeof(float)), 0);
   }
-  KernelScope scope(Isa::Avx512, Activations::Int8);
-  if (!fast_kernel_runs(t.weight, Isa::Avx512) ||
-      std::string(cpu::kernels::kernel_name(t.weight, 5)) != "avx512 int8-vnni")
-    GTEST_SKIP() << "no AVX512_VNNI";
-  avx512 = run_linear(t.weight, x, 5, nullptr, 3);
-  EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), avx2.size() * sizeof(float)), 0);
+}
+
+// 8-bit weights on AVX2 at the edges of VPMADDUBSW's int16 pairs: bytes 0
+// and 255 (q - 128 = -128 and 127) against activations at +-127 give
+// |pair| up to 32512, and the int32 group sums must still be exact: the
+// int8 mode matches the exact kernel fed the same quantized activations
+// (here x already on the int8 grid: every x is a multiple of max|x| / 127).
+TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
+  if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
+  const int64_t out = 16, in = 256, group = 64;
+  TestWeight t = affine_test_weight(out, in, 8, group, DType::BF16, 31);
+  // Every packed byte 0 or 255, alternating per row pattern.
+  for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = (i / (in / 4)) % 2 == 0 ? 0xff00ff00u : 0x00ffff00u;
+  std::vector<float> x(static_cast<size_t>(3 * in));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0 ? 127.0f : i % 3 == 1 ? -127.0f : 64.0f) / 127.0f;
+  std::vector<float> exact, int8;
+  {
+    KernelScope scope(Isa::Avx2, Activations::Exact);
+    exact = run_linear(t.weight, x, 3, nullptr, 1);
+  }
+  KernelScope scope(Isa::Avx2, Activations::Int8);
+  ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 3), "avx2 int8-maddubs");
+  int8 = run_linear(t.weight, x, 3, nullptr, 1);
+  EXPECT_LE(relative_l2(int8, exact), 1e-5);
 }
 
 // The int8 mode quantizes activations for affine weights only: float weights
 // keep the exact kernel (and its 1e-5), unlike the fast mode. VNNI
-// instructions run only where the CPU has them: AVX2 gets VPMADDUBSW for
-// 4-bit weights and the exact kernel for 8-bit ones.
+// instructions run only where the CPU has them: AVX2 gets VPMADDUBSW.
 TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
   if (cpu::kernels::supported_isa() == Isa::Reference) GTEST_SKIP() << "no SIMD kernels";
   const TestWeight bf16 = float_test_weight(8, 64, DType::BF16, 18);
@@ -472,7 +502,7 @@ TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
   KernelScope scope(Isa::Avx2, Activations::Int8);
   EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, 1), "avx2 exact");
   EXPECT_STREQ(cpu::kernels::kernel_name(four.weight, 1), "avx2 int8-maddubs");
-  EXPECT_STREQ(cpu::kernels::kernel_name(eight.weight, 1), "avx2 exact");
+  EXPECT_STREQ(cpu::kernels::kernel_name(eight.weight, 1), "avx2 int8-maddubs");
 }
 
 // FastPrompts counts the step's tokens, not the call's (kernels::linear's

@@ -5,8 +5,7 @@
 // regression in the quantizer or the kernels shows up as a failure. The
 // affine formats are scored twice: with f32 activations (the default) and
 // with int8 activations (GLM_CPU_ACTIVATIONS=int8: VPDPBUSD, or VPMADDUBSW
-// for 4-bit weights on AVX2; skipped where no int8 kernel applies, e.g.
-// 8-bit weights without AVX512_VNNI, as those runs would be f32).
+// on AVX2; skipped where no int8 kernel applies, as those runs would be f32).
 #include <cmath>
 
 #include "backend/cpu/kernels/kernels.h"

@@ -4,8 +4,9 @@
 // weights (VPMADDUBSW) for CPUs without AVX512_VNNI. Compiled for those
 // instructions by a target pragma and only called after dispatch.cpp has
 // checked the CPU. No bf16-activation kernel (AVX2 has no bf16 dot
-// product) and no int8 one for 8-bit weights (VPMADDUBSW's int16 pair sums
-// saturate for 255 x 127 x 2).
+// product). 8-bit weights take the int8 kernel with their bytes recentred
+// (q - 128), since VPMADDUBSW's int16 pair sums would saturate for
+// 255 x 127 x 2.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -85,7 +86,7 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
   }
 }
 
-// ---- affine 4-bit weights x int8 activations (VPMADDUBSW) ----
+// ---- affine 4- and 8-bit weights x int8 activations (VPMADDUBSW) ----
 //
 // The arithmetic of the AVX-512 VPDPBUSD kernels (avx512.cpp), with the
 // int32 group sums formed another way: x is quantized the same way
@@ -104,8 +105,16 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
 // horizontal adds over the block's 8 rows turns those into the rows' group
 // sums, rows in lanes.
 //
-// x layout (prepare_int8): each 64 columns as the 32 even ones then the 32
-// odd ones.
+// 8-bit weights: per row and 32 columns (32 bytes), VPMADDUBSW multiplies
+// |q - 128| (at most 128, unsigned) by x with the sign of q - 128 moved onto
+// it (VPSIGNB), so a pair sums to at most 2 x 128 x 127 = 32512: no
+// saturation. VPMADDWD by ones gives lane k = columns 4k..4k+3 of
+// sum (q - 128) x, and 128 sum x (one VPMADDUBSW of ones by x per 32
+// columns, shared by the block's rows) is added back: the exact int32 sum
+// of q x, as VPDPBUSD forms it.
+//
+// x layout (prepare_int8): 4-bit, each 64 columns as the 32 even ones then
+// the 32 odd ones; 8-bit, columns in order.
 namespace {
 
 // Lane k of v[i] is row i's sum over columns 8k..8k+7 of a 64-column chunk.
@@ -128,7 +137,7 @@ inline void reduce_rows8(const __m256i (&v)[8], __m256i* out) {
 
 // One token through rows [r0, r0 + rows) (rows <= 8; missing rows repeat the
 // last and are not stored). scales/biases: the block's, [group][8] f32.
-template <int G>
+template <int G, bool kPrefetchNext>
 void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales, const float* biases) {
   constexpr int kChunk = 64;                          // columns per 32 weight bytes
   constexpr int kLanes = G == 32 ? 4 : 8;             // int32 lanes per group within a chunk
@@ -149,6 +158,9 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
     const __m256i x_even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
     const __m256i x_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
     const bool part = c == full;  // 32 columns: 16 bytes, the rest zero
+    if (kPrefetchNext && c % 2 == 0)  // the next block's rows, a line each
+      GLM_UNROLL
+      for (int i = 0; i < 8; ++i) _mm_prefetch(reinterpret_cast<const char*>(row[i] + 8 * a.w_stride + c * 32), _MM_HINT_T1);
     GLM_UNROLL
     for (int i = 0; i < 8; ++i) {
       const uint8_t* p = row[i] + c * 32;
@@ -175,6 +187,116 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
     a.out[t * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
 }
 
+// int8_block_token for 8-bit weights (G = 32, 64 or 128 columns a group).
+template <int G, bool kPrefetchNext>
+void int8_block_token_8bit(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales,
+                           const float* biases) {
+  constexpr int kChunk = 32;  // columns per 32 weight bytes
+  constexpr int kChunksPerGroup = G / kChunk;
+  const int64_t chunks = a.in / kChunk;  // a.in is whole groups
+  const int8_t* xq = a.xq + t * a.xq_stride;
+  const float* dx = a.xscale + t * (a.in / G);
+  const float* xsum = a.xsum + t * (a.in / G);
+  const uint8_t* row[8];
+  GLM_UNROLL
+  for (int i = 0; i < 8; ++i) row[i] = a.w + (r0 + min64(i, rows - 1)) * a.w_stride;
+  const __m256i recentre = _mm256_set1_epi8(static_cast<char>(0x80)), ones8 = _mm256_set1_epi8(1),
+                ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps(), bias_acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  __m256i v[8] = {};
+  for (int64_t c = 0; c < chunks; ++c) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
+    // 128 x (lane k's 4 columns of x), added to every row's lanes.
+    const __m256i x_offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, x), ones), 7);
+    if (kPrefetchNext && c % 2 == 0)  // the next block's rows, a line each
+      GLM_UNROLL
+      for (int i = 0; i < 8; ++i) _mm_prefetch(reinterpret_cast<const char*>(row[i] + 8 * a.w_stride + c * kChunk), _MM_HINT_T1);
+    GLM_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* p = row[i] + c * kChunk;
+      const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), recentre);  // q - 128
+      const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+      const __m256i sums = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), x_offset);
+      v[i] = c % kChunksPerGroup == 0 ? sums : _mm256_add_epi32(v[i], sums);
+    }
+    if (c % kChunksPerGroup != kChunksPerGroup - 1) continue;  // more of the group follows
+    __m256i group_sums;
+    reduce_rows8<8>(v, &group_sums);
+    const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums), _mm256_mul_ps(s, _mm256_set1_ps(dx[g])), acc);
+    bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
+    ++g;
+  }
+  alignas(32) float result[8];
+  _mm256_store_ps(result, _mm256_add_ps(acc, bias_acc));
+  for (int i = 0; i < rows; ++i)
+    a.out[t * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+}
+
+// Eight consecutive entries of a scale or bias row, widened to f32.
+inline __m256 load8_scales(const void* base, ScaleType type, int64_t index) {
+  switch (type) {
+    case ScaleType::F32: return _mm256_loadu_ps(static_cast<const float*>(base) + index);
+    case ScaleType::BF16: {
+      const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + index));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+    }
+    case ScaleType::F16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + index)));
+  }
+  return _mm256_setzero_ps();
+}
+
+// The 8 x 8 transpose of rows[i] (lane j) into out[j] (lane i).
+inline void transpose8(const __m256 (&rows)[8], __m256 (&out)[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int h = 0; h < 2; ++h) {
+      u[4 * i + 2 * h] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], 0x44);
+      u[4 * i + 2 * h + 1] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], 0xee);
+    }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    out[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
+// A block's scales (or biases) as [group][8 rows] f32: rows r0..r0+7 (the
+// rows past `rows` repeat the last), 8 groups at a time through a transpose.
+// Scalar per value, this was most of a one-token call's time.
+void gather_block_scales(const void* base, ScaleType type, int64_t stride, int64_t r0, int rows, int64_t groups,
+                         float* out) {
+  int64_t row_of[8];
+  for (int i = 0; i < 8; ++i) row_of[i] = r0 + min64(i, rows - 1);
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    __m256 by_row[8], by_group[8];
+    for (int i = 0; i < 8; ++i) by_row[i] = load8_scales(base, type, row_of[i] * stride + g);
+    transpose8(by_row, by_group);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + 8 * (g + j), by_group[j]);
+  }
+  for (; g < groups; ++g)
+    for (int i = 0; i < 8; ++i) out[8 * g + i] = scale_scalar(base, type, row_of[i] * stride + g);
+}
+
+template <bool kPrefetchNext>
+void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales, const float* biases,
+                     bool eight) {
+  switch (a.group) {
+    case 32: return eight ? int8_block_token_8bit<32, kPrefetchNext>(a, r0, rows, t, scales, biases)
+                          : int8_block_token<32, kPrefetchNext>(a, r0, rows, t, scales, biases);
+    case 64: return eight ? int8_block_token_8bit<64, kPrefetchNext>(a, r0, rows, t, scales, biases)
+                          : int8_block_token<64, kPrefetchNext>(a, r0, rows, t, scales, biases);
+    default: return eight ? int8_block_token_8bit<128, kPrefetchNext>(a, r0, rows, t, scales, biases)
+                          : int8_block_token<128, kPrefetchNext>(a, r0, rows, t, scales, biases);
+  }
+}
+
 }  // namespace
 
 void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
@@ -183,24 +305,19 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   float* biases = scales + 8 * groups;
   for (int64_t r0 = row_begin; r0 < row_end; r0 += 8) {
     const int rows = static_cast<int>(min64(8, row_end - r0));
-    for (int i = 0; i < 8; ++i) {
-      const int64_t r = r0 + min64(i, rows - 1);
-      for (int64_t g = 0; g < groups; ++g) {
-        scales[8 * g + i] = scale_scalar(a.scales, a.scale_type, r * a.scale_stride + g);
-        biases[8 * g + i] = scale_scalar(a.biases, a.bias_type, r * a.bias_stride + g);
-      }
-    }
+    gather_block_scales(a.scales, a.scale_type, a.scale_stride, r0, rows, groups, scales);
+    gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
+    const bool eight = a.kind == WeightKind::Affine8;
     for (int64_t t = 0; t < a.n_tokens; ++t) {
-      switch (a.group) {
-        case 32: int8_block_token<32>(a, r0, rows, t, scales, biases); break;
-        case 64: int8_block_token<64>(a, r0, rows, t, scales, biases); break;
-        default: int8_block_token<128>(a, r0, rows, t, scales, biases); break;
-      }
+      // The first token's pass asks for the next block's rows (into L2),
+      // so a one-token call streams memory while it computes.
+      if (t == 0 && r0 + 8 < row_end) int8_block_pass<true>(a, r0, rows, t, scales, biases, eight);
+      else int8_block_pass<false>(a, r0, rows, t, scales, biases, eight);
     }
   }
 }
 
-void prepare_int8(const float* x, int64_t in, int64_t group, int8_t* xq, float* steps, float* sums) {
+void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t g = 0; g < in / group; ++g) {  // natural column order first
     const float* block = x + g * group;
@@ -225,6 +342,7 @@ void prepare_int8(const float* x, int64_t in, int64_t group, int8_t* xq, float* 
     steps[g] = top / 127.0f;
     sums[g] = steps[g] * static_cast<float>(_mm_cvtsi128_si32(total4));
   }
+  if (bits == 8) return;  // the 8-bit kernel reads x in column order
   // Then each 64 columns as [even | odd]; a last chunk of 32 is zero padded.
   const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
                                          0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
@@ -245,7 +363,7 @@ void prepare_int8(const float* x, int64_t in, int64_t group, int8_t* xq, float* 
 bool compiled() { return false; }
 void exact_rows(const LinearArgs&, int64_t, int64_t) {}
 void int8_rows(const LinearArgs&, int64_t, int64_t) {}
-void prepare_int8(const float*, int64_t, int64_t, int8_t*, float*, float*) {}
+void prepare_int8(const float*, int64_t, int64_t, int, int8_t*, float*, float*) {}
 
 #endif
 

@@ -117,7 +117,7 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
 }
 
 // Int8: VPDPBUSD (AVX512_VNNI), affine 4/8-bit. Int8Avx2: VPMADDUBSW,
-// affine 4-bit, for CPUs without VNNI (or GLM_CPU_ISA=avx2); same bits.
+// affine 4/8-bit, for CPUs without VNNI (or GLM_CPU_ISA=avx2); same bits.
 // Bf16Packed / Bf16Lanes: bf16_packed_rows and, for calls of fewer tokens,
 // bf16_lanes_rows (the same bits), in the prompt steps of fast-prompts.
 enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2 };
@@ -139,7 +139,8 @@ Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
     }
     if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && cpu.vnni && int8_group) return Path::Int8;
   }
-  if (a.kind == WeightKind::Affine4 && int8_group) return Path::Int8Avx2;  // AVX2, or AVX-512 without VNNI
+  if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && int8_group)
+    return Path::Int8Avx2;  // AVX2, or AVX-512 without VNNI
   return Path::Exact;
 }
 
@@ -273,7 +274,7 @@ void prepare_token(const Prep& p, int64_t t) {
                            const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
     case Path::Int8Avx2:
-      avx2::prepare_int8(x, p.in, p.group, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
+      avx2::prepare_int8(x, p.in, p.group, p.bits, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
   }
