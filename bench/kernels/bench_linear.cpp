@@ -58,35 +58,44 @@ volatile float sink;
 float sink_total;  // atomically updated (a volatile cannot be)
 
 // One sequential stream, software-prefetched 2 KB ahead (as the kernels
-// prefetch their next rows): the best this machine reads.
-__attribute__((target("avx512f"), noinline)) float read_sum(const float* data, size_t count) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i + 64 <= count; i += 64) {
+// prefetch their next rows): the best this machine reads. AVX2, which every
+// CPU the kernels support has (the vector width does not change a read rate).
+__attribute__((target("avx2"), noinline)) float read_sum(const float* data, size_t count) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 32 <= count; i += 32) {
     __builtin_prefetch(data + i + 512, 0, 2);
-    a0 = _mm512_add_ps(a0, _mm512_load_ps(data + i));
-    a1 = _mm512_add_ps(a1, _mm512_load_ps(data + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_load_ps(data + i + 48));
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(data + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(data + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(data + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(data + i + 24));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  float total = 0;
+  for (float lane : lanes) total += lane;
+  return total;
 }
 
 // Read bandwidth of all threads, each summing its part of a buffer far
 // larger than the caches as `streams` interleaved sequential streams (a
 // GEMV tile reads 4 weight rows at once; one stream per core leaves the
 // memory system under-used).
-__attribute__((target("avx512f"), noinline)) float read_streams(const float* data, size_t count, int streams) {
+__attribute__((target("avx2"), noinline)) float read_streams(const float* data, size_t count, int streams) {
   const size_t each = count / streams / 64 * 64;
-  __m512 acc[8];
-  for (int s = 0; s < 8; ++s) acc[s] = _mm512_setzero_ps();
-  for (size_t i = 0; i < each; i += 32)
+  __m256 acc[8];
+  for (int s = 0; s < 8; ++s) acc[s] = _mm256_setzero_ps();
+  for (size_t i = 0; i < each; i += 16)
     for (int s = 0; s < streams; ++s) {
-      acc[s] = _mm512_add_ps(acc[s], _mm512_load_ps(data + s * each + i));
-      acc[s] = _mm512_add_ps(acc[s], _mm512_load_ps(data + s * each + i + 16));
+      acc[s] = _mm256_add_ps(acc[s], _mm256_load_ps(data + s * each + i));
+      acc[s] = _mm256_add_ps(acc[s], _mm256_load_ps(data + s * each + i + 8));
     }
-  __m512 total = acc[0];
-  for (int s = 1; s < 8; ++s) total = _mm512_add_ps(total, acc[s]);
-  return _mm512_reduce_add_ps(total);
+  __m256 total = acc[0];
+  for (int s = 1; s < 8; ++s) total = _mm256_add_ps(total, acc[s]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, total);
+  float sum = 0;
+  for (float lane : lanes) sum += lane;
+  return sum;
 }
 
 // The read-bandwidth kernels' buffer: 512 MiB, far larger than the caches.
@@ -351,15 +360,19 @@ void run_gemm_rows(int64_t n_tokens, const std::string& only_kind, bool quick) {
         const std::string name = kernel ? kernel : "reference";
         const bool dot_bf16 = name.find("bf16-") != std::string::npos;
         const bool dot_int8 = name.find("int8") != std::string::npos;
+        const bool maddubs = name.find("maddubs") != std::string::npos;  // AVX2: VPMADDUBSW + VPMADDWD
         double gflops = 0.0, limit = 0.0;
         for (int i = 0; i < (quick ? 2 : 3); ++i) {  // in turns with the peak loop (a shared machine)
           gflops = std::max(gflops, gemm_gflops(kind, shape.out, shape.in, n_tokens, 1));
           const glm::cpu::CpuPeaks now = glm::cpu::measure_cpu_peaks(1);
-          limit = std::max(limit, dot_bf16 ? now.bf16_gflops : dot_int8 ? now.vnni_gops : now.fma_gflops);
+          limit = std::max(limit, dot_bf16 ? now.bf16_gflops
+                                  : maddubs ? now.maddubs_gops
+                                  : dot_int8 ? now.vnni_gops
+                                             : now.fma_gflops);
         }
         std::printf("  %-18s %-5s %-18s %7.1f GFLOP/s  %3.0f%% of the peak of %s (%.0f)\n", shape.name, kind,
-                    name.c_str(), gflops, 100 * gflops / limit, dot_bf16 ? "VDPBF16PS" : dot_int8 ? "VPDPBUSD" : "FMA",
-                    limit);
+                    name.c_str(), gflops, 100 * gflops / limit,
+                    dot_bf16 ? "VDPBF16PS" : maddubs ? "VPMADDUBSW" : dot_int8 ? "VPDPBUSD" : "FMA", limit);
       }
   options.activations = initial_mode;
 }
@@ -397,8 +410,9 @@ int main(int argc, char** argv) {
   const ReadBuffer buffer;
   const double bandwidth = read_bandwidth(buffer, reps);
   const glm::cpu::CpuPeaks peaks = glm::cpu::measure_cpu_peaks(reps);
-  std::printf("read bandwidth %.1f GB/s; peaks: FMA %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
-              bandwidth, peaks.fma_gflops, peaks.bf16_gflops, peaks.vnni_gops);
+  std::printf("read bandwidth %.1f GB/s; peaks: FMA %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s, "
+              "VPMADDUBSW %.0f GOP/s\n",
+              bandwidth, peaks.fma_gflops, peaks.bf16_gflops, peaks.vnni_gops, peaks.maddubs_gops);
   if (!gemm_only) run_gemv_rows(buffer, reps);
   if (decode_only) return 0;
   for (const int64_t n_tokens : gemm_tokens) run_gemm_rows(n_tokens, only_kind, quick);

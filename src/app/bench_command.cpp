@@ -295,18 +295,20 @@ int run_bench(const BenchOptions& options) {
   const double yardstick = copy_bandwidth > 0 ? copy_bandwidth : read_bandwidth;
   // On the CPU, prompt rates against the peak of each instruction the kernels
   // use, measured now (exact activations run on FMA, the bf16 prompt path on
-  // VDPBF16PS, int8 activations on VPDPBUSD).
+  // VDPBF16PS, int8 activations on VPDPBUSD or, without VNNI, VPMADDUBSW).
   if (copy_bandwidth == 0) {
     const cpu::CpuPeaks peaks = cpu::measure_cpu_peaks();
     report["peaks"] = {{"fma_isa", peaks.fma_isa},
                        {"fma_GFLOPps", peaks.fma_gflops},
                        {"vdpbf16ps_GFLOPps", peaks.bf16_gflops},
-                       {"vpdpbusd_GOPps", peaks.vnni_gops}};
+                       {"vpdpbusd_GOPps", peaks.vnni_gops},
+                       {"vpmaddubsw_GOPps", peaks.maddubs_gops}};
     for (auto& p : report["prompt"]) {
       const double rate = p["GFLOP_per_s_excluding_attention"].get<double>();
       p["fraction_of_fma_peak"] = peaks.fma_gflops > 0 ? rate / peaks.fma_gflops : 0.0;
       p["fraction_of_vdpbf16ps_peak"] = peaks.bf16_gflops > 0 ? rate / peaks.bf16_gflops : 0.0;
       p["fraction_of_vpdpbusd_peak"] = peaks.vnni_gops > 0 ? rate / peaks.vnni_gops : 0.0;
+      p["fraction_of_vpmaddubsw_peak"] = peaks.maddubs_gops > 0 ? rate / peaks.maddubs_gops : 0.0;
     }
   }
   // On a device, prompt rates against a large bf16 matrix product's rate
@@ -453,17 +455,19 @@ int run_bench(const BenchOptions& options) {
   if (!report["execution"].get<std::string>().empty())
     std::printf("execution: %s\n", report["execution"].get<std::string>().c_str());
   if (report.contains("peaks"))
-    std::printf("CPU peaks: FMA (%s) %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s\n",
+    std::printf("CPU peaks: FMA (%s) %.0f GFLOP/s, VDPBF16PS %.0f GFLOP/s, VPDPBUSD %.0f GOP/s, VPMADDUBSW %.0f GOP/s\n",
                 report["peaks"]["fma_isa"].get<std::string>().c_str(), report["peaks"]["fma_GFLOPps"].get<double>(),
-                report["peaks"]["vdpbf16ps_GFLOPps"].get<double>(), report["peaks"]["vpdpbusd_GOPps"].get<double>());
+                report["peaks"]["vdpbf16ps_GFLOPps"].get<double>(), report["peaks"]["vpdpbusd_GOPps"].get<double>(),
+                report["peaks"]["vpmaddubsw_GOPps"].get<double>());
   for (const auto& p : report["prompt"]) {
     std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)",
                 static_cast<long long>(p["tokens"].get<int64_t>()), p["tokens_per_s"].get<double>(),
                 p["GFLOP_per_s_excluding_attention"].get<double>());
     if (p.contains("fraction_of_fma_peak"))
-      std::printf(" = %.0f%% of FMA, %.0f%% of VDPBF16PS, %.0f%% of VPDPBUSD peak",
+      std::printf(" = %.0f%% of FMA, %.0f%% of VDPBF16PS, %.0f%% of VPDPBUSD, %.0f%% of VPMADDUBSW peak",
                   100.0 * p["fraction_of_fma_peak"].get<double>(), 100.0 * p["fraction_of_vdpbf16ps_peak"].get<double>(),
-                  100.0 * p["fraction_of_vpdpbusd_peak"].get<double>());
+                  100.0 * p["fraction_of_vpdpbusd_peak"].get<double>(),
+                  100.0 * p["fraction_of_vpmaddubsw_peak"].get<double>());
     if (p.contains("fraction_of_bf16_matmul_rate"))
       std::printf(" = %.0f%% of a bf16 matmul's %.0f TFLOP/s", 100.0 * p["fraction_of_bf16_matmul_rate"].get<double>(),
                   report["bf16_matmul_TFLOPps"].get<double>());

@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 
 namespace glm::cpu {
@@ -81,6 +82,26 @@ __attribute__((target("avx512f,avx512vnni"), noinline)) float vnni_loop(long ite
   return static_cast<float>(_mm512_reduce_add_epi32(sum));
 }
 
+__attribute__((target("avx2"), noinline)) float maddubs_loop(long iterations) {
+#define GLM_PEAK_DECLARE_M(i) __m256i a##i = _mm256_set1_epi32(i);
+  GLM_PEAK_CHAINS(GLM_PEAK_DECLARE_M)
+  __m256i b = _mm256_set1_epi8(1);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (long it = 0; it < iterations; ++it) {
+#define GLM_PEAK_MADDUBS(i) a##i = _mm256_add_epi32(a##i, _mm256_madd_epi16(_mm256_maddubs_epi16(b, b), ones));
+    GLM_PEAK_CHAINS(GLM_PEAK_MADDUBS)
+    __asm__("" : "+x"(b));
+  }
+  __m256i sum = _mm256_setzero_si256();
+#define GLM_PEAK_SUM_M(i) sum = _mm256_add_epi32(sum, a##i);
+  GLM_PEAK_CHAINS(GLM_PEAK_SUM_M)
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+  int64_t total = 0;
+  for (int32_t lane : lanes) total += lane;
+  return static_cast<float>(total);
+}
+
 volatile float sink;  // keeps the loops' results alive
 
 // Operations per second (in G) of every thread running `loop`, best of `repetitions`.
@@ -111,6 +132,8 @@ CpuPeaks measure_cpu_peaks(int repetitions) {
     peaks.fma_isa = "AVX2";
     peaks.fma_gflops = rate(fma256_loop, 16, repetitions);
   }
+  // Measured without VNNI only, where the int8 kernels use it.
+  if (peaks.vnni_gops == 0 && __builtin_cpu_supports("avx2")) peaks.maddubs_gops = rate(maddubs_loop, 64, repetitions);
   return peaks;
 }
 
