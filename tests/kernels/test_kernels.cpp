@@ -470,17 +470,20 @@ TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
   TestWeight t = affine_test_weight(out, in, 8, group, DType::BF16, 31);
   // Every packed byte 0 or 255, alternating per row pattern.
   for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = (i / (in / 4)) % 2 == 0 ? 0xff00ff00u : 0x00ffff00u;
-  std::vector<float> x(static_cast<size_t>(3 * in));
-  for (size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0 ? 127.0f : i % 3 == 1 ? -127.0f : 64.0f) / 127.0f;
-  std::vector<float> exact, int8;
-  {
-    KernelScope scope(Isa::Avx2, Activations::Exact);
-    exact = run_linear(t.weight, x, 3, nullptr, 1);
+  // 3 tokens go one by one, 9 through the repacked block (prompts).
+  for (const int64_t n : {int64_t{3}, int64_t{9}}) {
+    std::vector<float> x(static_cast<size_t>(n * in));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0 ? 127.0f : i % 3 == 1 ? -127.0f : 64.0f) / 127.0f;
+    std::vector<float> exact, int8;
+    {
+      KernelScope scope(Isa::Avx2, Activations::Exact);
+      exact = run_linear(t.weight, x, n, nullptr, 1);
+    }
+    KernelScope scope(Isa::Avx2, Activations::Int8);
+    ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, n), "avx2 int8-maddubs");
+    int8 = run_linear(t.weight, x, n, nullptr, 1);
+    EXPECT_LE(relative_l2(int8, exact), 1e-5) << n << " tokens";
   }
-  KernelScope scope(Isa::Avx2, Activations::Int8);
-  ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 3), "avx2 int8-maddubs");
-  int8 = run_linear(t.weight, x, 3, nullptr, 1);
-  EXPECT_LE(relative_l2(int8, exact), 1e-5);
 }
 
 // The int8 mode quantizes activations for affine weights only: float weights

@@ -88,7 +88,9 @@ __attribute__((target("avx2"), noinline)) float maddubs_loop(long iterations) {
   __m256i b = _mm256_set1_epi8(1);
   const __m256i ones = _mm256_set1_epi16(1);
   for (long it = 0; it < iterations; ++it) {
-#define GLM_PEAK_MADDUBS(i) a##i = _mm256_add_epi32(a##i, _mm256_madd_epi16(_mm256_maddubs_epi16(b, b), ones));
+  // Each chain multiplies its own sum's bytes: with a shared operand pair the
+  // compiler would form one product for all 12 chains and time the adds.
+#define GLM_PEAK_MADDUBS(i) a##i = _mm256_add_epi32(a##i, _mm256_madd_epi16(_mm256_maddubs_epi16(b, a##i), ones));
     GLM_PEAK_CHAINS(GLM_PEAK_MADDUBS)
     __asm__("" : "+x"(b));
   }

@@ -9,6 +9,8 @@
 // 255 x 127 x 2.
 #include <immintrin.h>
 
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -113,8 +115,8 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
 // columns, shared by the block's rows) is added back: the exact int32 sum
 // of q x, as VPDPBUSD forms it.
 //
-// x layout (prepare_int8): 4-bit, each 64 columns as the 32 even ones then
-// the 32 odd ones; 8-bit, columns in order.
+// x layout (prepare_int8): for the one-token 4-bit kernel each 64 columns
+// as the 32 even ones then the 32 odd ones; otherwise columns in order.
 namespace {
 
 // Lane k of v[i] is row i's sum over columns 8k..8k+7 of a 64-column chunk.
@@ -284,6 +286,140 @@ void gather_block_scales(const void* base, ScaleType type, int64_t stride, int64
     for (int i = 0; i < 8; ++i) out[8 * g + i] = scale_scalar(base, type, row_of[i] * stride + g);
 }
 
+// ---- prompts: a block of 8 rows repacked, tokens 4 at a time ----
+//
+// Calls of more than kInt8Avx2GemvTokens tokens repack each block of 8
+// rows once into the thread's scratch, a ymm per 4 columns (dword lane i =
+// row i's 4 weights as bytes; 8-bit: q - 128), and stream tokens over it:
+// each token's 4 int8 x broadcast against the quad, VPMADDUBSW + VPMADDWD
+// into the rows' lanes. Rows sit in lanes, so no reduction tree is needed,
+// and the weights are unpacked once per block instead of once per token.
+// The int32 group sums are the one-token kernel's, exactly, and the same
+// f32 operations follow: the same bits (tested).
+
+inline __m256i broadcast4(const int8_t* p) {
+  int32_t value;
+  std::memcpy(&value, p, 4);
+  return _mm256_set1_epi32(value);
+}
+
+// Rows r0..r0+7 (past `rows`, the last repeated) of columns [0, a.in) into
+// packed[a.in / 4].
+template <int BITS>
+void repack_block(const LinearArgs& a, int64_t r0, int rows, __m256i* packed) {
+  const uint8_t* row[8];
+  for (int i = 0; i < 8; ++i) row[i] = a.w + (r0 + min64(i, rows - 1)) * a.w_stride;
+  const __m256i recentre = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m128i nibble = _mm_set1_epi8(0x0f);
+  for (int64_t c = 0; c < a.in; c += 32) {  // 32 columns: 8 quads
+    __m256 by_row[8], by_quad[8];
+    for (int i = 0; i < 8; ++i) {
+      __m256i bytes;
+      if constexpr (BITS == 8) {
+        bytes = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[i] + c)), recentre);
+      } else {  // 16 bytes, column 2j in the low nibble of byte j
+        const __m128i packed_bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[i] + c / 2));
+        const __m128i lo = _mm_and_si128(packed_bytes, nibble), hi = _mm_and_si128(_mm_srli_epi16(packed_bytes, 4), nibble);
+        bytes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+      }
+      by_row[i] = _mm256_castsi256_ps(bytes);
+    }
+    transpose8(by_row, by_quad);
+    for (int j = 0; j < 8; ++j) _mm256_store_si256(packed + c / 4 + j, _mm256_castps_si256(by_quad[j]));
+  }
+}
+
+// The sum of n int8 values (n a multiple of 32).
+inline int32_t int8_sum(const int8_t* p, int64_t n) {
+  const __m256i ones8 = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
+  __m256i total = _mm256_setzero_si256();
+  for (int64_t k = 0; k < n; k += 32)
+    total = _mm256_add_epi32(total, _mm256_madd_epi16(
+                                        _mm256_maddubs_epi16(ones8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k))), ones));
+  __m128i four = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+  four = _mm_add_epi32(four, _mm_shuffle_epi32(four, 0x4e));
+  four = _mm_add_epi32(four, _mm_shuffle_epi32(four, 0xb1));
+  return _mm_cvtsi128_si32(four);
+}
+
+// The integer sum of a token's xq over group g. prepare_int8 stored
+// xsum = fl(dx * sum), and |sum| <= 127 * 128, so for a normal dx the
+// rounded quotient is the sum exactly (its error is below 16256 * 2^-23);
+// a subnormal dx (activations under ~1e-36) sums the bytes instead.
+inline int32_t group_x_sum(const int8_t* xq, const float* dx, const float* xsum, int64_t g, int64_t group) {
+  if (dx[g] >= FLT_MIN) return static_cast<int32_t>(std::lrint(xsum[g] / dx[g]));
+  return int8_sum(xq + g * group, group);
+}
+
+// The block's rows x tokens [t0, t0 + T); x in column order.
+template <int BITS, int T>
+void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m256i* packed, const float* scales,
+                     const float* biases) {
+  const int64_t groups = a.in / a.group, quads = a.group / 4;
+  const TileTokens<T> tokens(a, t0, groups);
+  const int8_t* const* xq = tokens.xq;
+  const float* const* dx = tokens.dx;
+  const float* const* xsum = tokens.xsum;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[T], bias_acc[T];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) acc[t] = bias_acc[t] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i dot[T];
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) dot[t] = _mm256_setzero_si256();
+    const __m256i* w = packed + g * quads;
+    const int64_t q0 = g * quads;
+    for (int64_t q = 0; q < quads; ++q) {
+      const __m256i weights = _mm256_load_si256(w + q);
+      if constexpr (BITS == 4) {
+        GLM_UNROLL
+        for (int t = 0; t < T; ++t)
+          dot[t] = _mm256_add_epi32(
+              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(weights, broadcast4(xq[t] + 4 * (q0 + q))), ones));
+      } else {  // |q - 128| times x with the sign of q - 128
+        const __m256i magnitude = _mm256_abs_epi8(weights);
+        GLM_UNROLL
+        for (int t = 0; t < T; ++t)
+          dot[t] = _mm256_add_epi32(
+              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(xq[t] + 4 * (q0 + q)), weights)),
+                                        ones));
+      }
+    }
+    if constexpr (BITS == 8)  // 128 sum x back: sum q x
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t)
+        dot[t] = _mm256_add_epi32(dot[t], _mm256_set1_epi32(128 * group_x_sum(xq[t], dx[t], xsum[t], g, a.group)));
+    const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_mul_ps(s, _mm256_set1_ps(dx[t][g])), acc[t]);
+      bias_acc[t] = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[t][g]), bias_acc[t]);
+    }
+  }
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) {
+    alignas(32) float result[8];
+    _mm256_store_ps(result, _mm256_add_ps(acc[t], bias_acc[t]));
+    for (int i = 0; i < rows; ++i)
+      a.out[(t0 + t) * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+  }
+}
+
+template <int BITS>
+void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* packed, const float* scales,
+                      const float* biases) {
+  constexpr int T = 4;  // 4 int32 sums + 4 + 4 f32 sums of 16 ymm
+  for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+    switch (min64(T, a.n_tokens - t0)) {
+      case 1: int8_block_tile<BITS, 1>(a, r0, rows, t0, packed, scales, biases); break;
+      case 2: int8_block_tile<BITS, 2>(a, r0, rows, t0, packed, scales, biases); break;
+      case 3: int8_block_tile<BITS, 3>(a, r0, rows, t0, packed, scales, biases); break;
+      default: int8_block_tile<BITS, 4>(a, r0, rows, t0, packed, scales, biases); break;
+    }
+  }
+}
+
 template <bool kPrefetchNext>
 void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales, const float* biases,
                      bool eight) {
@@ -303,11 +439,22 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   const int64_t groups = a.in / a.group;
   float* scales = reinterpret_cast<float*>(a.scratch);  // [group][8]
   float* biases = scales + 8 * groups;
+  auto* packed = reinterpret_cast<__m256i*>(a.scratch + 64 * groups);  // [in / 4] (prompts)
   for (int64_t r0 = row_begin; r0 < row_end; r0 += 8) {
     const int rows = static_cast<int>(min64(8, row_end - r0));
     gather_block_scales(a.scales, a.scale_type, a.scale_stride, r0, rows, groups, scales);
     gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
     const bool eight = a.kind == WeightKind::Affine8;
+    if (a.n_tokens > kInt8Avx2GemvTokens) {
+      if (eight) {
+        repack_block<8>(a, r0, rows, packed);
+        int8_block_tiles<8>(a, r0, rows, packed, scales, biases);
+      } else {
+        repack_block<4>(a, r0, rows, packed);
+        int8_block_tiles<4>(a, r0, rows, packed, scales, biases);
+      }
+      continue;
+    }
     for (int64_t t = 0; t < a.n_tokens; ++t) {
       // The first token's pass asks for the next block's rows (into L2),
       // so a one-token call streams memory while it computes.
@@ -317,7 +464,7 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   }
 }
 
-void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums) {
+void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t g = 0; g < in / group; ++g) {  // natural column order first
     const float* block = x + g * group;
@@ -342,7 +489,7 @@ void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* x
     steps[g] = top / 127.0f;
     sums[g] = steps[g] * static_cast<float>(_mm_cvtsi128_si32(total4));
   }
-  if (bits == 8) return;  // the 8-bit kernel reads x in column order
+  if (!even_odd) return;  // the 8-bit and the prompt kernels read x in column order
   // Then each 64 columns as [even | odd]; a last chunk of 32 is zero padded.
   const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,  //
                                          0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
@@ -363,7 +510,7 @@ void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* x
 bool compiled() { return false; }
 void exact_rows(const LinearArgs&, int64_t, int64_t) {}
 void int8_rows(const LinearArgs&, int64_t, int64_t) {}
-void prepare_int8(const float*, int64_t, int64_t, int, int8_t*, float*, float*) {}
+void prepare_int8(const float*, int64_t, int64_t, bool, int8_t*, float*, float*) {}
 
 #endif
 

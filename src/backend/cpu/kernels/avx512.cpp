@@ -613,15 +613,10 @@ template <int T>
 void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m512i* packed, const float* scales,
                      const float* biases) {
   const int64_t groups = a.in / a.group, quads = a.group / 4;
-  const int8_t* xq[T];
-  const float* dx[T];
-  const float* xsum[T];
-  GLM_UNROLL
-  for (int t = 0; t < T; ++t) {
-    xq[t] = a.xq + (t0 + t) * a.xq_stride;
-    dx[t] = a.xscale + (t0 + t) * groups;
-    xsum[t] = a.xsum + (t0 + t) * groups;
-  }
+  const TileTokens<T> tokens(a, t0, groups);
+  const int8_t* const* xq = tokens.xq;
+  const float* const* dx = tokens.dx;
+  const float* const* xsum = tokens.xsum;
   __m512 acc[T], bias_acc[T];
   GLM_UNROLL
   for (int t = 0; t < T; ++t) acc[t] = bias_acc[t] = _mm512_setzero_ps();

@@ -274,7 +274,8 @@ void prepare_token(const Prep& p, int64_t t) {
                            const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
     case Path::Int8Avx2:
-      avx2::prepare_int8(x, p.in, p.group, p.bits, const_cast<int8_t*>(a.xq) + t * a.xq_stride,
+      avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::kInt8Avx2GemvTokens,
+                         const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
   }

@@ -112,12 +112,15 @@ bool compiled();
 void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // Affine 4- and 8-bit, group 32, 64 or 128, activations args.xq, scratch
 // args.scratch (int8_scratch_bytes). Row ranges should start at multiples
-// of 8 (rows go in blocks of 8).
+// of 8 (rows go in blocks of 8). Calls of up to kInt8Avx2GemvTokens tokens
+// go token by token, longer ones through repacked blocks.
+constexpr int64_t kInt8Avx2GemvTokens = 5;
 void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
-// A token's activations for int8_rows: xq [int8_stride(in)] (for 4-bit
-// weights each 64 columns as the even then the odd ones; for 8-bit in
-// order), steps and sums [in / group], the values avx512::prepare_int8 gives.
-void prepare_int8(const float* x, int64_t in, int64_t group, int bits, int8_t* xq, float* steps, float* sums);
+// A token's activations for int8_rows: xq [int8_stride(in)] (even_odd, for
+// the one-token 4-bit kernel: each 64 columns as the even then the odd
+// ones; else in order), steps and sums [in / group], the values
+// avx512::prepare_int8 gives.
+void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums);
 }  // namespace avx2
 
 namespace avx512 {
