@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernels.h"
 #include "backend/cpu/simd_ops.h"
 #include "../common/random_values.h"
 
@@ -61,6 +62,28 @@ class ThreadCounts {
   if (!cpu::simd::simd_ops_available()) GTEST_SKIP() << "no AVX-512 on this CPU (or GLM_CPU_ISA below avx512)"
 
 // ---- attention ----
+
+// The fast attention paths this CPU can run, each selected through
+// GLM_CPU_ISA's option: AVX-512 blocks, and their AVX2 version.
+std::vector<cpu::kernels::Isa> attention_isas() {
+  std::vector<cpu::kernels::Isa> isas;
+  const cpu::kernels::Isa supported = cpu::kernels::supported_isa();
+  if (supported >= cpu::kernels::Isa::Avx2 && cpu::simd::avx2_attention_compiled()) isas.push_back(cpu::kernels::Isa::Avx2);
+  if (supported >= cpu::kernels::Isa::Avx512 && cpu::simd::compiled_for_avx512()) isas.push_back(cpu::kernels::Isa::Avx512);
+  return isas;
+}
+
+class IsaScope {
+ public:
+  explicit IsaScope(cpu::kernels::Isa isa) { cpu::kernels::options().isa = isa; }
+  ~IsaScope() { cpu::kernels::options().isa = saved_; }
+
+ private:
+  cpu::kernels::Isa saved_ = cpu::kernels::options().isa;
+};
+
+#define SKIP_WITHOUT_FAST_ATTENTION() \
+  if (attention_isas().empty()) GTEST_SKIP() << "no AVX2 or AVX-512 attention on this CPU"
 
 // A paged cache with scattered blocks and the plan of one step: each
 // sequence has `cached` tokens stored already and appends `fresh` ones.
@@ -136,7 +159,7 @@ std::vector<float> run_attention(AttentionCase& c, const AttentionSetup& s, bool
 }
 
 TEST(FastAttention, MatchesReferenceOnOddShapesRaggedBatchesAndThreadCounts) {
-  SKIP_WITHOUT_SIMD();
+  SKIP_WITHOUT_FAST_ATTENTION();
   const std::vector<AttentionSetup> setups = {
       {12, 1, 128, 16, {{0, 150}}},                        // a GLM-4.5-Air KV group, prompt over 3 key chunks
       {24, 2, 128, 16, {{0, 9}, {70, 1}, {130, 5}}},       // ragged: prompt, decode, mid-sequence chunk
@@ -147,23 +170,37 @@ TEST(FastAttention, MatchesReferenceOnOddShapesRaggedBatchesAndThreadCounts) {
       {3, 1, 8, 2, {{1, 4}, {0, 129}}},                    // 3 heads (odd rows per token), tiny head_dim
   };
   ThreadCounts threads;
-  for (size_t i = 0; i < setups.size(); ++i) {
-    AttentionCase c = make_case(setups[i], 100 + static_cast<unsigned>(i));
-    const std::vector<float> expected = run_attention(c, setups[i], true);
-    std::vector<float> first;
-    threads.each([&](int count) {
-      const std::vector<float> actual = run_attention(c, setups[i], false);
-      EXPECT_LT(relative_error(actual, expected), 1e-5) << "setup " << i << ", " << count << " threads";
-      if (first.empty()) first = actual;
-      EXPECT_TRUE(same_bits(actual.data(), first.data(), first.size())) << "setup " << i << ", " << count << " threads";
-    });
+  for (const cpu::kernels::Isa isa : attention_isas()) {
+    const IsaScope scope(isa);
+    SCOPED_TRACE(cpu::kernels::isa_name(isa));
+    for (size_t i = 0; i < setups.size(); ++i) {
+      AttentionCase c = make_case(setups[i], 100 + static_cast<unsigned>(i));
+      const std::vector<float> expected = run_attention(c, setups[i], true);
+      std::vector<float> first;
+      threads.each([&](int count) {
+        const std::vector<float> actual = run_attention(c, setups[i], false);
+        EXPECT_LT(relative_error(actual, expected), 1e-5) << "setup " << i << ", " << count << " threads";
+        if (first.empty()) first = actual;
+        EXPECT_TRUE(same_bits(actual.data(), first.data(), first.size())) << "setup " << i << ", " << count << " threads";
+      });
+    }
   }
 }
+
+void token_alone_equals_token_in_batch();
 
 // Every token of a 150-token prompt, attended again on its own (as a decode
 // step would), gets the same bits it got inside the prompt's blocks.
 TEST(FastAttention, TokenAloneEqualsTokenInsideABatchToTheBit) {
-  SKIP_WITHOUT_SIMD();
+  SKIP_WITHOUT_FAST_ATTENTION();
+  for (const cpu::kernels::Isa isa : attention_isas()) {
+    const IsaScope scope(isa);
+    SCOPED_TRACE(cpu::kernels::isa_name(isa));
+    token_alone_equals_token_in_batch();
+  }
+}
+
+void token_alone_equals_token_in_batch() {
   const AttentionSetup setup{12, 2, 64, 16, {{0, 150}}};
   AttentionCase c = make_case(setup, 7);
   const std::vector<float> batch = run_attention(c, setup, false);

@@ -148,12 +148,28 @@ void attention_reference(float* out, const float* q, const float* k, const float
   }
 }
 
+namespace simd {
+namespace {
+#include "backend/cpu/attention_block.inc"
+}  // namespace
+
+int64_t attention_scratch_floats(int64_t head_dim) {
+  // transposed queries [head_dim][64] + scores [kKeyChunk][64] + outputs [64][padded head_dim]
+  // + packed keys and values [kKeyChunk][packed stride] each (carve_scratch)
+  return head_dim * kRowSlots + kKeyChunk * kRowSlots + kMaxBlockRows * padded_head_dim(head_dim) +
+         2 * kKeyChunk * packed_stride(head_dim);
+}
+}  // namespace simd
+
 void attention(float* out, const float* q, const float* k, const float* v, int64_t n_tokens, int64_t n_heads,
                int64_t n_kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan, float scale) {
-  if (!simd::simd_ops_available()) {
+  // AVX-512 blocks where allowed, else the same method on AVX2, else the reference loop.
+  const bool avx512 = simd::simd_ops_available();
+  if (!avx512 && !simd::avx2_attention_available()) {
     attention_reference(out, q, k, v, n_tokens, n_heads, n_kv_heads, head_dim, cache, plan, scale);
     return;
   }
+  void (*const attend)(const simd::AttentionBlock&) = avx512 ? simd::attend_block : simd::attend_block_avx2;
   const int64_t slot_size = n_kv_heads * head_dim;
   store_keys_and_values(k, v, n_tokens, slot_size, cache, plan);
 
@@ -187,7 +203,7 @@ void attention(float* out, const float* q, const float* k, const float* v, int64
       args.slot_stride = slot_size;
       args.scale = scale;
       args.scratch = scratch;
-      simd::attend_block(args);
+      attend(args);
     }
   }
 }

@@ -49,30 +49,11 @@
 
 namespace glm::cpu::simd {
 
-namespace {
-// Row stride (floats) of the transposed queries and of the score tile: one
-// slot per possible row of a block.
-constexpr int64_t kRowSlots = kMaxBlockRows;
-
-int64_t padded_head_dim(int64_t head_dim) { return (head_dim + 15) / 16 * 16; }
-// Row stride of the packed key/value copies: one vector more than the padded
-// head_dim, so consecutive keys do not fall in the same L1 set (in the cache
-// they are n_kv_heads * head_dim * 4 bytes apart, e.g. 4 KiB: 16 keys read
-// side by side all map to one 8-way set, and each load missed L1).
-int64_t packed_stride(int64_t head_dim) { return padded_head_dim(head_dim) + 16; }
-}  // namespace
-
-int64_t attention_scratch_floats(int64_t head_dim) {
-  // transposed queries [head_dim][64] + scores [kKeyChunk][64] + outputs [64][padded head_dim]
-  // + packed keys and values [kKeyChunk][packed stride] each
-  return head_dim * kRowSlots + kKeyChunk * kRowSlots + kMaxBlockRows * padded_head_dim(head_dim) +
-         2 * kKeyChunk * packed_stride(head_dim);
-}
-
 #ifdef GLM_ATTENTION_AVX512
 
 namespace {
 
+#include "backend/cpu/attention_block.inc"
 #include "backend/cpu/avx512_math.inc"
 
 // scores[j][row] = sum_d query_t[d][row] * key_j[d] for J keys and 16 V rows:
@@ -182,64 +163,30 @@ void accumulate_rows(int64_t rows, float* out, int64_t out_stride, const float* 
 void attend_block(const AttentionBlock& b) {
   const int64_t head_dim = b.head_dim, rows = b.n_tokens * b.n_heads;
   const int64_t vectors = (rows + 15) / 16;  // 1..4
-  const int64_t out_stride = padded_head_dim(head_dim);
-  float* query_t = b.scratch;                           // [head_dim][kRowSlots]
-  float* scores = query_t + head_dim * kRowSlots;       // [kKeyChunk][kRowSlots]: scores, then weights
-  float* outputs = scores + kKeyChunk * kRowSlots;      // [kMaxBlockRows][out_stride]
-  const int64_t pack_stride = packed_stride(head_dim);
-  float* packed_keys = outputs + kMaxBlockRows * out_stride;    // [kKeyChunk][pack_stride]
-  float* packed_values = packed_keys + kKeyChunk * pack_stride;  // [kKeyChunk][pack_stride]
+  const BlockScratch scratch = carve_scratch(b);
+  const int64_t out_stride = scratch.out_stride;
+  float* const query_t = scratch.query_t;
+  float* const scores = scratch.scores;
+  float* const outputs = scratch.outputs;
   alignas(64) int32_t row_position[kMaxBlockRows];
   alignas(64) float row_max[kMaxBlockRows], row_sum[kMaxBlockRows], row_alpha[kMaxBlockRows];
   const float* keys[kKeyChunk];
   const float* values[kKeyChunk];
-
-  int32_t last_position = 0;
-  for (int64_t i = 0; i < b.n_tokens; ++i) last_position = b.positions[i] > last_position ? b.positions[i] : last_position;
-  for (int64_t r = 0; r < vectors * 16; ++r) {
-    // Padding rows (past `rows`) attend like a query of zeros at the last
-    // position: finite, never read back.
-    row_position[r] = r < rows ? b.positions[r / b.n_heads] : last_position;
-    row_max[r] = -__builtin_inff();
-    row_sum[r] = 0.0f;
-  }
-  for (int64_t r = 0; r < vectors * 16; ++r) {
-    if (r < rows) {
-      const float* query = b.q + (r / b.n_heads) * b.token_stride + (r % b.n_heads) * head_dim;
-      for (int64_t d = 0; d < head_dim; ++d) query_t[d * kRowSlots + r] = query[d];
-    } else {
-      for (int64_t d = 0; d < head_dim; ++d) query_t[d * kRowSlots + r] = 0.0f;
-    }
-  }
-  for (int64_t i = 0; i < rows * out_stride; ++i) outputs[i] = 0.0f;
+  const int32_t last_position = prepare_rows(b, vectors * 16, scratch, row_position, row_max, row_sum);
 
   const __m512 minus_infinity = _mm512_set1_ps(-__builtin_inff());
   const __m512 scale = _mm512_set1_ps(b.scale);
   for (int64_t chunk = 0; chunk <= last_position; chunk += kKeyChunk) {
     const int64_t n_keys = last_position + 1 - chunk < kKeyChunk ? last_position + 1 - chunk : kKeyChunk;
-    // The chunk's keys and values, copied next to each other (lanes past
-    // head_dim zero), while the next chunk's are prefetched into L2: in the
-    // cache a KV head's consecutive keys are a slot (e.g. 4 KiB) apart, a new
-    // page each, where the hardware prefetchers do not follow.
+    // The chunk's keys and values copied next to each other (lanes past
+    // head_dim zero), the next chunk's prefetched into L2 (prefetch_position).
     for (int64_t j = 0; j < n_keys; ++j) {
-      const int64_t position = chunk + j;
-      const int64_t slot = static_cast<int64_t>(b.block_table[position / b.block_size]) * b.block_size +
-                           position % b.block_size;
+      const int64_t slot = slot_of(b, chunk + j);
+      if (chunk + j + kKeyChunk <= last_position) prefetch_position(b, chunk + j + kKeyChunk);
       const float* key = b.keys + slot * b.slot_stride;
       const float* value = b.values + slot * b.slot_stride;
-      const int64_t ahead = position + kKeyChunk;
-      if (ahead <= last_position) {
-        const int64_t ahead_slot = static_cast<int64_t>(b.block_table[ahead / b.block_size]) * b.block_size +
-                                   ahead % b.block_size;
-        const char* key_ahead = reinterpret_cast<const char*>(b.keys + ahead_slot * b.slot_stride);
-        const char* value_ahead = reinterpret_cast<const char*>(b.values + ahead_slot * b.slot_stride);
-        for (int64_t byte = 0; byte < head_dim * 4; byte += 64) {
-          _mm_prefetch(key_ahead + byte, _MM_HINT_T1);
-          _mm_prefetch(value_ahead + byte, _MM_HINT_T1);
-        }
-      }
-      float* key_copy = packed_keys + j * pack_stride;
-      float* value_copy = packed_values + j * pack_stride;
+      float* key_copy = scratch.packed_keys + j * scratch.pack_stride;
+      float* value_copy = scratch.packed_values + j * scratch.pack_stride;
       for (int64_t d = 0; d < head_dim; d += 16) {
         const __mmask16 lanes = first_lanes(head_dim - d);
         _mm512_store_ps(key_copy + d, _mm512_maskz_loadu_ps(lanes, key + d));
@@ -285,19 +232,7 @@ void attend_block(const AttentionBlock& b) {
       _mm512_store_ps(row_alpha + v * 16, alpha);
     }
 
-    // Values: per token (its rows share a position, so the same keys are
-    // valid), in groups of up to 6 heads. A token with no valid key in this
-    // chunk has alpha = 1 exactly and is left as it is.
-    for (int64_t i = 0; i < b.n_tokens; ++i) {
-      const int64_t valid_keys = b.positions[i] + 1 - chunk < n_keys ? b.positions[i] + 1 - chunk : n_keys;
-      if (valid_keys <= 0) continue;
-      for (int64_t h = 0; h < b.n_heads; h += 6) {
-        const int64_t r = i * b.n_heads + h;
-        const int64_t group = b.n_heads - h < 6 ? b.n_heads - h : 6;
-        accumulate_rows(group, outputs + r * out_stride, out_stride, row_alpha + r, scores + r, values, valid_keys,
-                        head_dim);
-      }
-    }
+    accumulate_tokens(b, scratch, chunk, n_keys, row_alpha, values, 6, head_dim, accumulate_rows);
   }
 
   for (int64_t r = 0; r < rows; ++r) {

@@ -13,6 +13,10 @@ bool simd::simd_ops_available() {
   return kernels::options().isa == kernels::Isa::Avx512 && simd::compiled_for_avx512();
 }
 
+bool simd::avx2_attention_available() {
+  return kernels::options().isa >= kernels::Isa::Avx2 && simd::avx2_attention_compiled();
+}
+
 namespace {
 
 // gamma widened to f32 into the calling thread's buffer (kept between calls).
