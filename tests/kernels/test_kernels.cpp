@@ -545,6 +545,39 @@ TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
 // vectors (up to 64, the lanes kernel's limit), with and without a bias; a
 // token's bits do not depend on the kernel, the thread count or the batch
 // it is in. And which calls take which kernel.
+// fast-prompts on AVX2: float weights in prompt steps take f32 panels
+// (avx2::float_panel_rows), within f32 rounding of the reference, with the
+// same bits on any thread count and for a token alone or in any call.
+TEST(KernelsFloat, Avx2FloatPanelsMatchTheReferenceWithTheSameBits) {
+  if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
+  for (DType dtype : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t rows : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{40}})
+      for (int64_t in : {int64_t{5}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
+        const TestWeight t = float_test_weight(rows, in, dtype, static_cast<unsigned>(rows * 11 + in));
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + std::to_string(rows) + " x " + std::to_string(in));
+        constexpr int64_t kTokens = 20;
+        const std::vector<float> x = random_values(static_cast<size_t>(kTokens * in), 33);
+        const std::vector<float> expected = oracle(t, x, kTokens, nullptr);
+        KernelScope scope(Isa::Avx2, Activations::FastPrompts);
+        cpu::kernels::options().fast_min_tokens = 1;  // every call is a prompt step's
+        ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx2 float-panels");
+        const std::vector<float> batch = run_linear(t.weight, x, kTokens, nullptr, 1);
+        EXPECT_LE(relative_l2(batch, expected), 1e-5);
+        for (int threads : {2, 3})
+          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, nullptr, threads).data(), batch.data(),
+                                batch.size() * sizeof(float)),
+                    0)
+              << threads << " threads changed bits";
+        for (int64_t n : {1, 5, 7})
+          for (int64_t first : {int64_t{0}, kTokens - n}) {
+            const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
+            const std::vector<float> y = run_linear(t.weight, part, n, nullptr, 2);
+            EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+                << n << " tokens from " << first << " differ from the batch";
+          }
+      }
+}
+
 TEST(KernelsFloat, PackedPanelsAndTokenLanesMatchTheReferenceWithTheSameBits) {
   if (cpu::kernels::supported_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512";
   const TestWeight probe = float_test_weight(8, 64, DType::BF16, 30);

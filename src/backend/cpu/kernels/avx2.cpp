@@ -464,6 +464,90 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// ---- fast-prompts: float weights widened into f32 panels ----
+namespace {
+
+// panel[k * 16 + i] = the weight of row r0 + i at column k; rows past
+// `rows` are zeros. 8 rows x 8 columns at a time through a transpose.
+template <WeightKind K>
+void widen_panel(const LinearArgs& a, int64_t r0, int rows, float* panel) {
+  const uint8_t* row[kAvx2PanelRows];
+  for (int i = 0; i < kAvx2PanelRows; ++i) row[i] = i < rows ? a.w + (r0 + i) * a.w_stride : nullptr;
+  int64_t k = 0;
+  for (; k + 8 <= a.in; k += 8)
+    for (int half = 0; half < 2; ++half) {
+      __m256 by_row[8], by_column[8];
+      for (int i = 0; i < 8; ++i) {
+        const uint8_t* r = row[8 * half + i];
+        by_row[i] = r ? load_weights<K>(r, k) : _mm256_setzero_ps();
+      }
+      transpose8(by_row, by_column);
+      for (int j = 0; j < 8; ++j) _mm256_store_ps(panel + (k + j) * kAvx2PanelRows + 8 * half, by_column[j]);
+    }
+  for (; k < a.in; ++k)
+    for (int i = 0; i < kAvx2PanelRows; ++i) panel[k * kAvx2PanelRows + i] = row[i] ? weight_scalar<K>(row[i], k) : 0.0f;
+}
+
+// The block's rows x tokens [t0, t0 + T): 2 x T accumulators.
+template <int T>
+void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel) {
+  const float* x[T];
+  __m256 acc[T][2];
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) {
+    x[t] = a.x + (t0 + t) * a.in;
+    acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < a.in; ++k) {
+    const __m256 low = _mm256_load_ps(panel + k * kAvx2PanelRows), high = _mm256_load_ps(panel + k * kAvx2PanelRows + 8);
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const __m256 xk = _mm256_broadcast_ss(x[t] + k);
+      acc[t][0] = _mm256_fmadd_ps(low, xk, acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(high, xk, acc[t][1]);
+    }
+  }
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) {
+    alignas(32) float sums[kAvx2PanelRows];
+    _mm256_store_ps(sums, acc[t][0]);
+    _mm256_store_ps(sums + 8, acc[t][1]);
+    for (int i = 0; i < rows; ++i)
+      a.out[(t0 + t) * a.out_features + r0 + i] = sums[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+  }
+}
+
+template <WeightKind K>
+void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  constexpr int T = 6;  // 12 accumulators, 2 panel vectors and a broadcast of 16 ymm
+  float* panel = reinterpret_cast<float*>(a.scratch);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
+    const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
+    widen_panel<K>(a, r0, rows, panel);
+    for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+      switch (min64(T, a.n_tokens - t0)) {
+        case 1: panel_tile<1>(a, r0, rows, t0, panel); break;
+        case 2: panel_tile<2>(a, r0, rows, t0, panel); break;
+        case 3: panel_tile<3>(a, r0, rows, t0, panel); break;
+        case 4: panel_tile<4>(a, r0, rows, t0, panel); break;
+        case 5: panel_tile<5>(a, r0, rows, t0, panel); break;
+        default: panel_tile<6>(a, r0, rows, t0, panel); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void float_panel_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  switch (a.kind) {
+    case WeightKind::F32: return float_panel_rows_of<WeightKind::F32>(a, row_begin, row_end);
+    case WeightKind::BF16: return float_panel_rows_of<WeightKind::BF16>(a, row_begin, row_end);
+    case WeightKind::F16: return float_panel_rows_of<WeightKind::F16>(a, row_begin, row_end);
+    default: return;  // dispatch.cpp sends float weights only
+  }
+}
+
 void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t g = 0; g < in / group; ++g) {  // natural column order first
@@ -511,6 +595,7 @@ bool compiled() { return false; }
 void exact_rows(const LinearArgs&, int64_t, int64_t) {}
 void int8_rows(const LinearArgs&, int64_t, int64_t) {}
 void prepare_int8(const float*, int64_t, int64_t, bool, int8_t*, float*, float*) {}
+void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif
 

@@ -121,6 +121,14 @@ void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // ones; else in order), steps and sums [in / group], the values
 // avx512::prepare_int8 gives.
 void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums);
+// fast-prompts' float weights (f32, bf16, f16) on AVX2: each block of
+// kAvx2PanelRows rows widened once into the thread's scratch as f32 panels
+// (a column's 16 rows in two vectors; avx2_panel_bytes(in)), then tokens 6
+// at a time, each token's x broadcast per column. Each output is one FMA
+// chain over the columns in order, whatever the call's size.
+constexpr int kAvx2PanelRows = 16;
+inline int64_t avx2_panel_bytes(int64_t in) { return in * kAvx2PanelRows * 4; }
+void float_panel_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 }  // namespace avx2
 
 namespace avx512 {
