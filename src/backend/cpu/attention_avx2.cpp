@@ -10,8 +10,8 @@
 // one FMA chain over d; sums over keys go in position order; chunks start at
 // absolute positions; keys past a row's position give exact zeros), so a
 // token alone and the same token inside a prompt block get identical bits,
-// as with the AVX-512 version. The two versions agree to rounding, not bit
-// for bit (their score groupings differ).
+// as with the AVX-512 version. The tests hold both to the reference (1e-5);
+// whether the two agree bit for bit is not tested.
 //
 // Compiled for AVX2 + FMA by a target pragma; called only after
 // avx2_attention_available(). No standard-library templates past the pragma.

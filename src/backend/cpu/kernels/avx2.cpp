@@ -137,6 +137,14 @@ inline void reduce_rows8(const __m256i (&v)[8], __m256i* out) {
   }
 }
 
+// Token t's outputs of rows r0 .. r0 + rows - 1 (rows <= 8): lane i of sums,
+// plus the row's bias.
+inline void store_rows8(const LinearArgs& a, int64_t r0, int rows, int64_t t, __m256 sums) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sums);
+  for (int i = 0; i < rows; ++i) a.out[t * a.out_features + r0 + i] = lanes[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+}
+
 // One token through rows [r0, r0 + rows) (rows <= 8; missing rows repeat the
 // last and are not stored). scales/biases: the block's, [group][8] f32.
 template <int G, bool kPrefetchNext>
@@ -183,10 +191,7 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
       bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
     }
   }
-  alignas(32) float result[8];
-  _mm256_store_ps(result, _mm256_add_ps(acc, bias_acc));
-  for (int i = 0; i < rows; ++i)
-    a.out[t * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+  store_rows8(a, r0, rows, t, _mm256_add_ps(acc, bias_acc));
 }
 
 // int8_block_token for 8-bit weights (G = 32, 64 or 128 columns a group).
@@ -230,22 +235,17 @@ void int8_block_token_8bit(const LinearArgs& a, int64_t r0, int rows, int64_t t,
     bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
     ++g;
   }
-  alignas(32) float result[8];
-  _mm256_store_ps(result, _mm256_add_ps(acc, bias_acc));
-  for (int i = 0; i < rows; ++i)
-    a.out[t * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+  store_rows8(a, r0, rows, t, _mm256_add_ps(acc, bias_acc));
 }
 
-// Eight consecutive entries of a scale or bias row, widened to f32.
+// Eight consecutive entries of a scale or bias row, widened to f32 (V's
+// weight loaders, which take bytes).
 inline __m256 load8_scales(const void* base, ScaleType type, int64_t index) {
+  const auto* bytes = static_cast<const uint8_t*>(base);
   switch (type) {
-    case ScaleType::F32: return _mm256_loadu_ps(static_cast<const float*>(base) + index);
-    case ScaleType::BF16: {
-      const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + index));
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-    }
-    case ScaleType::F16:
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + index)));
+    case ScaleType::F32: return V::load_f32(bytes + 4 * index);
+    case ScaleType::BF16: return V::load_bf16(bytes + 2 * index);
+    case ScaleType::F16: return V::load_f16(bytes + 2 * index);
   }
   return _mm256_setzero_ps();
 }
@@ -398,12 +398,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
     }
   }
   GLM_UNROLL
-  for (int t = 0; t < T; ++t) {
-    alignas(32) float result[8];
-    _mm256_store_ps(result, _mm256_add_ps(acc[t], bias_acc[t]));
-    for (int i = 0; i < rows; ++i)
-      a.out[(t0 + t) * a.out_features + r0 + i] = result[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
-  }
+  for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(acc[t], bias_acc[t]));
 }
 
 template <int BITS>
@@ -509,11 +504,8 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
   }
   GLM_UNROLL
   for (int t = 0; t < T; ++t) {
-    alignas(32) float sums[kAvx2PanelRows];
-    _mm256_store_ps(sums, acc[t][0]);
-    _mm256_store_ps(sums + 8, acc[t][1]);
-    for (int i = 0; i < rows; ++i)
-      a.out[(t0 + t) * a.out_features + r0 + i] = sums[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
+    store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, acc[t][0]);
+    if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, acc[t][1]);
   }
 }
 
