@@ -1,6 +1,6 @@
 // Tests of the CPU ops' fast paths against their plain references
-// (backend/cpu/cpu_ops.h): GQA-blocked AVX-512 attention over the paged cache,
-// SwiGLU / RMSNorm / add, the one-pass router and the grouped expert MLPs. On
+// (backend/cpu/cpu_ops.h): GQA-blocked AVX-512 and AVX2 attention over the paged cache,
+// SwiGLU / RMSNorm / add (AVX-512 and AVX2), the one-pass router and the grouped expert MLPs. On
 // random inputs with sizes that are not multiples of any vector width, ragged
 // batches, and 1/2/3 threads. Also the property the engine's ragged-batch test
 // relies on: a token's result is bit-identical alone and inside any batch.
@@ -58,19 +58,21 @@ class ThreadCounts {
   int saved_ = omp_get_max_threads();
 };
 
-#define SKIP_WITHOUT_SIMD() \
-  if (!cpu::simd::simd_ops_available()) GTEST_SKIP() << "no AVX-512 on this CPU (or GLM_CPU_ISA below avx512)"
-
 // ---- attention ----
 
-// The fast attention paths this CPU can run, each selected through
-// GLM_CPU_ISA's option: AVX-512 blocks, and their AVX2 version.
-std::vector<cpu::kernels::Isa> attention_isas() {
+// Of AVX2 and AVX-512, those this CPU can run and this build compiled an op's
+// version for; a test selects each through GLM_CPU_ISA's option.
+std::vector<cpu::kernels::Isa> isas_compiled(bool avx2, bool avx512) {
   std::vector<cpu::kernels::Isa> isas;
   const cpu::kernels::Isa supported = cpu::kernels::supported_isa();
-  if (supported >= cpu::kernels::Isa::Avx2 && cpu::simd::avx2_attention_compiled()) isas.push_back(cpu::kernels::Isa::Avx2);
-  if (supported >= cpu::kernels::Isa::Avx512 && cpu::simd::compiled_for_avx512()) isas.push_back(cpu::kernels::Isa::Avx512);
+  if (supported >= cpu::kernels::Isa::Avx2 && avx2) isas.push_back(cpu::kernels::Isa::Avx2);
+  if (supported >= cpu::kernels::Isa::Avx512 && avx512) isas.push_back(cpu::kernels::Isa::Avx512);
   return isas;
+}
+
+// The fast attention paths: AVX-512 blocks, and their AVX2 version.
+std::vector<cpu::kernels::Isa> attention_isas() {
+  return isas_compiled(cpu::simd::avx2_attention_compiled(), cpu::simd::compiled_for_avx512());
 }
 
 class IsaScope {
@@ -222,8 +224,25 @@ void token_alone_equals_token_in_batch() {
 
 // ---- elementwise ----
 
+void elementwise_matches_the_reference();
+
+// The elementwise tables: AVX2 and AVX-512.
+std::vector<cpu::kernels::Isa> elementwise_isas() {
+  return isas_compiled(cpu::simd::avx2_elementwise_ops() != nullptr, cpu::simd::avx512_elementwise_ops() != nullptr);
+}
+
 TEST(FastElementwise, SwigluRmsNormAndAddMatchTheReference) {
-  SKIP_WITHOUT_SIMD();
+  if (elementwise_isas().empty()) GTEST_SKIP() << "no AVX2 or AVX-512 elementwise ops on this CPU";
+  for (cpu::kernels::Isa isa : elementwise_isas()) {
+    IsaScope scope(isa);
+    SCOPED_TRACE(isa == cpu::kernels::Isa::Avx512 ? "avx512" : "avx2");
+    ASSERT_EQ(cpu::simd::elementwise_ops(), isa == cpu::kernels::Isa::Avx512 ? cpu::simd::avx512_elementwise_ops()
+                                                                             : cpu::simd::avx2_elementwise_ops());
+    elementwise_matches_the_reference();
+  }
+}
+
+void elementwise_matches_the_reference() {
   ThreadCounts threads;
   for (int64_t count : {1, 15, 17, 1000, 4099, 300001}) {
     const std::vector<float> gate = random_values(static_cast<size_t>(count), 1, 4.0f);
@@ -236,6 +255,10 @@ TEST(FastElementwise, SwigluRmsNormAndAddMatchTheReference) {
       cpu::add(actual.data(), gate.data(), up.data(), count);
       for (int64_t i = 0; i < count; ++i) ASSERT_EQ(actual[i], gate[i] + up[i]);
     });
+    // An expert's weighted row added to a token: one fused multiply-add per element.
+    actual = up;
+    cpu::simd::elementwise_ops()->add_scaled(actual.data(), gate.data(), 0.37f, count);
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(actual[i], std::fma(0.37f, gate[i], up[i])) << i << " of " << count;
   }
   // Saturated inputs stay finite and signed like the reference.
   const std::vector<float> extreme = {-200.0f, -90.0f, -20.0f, 0.0f, 20.0f, 90.0f, 200.0f};

@@ -1,5 +1,6 @@
 // RMSNorm, SwiGLU, add and rotary embedding: the reference loops, and the
-// dispatch to their AVX-512 versions (elementwise_avx512.cpp) when allowed.
+// dispatch to their AVX-512 or AVX2 versions (elementwise_avx512.cpp,
+// elementwise_avx2.cpp) when allowed.
 #include <cmath>
 #include <vector>
 
@@ -11,6 +12,13 @@ namespace glm::cpu {
 
 bool simd::simd_ops_available() {
   return kernels::options().isa == kernels::Isa::Avx512 && simd::compiled_for_avx512();
+}
+
+const simd::ElementwiseOps* simd::elementwise_ops() {
+  const kernels::Isa isa = kernels::options().isa;
+  if (isa == kernels::Isa::Avx512 && simd::avx512_elementwise_ops()) return simd::avx512_elementwise_ops();
+  if (isa >= kernels::Isa::Avx2) return simd::avx2_elementwise_ops();
+  return nullptr;
 }
 
 bool simd::avx2_attention_available() {
@@ -56,13 +64,14 @@ void rms_norm_reference(float* out, const float* x, const Weight& gamma, int64_t
 }
 
 void rms_norm(float* out, const float* x, const Weight& gamma, int64_t rows, int64_t dim, float eps) {
-  if (!simd::simd_ops_available()) {
+  const simd::ElementwiseOps* ops = simd::elementwise_ops();
+  if (!ops) {
     rms_norm_reference(out, x, gamma, rows, dim, eps);
     return;
   }
   const float* scale = widened_gamma(gamma, dim);
 #pragma omp parallel for schedule(static) if (rows * dim >= kParallelMinElements)
-  for (int64_t r = 0; r < rows; ++r) simd::rms_norm_row(out + r * dim, x + r * dim, scale, dim, eps);
+  for (int64_t r = 0; r < rows; ++r) ops->rms_norm_row(out + r * dim, x + r * dim, scale, dim, eps);
 }
 
 void swiglu_reference(float* out, const float* gate, const float* up, int64_t count) {
@@ -76,23 +85,25 @@ void swiglu_reference(float* out, const float* gate, const float* up, int64_t co
 // The fast version is lane-wise (masked tails, no scalar remainder), so an
 // element's result depends on neither its piece nor its thread.
 void swiglu(float* out, const float* gate, const float* up, int64_t count) {
-  if (!simd::simd_ops_available()) {
+  const simd::ElementwiseOps* ops = simd::elementwise_ops();
+  if (!ops) {
     swiglu_reference(out, gate, up, count);
     return;
   }
   for_each_piece(count, 1024, [&](int64_t begin, int64_t length) {
-    simd::swiglu(out + begin, gate + begin, up + begin, length);
+    ops->swiglu(out + begin, gate + begin, up + begin, length);
   });
 }
 
 void add(float* out, const float* a, const float* b, int64_t count) {
-  if (!simd::simd_ops_available()) {
+  const simd::ElementwiseOps* ops = simd::elementwise_ops();
+  if (!ops) {
 #pragma omp parallel for schedule(static) if (count >= kParallelMinElements)
     for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
     return;
   }
   for_each_piece(count, 4096, [&](int64_t begin, int64_t length) {
-    simd::add(out + begin, a + begin, b + begin, length);
+    ops->add(out + begin, a + begin, b + begin, length);
   });
 }
 

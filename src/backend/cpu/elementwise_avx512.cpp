@@ -1,10 +1,11 @@
-// AVX-512 SwiGLU, RMSNorm row, add and scaled add (simd_ops.h). Tails are
-// masked vectors rather than scalar loops, so an element's result does not
-// depend on where it falls relative to a vector boundary: a token's row is
-// computed the same way whatever else is in the batch.
+// AVX-512 SwiGLU, RMSNorm row, add and scaled add (simd_ops.h's
+// ElementwiseOps). Tails are masked vectors rather than scalar loops, so an
+// element's result does not depend on where it falls relative to a vector
+// boundary: a token's row is computed the same way whatever else is in the
+// batch. elementwise_avx2.cpp is the same on 8 lanes.
 //
 // Compiled for AVX-512 by a target pragma; called only after
-// simd_ops_available(). No standard-library templates past the pragma.
+// elementwise_ops() chose it. No standard-library templates past the pragma.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -32,8 +33,8 @@ namespace glm::cpu::simd {
 bool compiled_for_avx512() { return true; }
 
 namespace {
+
 #include "backend/cpu/avx512_math.inc"
-}  // namespace
 
 // silu(g) * u = g / (1 + e^-g) * u, as the reference computes it.
 void swiglu(float* out, const float* gate, const float* up, int64_t count) {
@@ -79,13 +80,17 @@ void add_scaled(float* out, const float* x, float weight, int64_t count) {
   }
 }
 
+}  // namespace
+
+const ElementwiseOps* avx512_elementwise_ops() {
+  static const ElementwiseOps ops{swiglu, rms_norm_row, add, add_scaled};
+  return &ops;
+}
+
 #else
 
 bool compiled_for_avx512() { return false; }
-void swiglu(float*, const float*, const float*, int64_t) {}
-void rms_norm_row(float*, const float*, const float*, int64_t, float) {}
-void add(float*, const float*, const float*, int64_t) {}
-void add_scaled(float*, const float*, float, int64_t) {}
+const ElementwiseOps* avx512_elementwise_ops() { return nullptr; }
 
 #endif
 

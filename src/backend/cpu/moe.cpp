@@ -215,12 +215,12 @@ struct Assignments {
 // out of OpenMP altogether: even a region whose `if` is false costs a call
 // into the runtime, and a decode step makes one per chosen expert.
 void add_weighted_rows(float* out, const float* source, const int32_t* tokens, const float* weights, int64_t m,
-                       int64_t hidden, bool fast) {
+                       int64_t hidden, const simd::ElementwiseOps* ops) {
   auto add_row = [&](int64_t i) {
     float* target = out + tokens[i] * hidden;
     const float* row = source + i * hidden;
-    if (fast) {
-      simd::add_scaled(target, row, weights[i], hidden);
+    if (ops) {
+      ops->add_scaled(target, row, weights[i], hidden);
     } else {
       for (int64_t d = 0; d < hidden; ++d) target[d] += weights[i] * row[d];
     }
@@ -289,12 +289,12 @@ void moe_experts_together(float* out, const float* x, int64_t n_tokens, int64_t 
   }
   cpu::linear_many(jobs.data(), static_cast<int64_t>(jobs.size()));
 
-  const bool fast = simd::simd_ops_available();
+  const simd::ElementwiseOps* ops = simd::elementwise_ops();
   for (int64_t local = 0; local < held; ++local) {
     if (assigned.count(local) == 0) continue;
     const int64_t at = assigned.first[local];
     add_weighted_rows(out, buffers.expert_out.data() + at * hidden, assigned.token.data() + at,
-                      assigned.weight.data() + at, assigned.count(local), hidden, fast);
+                      assigned.weight.data() + at, assigned.count(local), hidden, ops);
   }
 }
 
@@ -310,7 +310,7 @@ void moe_experts_one_by_one(float* out, const float* x, int64_t n_tokens, int64_
     std::vector<float> expert_out;        // [m, hidden]
   };
   thread_local Buffers buffers;
-  const bool fast = simd::simd_ops_available();
+  const simd::ElementwiseOps* ops = simd::elementwise_ops();
   const int64_t held = static_cast<int64_t>(gate.experts.size());
   for (int64_t local = 0; local < held; ++local) {
     const int64_t m = assigned.count(local);
@@ -343,7 +343,7 @@ void moe_experts_one_by_one(float* out, const float* x, int64_t n_tokens, int64_
       linear(buffers.expert_out.data(), buffers.gate_out.data(), m, down.at(expert), nullptr, n_tokens);
     }
     add_weighted_rows(out, buffers.expert_out.data(), tokens, assigned.weight.data() + assigned.first[local], m,
-                      hidden, fast);
+                      hidden, ops);
   }
 }
 

@@ -1,7 +1,8 @@
-// The AVX-512 versions of the non-projection CPU ops (attention, SwiGLU,
-// RMSNorm, add), behind plain-pointer entry points: their files are compiled
-// for AVX-512 by a target pragma and are only called after
-// simd_ops_available() has said the CPU (and GLM_CPU_ISA) allows it. The
+// The AVX-512 and AVX2 versions of the non-projection CPU ops (attention,
+// SwiGLU, RMSNorm, add), behind plain-pointer entry points: their files are
+// compiled for their ISA by a target pragma and are only called after
+// simd_ops_available() / avx2_attention_available() / elementwise_ops() have
+// said the CPU (and GLM_CPU_ISA) allows it. The
 // reference versions in attention.cpp / elementwise.cpp stay the oracle the
 // tests compare these with.
 //
@@ -68,13 +69,25 @@ void attend_block_avx2(const AttentionBlock& block);
 
 // ---- elementwise ----
 
-// out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
-void swiglu(float* out, const float* gate, const float* up, int64_t count);
-// One row: out = x / sqrt(mean(x^2) + eps) * gamma; out may alias x.
-void rms_norm_row(float* out, const float* x, const float* gamma, int64_t dim, float eps);
-// out[i] = a[i] + b[i]; out may alias a or b.
-void add(float* out, const float* a, const float* b, int64_t count);
-// out[i] += weight * x[i] (one expert's contribution to a token).
-void add_scaled(float* out, const float* x, float weight, int64_t count);
+// One ISA's versions of the elementwise ops. Tails are masked vectors, not
+// scalar loops, so an element's result does not depend on where it falls
+// relative to a vector boundary.
+struct ElementwiseOps {
+  // out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
+  void (*swiglu)(float* out, const float* gate, const float* up, int64_t count);
+  // One row: out = x / sqrt(mean(x^2) + eps) * gamma; out may alias x.
+  void (*rms_norm_row)(float* out, const float* x, const float* gamma, int64_t dim, float eps);
+  // out[i] = a[i] + b[i]; out may alias a or b.
+  void (*add)(float* out, const float* a, const float* b, int64_t count);
+  // out[i] += weight * x[i] (one expert's contribution to a token).
+  void (*add_scaled)(float* out, const float* x, float weight, int64_t count);
+};
+// The ops GLM_CPU_ISA and the CPU allow: AVX-512 (elementwise_avx512.cpp),
+// else AVX2 + FMA (elementwise_avx2.cpp), else nullptr: the reference loops.
+const ElementwiseOps* elementwise_ops();
+// Each ISA's table, nullptr where this build did not compile it (the CPU is
+// not asked: callers check the ISA first).
+const ElementwiseOps* avx512_elementwise_ops();
+const ElementwiseOps* avx2_elementwise_ops();
 
 }  // namespace glm::cpu::simd
