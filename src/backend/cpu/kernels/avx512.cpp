@@ -63,6 +63,7 @@ struct V {
   using Reg = __m512;
   static constexpr int N = 16;
   static constexpr int kRows = 4;       // 4 rows x 6 tokens = 24 accumulators of 32 zmm
+  static constexpr int kRowsHalf = kRows;  // bf16/f16 weights: the same tile
   static constexpr int kRowsSmall = 4;  // decode: 4 independent FMA chains per tile cover the latency
   static constexpr int kTokens = 6;
   static constexpr int kTokensAffine = 4;  // 4-bit steps hold 2 dequantized zmm per row
