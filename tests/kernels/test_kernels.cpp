@@ -271,16 +271,23 @@ TEST(KernelsFloat, StridedColumnSliceOfAMatrix) {
 }
 
 TEST(KernelsFloat, ManyTokensAndRowsCoverEveryTile) {
-  // 70 tokens x 75 rows: full and partial tiles of every kernel, several row blocks.
-  const TestWeight t = float_test_weight(75, 1000, DType::BF16, 6);
-  const std::vector<float> x = random_values(70 * 1000, 7);
+  // 70 tokens x 76 rows x 2100 columns: full and partial tiles of every
+  // kernel (76 rows leave a remainder for tiles of 2, 3 and 4 rows), several
+  // row blocks; the batch against tokens alone, bit for bit.
+  const TestWeight t = float_test_weight(76, 2100, DType::BF16, 6);
+  const std::vector<float> x = random_values(70 * 2100, 7);
   const std::vector<float> expected = oracle(t, x, 70, nullptr);
   for (Isa isa : available_isas())
     for (Activations mode : kModes) {
       KernelScope scope(isa, mode);
       const bool fast = mode != Activations::Exact && fast_kernel_runs(t.weight, isa);
-      EXPECT_LE(error_of(fast, run_linear(t.weight, x, 70, nullptr, 2), expected), fast ? 1e-2 : 1e-5)
-          << cpu::kernels::isa_name(isa) << " " << mode_name(mode);
+      const std::vector<float> batch = run_linear(t.weight, x, 70, nullptr, 2);
+      EXPECT_LE(error_of(fast, batch, expected), fast ? 1e-2 : 1e-5) << cpu::kernels::isa_name(isa) << " " << mode_name(mode);
+      for (int64_t token : {0, 37, 69}) {  // alone: one tile, unchunked
+        const std::vector<float> alone(x.begin() + token * 2100, x.begin() + (token + 1) * 2100);
+        EXPECT_EQ(std::memcmp(run_linear(t.weight, alone, 1, nullptr, 1).data(), batch.data() + token * 76, 76 * sizeof(float)), 0)
+            << cpu::kernels::isa_name(isa) << " " << mode_name(mode) << ": token " << token << " alone differs from the batch";
+      }
     }
 }
 

@@ -101,22 +101,23 @@ def main() -> None:
         llama = llama_rates(llama_files)
         runs = {mode: [json.loads(p.read_text()) for p in files(dirs, f"glm-{fmt}-{mode}-*.json")]
                 for mode in MODES}
-        if not llama["gen"] or not llama["prompt"] or not (runs["exact"] or runs["fast-prompts"]):
+        if not llama["gen"] or not llama["prompt"] or not any(runs.values()):
             continue
-        # Decode runs the exact kernels in both exact and fast-prompts runs (fast-prompts switches only
-        # calls of >= 32 tokens): both are samples of our generation rate.
-        gen = [r["generation"][0]["tokens_per_s"] for r in runs["exact"] + runs["fast-prompts"]]
-        prompt = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]] or [float("nan")]
-        prompt_fast = [r["prompt"][0]["tokens_per_s"] for r in runs["fast-prompts"]] or [float("nan")]
         lg, lp = max(llama["gen"]), max(llama["prompt"])
-        g, p, pf = max(gen), max(prompt), max(prompt_fast)
-        size_files = [d / f"ours-{fmt}.bytes" for d in dirs if (d / f"ours-{fmt}.bytes").exists()]
-        ours_size = (int(size_files[0].read_text()) if size_files
-                     else (runs["exact"] or runs["fast-prompts"])[0]["weights_bytes"])
-        print(f"| {gguf_type} / {OURS_NAME[fmt]} | {llama['size'] / 1e9:.2f} / {ours_size / 1e9:.2f} "
-              f"| {lg:.2f} ({mean_sd(llama['gen'], 2)}) | {g:.2f} ({statistics.median(gen):.2f}) | {g / lg:.2f} "
-              f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {p:.1f} ({statistics.median(prompt):.1f}) | {p / lp:.2f} "
-              f"| {pf:.1f} ({statistics.median(prompt_fast):.1f}) | {pf / lp:.2f} |")
+        if runs["exact"] or runs["fast-prompts"]:  # the main table's row (a run of int8 alone has none)
+            # Decode runs the exact kernels in both exact and fast-prompts runs (fast-prompts switches only
+            # calls of >= 32 tokens): both are samples of our generation rate.
+            gen = [r["generation"][0]["tokens_per_s"] for r in runs["exact"] + runs["fast-prompts"]]
+            prompt = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]] or [float("nan")]
+            prompt_fast = [r["prompt"][0]["tokens_per_s"] for r in runs["fast-prompts"]] or [float("nan")]
+            g, p, pf = max(gen), max(prompt), max(prompt_fast)
+            size_files = [d / f"ours-{fmt}.bytes" for d in dirs if (d / f"ours-{fmt}.bytes").exists()]
+            ours_size = (int(size_files[0].read_text()) if size_files
+                         else (runs["exact"] or runs["fast-prompts"])[0]["weights_bytes"])
+            print(f"| {gguf_type} / {OURS_NAME[fmt]} | {llama['size'] / 1e9:.2f} / {ours_size / 1e9:.2f} "
+                  f"| {lg:.2f} ({mean_sd(llama['gen'], 2)}) | {g:.2f} ({statistics.median(gen):.2f}) | {g / lg:.2f} "
+                  f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {p:.1f} ({statistics.median(prompt):.1f}) | {p / lp:.2f} "
+                  f"| {pf:.1f} ({statistics.median(prompt_fast):.1f}) | {pf / lp:.2f} |")
         for mode in MODES[2:]:
             if runs[mode]:
                 fg = [r["generation"][0]["tokens_per_s"] for r in runs[mode]]
