@@ -447,7 +447,8 @@ TEST(KernelsAffine, Int8ActivationsSameBitsOnAvx2AndAvx512) {
     int bits;
     int64_t group, in;
   };
-  for (const Shape shape : {Shape{4, 32, 4128}, Shape{8, 32, 4128}, Shape{8, 64, 1408}, Shape{8, 128, 2048}}) {
+  for (const Shape shape : {Shape{4, 32, 4128}, Shape{4, 64, 1408}, Shape{4, 128, 2048}, Shape{8, 32, 4128},
+                            Shape{8, 64, 1408}, Shape{8, 128, 2048}}) {
     SCOPED_TRACE(std::to_string(shape.bits) + "-bit g" + std::to_string(shape.group));
     const TestWeight t = affine_test_weight(45, shape.in, shape.bits, shape.group, DType::BF16, 24);
     const std::vector<float> x = random_values(static_cast<size_t>(5 * shape.in), 25);

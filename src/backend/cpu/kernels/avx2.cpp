@@ -108,10 +108,10 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
 // Rows go in blocks of 8 (the lanes of the finishing FMAs). For each row and
 // 64 columns (32 bytes), the low nibbles (even columns) and high nibbles
 // (odd columns) meet x's even and odd columns in VPMADDUBSW (u8 x s8 pairs
-// to int16: 2 x 15 x 127 at most, far from saturating), their sum in
-// VPMADDWD by ones (to int32, lane k = columns 8k..8k+7), and a tree of
-// horizontal adds over the block's 8 rows turns those into the rows' group
-// sums, rows in lanes.
+// to int16: 2 x 15 x 127 at most, far from saturating), their int16 sum
+// (lane m = columns 4m..4m+3), and a tree of horizontal adds over the
+// block's 8 rows, widened to int32 by VPMADDWD part way (reduce_pairs8),
+// turns those into the rows' group sums, rows in lanes.
 //
 // 8-bit weights: per row and 32 columns (32 bytes), VPMADDUBSW multiplies
 // |q - 128| (at most 128, unsigned) by x with the sign of q - 128 moved onto
@@ -125,16 +125,39 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end) {
 // as the 32 even ones then the 32 odd ones; otherwise columns in order.
 namespace {
 
-// Lane k of v[i] is row i's sum over columns 8k..8k+7 of a 64-column chunk.
-// kLanes = 4: out[0] = the 8 rows' sums over lanes 0-3 (columns 0-31),
-// out[1] over lanes 4-7; kLanes = 8: out[0] = the whole sums.
-template <int kLanes>
-inline void reduce_rows8(const __m256i (&v)[8], __m256i* out) {
+// The halves of an 8-row block's sums: low = rows 0-3 from k0 and 4-7 from
+// k1 over their low 128-bit halves, high = the same over the high halves.
+inline void join_halves(__m256i k0, __m256i k1, __m256i& low, __m256i& high) {
+  low = _mm256_permute2x128_si256(k0, k1, 0x20);
+  high = _mm256_permute2x128_si256(k0, k1, 0x31);
+}
+
+// 8-bit: lane k of v[i] (int32) is row i's sum over 4 columns of a group;
+// returns the 8 rows' whole sums, rows in lanes.
+inline __m256i reduce_rows8(const __m256i (&v)[8]) {
   const __m256i h0 = _mm256_hadd_epi32(v[0], v[1]), h1 = _mm256_hadd_epi32(v[2], v[3]);
   const __m256i h2 = _mm256_hadd_epi32(v[4], v[5]), h3 = _mm256_hadd_epi32(v[6], v[7]);
   // 128-bit half h of k0: rows 0-3, each the sum of its lanes 4h..4h+3; k1: rows 4-7.
-  const __m256i k0 = _mm256_hadd_epi32(h0, h1), k1 = _mm256_hadd_epi32(h2, h3);
-  const __m256i low = _mm256_permute2x128_si256(k0, k1, 0x20), high = _mm256_permute2x128_si256(k0, k1, 0x31);
+  __m256i low, high;
+  join_halves(_mm256_hadd_epi32(h0, h1), _mm256_hadd_epi32(h2, h3), low, high);
+  return _mm256_add_epi32(low, high);
+}
+
+// 4-bit: lane m of p[i] (int16) is row i's sum over columns 4m..4m+3 of a
+// 64-column chunk (at most 4 x 15 x 127 = 7620 in magnitude). Two rounds of
+// VPHADDW add 2, then 4 of them (at most 30480: no wrap), and one VPMADDWD
+// per 4 rows widens the sums of 8 to int32 (2 multiplies for the block, not
+// one per row). kLanes = 4: out[0] = the 8 rows' sums over columns 0-31
+// (int16 lanes 0-7), out[1] over 32-63; kLanes = 8: out[0] = the whole sums.
+template <int kLanes>
+inline void reduce_pairs8(const __m256i (&p)[8], __m256i* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i h0 = _mm256_hadd_epi16(p[0], p[1]), h1 = _mm256_hadd_epi16(p[2], p[3]);
+  const __m256i h2 = _mm256_hadd_epi16(p[4], p[5]), h3 = _mm256_hadd_epi16(p[6], p[7]);
+  // 128-bit half h of k0: rows 0-3, each the int32 sum of its int16 lanes 8h..8h+7; k1: rows 4-7.
+  __m256i low, high;
+  join_halves(_mm256_madd_epi16(_mm256_hadd_epi16(h0, h1), ones), _mm256_madd_epi16(_mm256_hadd_epi16(h2, h3), ones),
+              low, high);
   if constexpr (kLanes == 4) {
     out[0] = low;
     out[1] = high;
@@ -166,10 +189,10 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
   const uint8_t* row[8];
   GLM_UNROLL
   for (int i = 0; i < 8; ++i) row[i] = a.w + (r0 + min64(i, rows - 1)) * a.w_stride;
-  const __m256i nibble = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
   __m256 acc = _mm256_setzero_ps(), bias_acc = _mm256_setzero_ps();
   int64_t g = 0;
-  __m256i v[8] = {};  // (8-bit groups of 128 add two chunks into it)
+  __m256i first_half = _mm256_setzero_si256();  // groups of 128: the first chunk's sums
   for (int64_t c = 0; c < chunks; ++c) {
     const __m256i x_even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
     const __m256i x_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
@@ -177,19 +200,24 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
     if (kPrefetchNext && c % 2 == 0)  // the next block's rows, a line each
       GLM_UNROLL
       for (int i = 0; i < 8; ++i) _mm_prefetch(reinterpret_cast<const char*>(row[i] + 8 * a.w_stride + c * 32), _MM_HINT_T1);
+    __m256i pairs[8];
     GLM_UNROLL
     for (int i = 0; i < 8; ++i) {
       const uint8_t* p = row[i] + c * 32;
       const __m256i w = part ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
                              : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(w, nibble), x_even),
-                                             _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), nibble), x_odd));
-      const __m256i sums = _mm256_madd_epi16(pairs, ones);
-      v[i] = kChunksPerGroup == 2 && c % 2 == 1 ? _mm256_add_epi32(v[i], sums) : sums;
+      pairs[i] = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(w, nibble), x_even),
+                                  _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), nibble), x_odd));
     }
-    if (kChunksPerGroup == 2 && c % 2 == 0) continue;  // the group's second half is next
     __m256i group_sums[8 / kLanes];
-    reduce_rows8<kLanes>(v, group_sums);
+    reduce_pairs8<kLanes>(pairs, group_sums);
+    if constexpr (kChunksPerGroup == 2) {
+      if (c % 2 == 0) {  // the group's second half is next
+        first_half = group_sums[0];
+        continue;
+      }
+      group_sums[0] = _mm256_add_epi32(first_half, group_sums[0]);
+    }
     const int present = part ? 1 : 8 / kLanes;  // a part chunk holds one group of 32
     for (int k = 0; k < present; ++k, ++g) {
       const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
@@ -234,8 +262,7 @@ void int8_block_token_8bit(const LinearArgs& a, int64_t r0, int rows, int64_t t,
       v[i] = c % kChunksPerGroup == 0 ? sums : _mm256_add_epi32(v[i], sums);
     }
     if (c % kChunksPerGroup != kChunksPerGroup - 1) continue;  // more of the group follows
-    __m256i group_sums;
-    reduce_rows8<8>(v, &group_sums);
+    const __m256i group_sums = reduce_rows8(v);
     const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums), _mm256_mul_ps(s, _mm256_set1_ps(dx[g])), acc);
     bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
