@@ -410,33 +410,39 @@ TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
   };
   const Shape shapes[] = {{4, 64, 5, 4096, DType::BF16},  {4, 64, 100, 1408, DType::BF16}, {4, 32, 37, 4128, DType::F16},
                           {4, 128, 48, 2048, DType::BF16}, {8, 64, 37, 4096, DType::BF16}, {8, 32, 17, 1440, DType::F16}};
-  for (const Shape& shape : shapes) {
-    TestWeight t = affine_test_weight(shape.out, shape.in, shape.bits, shape.group, shape.scale_dtype,
-                                      static_cast<unsigned>(shape.out * 7 + shape.in));
-    KernelScope scope(Isa::Avx512, Activations::Int8);
-    const int64_t count = cpu::kernels::block_scale_pairs_count(t.weight);
-    if (count == 0) GTEST_SKIP() << "no AVX512_VNNI: the int8 kernel that reads the pairs does not run here";
-    SCOPED_TRACE(std::to_string(shape.bits) + "-bit g" + std::to_string(shape.group) + " " +
-                 std::to_string(shape.out) + "x" + std::to_string(shape.in));
-    EXPECT_EQ(count, (shape.out + 15) / 16 * (shape.in / shape.group) * 16);
-    std::vector<uint32_t> storage(static_cast<size_t>(count) + 16);
-    uint32_t* pairs = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
-    cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
-    Weight placed = t.weight;
-    placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
-    const std::vector<float> x = random_values(static_cast<size_t>(17 * shape.in), 42);
-    for (int64_t n : {1, 2, 3, 4, 5, 6, 9, 17})
-      for (int threads : {1, 2, 3}) {
-        const std::vector<float> part(x.begin(), x.begin() + n * shape.in);
-        const std::vector<float> plain = run_linear(t.weight, part, n, nullptr, threads);
-        const std::vector<float> with = run_linear(placed, part, n, nullptr, threads);
-        EXPECT_EQ(std::memcmp(plain.data(), with.data(), plain.size() * sizeof(float)), 0)
-            << n << " tokens on " << threads << " threads";
-      }
-    EXPECT_LE(relative_l2(run_linear(placed, x, 5, nullptr, 2), oracle(t, x, 5, nullptr)), 1e-2);
-    // A slice drops the pairs (they describe the whole weight).
-    EXPECT_TRUE(placed.slice_rows(0, shape.out).format.block_scale_pairs.empty());
+  int runs = 0;
+  for (Isa isa : available_isas()) {
+    if (isa == Isa::Reference) continue;
+    for (const Shape& shape : shapes) {
+      TestWeight t = affine_test_weight(shape.out, shape.in, shape.bits, shape.group, shape.scale_dtype,
+                                        static_cast<unsigned>(shape.out * 7 + shape.in));
+      KernelScope scope(isa, Activations::Int8);  // AVX2: the VPMADDUBSW kernel; AVX-512: VNNI where present
+      const int64_t count = cpu::kernels::block_scale_pairs_count(t.weight);
+      ASSERT_GT(count, 0) << cpu::kernels::isa_name(isa) << ": no pairs for the int8 kernel";
+      ++runs;
+      SCOPED_TRACE(std::string(cpu::kernels::isa_name(isa)) + " " + std::to_string(shape.bits) + "-bit g" +
+                   std::to_string(shape.group) + " " + std::to_string(shape.out) + "x" + std::to_string(shape.in));
+      EXPECT_EQ(count, (shape.out + 15) / 16 * (shape.in / shape.group) * 16);
+      std::vector<uint32_t> storage(static_cast<size_t>(count) + 16);
+      uint32_t* pairs = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+      cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
+      Weight placed = t.weight;
+      placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
+      const std::vector<float> x = random_values(static_cast<size_t>(17 * shape.in), 42);
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 9, 17})
+        for (int threads : {1, 2, 3}) {
+          const std::vector<float> part(x.begin(), x.begin() + n * shape.in);
+          const std::vector<float> plain = run_linear(t.weight, part, n, nullptr, threads);
+          const std::vector<float> with = run_linear(placed, part, n, nullptr, threads);
+          EXPECT_EQ(std::memcmp(plain.data(), with.data(), plain.size() * sizeof(float)), 0)
+              << n << " tokens on " << threads << " threads";
+        }
+      EXPECT_LE(relative_l2(run_linear(placed, x, 5, nullptr, 2), oracle(t, x, 5, nullptr)), 1e-2);
+      // A slice drops the pairs (they describe the whole weight).
+      EXPECT_TRUE(placed.slice_rows(0, shape.out).format.block_scale_pairs.empty());
+    }
   }
+  if (runs == 0) GTEST_SKIP() << "no AVX2 on this CPU";
 }
 
 // The AVX2 int8 kernels (VPMADDUBSW; 8-bit weights recentred to q - 128)

@@ -319,6 +319,28 @@ void gather_block_scales(const void* base, ScaleType type, int64_t stride, int64
     for (int i = 0; i < 8; ++i) out[8 * g + i] = scale_scalar(base, type, row_of[i] * stride + g);
 }
 
+// The block's scales and biases from the pairs laid out at load
+// (fill_block_scale_pairs: [16-row block][group][16 rows] dwords, the scale
+// in the low half, the bias in the high half): this block's 8 dwords a
+// group, widened with a shift and an AND (bf16) or two conversions (f16).
+// The same f32 values as gather_block_scales.
+void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, float* scales, float* biases) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i both = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pairs + g * 16));
+    __m256 scale, bias;
+    if (type == ScaleType::BF16) {  // bf16 is the top half of an f32
+      scale = _mm256_castsi256_ps(_mm256_slli_epi32(both, 16));
+      bias = _mm256_castsi256_ps(_mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    } else {  // the 8 halves packed into 128 bits, then widened
+      const __m256i low = _mm256_and_si256(both, _mm256_set1_epi32(0xffff)), high = _mm256_srli_epi32(both, 16);
+      scale = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(low, low), 0x08)));
+      bias = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(high, high), 0x08)));
+    }
+    _mm256_storeu_ps(scales + 8 * g, scale);
+    _mm256_storeu_ps(biases + 8 * g, bias);
+  }
+}
+
 // ---- prompts: a block of 8 rows repacked, tokens 4 at a time ----
 //
 // Calls of more than kInt8Avx2GemvTokens tokens repack each block of 8
@@ -470,8 +492,12 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   auto* packed = reinterpret_cast<__m256i*>(a.scratch + 64 * groups);  // [in / 4] (prompts)
   for (int64_t r0 = row_begin; r0 < row_end; r0 += 8) {
     const int rows = static_cast<int>(min64(8, row_end - r0));
-    gather_block_scales(a.scales, a.scale_type, a.scale_stride, r0, rows, groups, scales);
-    gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
+    if (a.block_pairs) {  // r0 is a multiple of 8: half r0 / 8 % 2 of 16-row block r0 / 16
+      scales_from_pairs8(a.block_pairs + (r0 / 16 * groups * 16 + r0 / 8 % 2 * 8), groups, a.scale_type, scales, biases);
+    } else {
+      gather_block_scales(a.scales, a.scale_type, a.scale_stride, r0, rows, groups, scales);
+      gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
+    }
     const bool eight = a.kind == WeightKind::Affine8;
     if (a.n_tokens > kInt8Avx2GemvTokens) {
       if (eight) {
@@ -490,6 +516,19 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
       else int8_block_pass<false>(a, r0, rows, t, scales, biases, eight);
     }
   }
+}
+
+void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
+  const int64_t groups = a.in / a.group;
+  const auto* scales = static_cast<const uint16_t*>(a.scales);
+  const auto* biases = static_cast<const uint16_t*>(a.biases);
+  for (int64_t r0 = 0; r0 < a.out_features; r0 += 16)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t row = min64(r0 + i, a.out_features - 1);  // past the last row: the last repeated
+        out[(r0 / 16 * groups + g) * 16 + i] =
+            scales[row * a.scale_stride + g] | uint32_t{biases[row * a.bias_stride + g]} << 16;
+      }
 }
 
 // ---- fast-prompts: float weights widened into f32 panels ----
@@ -620,6 +659,7 @@ bool compiled() { return false; }
 void exact_rows(const LinearArgs&, int64_t, int64_t) {}
 void int8_rows(const LinearArgs&, int64_t, int64_t) {}
 void prepare_int8(const float*, int64_t, int64_t, bool, int8_t*, float*, float*) {}
+void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif

@@ -308,8 +308,8 @@ int64_t block_scale_pairs_count(const Weight& weight) {
   if (!describe_weight(weight, a)) return 0;
   a.n_tokens = 1;  // the one-token kernel's layout
   a.in = weight.dim(1);
-  if (choose_path(options(), a, 1) != Path::Int8 || a.scale_type != a.bias_type ||
-      a.scale_type == ScaleType::F32)
+  const Path path = choose_path(options(), a, 1);
+  if ((path != Path::Int8 && path != Path::Int8Avx2) || a.scale_type != a.bias_type || a.scale_type == ScaleType::F32)
     return 0;
   return (weight.dim(0) + 15) / 16 * (weight.dim(1) / a.group) * 16;
 }
@@ -320,7 +320,9 @@ void fill_block_scale_pairs(const Weight& weight, uint32_t* out) {
             "internal error: no block scale pairs for ", weight.name);
   a.in = weight.dim(1);
   a.out_features = weight.dim(0);
-  avx512::fill_block_scale_pairs(a, out);
+  a.n_tokens = 1;
+  if (choose_path(options(), a, 1) == Path::Int8) avx512::fill_block_scale_pairs(a, out);
+  else avx2::fill_block_scale_pairs(a, out);
 }
 
 bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, const Weight* bias,

@@ -121,6 +121,10 @@ void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // ones; else in order), steps and sums [in / group], the values
 // avx512::prepare_int8 gives.
 void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums);
+// avx512::fill_block_scale_pairs' layout (the same dwords), for int8_rows:
+// with args.block_pairs set it widens a block's 8 pairs per group instead
+// of gathering the scales and biases through transposes.
+void fill_block_scale_pairs(const LinearArgs& args, uint32_t* out);
 // fast-prompts' float weights (f32, bf16, f16) on AVX2: each block of
 // kAvx2PanelRows rows widened once into the thread's scratch as f32 panels
 // (a column's 16 rows in two vectors; avx2_panel_bytes(in)), then tokens 6
