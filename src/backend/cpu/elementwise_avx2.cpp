@@ -56,13 +56,6 @@ void swiglu(float* out, const float* gate, const float* up, int64_t count) {
   });
 }
 
-// Sum of the 8 lanes in a fixed order.
-inline float hsum8(__m256 v) {
-  const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-  return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
-}
-
 void rms_norm_row(float* out, const float* x, const float* gamma, int64_t dim, float eps) {
   __m256 squares = _mm256_setzero_ps();
   each_vector(dim, [&](int64_t i, __m256i lanes) {

@@ -34,6 +34,7 @@ bool compiled() { return true; }
 
 namespace {
 
+#include "backend/cpu/avx2_math.inc"
 #include "backend/cpu/kernels/scalar_helpers.inc"
 
 struct V {
@@ -54,12 +55,7 @@ struct V {
   static Reg set1(float value) { return _mm256_set1_ps(value); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg loadx(const float* p) { return _mm256_loadu_ps(p); }
-  static float hsum(Reg r) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+  static float hsum(Reg r) { return hsum8(r); }
   static Reg load_f32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
   static Reg load_bf16(const uint8_t* p) {
     const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
