@@ -402,6 +402,12 @@ TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
 // call (the one-token kernel) and 6, 9 and 17 (the prompt path, which widens
 // the pairs instead of reading the weight's scales) on 1-3 threads; and
 // linear_many with them.
+// The first 64-byte boundary inside storage (which has 16 dwords to spare):
+// the AVX-512 fill stores whole aligned vectors.
+uint32_t* aligned64(std::vector<uint32_t>& storage) {
+  return reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+}
+
 TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
   struct Shape {
     int bits;
@@ -424,7 +430,7 @@ TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
                    std::to_string(shape.group) + " " + std::to_string(shape.out) + "x" + std::to_string(shape.in));
       EXPECT_EQ(count, (shape.out + 15) / 16 * (shape.in / shape.group) * 16);
       std::vector<uint32_t> storage(static_cast<size_t>(count) + 16);
-      uint32_t* pairs = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+      uint32_t* pairs = aligned64(storage);
       cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
       Weight placed = t.weight;
       placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
@@ -442,6 +448,23 @@ TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
       EXPECT_TRUE(placed.slice_rows(0, shape.out).format.block_scale_pairs.empty());
     }
   }
+  // Where both kernels run, their fills agree dword for dword: one layout,
+  // whichever ISA laid it out.
+  const std::vector<Isa> isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), Isa::Avx512) != isas.end())
+    for (const Shape& shape : shapes) {
+      const TestWeight t = affine_test_weight(shape.out, shape.in, shape.bits, shape.group, shape.scale_dtype, 5);
+      std::vector<std::vector<uint32_t>> filled;
+      for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+        KernelScope scope(isa, Activations::Int8);
+        const int64_t count = cpu::kernels::block_scale_pairs_count(t.weight);
+        std::vector<uint32_t> storage(static_cast<size_t>(count) + 16);
+        uint32_t* pairs = aligned64(storage);
+        cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
+        filled.emplace_back(pairs, pairs + count);
+      }
+      EXPECT_EQ(filled[0], filled[1]) << shape.bits << "-bit g" << shape.group << " " << shape.out << "x" << shape.in;
+    }
   if (runs == 0) GTEST_SKIP() << "no AVX2 on this CPU";
 }
 
