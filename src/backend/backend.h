@@ -228,6 +228,19 @@ class Backend {
     head_norm_rotary(q, k, q_norm, k_norm, eps, positions, rotary_dim, theta);
     return false;
   }
+  // head_norm_rotary_write_kv at each token's plan.token_position, then
+  // attention(): a device may fold the norm, the rotation and the cache write
+  // into its decode attention kernel (one launch a layer fewer), leaving q and
+  // k unrotated, so after this call they hold nothing to rely on.
+  virtual void rotary_attention(Tensor out /*[n, heads, head_dim]*/, Tensor q /*[n, heads, head_dim]*/,
+                                Tensor k /*[n, kv_heads, head_dim]*/, const Tensor& v /*[n, kv_heads, head_dim]*/,
+                                const Weight* q_norm /*[head_dim] or null*/, const Weight* k_norm /*[head_dim] or null*/,
+                                float eps, int64_t rotary_dim, double theta, KvLayer& cache, const AttentionPlan& plan,
+                                float scale) {
+    const bool kv_written = head_norm_rotary_write_kv(q, k, v, q_norm, k_norm, eps, plan.token_position, rotary_dim,
+                                                      theta, cache, plan);
+    attention(out, q, k, v, cache, plan, scale, kv_written);
+  }
   // moe_experts, then the shared expert's MLP on x added to the result (after
   // the routed sum, as out = routed + shared).
   virtual void moe_experts_and_shared(Tensor out /*[n, hidden]*/, const Tensor& x /*[n, hidden]*/,

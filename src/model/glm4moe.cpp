@@ -123,18 +123,16 @@ Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const
   v = v.reshaped({n, n_kv_heads_, D});  // [n, Nkv, D]
 
   // With use_qk_norm, each head's q and k vector is RMS-normalised on its
-  // own before the rotation; the rotation covers the first rotary_dim dims.
-  // The new k and v then go to their KV-cache slots: on a device in the same
-  // kernel as the rotation, else inside attention().
+  // own before the rotation; the rotation covers the first rotary_dim dims,
+  // at each token's position. The new k and v then go to their KV-cache
+  // slots, and each query attends over its sequence's cache, softmax scaled
+  // by 1/sqrt(head_dim). One op for the three steps (Backend::rotary_attention
+  // spells them out): a GPU does them in its decode attention kernel.
   const bool qk_norm = config_.use_qk_norm;
-  const bool kv_written = backend_.head_norm_rotary_write_kv(
-      q, k, v, qk_norm ? &w.q_norm : nullptr, qk_norm ? &w.k_norm : nullptr, eps, step.attention.token_position,
-      config_.rotary_dim(), config_.rope_theta, cache, step.attention);
-  trace("q_rotated", index, q);
-  trace("k_rotated", index, k);
-
   Tensor context = backend_.scratch({n, n_heads_, D});  // [n, Nq, D]
-  backend_.attention(context, q, k, v, cache, step.attention, 1.0f / std::sqrt(static_cast<float>(D)), kv_written);
+  backend_.rotary_attention(context, q, k, v, qk_norm ? &w.q_norm : nullptr, qk_norm ? &w.k_norm : nullptr, eps,
+                            config_.rotary_dim(), config_.rope_theta, cache, step.attention,
+                            1.0f / std::sqrt(static_cast<float>(D)));
 
   Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H] partial sum over this rank's heads
   backend_.linear(out, context.reshaped({n, n_heads_ * D}), w.o_proj, nullptr);

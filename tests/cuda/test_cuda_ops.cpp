@@ -447,42 +447,51 @@ struct AttentionCase {
   double tolerance = 1e-5;
 };
 
-void run_attention(const AttentionCase& c) {
-  Backends b(c.prompts.c_str());
-  const Shape cache_shape = {c.n_blocks, c.block_size, c.kv_heads, c.head_dim};
-  const int64_t cache_elements = shape_numel(cache_shape);
-  // Both caches start with the same random contents (earlier tokens' K/V).
+// A CPU and a GPU cache with the same random contents (earlier tokens' K/V).
+std::pair<KvLayer, KvLayer> random_caches(Backends& b, const Shape& cache_shape) {
   KvLayer cpu_cache{b.cpu->allocate(cache_shape), b.cpu->allocate(cache_shape)};
   KvLayer gpu_cache{b.gpu->allocate(cache_shape), b.gpu->allocate(cache_shape)};
-  const std::vector<float> keys = random_values(static_cast<size_t>(cache_elements), 50);
-  const std::vector<float> values = random_values(static_cast<size_t>(cache_elements), 51);
+  const std::vector<float> keys = random_values(static_cast<size_t>(shape_numel(cache_shape)), 50);
+  const std::vector<float> values = random_values(static_cast<size_t>(shape_numel(cache_shape)), 51);
   std::memcpy(cpu_cache.keys.data, keys.data(), keys.size() * sizeof(float));
   std::memcpy(cpu_cache.values.data, values.data(), values.size() * sizeof(float));
   to_device(gpu_cache.keys.data, keys.data(), keys.size() * sizeof(float));
   to_device(gpu_cache.values.data, values.data(), values.size() * sizeof(float));
+  return {cpu_cache, gpu_cache};
+}
 
-  // Scattered block tables: each sequence takes blocks from a shuffled pool.
-  std::vector<int32_t> pool(static_cast<size_t>(c.n_blocks));
+// Scattered block tables: each sequence (length before the step, tokens in
+// the step) takes blocks from a shuffled pool of n_blocks.
+AttentionPlan scattered_plan(const std::vector<std::pair<int32_t, int32_t>>& sequences, int64_t block_size,
+                             int64_t n_blocks) {
+  std::vector<int32_t> pool(static_cast<size_t>(n_blocks));
   std::iota(pool.begin(), pool.end(), 0);
   std::shuffle(pool.begin(), pool.end(), std::mt19937(52));
   AttentionPlan plan;
-  plan.block_size = c.block_size;
+  plan.block_size = block_size;
   size_t next = 0;
-  for (size_t s = 0; s < c.sequences.size(); ++s) {
-    const auto [start, count] = c.sequences[s];
-    const int64_t blocks = (start + count + c.block_size - 1) / c.block_size;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const auto [start, count] = sequences[s];
+    const int64_t blocks = (start + count + block_size - 1) / block_size;
+    EXPECT_LE(next + static_cast<size_t>(blocks), pool.size()) << "the test's cache is too small";
     std::vector<int32_t> table(pool.begin() + next, pool.begin() + next + blocks);
     next += static_cast<size_t>(blocks);
     for (int32_t i = 0; i < count; ++i) {
       const int32_t position = start + i;
       plan.token_sequence.push_back(static_cast<int32_t>(s));
       plan.token_position.push_back(position);
-      plan.token_slot.push_back(static_cast<int64_t>(table[position / c.block_size]) * c.block_size +
-                                position % c.block_size);
+      plan.token_slot.push_back(static_cast<int64_t>(table[position / block_size]) * block_size +
+                                position % block_size);
     }
     plan.block_tables.push_back(table);
   }
-  ASSERT_LE(next, pool.size());
+  return plan;
+}
+
+void run_attention(const AttentionCase& c) {
+  Backends b(c.prompts.c_str());
+  auto [cpu_cache, gpu_cache] = random_caches(b, {c.n_blocks, c.block_size, c.kv_heads, c.head_dim});
+  const AttentionPlan plan = scattered_plan(c.sequences, c.block_size, c.n_blocks);
   const int64_t n = static_cast<int64_t>(plan.token_slot.size());
   Both q = input(b, {n, c.heads, c.head_dim}, random_values(static_cast<size_t>(n * c.heads * c.head_dim), 53));
   Both k = input(b, {n, c.kv_heads, c.head_dim}, random_values(static_cast<size_t>(n * c.kv_heads * c.head_dim), 54));
@@ -501,6 +510,79 @@ void run_attention(const AttentionCase& c) {
   EXPECT_EQ(read(*b.gpu, gpu_cache.values), read(*b.cpu, cpu_cache.values)) << "values written to the cache";
   for (Tensor* t : {&cpu_cache.keys, &cpu_cache.values}) b.cpu->release(*t);
   for (Tensor* t : {&gpu_cache.keys, &gpu_cache.values}) b.gpu->release(*t);
+}
+
+// rotary_attention (head norm + rotary + KV write + attention) against the
+// CPU's plain ops and against the GPU's own unfused ops: a decode step at a
+// sliced context, where the short kernel folds the first three in (contexts
+// of 1, 17, 301 and 4000 in one step; rotary over 32, 64 and all 128 dims;
+// with and without head norms), and steps it must not fold (short contexts
+// only; a sequence with 3 tokens). Where it folded, q comes back unrotated:
+// that is how the test knows it did.
+TEST(CudaOps, RotaryAttentionFoldedIntoDecode) {
+  REQUIRE_GPU();
+  const char* forced = std::getenv("GLM_CUDA_FOLD_ROTARY");
+  const bool fold_on = !(forced && std::string(forced) == "0");
+  Backends b;
+  const int64_t heads = 24, kv_heads = 2, head_dim = 128, block_size = 16, n_blocks = 460;
+  const std::vector<std::vector<std::pair<int32_t, int32_t>>> steps = {
+      {{3999, 1}, {0, 1}, {16, 1}, {300, 1}},  // decode past 256 positions: folds
+      {{100, 1}, {0, 1}},                      // decode within 256: head_norm_rotary first
+      {{40, 3}, {20, 1}},                      // tokens that see each other: head_norm_rotary first
+  };
+  auto q_norm = make_weight(b, {head_dim}, DType::BF16, 80, 1.0f);
+  auto k_norm = make_weight(b, {head_dim}, DType::F32, 81, 1.0f);
+  for (size_t step = 0; step < steps.size(); ++step)
+    for (int64_t rotary_dim : {32, 64, 128})
+      for (bool norms : {false, true}) {
+        const std::string what = "rotary_attention step " + std::to_string(step) + " rotary " +
+                                 std::to_string(rotary_dim) + (norms ? " +norms" : "");
+        const AttentionPlan plan = scattered_plan(steps[step], block_size, n_blocks);
+        const int64_t n = static_cast<int64_t>(plan.token_slot.size());
+        auto [cpu_cache, gpu_cache] = random_caches(b, {n_blocks, block_size, kv_heads, head_dim});
+        auto [unused, plain_cache] = random_caches(b, {n_blocks, block_size, kv_heads, head_dim});
+        // The step's own slots hold NaN before it (as a fresh cache may): read
+        // from the cache instead of written first, they would poison the output.
+        const std::vector<float> nan_row(static_cast<size_t>(kv_heads * head_dim), std::nanf(""));
+        for (int64_t slot : plan.token_slot)
+          for (float* base : {gpu_cache.keys.f32(), gpu_cache.values.f32()})
+            to_device(base + slot * kv_heads * head_dim, nan_row.data(), nan_row.size() * sizeof(float));
+        const std::vector<float> q_in = random_values(static_cast<size_t>(n * heads * head_dim), 82, 2.0f);
+        const std::vector<float> k_in = random_values(static_cast<size_t>(n * kv_heads * head_dim), 83);
+        const std::vector<float> v_in = random_values(static_cast<size_t>(n * kv_heads * head_dim), 84);
+        Both q = input(b, {n, heads, head_dim}, q_in), k = input(b, {n, kv_heads, head_dim}, k_in);
+        Both v = input(b, {n, kv_heads, head_dim}, v_in);
+        Both out = output(b, {n, heads, head_dim});
+        const Weight* q_gamma[2] = {norms ? &q_norm->host : nullptr, norms ? &q_norm->device : nullptr};
+        const Weight* k_gamma[2] = {norms ? &k_norm->host : nullptr, norms ? &k_norm->device : nullptr};
+        const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+        b.cpu->rotary_attention(out.cpu, q.cpu, k.cpu, v.cpu, q_gamma[0], k_gamma[0], 1e-5f, rotary_dim, 1e6,
+                                cpu_cache, plan, scale);
+        b.gpu->rotary_attention(out.gpu, q.gpu, k.gpu, v.gpu, q_gamma[1], k_gamma[1], 1e-5f, rotary_dim, 1e6,
+                                gpu_cache, plan, scale);
+        EXPECT_LT(compare(b, out, what), 1e-5);
+        EXPECT_LT(compare(b, Both{cpu_cache.keys, gpu_cache.keys}, what + ": keys"), 1e-6);
+        EXPECT_EQ(read(*b.gpu, gpu_cache.values), read(*b.cpu, cpu_cache.values)) << what << ": values";
+        const bool folds = fold_on && step == 0;
+        EXPECT_EQ(read(*b.gpu, q.gpu) == q_in, folds) << what << ": q left unrotated exactly where the kernel folds";
+
+        // The GPU's plain ops on the same inputs.
+        Both q2 = input(b, {n, heads, head_dim}, q_in), k2 = input(b, {n, kv_heads, head_dim}, k_in);
+        Both v2 = input(b, {n, kv_heads, head_dim}, v_in);
+        Both out2 = output(b, {n, heads, head_dim});
+        const bool wrote = b.gpu->head_norm_rotary_write_kv(q2.gpu, k2.gpu, v2.gpu, q_gamma[1], k_gamma[1], 1e-5f,
+                                                            plan.token_position, rotary_dim, 1e6, plain_cache, plan);
+        b.gpu->attention(out2.gpu, q2.gpu, k2.gpu, v2.gpu, plain_cache, plan, scale, wrote);
+        const double against_plain = relative_error(read(*b.gpu, out.gpu), read(*b.gpu, out2.gpu));
+        report(what + " vs plain CUDA", against_plain);
+        EXPECT_LT(against_plain, 1e-6);
+        EXPECT_LT(relative_error(read(*b.gpu, gpu_cache.keys), read(*b.gpu, plain_cache.keys)), 1e-7)
+            << what << ": keys against the plain CUDA ops";
+        for (KvLayer* cache : {&cpu_cache, &unused})
+          b.cpu->release(cache->keys), b.cpu->release(cache->values);
+        for (KvLayer* cache : {&gpu_cache, &plain_cache})
+          b.gpu->release(cache->keys), b.gpu->release(cache->values);
+      }
 }
 
 TEST(CudaOps, AttentionPrefillGqa12To1) {

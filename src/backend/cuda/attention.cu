@@ -336,8 +336,89 @@ __global__ void __launch_bounds__(kWarps * 32)
 // and the online softmax runs per head over 8 lanes. The 4 warps' (max,
 // sum, accumulator) merge through shared memory at the end, which writes
 // `out` (and its quantized form for o_proj: prepared).
+//
+// Folded rotary (FoldedTokens below): in a decode step at a sliced context,
+// where every sequence brings one token, the kernel can also take q, k and v
+// as projected and do head_norm_rotary's work itself, which saves that
+// launch (+2% a step at context 4096 on 8 layers; see rotary_folds). Each block norms and
+// rotates its 4 query heads and its KV head's new key in registers (a lane
+// holds 4 dims; the partner of a rotary pair is in lane + rotary_dim / 8),
+// uses the new key and value for the token's own position instead of the
+// cache, and one block of the KV head (its first query heads, the slice
+// holding the position) writes them to the cache slot for later steps. No
+// block reads another's write, so several tokens of one sequence in a step
+// (which attend to each other) never fold.
 constexpr int kShortHeads = 4, kShortDims = 128, kShortPositions = 8;
 constexpr int64_t kShortContext = 256;
+
+// The step's new tokens as projected, for short_attention_kernel<true>.
+struct FoldedTokens {
+  const float* k = nullptr;          // [n, kv_heads, 128], before head norm and rotary
+  const float* v = nullptr;          // [n, kv_heads, 128]
+  float* keys = nullptr;             // the cache [slots, kv_heads, 128], for the new rows
+  float* values = nullptr;
+  const int64_t* slots = nullptr;    // [n] each token's cache slot
+  const void* q_gamma = nullptr;     // [128] or null: no head norm on q
+  DType q_gamma_dtype = DType::F32;
+  const void* k_gamma = nullptr;     // [128] or null
+  DType k_gamma_dtype = DType::F32;
+  float eps = 0.0f;
+  const float* inverse_frequency = nullptr;  // [half]
+  int half = 0;                      // rotary_dim / 2: a multiple of 4, at most 64
+};
+void append_signature(Signature& signature, const FoldedTokens& f) {
+  signature.add_all(f.k, f.v, f.keys, f.values, f.slots, f.q_gamma, f.q_gamma_dtype, f.k_gamma, f.k_gamma_dtype,
+                    f.eps, f.inverse_frequency, f.half);
+}
+
+// RMSNorm of a 128-dim head held a float4 a lane (dims 4 lane .. + 3), by
+// head_norm_rotary_kernel's formula; its sum of squares adds in another
+// order, so a result may differ from that kernel's in the last bit.
+__device__ __forceinline__ float4 head_norm4(float4 x, const void* gamma, DType gamma_dtype, float eps, int lane) {
+  const float sum_squares = warp_sum(x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w);
+  const float inverse_rms = 1.0f / sqrtf(sum_squares / static_cast<float>(kShortDims) + eps);
+  const int d = 4 * lane;
+  return make_float4(element_f32(gamma, gamma_dtype, d) * (x.x * inverse_rms),
+                     element_f32(gamma, gamma_dtype, d + 1) * (x.y * inverse_rms),
+                     element_f32(gamma, gamma_dtype, d + 2) * (x.z * inverse_rms),
+                     element_f32(gamma, gamma_dtype, d + 3) * (x.w * inverse_rms));
+}
+
+// The rotation of a lane's 4 dims of a head: dim d < half pairs with
+// d + half, both turned by position * inverse_frequency[d] (cosf and sinf as
+// head_norm_rotary_kernel takes them, so the same angles and the same bits).
+struct LaneRotation {
+  float cosine[4], sine[4];
+  int partner;  // the lane with the other dims of this lane's pairs (itself past rotary_dim)
+  int role;     // 1: first of its pairs, 2: second, 0: past rotary_dim (unchanged)
+};
+__device__ __forceinline__ LaneRotation lane_rotation(int lane, int position, const float* inverse_frequency,
+                                                      int half) {
+  LaneRotation r;
+  const int d = 4 * lane;
+  r.role = d < half ? 1 : d < 2 * half ? 2 : 0;
+  r.partner = r.role == 1 ? lane + half / 4 : r.role == 2 ? lane - half / 4 : lane;
+  const int pair = r.role == 2 ? d - half : d;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const float angle = r.role ? static_cast<float>(position) * inverse_frequency[pair + c] : 0.0f;
+    r.cosine[c] = cosf(angle);
+    r.sine[c] = sinf(angle);
+  }
+  return r;
+}
+// Every lane of the warp must call it (the partner's dims come by shuffle).
+__device__ __forceinline__ float4 rotate4(float4 x, const LaneRotation& r) {
+  const float own[4] = {x.x, x.y, x.z, x.w};
+  float other[4], out[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) other[c] = __shfl_sync(0xffffffffu, own[c], r.partner);
+  if (r.role == 0) return x;
+#pragma unroll
+  for (int c = 0; c < 4; ++c)  // first' = first cos - second sin; second' = second cos + first sin
+    out[c] = r.role == 1 ? own[c] * r.cosine[c] - other[c] * r.sine[c] : own[c] * r.cosine[c] + other[c] * r.sine[c];
+  return make_float4(out[0], out[1], out[2], out[3]);
+}
 
 // Sums 32 values over the warp so that lane l ends with the total of value
 // l: each step halves the values a lane keeps (Half of them: the upper ones
@@ -356,13 +437,17 @@ __device__ __forceinline__ float reduce_scatter(float (&v)[32]) {
   else return v[0];
 }
 
-__global__ void __launch_bounds__(kWarps * 32)
+// At most 128 registers (4 blocks a multiprocessor), folded or not: folded
+// it would take 142 and 3 blocks, and long contexts (slices sized for 4
+// blocks a multiprocessor) lost 4% of a decode step to the extra wave.
+template <bool kFold>  // the step's new tokens arrive unrotated (folded: see FoldedTokens)
+__global__ void __launch_bounds__(kWarps * 32, 4)
     short_attention_kernel(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ key_cache,
                            const float* __restrict__ value_cache, const int32_t* __restrict__ token_sequence,
                            const int32_t* __restrict__ token_position, const int32_t* __restrict__ table_offsets,
                            const int32_t* __restrict__ table_blocks, int n_heads, int n_kv_heads, int block_size,
                            int group, float scale, const PreparedOutput prepared, float* __restrict__ partial_acc,
-                           float* __restrict__ partial_stats, int split_length) {
+                           float* __restrict__ partial_stats, int split_length, const FoldedTokens folded) {
   constexpr int H = kShortHeads, D = kShortDims, P = kShortPositions;
   static_assert(H * P == 32, "a lane per (head, position) after the reduce-scatter");
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
@@ -383,10 +468,42 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   float4 query[H];  // dims 4 * lane .. + 3 of each head, pre-scaled
 #pragma unroll
-  for (int h = 0; h < H; ++h) {
+  for (int h = 0; h < H; ++h)
     query[h] = reinterpret_cast<const float4*>(q + (static_cast<int64_t>(t) * n_heads + head_base + h) * D)[lane];
-    query[h].x *= scale, query[h].y *= scale, query[h].z *= scale, query[h].w *= scale;
+  // Folded: q normed and rotated here. In the last slice (which holds the
+  // token's own position) warp 0 also norms and rotates the token's key
+  // (requested with q) and writes it and the value to the cache slot before
+  // any warp reads the cache: the KV head's other blocks of the slice write
+  // the same bits to the same slot.
+  if constexpr (kFold) {
+    const bool writer = warp == 0 && context - 1 < end;
+    float4 key, value;
+    if (writer) {
+      const int64_t row = (static_cast<int64_t>(t) * n_kv_heads + kv_head) * D;
+      key = reinterpret_cast<const float4*>(folded.k + row)[lane];
+      value = reinterpret_cast<const float4*>(folded.v + row)[lane];
+    }
+    const LaneRotation rotation = lane_rotation(lane, context - 1, folded.inverse_frequency, folded.half);
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      if (folded.q_gamma) query[h] = head_norm4(query[h], folded.q_gamma, folded.q_gamma_dtype, folded.eps, lane);
+      query[h] = rotate4(query[h], rotation);
+    }
+    if (writer) {
+      if (folded.k_gamma) key = head_norm4(key, folded.k_gamma, folded.k_gamma_dtype, folded.eps, lane);
+      key = rotate4(key, rotation);
+      const int64_t cached = folded.slots[t] * slot_size + static_cast<int64_t>(kv_head) * D;  // range-checked on the host
+      reinterpret_cast<float4*>(folded.keys + cached)[lane] = key;
+      reinterpret_cast<float4*>(folded.values + cached)[lane] = value;
+    }
+    __syncthreads();  // the slot written before the other warps read it
   }
+  // Folded, the cache is read through the pointers it is written through:
+  // no read-only (.nc) loads of a slot written during the kernel.
+  const float* keys_cache = kFold ? folded.keys : key_cache;
+  const float* values_cache = kFold ? folded.values : value_cache;
+#pragma unroll
+  for (int h = 0; h < H; ++h) query[h].x *= scale, query[h].y *= scale, query[h].z *= scale, query[h].w *= scale;
   float4 acc[H];
   float running_max[H], running_sum[H];  // the same in every lane
 #pragma unroll
@@ -401,8 +518,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int j = 0; j < P; ++j) {
       const int p = min(first + j, end - 1);  // past the slice: a repeat, weight 0
       const int64_t slot = static_cast<int64_t>(blocks[p / block_size]) * block_size + p % block_size;
-      keys[j] = reinterpret_cast<const float4*>(key_cache + slot * slot_size + kv_head * D)[lane];
-      values[j] = reinterpret_cast<const float4*>(value_cache + slot * slot_size + kv_head * D)[lane];
+      keys[j] = reinterpret_cast<const float4*>(keys_cache + slot * slot_size + kv_head * D)[lane];
+      values[j] = reinterpret_cast<const float4*>(values_cache + slot * slot_size + kv_head * D)[lane];
     }
     float partial[H * P];  // [head][position]: this lane's 4 dims of each dot product
 #pragma unroll
@@ -519,13 +636,44 @@ int64_t context_bucket(int64_t context) {
 void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t heads, int64_t kv_heads,
                     int64_t head_dim, KvLayer& cache, const int32_t* sequences, const int32_t* positions,
                     const int32_t* table_offsets, const int32_t* table_blocks, int64_t block_size,
-                    int64_t context_capacity, float scale, bool prepare_out);
+                    int64_t context_capacity, float scale, bool prepare_out, const FoldedTokens& folded = {});
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether decode tokens take short_attention_kernel (else the split kernels).
+bool short_kernel_applies(const Context& ctx, int64_t heads, int64_t kv_heads, int64_t head_dim, const float* q,
+                          const float* out) {
+  return ctx.short_attention && head_dim == kShortDims && (heads / kv_heads) % kShortHeads == 0 && aligned16(q) &&
+         aligned16(out);
+}
+
+// Whether the short kernel takes the step's head norm, rotary and KV write
+// (FoldedTokens): it runs for every token, no token attends to another token
+// of the step (each sequence brings one), and the context is long enough to
+// be sliced. Short contexts keep the separate launch: there the kernel is
+// one short chain of loads, and the fold's work at its head (angles, the
+// key's rotation, a barrier) cost as much as the launch it saved (8 H200
+// layers at context 0: -3% int4 and FP8; at 4096, +2%: docs/cuda.md).
+bool rotary_folds(const Context& ctx, const AttentionPlan& plan, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                  int64_t rotary_dim, int64_t context_capacity, const float* out, const float* q, const float* k,
+                  const float* v) {
+  if (!ctx.fold_rotary || context_capacity <= kShortContext ||
+      !short_kernel_applies(ctx, heads, kv_heads, head_dim, q, out) || !aligned16(k) || !aligned16(v) ||
+      rotary_dim % 8 != 0 || rotary_dim > head_dim)
+    return false;
+  std::vector<bool> seen(plan.block_tables.size(), false);
+  for (int32_t sequence : plan.token_sequence) {
+    if (seen[sequence]) return false;
+    seen[sequence] = true;
+  }
+  return true;
+}
 
 }  // namespace
 
-void attention(Context& ctx, float* out, const float* q, const float* k, const float* v, int64_t n, int64_t heads,
+void attention(Context& ctx, float* out, float* q, float* k, const float* v, int64_t n, int64_t heads,
                int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan, float scale,
-               bool kv_written) {
+               bool kv_written, const RotaryFold* fold) {
   if (n == 0) return;
   GLM_CHECK(cache.keys.shape.size() == 4 && cache.keys.dim(2) == kv_heads && cache.keys.dim(3) == head_dim &&
                 cache.keys.dim(1) == plan.block_size && cache.values.shape == cache.keys.shape,
@@ -574,8 +722,26 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   const int32_t* table_offsets = ctx.upload(std::span<const int32_t>(offsets));
   const int32_t* table_blocks = ctx.upload(std::span<const int32_t>(blocks));
 
+  // The step's head norm, rotary and KV write: folded into the decode
+  // kernel, or done here by head_norm_rotary (rotary.cu) before it.
+  FoldedTokens folded;
+  if (fold && rotary_folds(ctx, plan, heads, kv_heads, head_dim, fold->rotary_dim, context_capacity, out, q, k, v)) {
+    folded = {k,           v,     cache.keys.f32(), cache.values.f32(), slots, fold->q_gamma.data,
+              fold->q_gamma.dtype, fold->k_gamma.data, fold->k_gamma.dtype, fold->eps, fold->inverse_frequency,
+              static_cast<int>(fold->rotary_dim / 2)};
+    kv_written = true;
+  } else if (fold) {
+    KvWrite kv;
+    kv.keys = cache.keys.f32();
+    kv.values = cache.values.f32();
+    kv.v = v;
+    kv.slots = slots;
+    head_norm_rotary(ctx, q, k, fold->q_gamma, fold->k_gamma, fold->eps, positions, fold->inverse_frequency, n, heads,
+                     kv_heads, head_dim, fold->rotary_dim, kv);
+    kv_written = true;
+  }
   const int64_t slot_size = kv_heads * head_dim;
-  if (!kv_written)  // else head_norm_rotary wrote them (rotary.cu)
+  if (!kv_written)  // else head_norm_rotary wrote them (rotary.cu), or the decode kernel will
     launch(ctx, write_kv_kernel, dim3(static_cast<unsigned>(n)), dim3(256), 0, cache.keys.f32(), cache.values.f32(),
            k, v, slots, slot_size);
 
@@ -590,9 +756,10 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
   }
   if (prefill_sequences.empty()) {
     simt_attention(ctx, out, q, n, heads, kv_heads, head_dim, cache, sequences, positions, table_offsets,
-                   table_blocks, block_size, context_capacity, scale, /*prepare_out=*/true);
+                   table_blocks, block_size, context_capacity, scale, /*prepare_out=*/true, folded);
     return;
   }
+  GLM_CHECK(!folded.k, "internal error: rotary folded into a step with prompts");
   attention_prefill(ctx, out, q, heads, kv_heads, head_dim, cache, plan, prefill_sequences, positions, scale);
 
   // The other tokens of a mixed step (decode tokens beside a prompt chunk)
@@ -622,8 +789,6 @@ void attention(Context& ctx, float* out, const float* q, const float* k, const f
 }
 
 namespace {
-
-bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Slices of a context of `capacity` positions for the split kernels: enough
 // that the blocks (base_blocks a slice) cover the GPU `coverage` times, none
@@ -667,13 +832,13 @@ void merge_splits(Context& ctx, float* out, const SplitPartials& partials, int64
 void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t heads, int64_t kv_heads,
                     int64_t head_dim, KvLayer& cache, const int32_t* sequences, const int32_t* positions,
                     const int32_t* table_offsets, const int32_t* table_blocks, int64_t block_size,
-                    int64_t context_capacity, float scale, bool prepare_out) {
+                    int64_t context_capacity, float scale, bool prepare_out, const FoldedTokens& folded) {
   const int64_t group = heads / kv_heads;
   const int dims_per_lane = static_cast<int>(head_dim / 32);
   const bool grouped = head_dim % 32 == 0 && (dims_per_lane == 1 || dims_per_lane == 2 || dims_per_lane == 4) &&
                        group <= kMaxGroup;
-  const bool short_kernel =
-      ctx.short_attention && head_dim == kShortDims && group % kShortHeads == 0 && aligned16(q) && aligned16(out);
+  const bool short_kernel = short_kernel_applies(ctx, heads, kv_heads, head_dim, q, out);
+  GLM_CHECK(short_kernel || !folded.k, "internal error: rotary folded where the short kernel does not run");
   // o_proj reads out as quantized activations only as a GEMV (n <= 8 tokens);
   // the per-head kernel below does not write them.
   const PreparedOutput prepared = prepare_out && n <= 8 && (short_kernel || grouped)
@@ -687,12 +852,13 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
                                      ? context_slices(ctx, context_capacity, base_blocks, 4, 64)
                                      : ContextSlices{1, context_capacity};
     const SplitPartials partials = split_partials(ctx, n, heads, head_dim, slices.splits);
-    launch(ctx, short_attention_kernel,
+    launch(ctx, folded.k ? short_attention_kernel<true> : short_attention_kernel<false>,
            dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads),
                 static_cast<unsigned>(slices.splits)),
            dim3(kWarps * 32), 0, out, q, cache.keys.f32(), cache.values.f32(), sequences, positions, table_offsets,
            table_blocks, static_cast<int>(heads), static_cast<int>(kv_heads), static_cast<int>(block_size),
-           static_cast<int>(group), scale, prepared, partials.acc, partials.stats, static_cast<int>(slices.length));
+           static_cast<int>(group), scale, prepared, partials.acc, partials.stats, static_cast<int>(slices.length),
+           folded);
     merge_splits(ctx, out, partials, n, heads, head_dim, slices.splits, prepared);
     return;
   }

@@ -148,6 +148,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     register_weight_prompts = wgmma_prompts && registers_mode == "1";
     const char* short_contexts = std::getenv("GLM_CUDA_SHORT_ATTENTION");
     short_attention = !(short_contexts && std::string(short_contexts) == "0");
+    const char* fold = std::getenv("GLM_CUDA_FOLD_ROTARY");
+    fold_rotary = !(fold && std::string(fold) == "0");
   }
 
   ~CudaBackend() override {
@@ -677,6 +679,31 @@ class CudaBackend final : public Backend, public cuda::Context {
     kv.slots = upload(std::span<const int64_t>(plan.token_slot));
     head_norm_rotary_on_device(q, k, q_norm, k_norm, eps, positions, rotary_dim, theta, kv);
     return true;
+  }
+  // attention() takes the head norm, rotary and KV write along
+  // (cuda::RotaryFold): its decode kernel folds them in where it can.
+  void rotary_attention(Tensor out, Tensor q, Tensor k, const Tensor& v, const Weight* q_norm, const Weight* k_norm,
+                        float eps, int64_t rotary_dim, double theta, KvLayer& cache, const AttentionPlan& plan,
+                        float scale) override {
+    select();
+    ProfileScope scope(*this, "head_norm_rotary + attention");
+    check_same_shape("rotary_attention", out.shape, q.shape);
+    check_same_shape("rotary_attention", k.shape, v.shape);
+    GLM_CHECK(q.shape.size() == 3 && k.shape.size() == 3 && k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2) &&
+                  q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0) &&
+                  rotary_dim % 2 == 0 && rotary_dim <= q.dim(2) && cache.keys.dtype == DType::F32,
+              "internal error: rotary_attention on ", shape_to_string(q.shape), " and ", shape_to_string(k.shape));
+    for (const Weight* gamma : {q_norm, k_norm})
+      GLM_CHECK(!gamma || shape_numel(gamma->shape) == q.dim(2), "internal error: head norm weight ",
+                shape_to_string(gamma->shape), " for heads of ", q.dim(2));
+    cuda::RotaryFold fold;
+    if (q_norm) fold.q_gamma = cuda::matrix_of(*q_norm, index_);
+    if (k_norm) fold.k_gamma = cuda::matrix_of(*k_norm, index_);
+    fold.eps = eps;
+    fold.inverse_frequency = rotary_dim > 0 ? inverse_frequency(rotary_dim, theta) : nullptr;
+    fold.rotary_dim = rotary_dim;
+    cuda::attention(*this, out.f32(), q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1), k.dim(1), q.dim(2), cache, plan,
+                    scale, /*kv_written=*/false, &fold);
   }
   void head_norm_rotary_on_device(Tensor q, Tensor k, const Weight* q_norm, const Weight* k_norm, float eps,
                                   std::span<const int32_t> positions, int64_t rotary_dim, double theta,

@@ -130,6 +130,10 @@ class Context : public Submitter {
   // shares each key row over a warp (attention.cu, short_attention_kernel;
   // contexts past 256 positions in slices) or the split kernel.
   bool short_attention = true;
+  // GLM_CUDA_FOLD_ROTARY=1 (default) or 0: whether a decode step's head
+  // norm, rotary and KV write run inside short_attention_kernel (one launch a
+  // layer fewer) when attention() is handed them as a RotaryFold.
+  bool fold_rotary = true;
 
   // Activations a producer op prepared for the GEMVs that read its output
   // (PreparedOutput above): the consumers' quantize_activations and
@@ -322,11 +326,23 @@ void head_norm_rotary(Context& ctx, float* q /*[n, q_heads, head_dim]*/, float* 
                       const float* inverse_frequency, int64_t n, int64_t q_heads, int64_t k_heads, int64_t head_dim,
                       int64_t rotary_dim, const KvWrite& kv = {});
 
+// head_norm_rotary's work handed to attention() with q and k as projected:
+// the decode kernel folds it in where it can (every sequence brings one
+// token, head_dim 128, the short kernel), else attention() runs
+// head_norm_rotary with the KV write first. Rotations at plan.token_position.
+struct RotaryFold {
+  Matrix q_gamma, k_gamma;  // data null: no head norm
+  float eps = 0.0f;
+  const float* inverse_frequency = nullptr;  // [rotary_dim / 2] on the device
+  int64_t rotary_dim = 0;
+};
+
 // attention.cu: writes k/v to their slots (unless kv_written), then paged
 // causal attention (GQA groups in one block, long contexts split over blocks).
-void attention(Context& ctx, float* out /*[n, heads, head_dim]*/, const float* q, const float* k, const float* v,
-               int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan,
-               float scale, bool kv_written = false);
+// With `fold`, q and k arrive unrotated (and are left in any state): see RotaryFold.
+void attention(Context& ctx, float* out /*[n, heads, head_dim]*/, float* q, float* k, const float* v, int64_t n,
+               int64_t heads, int64_t kv_heads, int64_t head_dim, KvLayer& cache, const AttentionPlan& plan,
+               float scale, bool kv_written = false, const RotaryFold* fold = nullptr);
 
 // attention_prefill.cu: the attention of the tokens of `sequences` (plan
 // indices, each with many new tokens: a prompt or a prompt chunk) on tensor
