@@ -147,6 +147,7 @@ double read_bandwidth(const ReadBuffer& buffer, int repetitions) {
 
 struct Owned {
   std::vector<uint8_t> values, scales, biases;
+  std::vector<uint32_t> pairs;  // block_scale_pairs, 64 bytes aligned inside
   Weight weight;
 };
 
@@ -194,6 +195,15 @@ Owned make_weight(const std::string& kind, int64_t out, int64_t in, unsigned see
   w.format.group_size = group;
   w.format.scales = TensorView(o.scales.data(), DType::BF16, {out, in / group});
   w.format.biases = TensorView(o.biases.data(), DType::BF16, {out, in / group});
+  // The scale pairs the CPU backend lays out at load (CpuBackend::place)
+  // where the int8 decode kernels read them, so the rows here time the
+  // kernels the model runs.
+  if (const int64_t count = cpu::kernels::block_scale_pairs_count(w); count > 0) {
+    o.pairs.resize(static_cast<size_t>(count) + 16);
+    uint32_t* aligned = o.pairs.data() + (64 - reinterpret_cast<uintptr_t>(o.pairs.data()) % 64) % 64 / 4;
+    cpu::kernels::fill_block_scale_pairs(w, aligned);
+    w.format.block_scale_pairs = TensorView(aligned, DType::U32, {count});
+  }
   return o;
 }
 

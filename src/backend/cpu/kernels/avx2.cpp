@@ -170,10 +170,38 @@ inline void store_rows8(const LinearArgs& a, int64_t r0, int rows, int64_t t, __
   for (int i = 0; i < rows; ++i) a.out[t * a.out_features + r0 + i] = lanes[i] + (a.bias ? a.bias[r0 + i] : 0.0f);
 }
 
+// A pair dword per row (scale in the low half, bias in the high half, both
+// bf16) widened to f32: bf16 is the top half of an f32.
+inline void widen_bf16_pairs(__m256i both, __m256& scale, __m256& bias) {
+  scale = _mm256_castsi256_ps(_mm256_slli_epi32(both, 16));
+  bias = _mm256_castsi256_ps(_mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// Where a one-token pass finds group g's scales and biases for its block's
+// 8 rows (lanes): [group][8] f32 arrays filled before the block's passes
+// (gather_block_scales, scales_from_pairs8), or, for bf16 scales laid out
+// at load, the block's pair dwords themselves, widened in the group's
+// epilogue (one load and two operations a group, and no pass writing the
+// arrays first). The same f32 values either way.
+struct ScaleArrays {
+  const float* scales;  // [group][8]
+  const float* biases;
+  void at(int64_t g, __m256& scale, __m256& bias) const {
+    scale = _mm256_loadu_ps(scales + 8 * g);
+    bias = _mm256_loadu_ps(biases + 8 * g);
+  }
+};
+struct Bf16Pairs {
+  const uint32_t* pairs;  // the block's 8 dwords of group g at pairs[16 g] (fill_block_scale_pairs)
+  void at(int64_t g, __m256& scale, __m256& bias) const {
+    widen_bf16_pairs(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pairs + 16 * g)), scale, bias);
+  }
+};
+
 // One token through rows [r0, r0 + rows) (rows <= 8; missing rows repeat the
-// last and are not stored). scales/biases: the block's, [group][8] f32.
-template <int G, bool kPrefetchNext>
-void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales, const float* biases) {
+// last and are not stored), the block's scales and biases from `block`.
+template <int G, bool kPrefetchNext, typename Scales>
+void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block) {
   constexpr int kChunk = 64;                          // columns per 32 weight bytes
   constexpr int kLanes = G == 32 ? 4 : 8;             // int32 lanes per group within a chunk
   constexpr int kChunksPerGroup = G == 128 ? 2 : 1;
@@ -216,7 +244,8 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
     }
     const int present = part ? 1 : 8 / kLanes;  // a part chunk holds one group of 32
     for (int k = 0; k < present; ++k, ++g) {
-      const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
+      __m256 s, b;
+      block.at(g, s, b);
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums[k]), _mm256_mul_ps(s, _mm256_set1_ps(dx[g])), acc);
       bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
     }
@@ -225,9 +254,8 @@ void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, cons
 }
 
 // int8_block_token for 8-bit weights (G = 32, 64 or 128 columns a group).
-template <int G, bool kPrefetchNext>
-void int8_block_token_8bit(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales,
-                           const float* biases) {
+template <int G, bool kPrefetchNext, typename Scales>
+void int8_block_token_8bit(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block) {
   constexpr int kChunk = 32;  // columns per 32 weight bytes
   constexpr int kChunksPerGroup = G / kChunk;
   const int64_t chunks = a.in / kChunk;  // a.in is whole groups
@@ -259,7 +287,8 @@ void int8_block_token_8bit(const LinearArgs& a, int64_t r0, int rows, int64_t t,
     }
     if (c % kChunksPerGroup != kChunksPerGroup - 1) continue;  // more of the group follows
     const __m256i group_sums = reduce_rows8(v);
-    const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
+    __m256 s, b;
+    block.at(g, s, b);
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums), _mm256_mul_ps(s, _mm256_set1_ps(dx[g])), acc);
     bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
     ++g;
@@ -324,9 +353,8 @@ void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, f
   for (int64_t g = 0; g < groups; ++g) {
     const __m256i both = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pairs + g * 16));
     __m256 scale, bias;
-    if (type == ScaleType::BF16) {  // bf16 is the top half of an f32
-      scale = _mm256_castsi256_ps(_mm256_slli_epi32(both, 16));
-      bias = _mm256_castsi256_ps(_mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    if (type == ScaleType::BF16) {
+      widen_bf16_pairs(both, scale, bias);
     } else {  // the 8 halves packed into 128 bits, then widened
       const __m256i low = _mm256_and_si256(both, _mm256_set1_epi32(0xffff)), high = _mm256_srli_epi32(both, 16);
       scale = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(low, low), 0x08)));
@@ -466,16 +494,26 @@ void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* 
   }
 }
 
-template <bool kPrefetchNext>
-void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const float* scales, const float* biases,
-                     bool eight) {
+template <bool kPrefetchNext, typename Scales>
+void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block, bool eight) {
   switch (a.group) {
-    case 32: return eight ? int8_block_token_8bit<32, kPrefetchNext>(a, r0, rows, t, scales, biases)
-                          : int8_block_token<32, kPrefetchNext>(a, r0, rows, t, scales, biases);
-    case 64: return eight ? int8_block_token_8bit<64, kPrefetchNext>(a, r0, rows, t, scales, biases)
-                          : int8_block_token<64, kPrefetchNext>(a, r0, rows, t, scales, biases);
-    default: return eight ? int8_block_token_8bit<128, kPrefetchNext>(a, r0, rows, t, scales, biases)
-                          : int8_block_token<128, kPrefetchNext>(a, r0, rows, t, scales, biases);
+    case 32: return eight ? int8_block_token_8bit<32, kPrefetchNext>(a, r0, rows, t, block)
+                          : int8_block_token<32, kPrefetchNext>(a, r0, rows, t, block);
+    case 64: return eight ? int8_block_token_8bit<64, kPrefetchNext>(a, r0, rows, t, block)
+                          : int8_block_token<64, kPrefetchNext>(a, r0, rows, t, block);
+    default: return eight ? int8_block_token_8bit<128, kPrefetchNext>(a, r0, rows, t, block)
+                          : int8_block_token<128, kPrefetchNext>(a, r0, rows, t, block);
+  }
+}
+
+// The token passes over one block (GEMV calls): the first one asks for the
+// next block's rows (into L2), so a one-token call streams memory while it
+// computes.
+template <typename Scales>
+void int8_block_passes(const LinearArgs& a, int64_t r0, int rows, bool more_blocks, const Scales& block, bool eight) {
+  for (int64_t t = 0; t < a.n_tokens; ++t) {
+    if (t == 0 && more_blocks) int8_block_pass<true>(a, r0, rows, t, block, eight);
+    else int8_block_pass<false>(a, r0, rows, t, block, eight);
   }
 }
 
@@ -486,16 +524,23 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   float* scales = reinterpret_cast<float*>(a.scratch);  // [group][8]
   float* biases = scales + 8 * groups;
   auto* packed = reinterpret_cast<__m256i*>(a.scratch + 64 * groups);  // [in / 4] (prompts)
+  const bool eight = a.kind == WeightKind::Affine8;
+  const bool gemv = a.n_tokens <= kInt8Avx2GemvTokens;
   for (int64_t r0 = row_begin; r0 < row_end; r0 += 8) {
     const int rows = static_cast<int>(min64(8, row_end - r0));
-    if (a.block_pairs) {  // r0 is a multiple of 8: half r0 / 8 % 2 of 16-row block r0 / 16
-      scales_from_pairs8(a.block_pairs + (r0 / 16 * groups * 16 + r0 / 8 % 2 * 8), groups, a.scale_type, scales, biases);
+    // r0 is a multiple of 8: half r0 / 8 % 2 of 16-row block r0 / 16.
+    const uint32_t* pairs = a.block_pairs ? a.block_pairs + (r0 / 16 * groups * 16 + r0 / 8 % 2 * 8) : nullptr;
+    if (gemv && pairs && a.scale_type == ScaleType::BF16 && a.bias_type == ScaleType::BF16) {
+      int8_block_passes(a, r0, rows, r0 + 8 < row_end, Bf16Pairs{pairs}, eight);
+      continue;
+    }
+    if (pairs) {
+      scales_from_pairs8(pairs, groups, a.scale_type, scales, biases);
     } else {
       gather_block_scales(a.scales, a.scale_type, a.scale_stride, r0, rows, groups, scales);
       gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
     }
-    const bool eight = a.kind == WeightKind::Affine8;
-    if (a.n_tokens > kInt8Avx2GemvTokens) {
+    if (!gemv) {
       if (eight) {
         repack_block<8>(a, r0, rows, packed);
         int8_block_tiles<8>(a, r0, rows, packed, scales, biases);
@@ -505,12 +550,7 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
       }
       continue;
     }
-    for (int64_t t = 0; t < a.n_tokens; ++t) {
-      // The first token's pass asks for the next block's rows (into L2),
-      // so a one-token call streams memory while it computes.
-      if (t == 0 && r0 + 8 < row_end) int8_block_pass<true>(a, r0, rows, t, scales, biases, eight);
-      else int8_block_pass<false>(a, r0, rows, t, scales, biases, eight);
-    }
+    int8_block_passes(a, r0, rows, r0 + 8 < row_end, ScaleArrays{scales, biases}, eight);
   }
 }
 
