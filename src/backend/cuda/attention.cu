@@ -340,14 +340,15 @@ __global__ void __launch_bounds__(kWarps * 32)
 // Folded rotary (FoldedTokens below): in a decode step at a sliced context,
 // where every sequence brings one token, the kernel can also take q, k and v
 // as projected and do head_norm_rotary's work itself, which saves that
-// launch (+2% a step at context 4096 on 8 layers; see rotary_folds). Each block norms and
-// rotates its 4 query heads and its KV head's new key in registers (a lane
-// holds 4 dims; the partner of a rotary pair is in lane + rotary_dim / 8),
-// uses the new key and value for the token's own position instead of the
-// cache, and one block of the KV head (its first query heads, the slice
-// holding the position) writes them to the cache slot for later steps. No
-// block reads another's write, so several tokens of one sequence in a step
-// (which attend to each other) never fold.
+// launch (+2% a step at context 4096 on 8 layers; see rotary_folds). Each
+// block norms and rotates its 4 query heads in registers (a lane holds 4
+// dims; the partner of a rotary pair is rotary_dim / 8 lanes away); in the
+// last slice, which holds the token's own position, warp 0 does the same to
+// the KV head's new key and writes it and the value to the token's cache
+// slot, and a barrier lets the block's warps read the slot like any other.
+// The KV head's 3 blocks of that slice write the same bits to the same slot;
+// no block reads a slot another block writes (several tokens of one
+// sequence in a step, which attend to each other, never fold).
 constexpr int kShortHeads = 4, kShortDims = 128, kShortPositions = 8;
 constexpr int64_t kShortContext = 256;
 
@@ -726,9 +727,18 @@ void attention(Context& ctx, float* out, float* q, float* k, const float* v, int
   // kernel, or done here by head_norm_rotary (rotary.cu) before it.
   FoldedTokens folded;
   if (fold && rotary_folds(ctx, plan, heads, kv_heads, head_dim, fold->rotary_dim, context_capacity, out, q, k, v)) {
-    folded = {k,           v,     cache.keys.f32(), cache.values.f32(), slots, fold->q_gamma.data,
-              fold->q_gamma.dtype, fold->k_gamma.data, fold->k_gamma.dtype, fold->eps, fold->inverse_frequency,
-              static_cast<int>(fold->rotary_dim / 2)};
+    folded.k = k;
+    folded.v = v;
+    folded.keys = cache.keys.f32();
+    folded.values = cache.values.f32();
+    folded.slots = slots;
+    folded.q_gamma = fold->q_gamma.data;
+    folded.q_gamma_dtype = fold->q_gamma.dtype;
+    folded.k_gamma = fold->k_gamma.data;
+    folded.k_gamma_dtype = fold->k_gamma.dtype;
+    folded.eps = fold->eps;
+    folded.inverse_frequency = fold->inverse_frequency;
+    folded.half = static_cast<int>(fold->rotary_dim / 2);
     kv_written = true;
   } else if (fold) {
     KvWrite kv;
