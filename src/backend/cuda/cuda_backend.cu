@@ -689,37 +689,41 @@ class CudaBackend final : public Backend, public cuda::Context {
     ProfileScope scope(*this, "head_norm_rotary + attention");
     check_same_shape("rotary_attention", out.shape, q.shape);
     check_same_shape("rotary_attention", k.shape, v.shape);
-    GLM_CHECK(q.shape.size() == 3 && k.shape.size() == 3 && k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2) &&
-                  q.dim(1) % k.dim(1) == 0 && static_cast<int64_t>(plan.token_slot.size()) == q.dim(0) &&
-                  rotary_dim % 2 == 0 && rotary_dim <= q.dim(2) && cache.keys.dtype == DType::F32,
+    GLM_CHECK(static_cast<int64_t>(plan.token_slot.size()) == q.dim(0) && q.dim(1) % k.dim(1) == 0 &&
+                  cache.keys.dtype == DType::F32,
               "internal error: rotary_attention on ", shape_to_string(q.shape), " and ", shape_to_string(k.shape));
+    const cuda::RotaryFold fold = head_rotation("rotary_attention", q, k, q_norm, k_norm, eps, rotary_dim, theta);
+    cuda::attention(*this, out.f32(), q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1), k.dim(1), q.dim(2), cache, plan,
+                    scale, /*kv_written=*/false, &fold);
+  }
+  // What rotating q [n, heads, D] and k [n, kv_heads, D] takes on the device
+  // (the head norms' gammas, the inverse frequencies), after checking the
+  // shapes: for head_norm_rotary's kernel and for attention's fold of it.
+  cuda::RotaryFold head_rotation(const char* op, const Tensor& q, const Tensor& k, const Weight* q_norm,
+                                 const Weight* k_norm, float eps, int64_t rotary_dim, double theta) {
+    GLM_CHECK(q.shape.size() == 3 && k.shape.size() == 3 && k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2) &&
+                  rotary_dim % 2 == 0 && rotary_dim <= q.dim(2),
+              "internal error: ", op, " on ", shape_to_string(q.shape), " and ", shape_to_string(k.shape));
     for (const Weight* gamma : {q_norm, k_norm})
       GLM_CHECK(!gamma || shape_numel(gamma->shape) == q.dim(2), "internal error: head norm weight ",
                 shape_to_string(gamma->shape), " for heads of ", q.dim(2));
-    cuda::RotaryFold fold;
-    if (q_norm) fold.q_gamma = cuda::matrix_of(*q_norm, index_);
-    if (k_norm) fold.k_gamma = cuda::matrix_of(*k_norm, index_);
-    fold.eps = eps;
-    fold.inverse_frequency = rotary_dim > 0 ? inverse_frequency(rotary_dim, theta) : nullptr;
-    fold.rotary_dim = rotary_dim;
-    cuda::attention(*this, out.f32(), q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1), k.dim(1), q.dim(2), cache, plan,
-                    scale, /*kv_written=*/false, &fold);
+    cuda::RotaryFold rotation;
+    if (q_norm) rotation.q_gamma = cuda::matrix_of(*q_norm, index_);
+    if (k_norm) rotation.k_gamma = cuda::matrix_of(*k_norm, index_);
+    rotation.eps = eps;
+    rotation.inverse_frequency = rotary_dim > 0 ? inverse_frequency(rotary_dim, theta) : nullptr;
+    rotation.rotary_dim = rotary_dim;
+    return rotation;
   }
   void head_norm_rotary_on_device(Tensor q, Tensor k, const Weight* q_norm, const Weight* k_norm, float eps,
                                   std::span<const int32_t> positions, int64_t rotary_dim, double theta,
                                   const cuda::KvWrite& kv) {
-    GLM_CHECK(q.shape.size() == 3 && k.shape.size() == 3 && q.dim(0) == static_cast<int64_t>(positions.size()) &&
-                  k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2) && rotary_dim % 2 == 0 && rotary_dim <= q.dim(2),
-              "internal error: head_norm_rotary on ", shape_to_string(q.shape), " and ", shape_to_string(k.shape));
-    for (const Weight* gamma : {q_norm, k_norm})
-      GLM_CHECK(!gamma || shape_numel(gamma->shape) == q.dim(2), "internal error: head norm weight ",
-                shape_to_string(gamma->shape), " for heads of ", q.dim(2));
+    const cuda::RotaryFold rotation = head_rotation("head_norm_rotary", q, k, q_norm, k_norm, eps, rotary_dim, theta);
+    GLM_CHECK(q.dim(0) == static_cast<int64_t>(positions.size()), "internal error: head_norm_rotary on ",
+              q.dim(0), " tokens with ", positions.size(), " positions");
     if (positions.empty()) return;
-    const cuda::Matrix q_gamma = q_norm ? cuda::matrix_of(*q_norm, index_) : cuda::Matrix{};
-    const cuda::Matrix k_gamma = k_norm ? cuda::matrix_of(*k_norm, index_) : cuda::Matrix{};
-    const float* frequencies = rotary_dim > 0 ? inverse_frequency(rotary_dim, theta) : nullptr;
-    cuda::head_norm_rotary(*this, q.f32(), k.f32(), q_gamma, k_gamma, eps, upload(positions), frequencies, q.dim(0),
-                           q.dim(1), k.dim(1), q.dim(2), rotary_dim, kv);
+    cuda::head_norm_rotary(*this, q.f32(), k.f32(), rotation.q_gamma, rotation.k_gamma, eps, upload(positions),
+                           rotation.inverse_frequency, q.dim(0), q.dim(1), k.dim(1), q.dim(2), rotary_dim, kv);
   }
 
   // One GPU: nothing to do. Several ranks without NCCL yet: through the host.
