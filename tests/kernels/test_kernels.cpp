@@ -395,6 +395,12 @@ TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
   }
 }
 
+// The first 64-byte boundary inside storage (which has 16 dwords to spare):
+// the AVX-512 fill stores whole aligned vectors.
+uint32_t* aligned64(std::vector<uint32_t>& storage) {
+  return reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+}
+
 // Scales and biases laid out at load for the one-token int8 kernel
 // (block_scale_pairs, what the CPU backend's place() attaches) give the bits
 // of the kernel transposing them itself: 4 and 8 bits, groups 32/64/128,
@@ -402,12 +408,6 @@ TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
 // call (the one-token kernel) and 6, 9 and 17 (the prompt path, which widens
 // the pairs instead of reading the weight's scales) on 1-3 threads; and
 // linear_many with them.
-// The first 64-byte boundary inside storage (which has 16 dwords to spare):
-// the AVX-512 fill stores whole aligned vectors.
-uint32_t* aligned64(std::vector<uint32_t>& storage) {
-  return reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
-}
-
 TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
   struct Shape {
     int bits;
