@@ -62,7 +62,8 @@ int64_t attention_scratch_floats(int64_t head_dim);
 void attend_block(const AttentionBlock& block);
 // The same on AVX2 + FMA (attention_avx2.cpp), for CPUs without AVX-512:
 // when avx2_attention_available() (built with it, GLM_CPU_ISA at least avx2)
-// and simd_ops_available() is not. Same scratch.
+// and simd_ops_available() is not. Same scratch, same code
+// (attention_vector.inc) on 8 lanes, and the same bits.
 bool avx2_attention_compiled();
 bool avx2_attention_available();
 void attend_block_avx2(const AttentionBlock& block);
