@@ -573,15 +573,6 @@ TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
   EXPECT_EQ(std::memcmp(alone.data(), exact.data(), exact.size() * sizeof(float)), 0);
 }
 
-// FastPrompts' bf16 kernels: packed panels (avx512::bf16_packed_rows) and,
-// for calls of fewer tokens, tokens in the lanes (bf16_lanes_rows), which
-// must give the same bits. Each forced to every call size: against the f32
-// reference on row counts around their 48- and 24-row blocks, widths around
-// the 512-column panels (one, several, a ragged last one, odd, not a
-// multiple of 32), token counts around the 8-token tiles and 16-token
-// vectors (up to 64, the lanes kernel's limit), with and without a bias; a
-// token's bits do not depend on the kernel, the thread count or the batch
-// it is in. And which calls take which kernel.
 // fast-prompts on AVX2: float weights in prompt steps take f32 panels
 // (avx2::float_panel_rows), within f32 rounding of the reference, with the
 // same bits on any thread count and for a token alone or in any call.
@@ -615,6 +606,15 @@ TEST(KernelsFloat, Avx2FloatPanelsMatchTheReferenceWithTheSameBits) {
       }
 }
 
+// FastPrompts' bf16 kernels: packed panels (avx512::bf16_packed_rows) and,
+// for calls of fewer tokens, tokens in the lanes (bf16_lanes_rows), which
+// must give the same bits. Each forced to every call size: against the f32
+// reference on row counts around their 48- and 24-row blocks, widths around
+// the 512-column panels (one, several, a ragged last one, odd, not a
+// multiple of 32), token counts around the 8-token tiles and 16-token
+// vectors (up to 64, the lanes kernel's limit), with and without a bias; a
+// token's bits do not depend on the kernel, the thread count or the batch
+// it is in. And which calls take which kernel.
 TEST(KernelsFloat, PackedPanelsAndTokenLanesMatchTheReferenceWithTheSameBits) {
   if (cpu::kernels::supported_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512";
   const TestWeight probe = float_test_weight(8, 64, DType::BF16, 30);
