@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernel_args.h"  // the AVX2 panels' token threshold
 #include "backend/cpu/kernels/kernels.h"
 #include "../common/random_values.h"
 
@@ -540,7 +541,7 @@ TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
     }
   }
   KernelScope scope(Isa::Avx2, Activations::Int8);
-  EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, 1), "avx2 exact");
+  EXPECT_STREQ(cpu::kernels::kernel_name(bf16.weight, 1), "avx2 float-lanes");  // f32 activations
   EXPECT_STREQ(cpu::kernels::kernel_name(four.weight, 1), "avx2 int8-maddubs");
   EXPECT_STREQ(cpu::kernels::kernel_name(eight.weight, 1), "avx2 int8-maddubs");
 }
@@ -573,35 +574,52 @@ TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
   EXPECT_EQ(std::memcmp(alone.data(), exact.data(), exact.size() * sizeof(float)), 0);
 }
 
-// fast-prompts on AVX2: float weights in prompt steps take f32 panels
-// (avx2::float_panel_rows), within f32 rounding of the reference, with the
-// same bits on any thread count and for a token alone or in any call.
-TEST(KernelsFloat, Avx2FloatPanelsMatchTheReferenceWithTheSameBits) {
+// Float weights on AVX2, in every mode: calls of kAvx2PanelMinTokens tokens
+// or more take f32 panels (avx2::float_panel_rows), smaller ones the rows
+// transposed in registers (avx2::float_lanes_rows). Both within f32
+// rounding of the reference, with the same bits as each other, on any thread
+// count and for a token alone or in any call. Rows around the lanes' 8-row
+// blocks and 32-row tiles and the panels' 16; widths around the bf16 step of
+// 16 columns and the f32/f16 step of 8; with and without a bias.
+TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
   if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
+  constexpr int64_t kPanelTokens = cpu::kernels::avx2::kAvx2PanelMinTokens;
+  const TestWeight probe = float_test_weight(8, 64, DType::BF16, 30);
+  for (Activations mode : {Activations::Exact, Activations::Int8, Activations::Fast, Activations::FastPrompts}) {
+    KernelScope scope(Isa::Avx2, mode);
+    cpu::kernels::options().fast_min_tokens = 1;
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 1), "avx2 float-lanes");
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, kPanelTokens - 1), "avx2 float-lanes");
+    EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, kPanelTokens), "avx2 float-panels");
+  }
+  const Stored bias_values = store(random_values(40, 34), DType::F32);
   for (DType dtype : {DType::BF16, DType::F16, DType::F32})
-    for (int64_t rows : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{40}})
-      for (int64_t in : {int64_t{5}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
+    for (int64_t rows : {int64_t{1}, int64_t{7}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{33}, int64_t{40}})
+      for (int64_t in : {int64_t{5}, int64_t{16}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
         const TestWeight t = float_test_weight(rows, in, dtype, static_cast<unsigned>(rows * 11 + in));
-        SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + std::to_string(rows) + " x " + std::to_string(in));
-        constexpr int64_t kTokens = 20;
+        const Weight bias_slice = float_weight("b", TensorView(bias_values.bytes.data(), DType::F32, {rows}));
+        const Weight* bias = rows % 2 ? &bias_slice : nullptr;
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + std::to_string(rows) + " x " + std::to_string(in) +
+                     (bias ? " with bias" : ""));
+        constexpr int64_t kTokens = kPanelTokens + 12;
         const std::vector<float> x = random_values(static_cast<size_t>(kTokens * in), 33);
-        const std::vector<float> expected = oracle(t, x, kTokens, nullptr);
-        KernelScope scope(Isa::Avx2, Activations::FastPrompts);
-        cpu::kernels::options().fast_min_tokens = 1;  // every call is a prompt step's
-        ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx2 float-panels");
-        const std::vector<float> batch = run_linear(t.weight, x, kTokens, nullptr, 1);
+        const std::vector<float> expected = oracle(t, x, kTokens, bias);
+        KernelScope scope(Isa::Avx2, Activations::Exact);
+        const std::vector<float> batch = run_linear(t.weight, x, kTokens, bias, 1);
         EXPECT_LE(relative_l2(batch, expected), 1e-5);
         for (int threads : {2, 3})
-          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, nullptr, threads).data(), batch.data(),
+          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, bias, threads).data(), batch.data(),
                                 batch.size() * sizeof(float)),
                     0)
               << threads << " threads changed bits";
-        for (int64_t n : {1, 5, 7})
+        for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{7}, kPanelTokens})
           for (int64_t first : {int64_t{0}, kTokens - n}) {
             const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
-            const std::vector<float> y = run_linear(t.weight, part, n, nullptr, 2);
-            EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
-                << n << " tokens from " << first << " differ from the batch";
+            for (int threads : {1, 3}) {
+              const std::vector<float> y = run_linear(t.weight, part, n, bias, threads);
+              EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+                  << n << " tokens from " << first << " on " << threads << " threads differ from the batch";
+            }
           }
       }
 }

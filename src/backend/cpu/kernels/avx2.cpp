@@ -1,6 +1,8 @@
-// AVX2 + FMA + F16C projection kernels: the exact-activation kernel of
-// exact_impl.inc over 8-lane ymm registers, for CPUs without AVX-512 (and
-// for GLM_CPU_ISA=avx2), and an int8-activation kernel for affine 4-bit
+// AVX2 + FMA + F16C projection kernels, for CPUs without AVX-512 (and for
+// GLM_CPU_ISA=avx2): float weights (f32, bf16, f16) in one FMA chain order
+// from f32 panels (prompts) or rows transposed in registers (a few tokens),
+// the exact-activation kernel of exact_impl.inc over 8-lane ymm registers
+// for affine weights, and an int8-activation kernel for affine 4- and 8-bit
 // weights (VPMADDUBSW) for CPUs without AVX512_VNNI. Compiled for those
 // instructions by a target pragma and only called after dispatch.cpp has
 // checked the CPU. No bf16-activation kernel (AVX2 has no bf16 dot
@@ -310,16 +312,20 @@ inline __m256 load8_scales(const void* base, ScaleType type, int64_t index) {
 
 // The 8 x 8 transpose of rows[i] (lane j) into out[j] (lane i).
 inline void transpose8(const __m256 (&rows)[8], __m256 (&out)[8]) {
-  __m256 t[8], u[8];
+  __m256 t[8], u[8];  // unrolled, so that all of it stays in registers
+  GLM_UNROLL
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = _mm256_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
     t[2 * i + 1] = _mm256_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
   }
+  GLM_UNROLL
   for (int i = 0; i < 2; ++i)
+    GLM_UNROLL
     for (int h = 0; h < 2; ++h) {
       u[4 * i + 2 * h] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], 0x44);
       u[4 * i + 2 * h + 1] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], 0xee);
     }
+  GLM_UNROLL
   for (int j = 0; j < 4; ++j) {
     out[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
     out[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
@@ -567,77 +573,323 @@ void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
       }
 }
 
-// ---- fast-prompts: float weights widened into f32 panels ----
+// ---- float weights (f32, bf16, f16): one FMA chain per output ----
+//
+// Every output (row, token) is one FMA chain over the columns in order,
+// acc = fma(w[row][k], x[token][k], acc) from k = 0, then + bias: the same
+// bits whatever the call, the tile or the thread, in every mode. Lanes hold
+// rows (8 to a vector), so a token's x is broadcast per column and no
+// reduction across lanes is needed. Two kernels give those bits:
+//
+// - prompts (float_panel_rows): each block of 16 rows is widened once into
+//   the thread's scratch as f32 panels (a column's 16 rows in two vectors),
+//   then tokens 6 at a time stream over it: 12 accumulators, 2 panel loads
+//   and 6 broadcasts per 12 FMAs;
+// - a few tokens (float_lanes_rows): widening costs more than such a call,
+//   so each step reads 8 rows straight from the weight and transposes them
+//   in registers, then adds its columns in order.
+//
+// A step is one 8 x 8 dword transpose. bf16 takes 16 columns a step: a
+// row's 32 bytes are 8 dwords, each a column pair, so the transpose gives 8
+// pair vectors, and a pair's even column is its dword shifted left 16, its
+// odd one the dword with the low half cleared (bf16 is the top half of an
+// f32): 24 shuffles per 16 columns, against 40 to widen first. f32 and f16
+// take 8 columns a step (f16 widened, then transposed).
+//
+// Rows a whole number of pages apart share L1 sets (a bf16 row of 4096
+// columns is 8 KB), and a set holds 8 lines: so 8 rows' 64-byte lines are
+// used whole, step after step, before other rows' lines are read.
 namespace {
 
-// panel[k * 16 + i] = the weight of row r0 + i at column k; rows past
-// `rows` are zeros. 8 rows x 8 columns at a time through a transpose.
 template <WeightKind K>
-void widen_panel(const LinearArgs& a, int64_t r0, int rows, float* panel) {
-  const uint8_t* row[kAvx2PanelRows];
-  for (int i = 0; i < kAvx2PanelRows; ++i) row[i] = i < rows ? a.w + (r0 + i) * a.w_stride : nullptr;
-  int64_t k = 0;
-  for (; k + 8 <= a.in; k += 8)
-    for (int half = 0; half < 2; ++half) {
-      __m256 by_row[8], by_column[8];
-      for (int i = 0; i < 8; ++i) {
-        const uint8_t* r = row[8 * half + i];
-        by_row[i] = r ? load_weights<K>(r, k) : _mm256_setzero_ps();
-      }
-      transpose8(by_row, by_column);
-      for (int j = 0; j < 8; ++j) _mm256_store_ps(panel + (k + j) * kAvx2PanelRows + 8 * half, by_column[j]);
-    }
-  for (; k < a.in; ++k)
-    for (int i = 0; i < kAvx2PanelRows; ++i) panel[k * kAvx2PanelRows + i] = row[i] ? weight_scalar<K>(row[i], k) : 0.0f;
+constexpr int lanes_step() {
+  return K == WeightKind::BF16 ? 16 : 8;
+}
+template <WeightKind K>
+constexpr int64_t weight_bytes() {
+  return K == WeightKind::F32 ? 4 : 2;
 }
 
-// The block's rows x tokens [t0, t0 + T): 2 x T accumulators.
+// The step's columns of 8 rows (by_row: each row's bytes of the step, as
+// loaded) as column vectors, row i in lane i, handed to use(c, column) in
+// column order.
+template <WeightKind K, class Use>
+inline void for_each_column(__m256 (&by_row)[8], Use&& use) {
+  if constexpr (K == WeightKind::F16)
+    GLM_UNROLL
+    for (int i = 0; i < 8; ++i) by_row[i] = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_castps_si256(by_row[i])));
+  __m256 by_column[8];
+  transpose8(by_row, by_column);  // bf16: by_column[j] = column pair j, as dwords
+  GLM_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    if constexpr (K == WeightKind::BF16) {
+      const __m256i pair = _mm256_castps_si256(by_column[j]);
+      use(2 * j, _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16)));
+      use(2 * j + 1, _mm256_castsi256_ps(_mm256_and_si256(pair, _mm256_set1_epi32(-65536))));
+    } else {
+      use(j, by_column[j]);
+    }
+  }
+}
+
+// A step's bytes of one row: 16 bf16 or 8 f32 in a ymm, 8 f16 in its low half.
+template <WeightKind K>
+inline __m256 load_step(const uint8_t* p) {
+  if constexpr (K == WeightKind::F16)
+    return _mm256_castps128_ps256(_mm_loadu_ps(reinterpret_cast<const float*>(p)));
+  else
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+}
+
+// Row strides of a block of 8 rows: row i is at p + i * s1, which the loads
+// address as p + {0, 1, 2, 4} * s1 or p + {1, 2} * s3, p + s5, p + s7, so a
+// tile keeps its row pointers in registers.
+struct RowStrides {
+  int64_t s1, s3, s5, s7;
+  explicit RowStrides(int64_t stride) : s1(stride), s3(3 * stride), s5(5 * stride), s7(7 * stride) {}
+};
+
+inline void prefetch_rows8(const uint8_t* p, const RowStrides& r) {
+  __builtin_prefetch(p, 0, 2), __builtin_prefetch(p + r.s1, 0, 2);
+  __builtin_prefetch(p + 2 * r.s1, 0, 2), __builtin_prefetch(p + r.s3, 0, 2);
+  __builtin_prefetch(p + 4 * r.s1, 0, 2), __builtin_prefetch(p + r.s5, 0, 2);
+  __builtin_prefetch(p + 2 * r.s3, 0, 2), __builtin_prefetch(p + r.s7, 0, 2);
+}
+
+// panel[(k - c0) * 16 + i] = the weight of row r0 + i at column k, for
+// the chunk's columns [c0, c1); rows past `rows` are zeros. Each half of
+// the block (8 rows) a line at a time.
+template <WeightKind K>
+void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t c1, float* panel) {
+  constexpr int kStep = lanes_step<K>();
+  constexpr int64_t kLine = 64 / weight_bytes<K>();
+  const uint8_t* row[kAvx2PanelRows];
+  for (int i = 0; i < kAvx2PanelRows; ++i) row[i] = i < rows ? a.w + (r0 + i) * a.w_stride : nullptr;
+  auto widen_step = [&](int64_t k, int half) {
+    __m256 by_row[8];
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* r = row[8 * half + i];
+      by_row[i] = r ? load_step<K>(r + k * weight_bytes<K>()) : _mm256_setzero_ps();
+    }
+    for_each_column<K>(by_row, [&](int c, __m256 column) {
+      _mm256_store_ps(panel + (k - c0 + c) * kAvx2PanelRows + 8 * half, column);
+    });
+  };
+  int64_t k = c0;
+  for (; k + kLine <= c1; k += kLine)
+    for (int half = 0; half < 2; ++half)
+      GLM_UNROLL
+      for (int64_t sub = 0; sub < kLine; sub += kStep) widen_step(k + sub, half);
+  for (; k + kStep <= c1; k += kStep)
+    for (int half = 0; half < 2; ++half) widen_step(k, half);
+  for (; k < c1; ++k)
+    for (int i = 0; i < kAvx2PanelRows; ++i)
+      panel[(k - c0) * kAvx2PanelRows + i] = row[i] ? weight_scalar<K>(row[i], k) : 0.0f;
+}
+
+// The block's rows x tokens [t0, t0 + T) over the chunk's columns [c0, c1)
+// (c0 even): per token and half of the block an even and an odd chain, 4 x
+// T accumulators, two columns a step. Between chunks the chains wait in
+// `carry` (stored and reloaded whole, so the order of the additions does
+// not change); the last chunk adds each output's two chains and stores it.
 template <int T>
-void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel) {
+void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel, int64_t c0, int64_t c1,
+                float* carry) {
   const float* x[T];
-  __m256 acc[T][2];
+  __m256 acc[T][2][2];  // [token][half of the block][column parity]
   GLM_UNROLL
   for (int t = 0; t < T; ++t) {
     x[t] = a.x + (t0 + t) * a.in;
-    acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    GLM_UNROLL
+    for (int h = 0; h < 2; ++h)
+      GLM_UNROLL
+      for (int p = 0; p < 2; ++p)
+        acc[t][h][p] = c0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(carry + (t0 + t) * 32 + (2 * h + p) * 8);
   }
-  for (int64_t k = 0; k < a.in; ++k) {
-    const __m256 low = _mm256_load_ps(panel + k * kAvx2PanelRows), high = _mm256_load_ps(panel + k * kAvx2PanelRows + 8);
+  auto add_column = [&](int64_t k, int parity) {
+    const float* column = panel + (k - c0) * kAvx2PanelRows;
+    const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
     GLM_UNROLL
     for (int t = 0; t < T; ++t) {
       const __m256 xk = _mm256_broadcast_ss(x[t] + k);
-      acc[t][0] = _mm256_fmadd_ps(low, xk, acc[t][0]);
-      acc[t][1] = _mm256_fmadd_ps(high, xk, acc[t][1]);
+      acc[t][0][parity] = _mm256_fmadd_ps(low, xk, acc[t][0][parity]);
+      acc[t][1][parity] = _mm256_fmadd_ps(high, xk, acc[t][1][parity]);
     }
-  }
+  };
+  int64_t k = c0;
+  for (; k + 2 <= c1; k += 2) add_column(k, 0), add_column(k + 1, 1);
+  if (k < c1) add_column(k, 0);  // the last, even column of an odd width
   GLM_UNROLL
   for (int t = 0; t < T; ++t) {
-    store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, acc[t][0]);
-    if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, acc[t][1]);
+    if (c1 < a.in) {
+      GLM_UNROLL
+      for (int h = 0; h < 2; ++h)
+        GLM_UNROLL
+        for (int p = 0; p < 2; ++p) _mm256_store_ps(carry + (t0 + t) * 32 + (2 * h + p) * 8, acc[t][h][p]);
+      continue;
+    }
+    store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, _mm256_add_ps(acc[t][0][0], acc[t][0][1]));
+    if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, _mm256_add_ps(acc[t][1][0], acc[t][1][1]));
   }
 }
 
+// Each block of 16 rows a chunk of kAvx2PanelColumns columns at a time, so
+// that the panel stays in L2 (64 KB) whatever the width: o_proj's 12288
+// columns would make a 768 KB panel.
 template <WeightKind K>
 void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  constexpr int T = 6;  // 12 accumulators, 2 panel vectors and a broadcast of 16 ymm
+  constexpr int T = 3;  // 12 accumulators, 2 panel vectors and a broadcast of 16 ymm
   float* panel = reinterpret_cast<float*>(a.scratch);
+  float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][2 halves][2 parities][8]
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
     const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
-    widen_panel<K>(a, r0, rows, panel);
-    for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
-      switch (min64(T, a.n_tokens - t0)) {
-        case 1: panel_tile<1>(a, r0, rows, t0, panel); break;
-        case 2: panel_tile<2>(a, r0, rows, t0, panel); break;
-        case 3: panel_tile<3>(a, r0, rows, t0, panel); break;
-        case 4: panel_tile<4>(a, r0, rows, t0, panel); break;
-        case 5: panel_tile<5>(a, r0, rows, t0, panel); break;
-        default: panel_tile<6>(a, r0, rows, t0, panel); break;
+    for (int64_t c0 = 0; c0 < a.in; c0 += kAvx2PanelColumns) {
+      const int64_t c1 = min64(c0 + kAvx2PanelColumns, a.in);
+      widen_panel<K>(a, r0, rows, c0, c1, panel);
+      for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+        switch (min64(T, a.n_tokens - t0)) {
+          case 1: panel_tile<1>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 2: panel_tile<2>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          default: panel_tile<3>(a, r0, rows, t0, panel, c0, c1, carry); break;
+        }
       }
+    }
+  }
+}
+
+// Adds the step's columns [k, k + lanes_step<K>()) of 8 rows into acc[t].
+// acc[t][p]: token t's chain over the columns of parity p (k is even).
+template <WeightKind K, int T>
+inline void add_step(__m256 (&by_row)[8], const float* const* x, int64_t k, __m256 (*acc)[2]) {
+  for_each_column<K>(by_row, [&](int c, __m256 column) {
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) acc[t][c & 1] = _mm256_fmadd_ps(column, _mm256_broadcast_ss(x[t] + k + c), acc[t][c & 1]);
+  });
+}
+
+// Adds one 64-byte line of each of 8 rows (columns [k, k + line columns))
+// into acc: its steps one after another, so the 8 lines are read while
+// they are in L1.
+template <WeightKind K, int T>
+inline void add_line(const uint8_t* p, const RowStrides& r, const float* const* x, int64_t k, __m256 (*acc)[2]) {
+  constexpr int kStep = lanes_step<K>();
+  constexpr int64_t kBytes = weight_bytes<K>();
+  GLM_UNROLL
+  for (int sub = 0; sub < 64 / (kStep * kBytes); ++sub) {
+    const uint8_t* q = p + sub * kStep * kBytes;
+    __m256 by_row[8] = {load_step<K>(q),          load_step<K>(q + r.s1),     load_step<K>(q + 2 * r.s1),
+                        load_step<K>(q + r.s3),   load_step<K>(q + 4 * r.s1), load_step<K>(q + r.s5),
+                        load_step<K>(q + 2 * r.s3), load_step<K>(q + r.s7)};
+    add_step<K, T>(by_row, x, k + sub * kStep, acc);
+  }
+}
+
+// Columns past the last whole step, one at a time (the same chains).
+template <WeightKind K, int T>
+inline void add_tail(const uint8_t* const* row, const float* const* x, int64_t k0, int64_t in, __m256 (*acc)[2]) {
+  for (int64_t k = k0; k < in; ++k) {
+    alignas(32) float lanes[8];
+    for (int i = 0; i < 8; ++i) lanes[i] = weight_scalar<K>(row[i], k);
+    const __m256 column = _mm256_load_ps(lanes);
+    GLM_UNROLL
+    for (int t = 0; t < T; ++t) {
+      __m256& chain = k % 2 ? acc[t][1] : acc[t][0];
+      chain = _mm256_fmadd_ps(column, _mm256_broadcast_ss(x[t] + k), chain);
+    }
+  }
+}
+
+// Stores tokens [t0, t0 + T) of 8 rows from r0 (the first `rows` of them).
+template <int T>
+inline void store_chains(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m256 (*acc)[2]) {
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(acc[t][0], acc[t][1]));
+}
+
+// 8 whole rows from r0 x tokens [t0, t0 + T): a line of each row at a
+// time. One block of 8 rows per tile: with two chains per output it reads
+// as fast as the column-strided kernel did from memory, and two blocks side
+// by side (4 chains, more row lines in flight) were no faster.
+template <WeightKind K, int T>
+void lanes_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
+  constexpr int kStep = lanes_step<K>();
+  constexpr int64_t kLine = 64 / weight_bytes<K>();  // columns per line
+  const RowStrides strides(a.w_stride);
+  const uint8_t* const first = a.w + r0 * a.w_stride;
+  const float* x[T];
+  __m256 acc[T][2];  // [token][column parity]
+  GLM_UNROLL
+  for (int t = 0; t < T; ++t) x[t] = a.x + (t0 + t) * a.in, acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  const int64_t lines = a.in / kLine;
+  for (int64_t line = 0; line < lines; ++line) {
+    const uint8_t* p = first + line * 64;
+    // The next tile's rows start 8 rows on: asking for their line here
+    // brings them a whole tile ahead.
+    prefetch_rows8(p + 8 * a.w_stride, strides);
+    add_line<K, T>(p, strides, x, line * kLine, acc);
+  }
+  int64_t k = lines * kLine;
+  for (; k + kStep <= a.in; k += kStep) {
+    __m256 by_row[8];
+    for (int i = 0; i < 8; ++i) by_row[i] = load_step<K>(first + i * a.w_stride + k * weight_bytes<K>());
+    add_step<K, T>(by_row, x, k, acc);
+  }
+  const uint8_t* row[8];
+  for (int i = 0; i < 8; ++i) row[i] = first + i * a.w_stride;
+  add_tail<K, T>(row, x, k, a.in, acc);
+  store_chains<T>(a, r0, 8, t0, acc);
+}
+
+// The last rows of a range, fewer than 8: lanes past the last row read row
+// r0 (any valid row) and are not stored.
+template <WeightKind K, int T>
+void lanes_tile_partial(const LinearArgs& a, int64_t r0, int rows, int64_t t0) {
+  constexpr int kStep = lanes_step<K>();
+  const uint8_t* row[8];
+  for (int i = 0; i < 8; ++i) row[i] = a.w + (i < rows ? r0 + i : r0) * a.w_stride;
+  const float* x[T];
+  __m256 acc[T][2];
+  for (int t = 0; t < T; ++t) x[t] = a.x + (t0 + t) * a.in, acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  const int64_t main = a.in - a.in % kStep;
+  for (int64_t k = 0; k < main; k += kStep) {
+    __m256 by_row[8];
+    for (int i = 0; i < 8; ++i) by_row[i] = load_step<K>(row[i] + k * weight_bytes<K>());
+    add_step<K, T>(by_row, x, k, acc);
+  }
+  add_tail<K, T>(row, x, main, a.in, acc);
+  store_chains<T>(a, r0, rows, t0, acc);
+}
+
+// Blocks of 8 rows over the range, then the rest.
+template <WeightKind K, int T>
+void lanes_rows_tokens(const LinearArgs& a, int64_t row_begin, int64_t row_end, int64_t t0) {
+  int64_t r0 = row_begin;
+  for (; r0 + 8 <= row_end; r0 += 8) lanes_tile<K, T>(a, r0, t0);
+  if (r0 < row_end) lanes_tile_partial<K, T>(a, r0, static_cast<int>(row_end - r0), t0);
+}
+
+// Tokens 3 at a time: 6 accumulators beside a step's 8 column vectors.
+template <WeightKind K>
+void float_lanes_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  for (int64_t t0 = 0; t0 < a.n_tokens; t0 += 3) {
+    switch (min64(3, a.n_tokens - t0)) {
+      case 1: lanes_rows_tokens<K, 1>(a, row_begin, row_end, t0); break;
+      case 2: lanes_rows_tokens<K, 2>(a, row_begin, row_end, t0); break;
+      default: lanes_rows_tokens<K, 3>(a, row_begin, row_end, t0); break;
     }
   }
 }
 
 }  // namespace
+
+void float_lanes_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  switch (a.kind) {
+    case WeightKind::F32: return float_lanes_rows_of<WeightKind::F32>(a, row_begin, row_end);
+    case WeightKind::BF16: return float_lanes_rows_of<WeightKind::BF16>(a, row_begin, row_end);
+    case WeightKind::F16: return float_lanes_rows_of<WeightKind::F16>(a, row_begin, row_end);
+    default: return;  // dispatch.cpp sends float weights only
+  }
+}
 
 void float_panel_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   switch (a.kind) {
@@ -697,6 +949,7 @@ void int8_rows(const LinearArgs&, int64_t, int64_t) {}
 void prepare_int8(const float*, int64_t, int64_t, bool, int8_t*, float*, float*) {}
 void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
+void float_lanes_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif
 

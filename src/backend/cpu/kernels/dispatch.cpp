@@ -120,10 +120,10 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
 // affine 4/8-bit, for CPUs without VNNI (or GLM_CPU_ISA=avx2); same bits.
 // Bf16Packed / Bf16Lanes: bf16_packed_rows and, for calls of fewer tokens,
 // bf16_lanes_rows (the same bits), in the prompt steps of fast-prompts.
-// PanelAvx2: avx2::float_panel_rows, float weights in fast-prompts' prompt
-// steps on AVX2 (every call of the step, so a token's bits depend only on
-// whether its step was a prompt).
-enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2, PanelAvx2 };
+// PanelAvx2 / LanesAvx2: avx2::float_panel_rows and, for calls of fewer
+// tokens, avx2::float_lanes_rows (the same bits): float weights on AVX2 in
+// every mode, so a token's bits never depend on its call.
+enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2, PanelAvx2, LanesAvx2 };
 
 // step_tokens: the step's tokens (FastPrompts' threshold); a.n_tokens: the
 // call's; a.in set (describe_weight leaves both to the caller).
@@ -131,6 +131,9 @@ Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   const bool int8_only = o.activations == Activations::Int8;  // affine weights only
   const bool fast = int8_only || o.activations == Activations::Fast ||
                     (o.activations == Activations::FastPrompts && step_tokens >= o.fast_min_tokens);
+  const bool float_weight = a.kind == WeightKind::F32 || a.kind == WeightKind::BF16 || a.kind == WeightKind::F16;
+  if (o.isa == Isa::Avx2 && float_weight && a.in > 0)  // f32 activations, every mode
+    return a.n_tokens >= avx2::kAvx2PanelMinTokens ? Path::PanelAvx2 : Path::LanesAvx2;
   if (!fast || o.isa == Isa::Reference) return Path::Exact;
   const CpuFeatures& cpu = cpu_features();
   const bool int8_group = a.group == 32 || a.group == 64 || a.group == 128;
@@ -144,9 +147,6 @@ Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   }
   if ((a.kind == WeightKind::Affine4 || a.kind == WeightKind::Affine8) && int8_group)
     return Path::Int8Avx2;  // AVX2, or AVX-512 without VNNI
-  const bool float_weight = a.kind == WeightKind::F32 || a.kind == WeightKind::BF16 || a.kind == WeightKind::F16;
-  if (o.isa == Isa::Avx2 && o.activations == Activations::FastPrompts && float_weight && a.in > 0)
-    return Path::PanelAvx2;
   return Path::Exact;
 }
 
@@ -222,6 +222,7 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens) {
     case Path::Int8: return "avx512 int8-vnni";
     case Path::Int8Avx2: return "avx2 int8-maddubs";
     case Path::PanelAvx2: return "avx2 float-panels";
+    case Path::LanesAvx2: return "avx2 float-lanes";
     case Path::Exact: return o.isa == Isa::Avx512 ? "avx512 exact" : "avx2 exact";
   }
   return nullptr;
@@ -258,7 +259,7 @@ struct Prep {
 // Whether a job's x must be prepared, and how many elements of each buffer that takes.
 bool needs_prep(Path path, Isa isa, WeightKind kind) {
   const bool affine = kind == WeightKind::Affine4 || kind == WeightKind::Affine8;
-  return (path != Path::Exact && path != Path::PanelAvx2) || (isa == Isa::Avx512 && affine);
+  return (path != Path::Exact && path != Path::PanelAvx2 && path != Path::LanesAvx2) || (isa == Isa::Avx512 && affine);
 }
 
 // Token t of preparation p into its buffers.
@@ -285,7 +286,8 @@ void prepare_token(const Prep& p, int64_t t) {
                          const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
-    case Path::PanelAvx2:  // reads x as it is (needs_prep)
+    case Path::PanelAvx2:  // read x as it is (needs_prep)
+    case Path::LanesAvx2:
       break;
   }
 }
@@ -364,8 +366,9 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
       case Path::Int8: plan.kernel = avx512::int8_rows; plan.row_unit = kInt8RowUnit; break;
       case Path::Int8Avx2: plan.kernel = avx2::int8_rows; plan.row_unit = kInt8Avx2RowUnit; break;
       case Path::PanelAvx2: plan.kernel = avx2::float_panel_rows; plan.row_unit = avx2::kAvx2PanelRows; break;
+      case Path::LanesAvx2: plan.kernel = avx2::float_lanes_rows; plan.row_unit = avx2::kAvx2LanesRowUnit; break;
     }
-    if (plan.path == Path::PanelAvx2) scratch_each = std::max(scratch_each, (avx2::avx2_panel_bytes(a.in) + 63) / 64 * 64);
+    if (plan.path == Path::PanelAvx2) scratch_each = std::max(scratch_each, (avx2::avx2_panel_bytes(a.n_tokens) + 63) / 64 * 64);
     if (plan.path == Path::Int8 || plan.path == Path::Int8Avx2)
       scratch_each = std::max(scratch_each, (int8_scratch_bytes(a.in, a.group) + 63) / 64 * 64);
     if (plan.path == Path::Bf16Packed) scratch_each = std::max(scratch_each, bf16_panel_bytes());
@@ -420,6 +423,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
         a.xsum = sums;
         break;
       case Path::PanelAvx2:  // never prepared
+      case Path::LanesAvx2:
         break;
     }
     activations += (p.n_tokens * activation_bytes(p) + 63) / 64 * 64;

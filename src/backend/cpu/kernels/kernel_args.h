@@ -125,14 +125,24 @@ void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8
 // with args.block_pairs set it widens a block's 8 pairs per group instead
 // of gathering the scales and biases through transposes.
 void fill_block_scale_pairs(const LinearArgs& args, uint32_t* out);
-// fast-prompts' float weights (f32, bf16, f16) on AVX2: each block of
-// kAvx2PanelRows rows widened once into the thread's scratch as f32 panels
-// (a column's 16 rows in two vectors; avx2_panel_bytes(in)), then tokens 6
-// at a time, each token's x broadcast per column. Each output is one FMA
-// chain over the columns in order, whatever the call's size.
+// Float weights (f32, bf16, f16) on AVX2, every mode: each block of
+// kAvx2PanelRows rows widened into the thread's scratch as f32 panels
+// (a column's 16 rows in two vectors), kAvx2PanelColumns columns at a time,
+// each chunk passed over by tokens 3 at a time, each token's x broadcast per
+// column (scratch avx2_panel_bytes(n_tokens)). Each output is two FMA
+// chains (its even and its odd columns, each in order) added at the end,
+// whatever the call's size.
 constexpr int kAvx2PanelRows = 16;
-inline int64_t avx2_panel_bytes(int64_t in) { return in * kAvx2PanelRows * 4; }
+constexpr int64_t kAvx2PanelColumns = 1024;  // a chunk: 64 KB of panel
+inline int64_t avx2_panel_bytes(int64_t n_tokens) { return (kAvx2PanelColumns + n_tokens * 2) * kAvx2PanelRows * 4; }
 void float_panel_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
+// The same bits for calls of a few tokens, no scratch: 8 rows at a time
+// transposed in registers, tiles of up to 32 rows. Row ranges should start
+// at multiples of 8.
+constexpr int64_t kAvx2LanesRowUnit = 8;
+// Calls of at least this many tokens take the panels.
+constexpr int64_t kAvx2PanelMinTokens = 8;
+void float_lanes_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 }  // namespace avx2
 
 namespace avx512 {
