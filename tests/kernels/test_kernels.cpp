@@ -586,8 +586,7 @@ TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
   constexpr int64_t kPanelTokens = cpu::kernels::avx2::kAvx2PanelMinTokens;
   const TestWeight probe = float_test_weight(8, 64, DType::BF16, 30);
   for (Activations mode : {Activations::Exact, Activations::Int8, Activations::Fast, Activations::FastPrompts}) {
-    KernelScope scope(Isa::Avx2, mode);
-    cpu::kernels::options().fast_min_tokens = 1;
+    KernelScope scope(Isa::Avx2, mode);  // FastPrompts: a decode step's
     EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, 1), "avx2 float-lanes");
     EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, kPanelTokens - 1), "avx2 float-lanes");
     EXPECT_STREQ(cpu::kernels::kernel_name(probe.weight, kPanelTokens), "avx2 float-panels");
@@ -620,6 +619,40 @@ TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
               EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
                   << n << " tokens from " << first << " on " << threads << " threads differ from the batch";
             }
+          }
+      }
+}
+
+// fast-prompts on AVX2: every call of a prompt step takes the panels with
+// one chain per output (avx2::float_panel_rows_one_chain), within f32
+// rounding of the reference, with the same bits on any thread count and for
+// a token alone or in any call of a prompt step.
+TEST(KernelsFloat, Avx2OneChainPanelsInPromptStepsMatchTheReferenceWithTheSameBits) {
+  if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
+  for (DType dtype : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t rows : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{40}})
+      for (int64_t in : {int64_t{5}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
+        const TestWeight t = float_test_weight(rows, in, dtype, static_cast<unsigned>(rows * 13 + in));
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + std::to_string(rows) + " x " + std::to_string(in));
+        constexpr int64_t kTokens = 20;
+        const std::vector<float> x = random_values(static_cast<size_t>(kTokens * in), 35);
+        const std::vector<float> expected = oracle(t, x, kTokens, nullptr);
+        KernelScope scope(Isa::Avx2, Activations::FastPrompts);
+        cpu::kernels::options().fast_min_tokens = 1;  // every call is a prompt step's
+        ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx2 float-panels-one-chain");
+        const std::vector<float> batch = run_linear(t.weight, x, kTokens, nullptr, 1);
+        EXPECT_LE(relative_l2(batch, expected), 1e-5);
+        for (int threads : {2, 3})
+          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, nullptr, threads).data(), batch.data(),
+                                batch.size() * sizeof(float)),
+                    0)
+              << threads << " threads changed bits";
+        for (int64_t n : {1, 5, 7})
+          for (int64_t first : {int64_t{0}, kTokens - n}) {
+            const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
+            const std::vector<float> y = run_linear(t.weight, part, n, nullptr, 2);
+            EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+                << n << " tokens from " << first << " differ from the batch";
           }
       }
 }

@@ -688,36 +688,37 @@ void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t 
 }
 
 // The block's rows x tokens [t0, t0 + T) over the chunk's columns [c0, c1)
-// (c0 even): per token and half of the block an even and an odd chain, 4 x
-// T accumulators, two columns a step. Between chunks the chains wait in
-// `carry` (stored and reloaded whole, so the order of the additions does
-// not change); the last chunk adds each output's two chains and stores it.
-template <int T>
+// (c0 even): per token and half of the block C chains (C = 2: an even and
+// an odd one, the exact order; C = 1: one, fast-prompts' order), 2 x C x T
+// accumulators. Between chunks the chains wait in `carry` [token][half][C][8]
+// (stored and reloaded whole, so the order of the additions does not
+// change); the last chunk adds each output's chains and stores it.
+template <int T, int C>
 void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel, int64_t c0, int64_t c1,
                 float* carry) {
   const float* x[T];
-  __m256 acc[T][2][2];  // [token][half of the block][column parity]
+  __m256 acc[T][2][C];  // [token][half of the block][chain]
   GLM_UNROLL
   for (int t = 0; t < T; ++t) {
     x[t] = a.x + (t0 + t) * a.in;
     GLM_UNROLL
     for (int h = 0; h < 2; ++h)
       GLM_UNROLL
-      for (int p = 0; p < 2; ++p)
-        acc[t][h][p] = c0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(carry + (t0 + t) * 32 + (2 * h + p) * 8);
+      for (int p = 0; p < C; ++p)
+        acc[t][h][p] = c0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(carry + ((t0 + t) * 2 * C + h * C + p) * 8);
   }
-  auto add_column = [&](int64_t k, int parity) {
+  auto add_column = [&](int64_t k, int chain) {
     const float* column = panel + (k - c0) * kAvx2PanelRows;
     const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
     GLM_UNROLL
     for (int t = 0; t < T; ++t) {
       const __m256 xk = _mm256_broadcast_ss(x[t] + k);
-      acc[t][0][parity] = _mm256_fmadd_ps(low, xk, acc[t][0][parity]);
-      acc[t][1][parity] = _mm256_fmadd_ps(high, xk, acc[t][1][parity]);
+      acc[t][0][chain] = _mm256_fmadd_ps(low, xk, acc[t][0][chain]);
+      acc[t][1][chain] = _mm256_fmadd_ps(high, xk, acc[t][1][chain]);
     }
   };
   int64_t k = c0;
-  for (; k + 2 <= c1; k += 2) add_column(k, 0), add_column(k + 1, 1);
+  for (; k + 2 <= c1; k += 2) add_column(k, 0), add_column(k + 1, C - 1);
   if (k < c1) add_column(k, 0);  // the last, even column of an odd width
   GLM_UNROLL
   for (int t = 0; t < T; ++t) {
@@ -725,22 +726,26 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
       GLM_UNROLL
       for (int h = 0; h < 2; ++h)
         GLM_UNROLL
-        for (int p = 0; p < 2; ++p) _mm256_store_ps(carry + (t0 + t) * 32 + (2 * h + p) * 8, acc[t][h][p]);
+        for (int p = 0; p < C; ++p) _mm256_store_ps(carry + ((t0 + t) * 2 * C + h * C + p) * 8, acc[t][h][p]);
       continue;
     }
-    store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, _mm256_add_ps(acc[t][0][0], acc[t][0][1]));
-    if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, _mm256_add_ps(acc[t][1][0], acc[t][1][1]));
+    __m256 sum[2];
+    GLM_UNROLL
+    for (int h = 0; h < 2; ++h) sum[h] = C == 2 ? _mm256_add_ps(acc[t][h][0], acc[t][h][C - 1]) : acc[t][h][0];
+    store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, sum[0]);
+    if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, sum[1]);
   }
 }
 
 // Each block of 16 rows a chunk of kAvx2PanelColumns columns at a time, so
 // that the panel stays in L2 (64 KB) whatever the width: o_proj's 12288
-// columns would make a 768 KB panel.
-template <WeightKind K>
+// columns would make a 768 KB panel. Tiles of 12 accumulators: 3 tokens
+// with two chains, 6 with one.
+template <WeightKind K, int C>
 void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  constexpr int T = 3;  // 12 accumulators, 2 panel vectors and a broadcast of 16 ymm
+  constexpr int T = 6 / C;
   float* panel = reinterpret_cast<float*>(a.scratch);
-  float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][2 halves][2 parities][8]
+  float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][2 halves][C chains][8]
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
     const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
     for (int64_t c0 = 0; c0 < a.in; c0 += kAvx2PanelColumns) {
@@ -748,9 +753,12 @@ void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
       widen_panel<K>(a, r0, rows, c0, c1, panel);
       for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
         switch (min64(T, a.n_tokens - t0)) {
-          case 1: panel_tile<1>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 2: panel_tile<2>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          default: panel_tile<3>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 3: panel_tile<3, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 4: if constexpr (T >= 4) panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 5: if constexpr (T >= 5) panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          default: if constexpr (T >= 6) panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
         }
       }
     }
@@ -893,9 +901,18 @@ void float_lanes_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
 
 void float_panel_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   switch (a.kind) {
-    case WeightKind::F32: return float_panel_rows_of<WeightKind::F32>(a, row_begin, row_end);
-    case WeightKind::BF16: return float_panel_rows_of<WeightKind::BF16>(a, row_begin, row_end);
-    case WeightKind::F16: return float_panel_rows_of<WeightKind::F16>(a, row_begin, row_end);
+    case WeightKind::F32: return float_panel_rows_of<WeightKind::F32, 2>(a, row_begin, row_end);
+    case WeightKind::BF16: return float_panel_rows_of<WeightKind::BF16, 2>(a, row_begin, row_end);
+    case WeightKind::F16: return float_panel_rows_of<WeightKind::F16, 2>(a, row_begin, row_end);
+    default: return;  // dispatch.cpp sends float weights only
+  }
+}
+
+void float_panel_rows_one_chain(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  switch (a.kind) {
+    case WeightKind::F32: return float_panel_rows_of<WeightKind::F32, 1>(a, row_begin, row_end);
+    case WeightKind::BF16: return float_panel_rows_of<WeightKind::BF16, 1>(a, row_begin, row_end);
+    case WeightKind::F16: return float_panel_rows_of<WeightKind::F16, 1>(a, row_begin, row_end);
     default: return;  // dispatch.cpp sends float weights only
   }
 }
@@ -949,6 +966,7 @@ void int8_rows(const LinearArgs&, int64_t, int64_t) {}
 void prepare_int8(const float*, int64_t, int64_t, bool, int8_t*, float*, float*) {}
 void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
+void float_panel_rows_one_chain(const LinearArgs&, int64_t, int64_t) {}
 void float_lanes_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif

@@ -121,9 +121,11 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
 // Bf16Packed / Bf16Lanes: bf16_packed_rows and, for calls of fewer tokens,
 // bf16_lanes_rows (the same bits), in the prompt steps of fast-prompts.
 // PanelAvx2 / LanesAvx2: avx2::float_panel_rows and, for calls of fewer
-// tokens, avx2::float_lanes_rows (the same bits): float weights on AVX2 in
-// every mode, so a token's bits never depend on its call.
-enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2, PanelAvx2, LanesAvx2 };
+// tokens, avx2::float_lanes_rows (the same bits): float weights on AVX2, so
+// a token's bits do not depend on its call. PanelOneChainAvx2: the panels
+// with one chain per output, every call of fast-prompts' prompt steps (a
+// token's bits then depend on whether its step was a prompt).
+enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2, PanelAvx2, LanesAvx2, PanelOneChainAvx2 };
 
 // step_tokens: the step's tokens (FastPrompts' threshold); a.n_tokens: the
 // call's; a.in set (describe_weight leaves both to the caller).
@@ -132,8 +134,10 @@ Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   const bool fast = int8_only || o.activations == Activations::Fast ||
                     (o.activations == Activations::FastPrompts && step_tokens >= o.fast_min_tokens);
   const bool float_weight = a.kind == WeightKind::F32 || a.kind == WeightKind::BF16 || a.kind == WeightKind::F16;
-  if (o.isa == Isa::Avx2 && float_weight && a.in > 0)  // f32 activations, every mode
+  if (o.isa == Isa::Avx2 && float_weight && a.in > 0) {  // f32 activations, every mode
+    if (o.activations == Activations::FastPrompts && fast) return Path::PanelOneChainAvx2;
     return a.n_tokens >= avx2::kAvx2PanelMinTokens ? Path::PanelAvx2 : Path::LanesAvx2;
+  }
   if (!fast || o.isa == Isa::Reference) return Path::Exact;
   const CpuFeatures& cpu = cpu_features();
   const bool int8_group = a.group == 32 || a.group == 64 || a.group == 128;
@@ -223,6 +227,7 @@ const char* kernel_name(const Weight& weight, int64_t n_tokens) {
     case Path::Int8Avx2: return "avx2 int8-maddubs";
     case Path::PanelAvx2: return "avx2 float-panels";
     case Path::LanesAvx2: return "avx2 float-lanes";
+    case Path::PanelOneChainAvx2: return "avx2 float-panels-one-chain";
     case Path::Exact: return o.isa == Isa::Avx512 ? "avx512 exact" : "avx2 exact";
   }
   return nullptr;
@@ -259,7 +264,9 @@ struct Prep {
 // Whether a job's x must be prepared, and how many elements of each buffer that takes.
 bool needs_prep(Path path, Isa isa, WeightKind kind) {
   const bool affine = kind == WeightKind::Affine4 || kind == WeightKind::Affine8;
-  return (path != Path::Exact && path != Path::PanelAvx2 && path != Path::LanesAvx2) || (isa == Isa::Avx512 && affine);
+  const bool reads_x = path == Path::Exact || path == Path::PanelAvx2 || path == Path::LanesAvx2 ||
+                       path == Path::PanelOneChainAvx2;
+  return !reads_x || (isa == Isa::Avx512 && affine);
 }
 
 // Token t of preparation p into its buffers.
@@ -288,6 +295,7 @@ void prepare_token(const Prep& p, int64_t t) {
       break;
     case Path::PanelAvx2:  // read x as it is (needs_prep)
     case Path::LanesAvx2:
+    case Path::PanelOneChainAvx2:
       break;
   }
 }
@@ -367,8 +375,12 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
       case Path::Int8Avx2: plan.kernel = avx2::int8_rows; plan.row_unit = kInt8Avx2RowUnit; break;
       case Path::PanelAvx2: plan.kernel = avx2::float_panel_rows; plan.row_unit = avx2::kAvx2PanelRows; break;
       case Path::LanesAvx2: plan.kernel = avx2::float_lanes_rows; plan.row_unit = avx2::kAvx2LanesRowUnit; break;
+      case Path::PanelOneChainAvx2:
+        plan.kernel = avx2::float_panel_rows_one_chain;
+        plan.row_unit = avx2::kAvx2PanelRows;
+        break;
     }
-    if (plan.path == Path::PanelAvx2) scratch_each = std::max(scratch_each, (avx2::avx2_panel_bytes(a.n_tokens) + 63) / 64 * 64);
+    if (plan.path == Path::PanelAvx2 || plan.path == Path::PanelOneChainAvx2) scratch_each = std::max(scratch_each, (avx2::avx2_panel_bytes(a.n_tokens) + 63) / 64 * 64);
     if (plan.path == Path::Int8 || plan.path == Path::Int8Avx2)
       scratch_each = std::max(scratch_each, (int8_scratch_bytes(a.in, a.group) + 63) / 64 * 64);
     if (plan.path == Path::Bf16Packed) scratch_each = std::max(scratch_each, bf16_panel_bytes());
@@ -424,6 +436,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
         break;
       case Path::PanelAvx2:  // never prepared
       case Path::LanesAvx2:
+      case Path::PanelOneChainAvx2:
         break;
     }
     activations += (p.n_tokens * activation_bytes(p) + 63) / 64 * 64;
