@@ -18,7 +18,8 @@
 // the mode themselves. --gemm runs only the GEMM rows, --tokens 32,512 at
 // those token counts (default 512), --kind bf16 only that weight format;
 // --compare-bf16 (with --tokens) only times fast's and fast-prompts' bf16
-// kernels against each other, in turns. Every other number is the best of several repetitions (the
+// kernels against each other, in turns; --compare-float the AVX2 float
+// kernels (column-strided, lanes, panels of two and one chains). Every other number is the best of several repetitions (the
 // machine may be shared; decode from memory: the 90th percentile of calls).
 #include <immintrin.h>
 #include <omp.h>
@@ -35,6 +36,7 @@
 
 #include "backend/cpu/peak.h"
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kernels/kernel_args.h"  // --compare-float calls the AVX2 float kernels directly
 #include "backend/cpu/kernels/kernels.h"
 
 namespace {
@@ -317,6 +319,66 @@ void compare_bf16_kernels(int64_t n_tokens, int rounds) {
   std::printf(" GFLOP/s (medians of %d rounds)\n", rounds);
 }
 
+// Float weights on AVX2: the kernels that give float weights their bits,
+// called directly on 8 copies of a bf16 Air expert (weights from memory),
+// in turns, rows split over the threads in blocks of 16: the column-strided
+// exact kernel (exact_rows; float weights took it until session 22),
+// rows in lanes (float_lanes_rows), two-chain panels (float_panel_rows) and
+// one-chain panels (float_panel_rows_one_chain). Medians of `rounds`.
+void compare_float_kernels(int64_t n_tokens, int rounds) {
+  namespace k = cpu::kernels;
+  if (k::supported_isa() < k::Isa::Avx2) return;
+  constexpr int kCopies = 8;
+  const Shape& expert = kShapes[1];
+  std::vector<Owned> weights;
+  for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", expert.out, expert.in, 50 + i));
+  std::vector<float> x(static_cast<size_t>(n_tokens * expert.in)), y(static_cast<size_t>(n_tokens * expert.out));
+  std::mt19937 generator(4);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(generator);
+  const int threads = omp_get_max_threads();
+  const size_t scratch_each = static_cast<size_t>(k::avx2::avx2_panel_bytes(n_tokens) + 64);
+  std::vector<uint8_t> scratch(scratch_each * static_cast<size_t>(threads) + 64);
+  using Kernel = void (*)(const k::LinearArgs&, int64_t, int64_t);
+  const Kernel kernels[4] = {k::avx2::exact_rows, k::avx2::float_lanes_rows, k::avx2::float_panel_rows,
+                             k::avx2::float_panel_rows_one_chain};
+  const char* names[4] = {"column-strided", "lanes", "panels", "panels-one-chain"};
+  std::vector<double> rates[4];
+  for (int round = 0; round < rounds; ++round)
+    for (int i = 0; i < 4; ++i) {
+      const auto start = Clock::now();
+      for (const Owned& w : weights) {
+        k::LinearArgs a;
+        a.kind = k::WeightKind::BF16;
+        a.w = static_cast<const uint8_t*>(w.weight.view.data);
+        a.w_stride = expert.in * 2;
+        a.in = expert.in;
+        a.out_features = expert.out;
+        a.n_tokens = n_tokens;
+        a.x = x.data();
+        a.out = y.data();
+#pragma omp parallel num_threads(threads)
+        {
+          const int t = omp_get_thread_num();
+          const int64_t blocks = (expert.out + 15) / 16, per = (blocks + threads - 1) / threads;
+          k::LinearArgs mine = a;
+          const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data()) + t * scratch_each;
+          mine.scratch = reinterpret_cast<uint8_t*>((base + 63) & ~uintptr_t{63});
+          kernels[i](mine, std::min<int64_t>(expert.out, t * per * 16), std::min<int64_t>(expert.out, (t + 1) * per * 16));
+        }
+      }
+      const double s = std::chrono::duration<double>(Clock::now() - start).count();
+      rates[i].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
+    }
+  std::printf("  %4lld tokens:", static_cast<long long>(n_tokens));
+  for (int i = 0; i < 4; ++i) {
+    std::sort(rates[i].begin(), rates[i].end());
+    const double rate = rates[i][rates[i].size() / 2];
+    std::printf(" %s %6.1f (%.1f GB/s)%s", names[i], rate, rate / n_tokens, i < 3 ? "," : "");
+  }
+  std::printf(" GFLOP/s, medians of %d rounds\n", rounds);
+}
+
 // Decode: GLM-4.5-Air GEMVs on one core from L2, then on every thread from memory.
 void run_gemv_rows(const ReadBuffer& buffer, int reps) {
   auto& options = cpu::kernels::options();
@@ -390,7 +452,7 @@ void run_gemm_rows(int64_t n_tokens, const std::string& only_kind, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode_only = false, gemm_only = false, compare_bf16 = false;
+  bool quick = false, decode_only = false, gemm_only = false, compare_bf16 = false, compare_float = false;
   std::vector<int64_t> gemm_tokens = {512};
   std::string only_kind;  // --kind bf16: GEMM rows of that weight format only
   for (int i = 1; i < argc; ++i) {
@@ -399,6 +461,7 @@ int main(int argc, char** argv) {
     decode_only = decode_only || arg == "--decode";
     gemm_only = gemm_only || arg == "--gemm";
     compare_bf16 = compare_bf16 || arg == "--compare-bf16";
+    compare_float = compare_float || arg == "--compare-float";
     if (arg == "--kind" && i + 1 < argc) only_kind = argv[++i];
     if (arg == "--tokens" && i + 1 < argc) {  // e.g. 16,32,512: an expert's share of a prompt is ~32
       gemm_tokens.clear();
@@ -414,6 +477,11 @@ int main(int argc, char** argv) {
   if (compare_bf16) {  // two kernels against each other: no yardsticks needed
     std::printf("\nbf16 experts 1408x4096, 8 copies, fast and fast-prompts kernels in turns\n");
     for (const int64_t n_tokens : gemm_tokens) compare_bf16_kernels(n_tokens, quick ? 5 : 11);
+    return 0;
+  }
+  if (compare_float) {
+    std::printf("\nbf16 experts 1408x4096, 8 copies, the AVX2 float kernels in turns\n");
+    for (const int64_t n_tokens : gemm_tokens) compare_float_kernels(n_tokens, quick ? 5 : 11);
     return 0;
   }
 

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cpu/kernels/kernel_args.h"
 
@@ -890,31 +891,32 @@ void float_lanes_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
 
 }  // namespace
 
-void float_lanes_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+namespace {
+
+// body(std::integral_constant<WeightKind, K>{}) for the float kind of a;
+// dispatch.cpp sends float weights only.
+template <class Body>
+void with_float_kind(const LinearArgs& a, Body&& body) {
   switch (a.kind) {
-    case WeightKind::F32: return float_lanes_rows_of<WeightKind::F32>(a, row_begin, row_end);
-    case WeightKind::BF16: return float_lanes_rows_of<WeightKind::BF16>(a, row_begin, row_end);
-    case WeightKind::F16: return float_lanes_rows_of<WeightKind::F16>(a, row_begin, row_end);
-    default: return;  // dispatch.cpp sends float weights only
+    case WeightKind::F32: return body(std::integral_constant<WeightKind, WeightKind::F32>{});
+    case WeightKind::BF16: return body(std::integral_constant<WeightKind, WeightKind::BF16>{});
+    case WeightKind::F16: return body(std::integral_constant<WeightKind, WeightKind::F16>{});
+    default: return;
   }
+}
+
+}  // namespace
+
+void float_lanes_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  with_float_kind(a, [&](auto kind) { float_lanes_rows_of<decltype(kind)::value>(a, row_begin, row_end); });
 }
 
 void float_panel_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  switch (a.kind) {
-    case WeightKind::F32: return float_panel_rows_of<WeightKind::F32, 2>(a, row_begin, row_end);
-    case WeightKind::BF16: return float_panel_rows_of<WeightKind::BF16, 2>(a, row_begin, row_end);
-    case WeightKind::F16: return float_panel_rows_of<WeightKind::F16, 2>(a, row_begin, row_end);
-    default: return;  // dispatch.cpp sends float weights only
-  }
+  with_float_kind(a, [&](auto kind) { float_panel_rows_of<decltype(kind)::value, 2>(a, row_begin, row_end); });
 }
 
 void float_panel_rows_one_chain(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  switch (a.kind) {
-    case WeightKind::F32: return float_panel_rows_of<WeightKind::F32, 1>(a, row_begin, row_end);
-    case WeightKind::BF16: return float_panel_rows_of<WeightKind::BF16, 1>(a, row_begin, row_end);
-    case WeightKind::F16: return float_panel_rows_of<WeightKind::F16, 1>(a, row_begin, row_end);
-    default: return;  // dispatch.cpp sends float weights only
-  }
+  with_float_kind(a, [&](auto kind) { float_panel_rows_of<decltype(kind)::value, 1>(a, row_begin, row_end); });
 }
 
 void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums) {
