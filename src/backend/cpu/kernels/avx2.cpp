@@ -689,64 +689,63 @@ void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t 
 }
 
 // The block's rows x tokens [t0, t0 + T) over the chunk's columns [c0, c1)
-// (c0 even): per token and half of the block C chains (C = 2: an even and
-// an odd one, the exact order; C = 1: one, fast-prompts' order), 2 x C x T
-// accumulators. Between chunks the chains wait in `carry` [token][half][C][8]
-// (stored and reloaded whole, so the order of the additions does not
-// change); the last chunk adds each output's chains and stores it.
+// (c0 even), per token and half of the block C chains: C = 2, an even and
+// an odd one (the exact order), C = 1, one (fast-prompts' order). The tile
+// takes its chains one after another (the even columns, then the odd
+// ones), so 6 tokens x 2 halves fit the registers either way and each
+// panel vector read serves 12 FMAs. Between chunks, and between the two
+// passes, the chains wait in `carry` [token][chain][half][8] (stored and
+// reloaded whole, so the order of the additions does not change); the
+// chunk that ends the row adds each output's chains and stores it.
 template <int T, int C>
 void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel, int64_t c0, int64_t c1,
                 float* carry) {
   const float* x[T];
-  __m256 acc[T][2][C];  // [token][half of the block][chain]
   GLM_UNROLL
-  for (int t = 0; t < T; ++t) {
-    x[t] = a.x + (t0 + t) * a.in;
+  for (int t = 0; t < T; ++t) x[t] = a.x + (t0 + t) * a.in;
+  auto chain_of = [&](int t, int chain) { return carry + ((t0 + t) * C + chain) * 16; };
+  for (int chain = 0; chain < C; ++chain) {
+    __m256 acc[T][2];  // [token][half of the block]
     GLM_UNROLL
-    for (int h = 0; h < 2; ++h)
+    for (int t = 0; t < T; ++t)
       GLM_UNROLL
-      for (int p = 0; p < C; ++p)
-        acc[t][h][p] = c0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(carry + ((t0 + t) * 2 * C + h * C + p) * 8);
-  }
-  auto add_column = [&](int64_t k, int chain) {
-    const float* column = panel + (k - c0) * kAvx2PanelRows;
-    const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
+      for (int h = 0; h < 2; ++h) acc[t][h] = c0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(chain_of(t, chain) + 8 * h);
+    for (int64_t k = c0 + chain; k < c1; k += C) {
+      const float* column = panel + (k - c0) * kAvx2PanelRows;
+      const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
+      GLM_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m256 xk = _mm256_broadcast_ss(x[t] + k);
+        acc[t][0] = _mm256_fmadd_ps(low, xk, acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(high, xk, acc[t][1]);
+      }
+    }
+    const bool last = c1 == a.in && chain == C - 1;
     GLM_UNROLL
     for (int t = 0; t < T; ++t) {
-      const __m256 xk = _mm256_broadcast_ss(x[t] + k);
-      acc[t][0][chain] = _mm256_fmadd_ps(low, xk, acc[t][0][chain]);
-      acc[t][1][chain] = _mm256_fmadd_ps(high, xk, acc[t][1][chain]);
-    }
-  };
-  int64_t k = c0;
-  for (; k + 2 <= c1; k += 2) add_column(k, 0), add_column(k + 1, C - 1);
-  if (k < c1) add_column(k, 0);  // the last, even column of an odd width
-  GLM_UNROLL
-  for (int t = 0; t < T; ++t) {
-    if (c1 < a.in) {
-      GLM_UNROLL
-      for (int h = 0; h < 2; ++h)
+      if (!last) {
         GLM_UNROLL
-        for (int p = 0; p < C; ++p) _mm256_store_ps(carry + ((t0 + t) * 2 * C + h * C + p) * 8, acc[t][h][p]);
-      continue;
+        for (int h = 0; h < 2; ++h) _mm256_store_ps(chain_of(t, chain) + 8 * h, acc[t][h]);
+        continue;
+      }
+      __m256 sum[2];
+      GLM_UNROLL
+      for (int h = 0; h < 2; ++h)  // the even chain + the odd one
+        sum[h] = C == 2 ? _mm256_add_ps(_mm256_load_ps(chain_of(t, 0) + 8 * h), acc[t][h]) : acc[t][h];
+      store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, sum[0]);
+      if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, sum[1]);
     }
-    __m256 sum[2];
-    GLM_UNROLL
-    for (int h = 0; h < 2; ++h) sum[h] = C == 2 ? _mm256_add_ps(acc[t][h][0], acc[t][h][C - 1]) : acc[t][h][0];
-    store_rows8(a, r0, rows < 8 ? rows : 8, t0 + t, sum[0]);
-    if (rows > 8) store_rows8(a, r0 + 8, rows - 8, t0 + t, sum[1]);
   }
 }
 
 // Each block of 16 rows a chunk of kAvx2PanelColumns columns at a time, so
 // that the panel stays in L2 (64 KB) whatever the width: o_proj's 12288
-// columns would make a 768 KB panel. Tiles of 12 accumulators: 3 tokens
-// with two chains, 6 with one.
+// columns would make a 768 KB panel. Tiles of 6 tokens: 12 accumulators.
 template <WeightKind K, int C>
 void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  constexpr int T = 6 / C;
+  constexpr int T = 6;
   float* panel = reinterpret_cast<float*>(a.scratch);
-  float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][2 halves][C chains][8]
+  float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][C chains][2 halves][8]
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
     const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
     for (int64_t c0 = 0; c0 < a.in; c0 += kAvx2PanelColumns) {
