@@ -574,21 +574,27 @@ void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
       }
 }
 
-// ---- float weights (f32, bf16, f16): one FMA chain per output ----
+// ---- float weights (f32, bf16, f16): two FMA chains per output ----
 //
-// Every output (row, token) is one FMA chain over the columns in order,
-// acc = fma(w[row][k], x[token][k], acc) from k = 0, then + bias: the same
-// bits whatever the call, the tile or the thread, in every mode. Lanes hold
-// rows (8 to a vector), so a token's x is broadcast per column and no
-// reduction across lanes is needed. Two kernels give those bits:
+// Every output (row, token) is two FMA chains, acc = fma(w[row][k],
+// x[token][k], acc) over its even columns and over its odd ones, each in
+// column order, added at the end, then + bias: the same bits whatever the
+// call, the tile or the thread, in every mode but fast-prompts' prompt
+// steps (one chain there). Lanes hold rows (8 to a vector), so a token's x
+// is broadcast per column and no reduction across lanes is needed. Two
+// kernels give those bits:
 //
-// - prompts (float_panel_rows): each block of 16 rows is widened once into
-//   the thread's scratch as f32 panels (a column's 16 rows in two vectors),
-//   then tokens 6 at a time stream over it: 12 accumulators, 2 panel loads
-//   and 6 broadcasts per 12 FMAs;
+// - prompts (float_panel_rows): each block of 16 rows is widened into the
+//   thread's scratch as f32 panels (a column's 16 rows in two vectors),
+//   1024 columns at a time, and tokens 6 at a time pass over each chunk
+//   once per chain: 12 accumulators, 2 panel loads and 6 broadcasts per 12
+//   FMAs;
 // - a few tokens (float_lanes_rows): widening costs more than such a call,
 //   so each step reads 8 rows straight from the weight and transposes them
-//   in registers, then adds its columns in order.
+//   in registers, then adds its columns in order. Two chains per output
+//   are for this kernel: one chain is 4096 dependent FMAs for a 4096-wide
+//   row, and chains of different rows that follow each other in program
+//   order fill the scheduler with waiting FMAs.
 //
 // A step is one 8 x 8 dword transpose. bf16 takes 16 columns a step: a
 // row's 32 bytes are 8 dwords, each a column pair, so the transpose gives 8
@@ -599,7 +605,9 @@ void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
 //
 // Rows a whole number of pages apart share L1 sets (a bf16 row of 4096
 // columns is 8 KB), and a set holds 8 lines: so 8 rows' 64-byte lines are
-// used whole, step after step, before other rows' lines are read.
+// used whole, step after step, before other rows' lines are read. Even so
+// their 8 lines in one set make a step ~2x slower from L2 than rows off the
+// page (measured; kernels/README.md).
 namespace {
 
 template <WeightKind K>
