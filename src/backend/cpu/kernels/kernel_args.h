@@ -136,12 +136,12 @@ constexpr int kAvx2PanelRows = 16;
 constexpr int64_t kAvx2PanelColumns = 1024;  // a chunk: 64 KB of panel
 inline int64_t avx2_panel_bytes(int64_t n_tokens) { return (kAvx2PanelColumns + n_tokens * 2) * kAvx2PanelRows * 4; }  // C <= 2
 void float_panel_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
-// fast-prompts' prompt steps: the same panels, one chain per output (6
-// tokens a tile: fewer panel reads from L2), another order.
+// fast-prompts' prompt steps: the same panels, one chain per output (one
+// pass over each chunk instead of two), another order.
 void float_panel_rows_one_chain(const LinearArgs& args, int64_t row_begin, int64_t row_end);
-// The same bits for calls of a few tokens, no scratch: 8 rows at a time
-// transposed in registers, tiles of up to 32 rows. Row ranges should start
-// at multiples of 8.
+// float_panel_rows' bits for calls of a few tokens, no scratch: 8 rows at
+// a time transposed in registers, tokens 3 at a time. Row ranges should
+// start at multiples of 8.
 constexpr int64_t kAvx2LanesRowUnit = 8;
 // Calls of at least this many tokens take the panels.
 constexpr int64_t kAvx2PanelMinTokens = 8;
