@@ -579,8 +579,9 @@ TEST(KernelsDispatch, FastPromptsThresholdCountsTheStep) {
 // transposed in registers (avx2::float_lanes_rows). Both within f32
 // rounding of the reference, with the same bits as each other, on any thread
 // count and for a token alone or in any call. Rows around the lanes' 8-row
-// blocks and 32-row tiles and the panels' 16; widths around the bf16 step of
-// 16 columns and the f32/f16 step of 8; with and without a bias.
+// blocks and the panels' 16; widths around the bf16 step of
+// 16 columns and the f32/f16 step of 8 (and one column: no odd chain);
+// with and without a bias.
 TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
   if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
   constexpr int64_t kPanelTokens = cpu::kernels::avx2::kAvx2PanelMinTokens;
@@ -594,7 +595,7 @@ TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
   const Stored bias_values = store(random_values(40, 34), DType::F32);
   for (DType dtype : {DType::BF16, DType::F16, DType::F32})
     for (int64_t rows : {int64_t{1}, int64_t{7}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{33}, int64_t{40}})
-      for (int64_t in : {int64_t{5}, int64_t{16}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
+      for (int64_t in : {int64_t{1}, int64_t{5}, int64_t{16}, int64_t{37}, int64_t{512}, int64_t{1100}}) {
         const TestWeight t = float_test_weight(rows, in, dtype, static_cast<unsigned>(rows * 11 + in));
         const Weight bias_slice = float_weight("b", TensorView(bias_values.bytes.data(), DType::F32, {rows}));
         const Weight* bias = rows % 2 ? &bias_slice : nullptr;
