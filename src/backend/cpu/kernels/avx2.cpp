@@ -764,9 +764,9 @@ void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
           case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
           case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
           case 3: panel_tile<3, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 4: if constexpr (T >= 4) panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 5: if constexpr (T >= 5) panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          default: if constexpr (T >= 6) panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 4: panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          case 5: panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+          default: panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
         }
       }
     }
@@ -800,9 +800,17 @@ inline void add_line(const uint8_t* p, const RowStrides& r, const float* const* 
   }
 }
 
-// Columns past the last whole step, one at a time (the same chains).
+// Columns [k0, in) of 8 rows (row[i]: row i's first byte) into acc: whole
+// steps, then the columns past the last whole step one at a time (the same
+// chains).
 template <WeightKind K, int T>
-inline void add_tail(const uint8_t* const* row, const float* const* x, int64_t k0, int64_t in, __m256 (*acc)[2]) {
+inline void add_rest(const uint8_t* const* row, const float* const* x, int64_t k0, int64_t in, __m256 (*acc)[2]) {
+  constexpr int kStep = lanes_step<K>();
+  for (; k0 + kStep <= in; k0 += kStep) {
+    __m256 by_row[8];
+    for (int i = 0; i < 8; ++i) by_row[i] = load_step<K>(row[i] + k0 * weight_bytes<K>());
+    add_step<K, T>(by_row, x, k0, acc);
+  }
   for (int64_t k = k0; k < in; ++k) {
     alignas(32) float lanes[8];
     for (int i = 0; i < 8; ++i) lanes[i] = weight_scalar<K>(row[i], k);
@@ -828,7 +836,6 @@ inline void store_chains(const LinearArgs& a, int64_t r0, int rows, int64_t t0, 
 // by side (4 chains, more row lines in flight) were no faster.
 template <WeightKind K, int T>
 void lanes_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
-  constexpr int kStep = lanes_step<K>();
   constexpr int64_t kLine = 64 / weight_bytes<K>();  // columns per line
   const RowStrides strides(a.w_stride);
   const uint8_t* const first = a.w + r0 * a.w_stride;
@@ -844,15 +851,9 @@ void lanes_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
     prefetch_rows8(p + 8 * a.w_stride, strides);
     add_line<K, T>(p, strides, x, line * kLine, acc);
   }
-  int64_t k = lines * kLine;
-  for (; k + kStep <= a.in; k += kStep) {
-    __m256 by_row[8];
-    for (int i = 0; i < 8; ++i) by_row[i] = load_step<K>(first + i * a.w_stride + k * weight_bytes<K>());
-    add_step<K, T>(by_row, x, k, acc);
-  }
   const uint8_t* row[8];
   for (int i = 0; i < 8; ++i) row[i] = first + i * a.w_stride;
-  add_tail<K, T>(row, x, k, a.in, acc);
+  add_rest<K, T>(row, x, lines * kLine, a.in, acc);
   store_chains<T>(a, r0, 8, t0, acc);
 }
 
@@ -860,19 +861,12 @@ void lanes_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
 // r0 (any valid row) and are not stored.
 template <WeightKind K, int T>
 void lanes_tile_partial(const LinearArgs& a, int64_t r0, int rows, int64_t t0) {
-  constexpr int kStep = lanes_step<K>();
   const uint8_t* row[8];
   for (int i = 0; i < 8; ++i) row[i] = a.w + (i < rows ? r0 + i : r0) * a.w_stride;
   const float* x[T];
   __m256 acc[T][2];
   for (int t = 0; t < T; ++t) x[t] = a.x + (t0 + t) * a.in, acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-  const int64_t main = a.in - a.in % kStep;
-  for (int64_t k = 0; k < main; k += kStep) {
-    __m256 by_row[8];
-    for (int i = 0; i < 8; ++i) by_row[i] = load_step<K>(row[i] + k * weight_bytes<K>());
-    add_step<K, T>(by_row, x, k, acc);
-  }
-  add_tail<K, T>(row, x, main, a.in, acc);
+  add_rest<K, T>(row, x, 0, a.in, acc);
   store_chains<T>(a, r0, rows, t0, acc);
 }
 
@@ -895,10 +889,6 @@ void float_lanes_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
     }
   }
 }
-
-}  // namespace
-
-namespace {
 
 // body(std::integral_constant<WeightKind, K>{}) for the float kind of a;
 // dispatch.cpp sends float weights only.
