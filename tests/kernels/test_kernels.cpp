@@ -612,7 +612,9 @@ TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
                                 batch.size() * sizeof(float)),
                     0)
               << threads << " threads changed bits";
-        for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{7}, kPanelTokens})
+        // 8, 13 and 18 tokens: panel tiles of 4 + 4, 5 + 4 + 4 and 6 x 3 (20: 5 x 4)
+        for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{7}, kPanelTokens, int64_t{13},
+                          int64_t{18}})
           for (int64_t first : {int64_t{0}, kTokens - n}) {
             const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
             for (int threads : {1, 3}) {

@@ -586,9 +586,9 @@ void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
 //
 // - prompts (float_panel_rows): each block of 16 rows is widened into the
 //   thread's scratch as f32 panels (a column's 16 rows in two vectors),
-//   1024 columns at a time, and tokens 6 at a time pass over each chunk
-//   once per chain: 12 accumulators, 2 panel loads and 6 broadcasts per 12
-//   FMAs;
+//   1024 columns at a time, and tiles of up to 6 tokens pass over each
+//   chunk once per chain: 12 accumulators, 2 panel loads and 6 broadcasts
+//   per 12 FMAs. The tiles also prefetch the lines the next widening reads;
 // - a few tokens (float_lanes_rows): widening costs more than such a call,
 //   so each step reads 8 rows straight from the weight and transposes them
 //   in registers, then adds its columns in order. Two chains per output
@@ -696,6 +696,34 @@ void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t 
       panel[(k - c0) * kAvx2PanelRows + i] = row[i] ? weight_scalar<K>(row[i], k) : 0.0f;
 }
 
+// The weight lines the next widening will read (the same rows' next chunk,
+// or the next block's first one), prefetched into L2 a few at a time from
+// inside the current chunk's tiles. Otherwise widening is a phase of DRAM
+// reads with no arithmetic beside it, and the tiles read nothing from
+// memory. Prefetching inside widen_panel instead, or copying the rows to a
+// staging buffer first, was slower (docs/benchmarks.md, session 23).
+constexpr int64_t kPrefetchColumns = 64;  // a tile issues its share of prefetches every this many columns
+struct NextLines {
+  const uint8_t* row[kAvx2PanelRows] = {};
+  int rows = 0;
+  int64_t issued = 0, total = 0;
+  int64_t per_issue = 0;
+
+  // Rows [r0, r0 + n_rows), bytes [byte0, byte1) of each, spread over `issues` calls of issue().
+  void start(const LinearArgs& a, int64_t r0, int n_rows, int64_t byte0, int64_t byte1, int64_t issues) {
+    rows = n_rows;
+    for (int i = 0; i < rows; ++i) row[i] = a.w + (r0 + i) * a.w_stride + byte0;
+    const int64_t lines_per_row = (byte1 - byte0 + 63) / 64 + 1;  // + 1: a row need not start on a line
+    issued = 0;
+    total = rows * lines_per_row;
+    per_issue = (total + issues - 1) / issues;
+  }
+  void issue() {
+    for (int64_t n = 0; n < per_issue && issued < total; ++n, ++issued)  // line by line, the rows in turn
+      _mm_prefetch(reinterpret_cast<const char*>(row[issued % rows] + (issued / rows) * 64), _MM_HINT_T1);
+  }
+};
+
 // The block's rows x tokens [t0, t0 + T) over the chunk's columns [c0, c1)
 // (c0 even), per token and half of the block C chains: C = 2, an even and
 // an odd one (the exact order), C = 1, one (fast-prompts' order). The tile
@@ -707,7 +735,7 @@ void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t 
 // chunk that ends the row adds each output's chains and stores it.
 template <int T, int C>
 void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel, int64_t c0, int64_t c1,
-                float* carry) {
+                float* carry, NextLines& next) {
   const float* x[T];
   GLM_UNROLL
   for (int t = 0; t < T; ++t) x[t] = a.x + (t0 + t) * a.in;
@@ -718,14 +746,18 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
     for (int t = 0; t < T; ++t)
       GLM_UNROLL
       for (int h = 0; h < 2; ++h) acc[t][h] = c0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(chain_of(t, chain) + 8 * h);
-    for (int64_t k = c0 + chain; k < c1; k += C) {
-      const float* column = panel + (k - c0) * kAvx2PanelRows;
-      const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
-      GLM_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const __m256 xk = _mm256_broadcast_ss(x[t] + k);
-        acc[t][0] = _mm256_fmadd_ps(low, xk, acc[t][0]);
-        acc[t][1] = _mm256_fmadd_ps(high, xk, acc[t][1]);
+    for (int64_t k_stretch = c0 + chain; k_stretch < c1; k_stretch += kPrefetchColumns) {
+      next.issue();
+      const int64_t k_end = min64(k_stretch + kPrefetchColumns, c1);
+      for (int64_t k = k_stretch; k < k_end; k += C) {
+        const float* column = panel + (k - c0) * kAvx2PanelRows;
+        const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
+        GLM_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const __m256 xk = _mm256_broadcast_ss(x[t] + k);
+          acc[t][0] = _mm256_fmadd_ps(low, xk, acc[t][0]);
+          acc[t][1] = _mm256_fmadd_ps(high, xk, acc[t][1]);
+        }
       }
     }
     const bool last = c1 == a.in && chain == C - 1;
@@ -748,26 +780,44 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
 
 // Each block of 16 rows a chunk of kAvx2PanelColumns columns at a time, so
 // that the panel stays in L2 (64 KB) whatever the width: o_proj's 12288
-// columns would make a 768 KB panel. Tiles of 6 tokens: 12 accumulators.
+// columns would make a 768 KB panel. Tiles of up to 6 tokens: 12
+// accumulators.
 template <WeightKind K, int C>
 void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   constexpr int T = 6;
   float* panel = reinterpret_cast<float*>(a.scratch);
   float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][C chains][2 halves][8]
+  // Tiles of as near equal sizes as their count allows (32 tokens: 6, 6, 5,
+  // 5, 5, 5, not 6 x 5 and 2): a tile of fewer than 4 tokens has fewer
+  // independent accumulators than the FMA units' latency needs.
+  if (a.n_tokens <= 0) return;
+  const int64_t tiles = (a.n_tokens + T - 1) / T;
+  const int64_t tokens_each = a.n_tokens / tiles, tiles_one_more = a.n_tokens % tiles;
+  NextLines next;
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
     const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
     for (int64_t c0 = 0; c0 < a.in; c0 += kAvx2PanelColumns) {
       const int64_t c1 = min64(c0 + kAvx2PanelColumns, a.in);
       widen_panel<K>(a, r0, rows, c0, c1, panel);
-      for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
-        switch (min64(T, a.n_tokens - t0)) {
-          case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 3: panel_tile<3, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 4: panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          case 5: panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
-          default: panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry); break;
+      const int64_t issues = tiles * C * ((c1 - c0 + kPrefetchColumns - 1) / kPrefetchColumns);
+      if (c1 < a.in)
+        next.start(a, r0, rows, c1 * weight_bytes<K>(), min64(c1 + kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
+      else if (r0 + kAvx2PanelRows < row_end)
+        next.start(a, r0 + kAvx2PanelRows, static_cast<int>(min64(kAvx2PanelRows, row_end - r0 - kAvx2PanelRows)), 0,
+                   min64(kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
+      else
+        next.start(a, r0, 0, 0, 0, issues);
+      for (int64_t tile = 0, t0 = 0; tile < tiles; ++tile) {
+        const int64_t size = tokens_each + (tile < tiles_one_more ? 1 : 0);
+        switch (size) {
+          case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+          case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+          case 3: panel_tile<3, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+          case 4: panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+          case 5: panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+          default: panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
         }
+        t0 += size;
       }
     }
   }

@@ -128,7 +128,8 @@ void fill_block_scale_pairs(const LinearArgs& args, uint32_t* out);
 // Float weights (f32, bf16, f16) on AVX2, every mode: each block of
 // kAvx2PanelRows rows widened into the thread's scratch as f32 panels
 // (a column's 16 rows in two vectors), kAvx2PanelColumns columns at a time,
-// each chunk passed over by tokens 6 at a time, each token's x broadcast per
+// each chunk passed over by tiles of up to 6 tokens (sizes as even as the
+// tile count allows), each token's x broadcast per
 // column (scratch avx2_panel_bytes(n_tokens)). Each output is two FMA
 // chains (its even and its odd columns, each in order) added at the end,
 // whatever the call's size.
