@@ -896,8 +896,9 @@ void lanes_tile(const LinearArgs& a, int64_t r0, int64_t t0) {
   const int64_t lines = a.in / kLine;
   for (int64_t line = 0; line < lines; ++line) {
     const uint8_t* p = first + line * 64;
-    // The next tile's rows start 8 rows on: asking for their line here
-    // brings them a whole tile ahead.
+    // The next block's rows start 8 rows on: asking for their line here
+    // brings them a block ahead (a block's later token groups ask again
+    // and find them cached).
     prefetch_rows8(p + 8 * a.w_stride, strides);
     add_line<K, T>(p, strides, x, line * kLine, acc);
   }
@@ -920,24 +921,34 @@ void lanes_tile_partial(const LinearArgs& a, int64_t r0, int rows, int64_t t0) {
   store_chains<T>(a, r0, rows, t0, acc);
 }
 
-// Blocks of 8 rows over the range, then the rest.
-template <WeightKind K, int T>
-void lanes_rows_tokens(const LinearArgs& a, int64_t row_begin, int64_t row_end, int64_t t0) {
-  int64_t r0 = row_begin;
-  for (; r0 + 8 <= row_end; r0 += 8) lanes_tile<K, T>(a, r0, t0);
-  if (r0 < row_end) lanes_tile_partial<K, T>(a, r0, static_cast<int>(row_end - r0), t0);
-}
-
-// Tokens 3 at a time: 6 accumulators beside a step's 8 column vectors.
+// Tokens in groups of up to 3 (6 accumulators beside a step's 8 column
+// vectors), as even as their count allows (4 tokens: 2 + 2, not 3 + 1).
+// Each block of 8 rows takes every group before the next block, so a call
+// of 4-7 tokens reads its weight from memory once; the groups after the
+// first find the block (8 rows: 64 KB of a 4096-wide bf16 weight) in L2.
 template <WeightKind K>
 void float_lanes_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  for (int64_t t0 = 0; t0 < a.n_tokens; t0 += 3) {
-    switch (min64(3, a.n_tokens - t0)) {
-      case 1: lanes_rows_tokens<K, 1>(a, row_begin, row_end, t0); break;
-      case 2: lanes_rows_tokens<K, 2>(a, row_begin, row_end, t0); break;
-      default: lanes_rows_tokens<K, 3>(a, row_begin, row_end, t0); break;
+  if (a.n_tokens <= 0) return;
+  const int64_t groups = (a.n_tokens + 2) / 3;
+  const int64_t tokens_each = a.n_tokens / groups, groups_one_more = a.n_tokens % groups;
+  auto each_group = [&](auto&& tile) {
+    for (int64_t group = 0, t0 = 0; group < groups; ++group) {
+      const int64_t size = tokens_each + (group < groups_one_more ? 1 : 0);
+      switch (size) {
+        case 1: tile(std::integral_constant<int, 1>{}, t0); break;
+        case 2: tile(std::integral_constant<int, 2>{}, t0); break;
+        default: tile(std::integral_constant<int, 3>{}, t0); break;
+      }
+      t0 += size;
     }
-  }
+  };
+  int64_t r0 = row_begin;
+  for (; r0 + 8 <= row_end; r0 += 8)
+    each_group([&](auto tokens, int64_t t0) { lanes_tile<K, decltype(tokens)::value>(a, r0, t0); });
+  if (r0 < row_end)
+    each_group([&](auto tokens, int64_t t0) {
+      lanes_tile_partial<K, decltype(tokens)::value>(a, r0, static_cast<int>(row_end - r0), t0);
+    });
 }
 
 // body(std::integral_constant<WeightKind, K>{}) for the float kind of a;

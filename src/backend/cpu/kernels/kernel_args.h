@@ -141,7 +141,8 @@ void float_panel_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end
 // pass over each chunk instead of two), another order.
 void float_panel_rows_one_chain(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // float_panel_rows' bits for calls of a few tokens, no scratch: 8 rows at
-// a time transposed in registers, tokens 3 at a time. Row ranges should
+// a time transposed in registers, tokens in groups of up to 3 (each block
+// of 8 rows takes every group before the next block). Row ranges should
 // start at multiples of 8.
 constexpr int64_t kAvx2LanesRowUnit = 8;
 // Calls of at least this many tokens take the panels.
