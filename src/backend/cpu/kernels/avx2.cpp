@@ -79,6 +79,34 @@ struct V {
   }
 };
 
+// Prompt kernels that first rewrite a block of weight rows (widen_panel,
+// repack_block) and then pass over it with tiles of tokens read nothing
+// from memory during the tiles and wait on DRAM during the rewrite. So the
+// tiles prefetch into L2, a few lines at a time, the lines the next rewrite
+// will read; it then finds them there. (Prefetching inside the rewrite
+// instead, or copying rows to a staging buffer first, was slower:
+// docs/benchmarks.md, session 23.)
+struct NextLines {
+  const uint8_t* row[kAvx2PanelRows] = {};
+  int rows = 0;
+  int64_t issued = 0, total = 0;
+  int64_t per_issue = 0;
+
+  // Rows [r0, r0 + n_rows), bytes [byte0, byte1) of each, spread over `issues` calls of issue().
+  void start(const LinearArgs& a, int64_t r0, int n_rows, int64_t byte0, int64_t byte1, int64_t issues) {
+    rows = n_rows;
+    for (int i = 0; i < rows; ++i) row[i] = a.w + (r0 + i) * a.w_stride + byte0;
+    const int64_t lines_per_row = (byte1 - byte0 + 63) / 64 + 1;  // + 1: a row need not start on a line
+    issued = 0;
+    total = rows * lines_per_row;
+    per_issue = (total + issues - 1) / issues;
+  }
+  void issue() {
+    for (int64_t n = 0; n < per_issue && issued < total; ++n, ++issued)  // line by line, the rows in turn
+      _mm_prefetch(reinterpret_cast<const char*>(row[issued % rows] + (issued / rows) * 64), _MM_HINT_T1);
+  }
+};
+
 }  // namespace
 
 #include "backend/cpu/kernels/exact_impl.inc"
@@ -440,7 +468,7 @@ inline int32_t group_x_sum(const int8_t* xq, const float* dx, const float* xsum,
 // The block's rows x tokens [t0, t0 + T); x in column order.
 template <int BITS, int T>
 void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m256i* packed, const float* scales,
-                     const float* biases) {
+                     const float* biases, NextLines& next) {
   const int64_t groups = a.in / a.group, quads = a.group / 4;
   const TileTokens<T> tokens(a, t0, groups);
   const int8_t* const* xq = tokens.xq;
@@ -451,6 +479,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
   GLM_UNROLL
   for (int t = 0; t < T; ++t) acc[t] = bias_acc[t] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
+    next.issue();
     __m256i dot[T];
     GLM_UNROLL
     for (int t = 0; t < T; ++t) dot[t] = _mm256_setzero_si256();
@@ -487,17 +516,27 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
   for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(acc[t], bias_acc[t]));
 }
 
+// Tiles of up to 4 tokens (4 int32 sums + 4 + 4 f32 sums of 16 ymm), as
+// even as their count allows (6 tokens: 3 + 3, not 4 + 2); while they run
+// they prefetch the next block's rows (`next_rows` of them from r0 + 8) for
+// its repack.
 template <int BITS>
 void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* packed, const float* scales,
-                      const float* biases) {
-  constexpr int T = 4;  // 4 int32 sums + 4 + 4 f32 sums of 16 ymm
-  for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
-    switch (min64(T, a.n_tokens - t0)) {
-      case 1: int8_block_tile<BITS, 1>(a, r0, rows, t0, packed, scales, biases); break;
-      case 2: int8_block_tile<BITS, 2>(a, r0, rows, t0, packed, scales, biases); break;
-      case 3: int8_block_tile<BITS, 3>(a, r0, rows, t0, packed, scales, biases); break;
-      default: int8_block_tile<BITS, 4>(a, r0, rows, t0, packed, scales, biases); break;
+                      const float* biases, int next_rows) {
+  constexpr int T = 4;
+  const int64_t tiles = (a.n_tokens + T - 1) / T;
+  const int64_t tokens_each = a.n_tokens / tiles, tiles_one_more = a.n_tokens % tiles;
+  NextLines next;
+  next.start(a, r0 + 8, next_rows, 0, a.in * BITS / 8, tiles * (a.in / a.group));
+  for (int64_t tile = 0, t0 = 0; tile < tiles; ++tile) {
+    const int64_t size = tokens_each + (tile < tiles_one_more ? 1 : 0);
+    switch (size) {
+      case 1: int8_block_tile<BITS, 1>(a, r0, rows, t0, packed, scales, biases, next); break;
+      case 2: int8_block_tile<BITS, 2>(a, r0, rows, t0, packed, scales, biases, next); break;
+      case 3: int8_block_tile<BITS, 3>(a, r0, rows, t0, packed, scales, biases, next); break;
+      default: int8_block_tile<BITS, 4>(a, r0, rows, t0, packed, scales, biases, next); break;
     }
+    t0 += size;
   }
 }
 
@@ -548,12 +587,13 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
       gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
     }
     if (!gemv) {
+      const int next_rows = static_cast<int>(min64(8, row_end - r0 - 8));  // <= 0: none
       if (eight) {
         repack_block<8>(a, r0, rows, packed);
-        int8_block_tiles<8>(a, r0, rows, packed, scales, biases);
+        int8_block_tiles<8>(a, r0, rows, packed, scales, biases, next_rows > 0 ? next_rows : 0);
       } else {
         repack_block<4>(a, r0, rows, packed);
-        int8_block_tiles<4>(a, r0, rows, packed, scales, biases);
+        int8_block_tiles<4>(a, r0, rows, packed, scales, biases, next_rows > 0 ? next_rows : 0);
       }
       continue;
     }
@@ -696,33 +736,7 @@ void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t 
       panel[(k - c0) * kAvx2PanelRows + i] = row[i] ? weight_scalar<K>(row[i], k) : 0.0f;
 }
 
-// The weight lines the next widening will read (the same rows' next chunk,
-// or the next block's first one), prefetched into L2 a few at a time from
-// inside the current chunk's tiles. Otherwise widening is a phase of DRAM
-// reads with no arithmetic beside it, and the tiles read nothing from
-// memory. Prefetching inside widen_panel instead, or copying the rows to a
-// staging buffer first, was slower (docs/benchmarks.md, session 23).
-constexpr int64_t kPrefetchColumns = 64;  // a tile issues its share of prefetches every this many columns
-struct NextLines {
-  const uint8_t* row[kAvx2PanelRows] = {};
-  int rows = 0;
-  int64_t issued = 0, total = 0;
-  int64_t per_issue = 0;
-
-  // Rows [r0, r0 + n_rows), bytes [byte0, byte1) of each, spread over `issues` calls of issue().
-  void start(const LinearArgs& a, int64_t r0, int n_rows, int64_t byte0, int64_t byte1, int64_t issues) {
-    rows = n_rows;
-    for (int i = 0; i < rows; ++i) row[i] = a.w + (r0 + i) * a.w_stride + byte0;
-    const int64_t lines_per_row = (byte1 - byte0 + 63) / 64 + 1;  // + 1: a row need not start on a line
-    issued = 0;
-    total = rows * lines_per_row;
-    per_issue = (total + issues - 1) / issues;
-  }
-  void issue() {
-    for (int64_t n = 0; n < per_issue && issued < total; ++n, ++issued)  // line by line, the rows in turn
-      _mm_prefetch(reinterpret_cast<const char*>(row[issued % rows] + (issued / rows) * 64), _MM_HINT_T1);
-  }
-};
+constexpr int64_t kPrefetchColumns = 64;  // a panel tile issues its share of prefetches every this many columns
 
 // The block's rows x tokens [t0, t0 + T) over the chunk's columns [c0, c1)
 // (c0 even), per token and half of the block C chains: C = 2, an even and
