@@ -516,27 +516,24 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
   for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(acc[t], bias_acc[t]));
 }
 
-// Tiles of up to 4 tokens (4 int32 sums + 4 + 4 f32 sums of 16 ymm), as
-// even as their count allows (6 tokens: 3 + 3, not 4 + 2); while they run
-// they prefetch the next block's rows (`next_rows` of them from r0 + 8) for
-// its repack.
+// Tiles of 4 tokens (4 int32 sums + 4 + 4 f32 sums of 16 ymm); while they
+// run they prefetch the next block's rows (`next_rows` of them from r0 + 8)
+// for its repack. (Tiles as even as their count allows, as the float panels
+// have, measured even here: a token's sums are chains of VPADDD, which a
+// short tile does not leave waiting on latency.)
 template <int BITS>
 void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* packed, const float* scales,
                       const float* biases, int next_rows) {
   constexpr int T = 4;
-  const int64_t tiles = (a.n_tokens + T - 1) / T;
-  const int64_t tokens_each = a.n_tokens / tiles, tiles_one_more = a.n_tokens % tiles;
   NextLines next;
-  next.start(a, r0 + 8, next_rows, 0, a.in * BITS / 8, tiles * (a.in / a.group));
-  for (int64_t tile = 0, t0 = 0; tile < tiles; ++tile) {
-    const int64_t size = tokens_each + (tile < tiles_one_more ? 1 : 0);
-    switch (size) {
+  next.start(a, r0 + 8, next_rows, 0, a.in * BITS / 8, (a.n_tokens + T - 1) / T * (a.in / a.group));
+  for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
+    switch (min64(T, a.n_tokens - t0)) {
       case 1: int8_block_tile<BITS, 1>(a, r0, rows, t0, packed, scales, biases, next); break;
       case 2: int8_block_tile<BITS, 2>(a, r0, rows, t0, packed, scales, biases, next); break;
       case 3: int8_block_tile<BITS, 3>(a, r0, rows, t0, packed, scales, biases, next); break;
       default: int8_block_tile<BITS, 4>(a, r0, rows, t0, packed, scales, biases, next); break;
     }
-    t0 += size;
   }
 }
 
