@@ -612,9 +612,10 @@ TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
                                 batch.size() * sizeof(float)),
                     0)
               << threads << " threads changed bits";
-        // 8, 13 and 18 tokens: panel tiles of 4 + 4, 5 + 4 + 4 and 6 x 3 (20: 5 x 4)
-        for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{7}, kPanelTokens, int64_t{13},
-                          int64_t{18}})
+        // lanes: 7 and 9 tokens in groups of 3 + 2 + 2 and 3 x 3; panels: 10, 13 and 18 tokens in tiles of
+        // 5 + 5, 5 + 4 + 4 and 6 x 3 (the batch of 22: 6 + 6 + 5 + 5)
+        for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{7}, kPanelTokens - 1, kPanelTokens,
+                          int64_t{13}, int64_t{18}})
           for (int64_t first : {int64_t{0}, kTokens - n}) {
             const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
             for (int threads : {1, 3}) {

@@ -146,7 +146,9 @@ void float_panel_rows_one_chain(const LinearArgs& args, int64_t row_begin, int64
 // start at multiples of 8.
 constexpr int64_t kAvx2LanesRowUnit = 8;
 // Calls of at least this many tokens take the panels.
-constexpr int64_t kAvx2PanelMinTokens = 8;
+// Up to 9 tokens the lanes kernel is the faster (in turns, bf16: 7-9 tokens
+// panels/lanes 0.85-0.95, 10-11 even, 12-14 1.06-1.10; session 23).
+constexpr int64_t kAvx2PanelMinTokens = 10;
 void float_lanes_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 }  // namespace avx2
 
