@@ -107,6 +107,21 @@ struct NextLines {
   }
 };
 
+// Calls part(t0, size) for n tokens cut into ceil(n / most) consecutive
+// parts whose sizes differ by at most one (32 by 6: 6, 6, 5, 5, 5, 5, not
+// 6 x 5 and 2): a short last tile keeps fewer independent FMA chains than
+// the units' latency needs.
+template <class Part>
+inline void even_parts(int64_t n, int64_t most, Part&& part) {
+  if (n <= 0) return;
+  const int64_t parts = (n + most - 1) / most, size = n / parts, one_more = n % parts;
+  for (int64_t i = 0, t0 = 0; i < parts; ++i) {
+    const int64_t this_size = size + (i < one_more ? 1 : 0);
+    part(t0, this_size);
+    t0 += this_size;
+  }
+}
+
 }  // namespace
 
 #include "backend/cpu/kernels/exact_impl.inc"
@@ -584,13 +599,13 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
       gather_block_scales(a.biases, a.bias_type, a.bias_stride, r0, rows, groups, biases);
     }
     if (!gemv) {
-      const int next_rows = static_cast<int>(min64(8, row_end - r0 - 8));  // <= 0: none
+      const int next_rows = static_cast<int>(max64(0, min64(8, row_end - r0 - 8)));
       if (eight) {
         repack_block<8>(a, r0, rows, packed);
-        int8_block_tiles<8>(a, r0, rows, packed, scales, biases, next_rows > 0 ? next_rows : 0);
+        int8_block_tiles<8>(a, r0, rows, packed, scales, biases, next_rows);
       } else {
         repack_block<4>(a, r0, rows, packed);
-        int8_block_tiles<4>(a, r0, rows, packed, scales, biases, next_rows > 0 ? next_rows : 0);
+        int8_block_tiles<4>(a, r0, rows, packed, scales, biases, next_rows);
       }
       continue;
     }
@@ -798,12 +813,8 @@ void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
   constexpr int T = 6;
   float* panel = reinterpret_cast<float*>(a.scratch);
   float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][C chains][2 halves][8]
-  // Tiles of as near equal sizes as their count allows (32 tokens: 6, 6, 5,
-  // 5, 5, 5, not 6 x 5 and 2): a tile of fewer than 4 tokens has fewer
-  // independent accumulators than the FMA units' latency needs.
   if (a.n_tokens <= 0) return;
-  const int64_t tiles = (a.n_tokens + T - 1) / T;
-  const int64_t tokens_each = a.n_tokens / tiles, tiles_one_more = a.n_tokens % tiles;
+  const int64_t tiles = (a.n_tokens + T - 1) / T;  // as even_parts cuts them
   NextLines next;
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
     const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
@@ -818,8 +829,7 @@ void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
                    min64(kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
       else
         next.start(a, r0, 0, 0, 0, issues);
-      for (int64_t tile = 0, t0 = 0; tile < tiles; ++tile) {
-        const int64_t size = tokens_each + (tile < tiles_one_more ? 1 : 0);
+      even_parts(a.n_tokens, T, [&](int64_t t0, int64_t size) {
         switch (size) {
           case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
           case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
@@ -828,8 +838,7 @@ void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
           case 5: panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
           default: panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
         }
-        t0 += size;
-      }
+      });
     }
   }
 }
@@ -933,25 +942,20 @@ void lanes_tile_partial(const LinearArgs& a, int64_t r0, int rows, int64_t t0) {
 }
 
 // Tokens in groups of up to 3 (6 accumulators beside a step's 8 column
-// vectors), as even as their count allows (4 tokens: 2 + 2, not 3 + 1).
+// vectors), as even as their count allows (even_parts; 4 tokens: 2 + 2).
 // Each block of 8 rows takes every group before the next block, so a call
-// of 4-7 tokens reads its weight from memory once; the groups after the
+// of 4-9 tokens reads its weight from memory once; the groups after the
 // first find the block (8 rows: 64 KB of a 4096-wide bf16 weight) in L2.
 template <WeightKind K>
 void float_lanes_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  if (a.n_tokens <= 0) return;
-  const int64_t groups = (a.n_tokens + 2) / 3;
-  const int64_t tokens_each = a.n_tokens / groups, groups_one_more = a.n_tokens % groups;
   auto each_group = [&](auto&& tile) {
-    for (int64_t group = 0, t0 = 0; group < groups; ++group) {
-      const int64_t size = tokens_each + (group < groups_one_more ? 1 : 0);
+    even_parts(a.n_tokens, 3, [&](int64_t t0, int64_t size) {
       switch (size) {
         case 1: tile(std::integral_constant<int, 1>{}, t0); break;
         case 2: tile(std::integral_constant<int, 2>{}, t0); break;
         default: tile(std::integral_constant<int, 3>{}, t0); break;
       }
-      t0 += size;
-    }
+    });
   };
   int64_t r0 = row_begin;
   for (; r0 + 8 <= row_end; r0 += 8)
