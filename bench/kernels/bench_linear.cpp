@@ -273,20 +273,50 @@ struct Shape {
 // GLM-4.5-Air shapes: attention's widest projection and one routed expert.
 const Shape kShapes[] = {{"q_proj 12288x4096", 12288, 4096}, {"expert 1408x4096", 1408, 4096}};
 
-// bf16 prompts: fast's bf16_rows against fast-prompts' packed panels and
-// its tokens-in-lanes kernel (up to 64 tokens), on 8 copies of an Air
-// expert (weights from memory, as a prompt's experts are), the kernels in
-// turns call after call; median GFLOP/s of each over `rounds` rounds of the
-// 8 copies. Calls are timed as shares of a 512-token step.
-void compare_bf16_kernels(int64_t n_tokens, int rounds) {
-  constexpr int kCopies = 8;
+// 8 copies of an Air expert in bf16 (weights from memory, as a prompt's
+// experts are), a call's x and its output.
+struct ExpertCalls {
+  static constexpr int kCopies = 8;
   const Shape& expert = kShapes[1];
   std::vector<Owned> weights;
-  for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", expert.out, expert.in, 40 + i));
-  std::vector<float> x(static_cast<size_t>(n_tokens * expert.in)), y(static_cast<size_t>(n_tokens * expert.out));
-  std::mt19937 generator(3);
-  std::normal_distribution<float> normal;
-  for (float& v : x) v = normal(generator);
+  std::vector<float> x, y;
+  ExpertCalls(int64_t n_tokens, unsigned weight_seed, unsigned x_seed)
+      : x(static_cast<size_t>(n_tokens * kShapes[1].in)), y(static_cast<size_t>(n_tokens * kShapes[1].out)) {
+    for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", expert.out, expert.in, weight_seed + i));
+    std::mt19937 generator(x_seed);
+    std::normal_distribution<float> normal;
+    for (float& v : x) v = normal(generator);
+  }
+  // The median GFLOP/s of each of `count` variants over `rounds` rounds, the
+  // variants in turns: prepare(i) sets variant i up (untimed), then
+  // run(i, weight) calls it on each copy.
+  template <class Prepare, class Run>
+  std::vector<double> median_rates(int64_t n_tokens, int count, int rounds, Prepare&& prepare, Run&& run) {
+    std::vector<std::vector<double>> rates(static_cast<size_t>(count));
+    for (int round = 0; round < rounds; ++round)
+      for (int i = 0; i < count; ++i) {
+        prepare(i);
+        const auto start = Clock::now();
+        for (const Owned& w : weights) run(i, w);
+        const double s = std::chrono::duration<double>(Clock::now() - start).count();
+        rates[i].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
+      }
+    std::vector<double> medians;
+    for (auto& r : rates) {
+      std::sort(r.begin(), r.end());
+      medians.push_back(r[r.size() / 2]);
+    }
+    return medians;
+  }
+};
+
+// bf16 prompts: fast's bf16_rows against fast-prompts' packed panels and
+// its tokens-in-lanes kernel (up to 64 tokens), on ExpertCalls' 8 copies,
+// the kernels in turns call after call; median GFLOP/s of each over
+// `rounds` rounds of the 8 copies. Calls are timed as shares of a 512-token
+// step.
+void compare_bf16_kernels(int64_t n_tokens, int rounds) {
+  ExpertCalls calls(n_tokens, 40, 3);
   auto& options = cpu::kernels::options();
   const cpu::kernels::Options saved = options;
   struct Variant {
@@ -297,45 +327,33 @@ void compare_bf16_kernels(int64_t n_tokens, int rounds) {
                                {cpu::kernels::Activations::FastPrompts, 1},
                                {cpu::kernels::Activations::FastPrompts, int64_t{1} << 40}};
   std::string names[3];
-  std::vector<double> rates[3];
-  for (int round = 0; round < rounds; ++round)
-    for (int i = 0; i < 3; ++i) {
-      options.activations = variants[i].mode;
-      options.packed_min_tokens = variants[i].packed_min_tokens;
-      options.fast_min_tokens = 1;  // for the name: the call is a share of a prompt
-      names[i] = cpu::kernels::kernel_name(weights[0].weight, n_tokens);
-      options.fast_min_tokens = saved.fast_min_tokens;
-      const auto start = Clock::now();
-      for (const Owned& w : weights) cpu::kernels::linear(y.data(), x.data(), n_tokens, w.weight, nullptr, 512);
-      const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      rates[i].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
-    }
+  auto prepare = [&](int i) {
+    options.activations = variants[i].mode;
+    options.packed_min_tokens = variants[i].packed_min_tokens;
+    options.fast_min_tokens = 1;  // for the name: the call is a share of a prompt
+    names[i] = cpu::kernels::kernel_name(calls.weights[0].weight, n_tokens);
+    options.fast_min_tokens = saved.fast_min_tokens;
+  };
+  const std::vector<double> rates = calls.median_rates(n_tokens, 3, rounds, prepare, [&](int, const Owned& w) {
+    cpu::kernels::linear(calls.y.data(), calls.x.data(), n_tokens, w.weight, nullptr, 512);
+  });
   options = saved;
   std::printf("  %4lld tokens:", static_cast<long long>(n_tokens));
-  for (int i = 0; i < 3; ++i) {
-    std::sort(rates[i].begin(), rates[i].end());
-    std::printf(" %s %6.1f%s", names[i].c_str(), rates[i][rates[i].size() / 2], i < 2 ? "," : "");
-  }
+  for (int i = 0; i < 3; ++i) std::printf(" %s %6.1f%s", names[i].c_str(), rates[i], i < 2 ? "," : "");
   std::printf(" GFLOP/s (medians of %d rounds)\n", rounds);
 }
 
 // Float weights on AVX2: the kernels that give float weights their bits,
-// called directly on 8 copies of a bf16 Air expert (weights from memory),
-// in turns, rows split over the threads in blocks of 16: the column-strided
-// exact kernel (exact_rows; float weights took it until session 22),
-// rows in lanes (float_lanes_rows), two-chain panels (float_panel_rows) and
-// one-chain panels (float_panel_rows_one_chain). Medians of `rounds`.
+// called directly on ExpertCalls' 8 copies, in turns, rows split over the
+// threads in blocks of 16: the column-strided exact kernel (exact_rows;
+// float weights took it until session 22), rows in lanes
+// (float_lanes_rows), two-chain panels (float_panel_rows) and one-chain
+// panels (float_panel_rows_one_chain). Medians of `rounds`.
 void compare_float_kernels(int64_t n_tokens, int rounds) {
   namespace k = cpu::kernels;
   if (k::supported_isa() < k::Isa::Avx2) return;
-  constexpr int kCopies = 8;
-  const Shape& expert = kShapes[1];
-  std::vector<Owned> weights;
-  for (int i = 0; i < kCopies; ++i) weights.push_back(make_weight("bf16", expert.out, expert.in, 50 + i));
-  std::vector<float> x(static_cast<size_t>(n_tokens * expert.in)), y(static_cast<size_t>(n_tokens * expert.out));
-  std::mt19937 generator(4);
-  std::normal_distribution<float> normal;
-  for (float& v : x) v = normal(generator);
+  ExpertCalls calls(n_tokens, 50, 4);
+  const Shape& expert = calls.expert;
   const int threads = omp_get_max_threads();
   const size_t scratch_each = static_cast<size_t>(k::avx2::avx2_panel_bytes(n_tokens) + 64);
   std::vector<uint8_t> scratch(scratch_each * static_cast<size_t>(threads) + 64);
@@ -343,39 +361,29 @@ void compare_float_kernels(int64_t n_tokens, int rounds) {
   const Kernel kernels[4] = {k::avx2::exact_rows, k::avx2::float_lanes_rows, k::avx2::float_panel_rows,
                              k::avx2::float_panel_rows_one_chain};
   const char* names[4] = {"column-strided", "lanes", "panels", "panels-one-chain"};
-  std::vector<double> rates[4];
-  for (int round = 0; round < rounds; ++round)
-    for (int i = 0; i < 4; ++i) {
-      const auto start = Clock::now();
-      for (const Owned& w : weights) {
-        k::LinearArgs a;
-        a.kind = k::WeightKind::BF16;
-        a.w = static_cast<const uint8_t*>(w.weight.view.data);
-        a.w_stride = expert.in * 2;
-        a.in = expert.in;
-        a.out_features = expert.out;
-        a.n_tokens = n_tokens;
-        a.x = x.data();
-        a.out = y.data();
+  const std::vector<double> rates = calls.median_rates(n_tokens, 4, rounds, [](int) {}, [&](int i, const Owned& w) {
+    k::LinearArgs a;
+    a.kind = k::WeightKind::BF16;
+    a.w = static_cast<const uint8_t*>(w.weight.view.data);
+    a.w_stride = expert.in * 2;
+    a.in = expert.in;
+    a.out_features = expert.out;
+    a.n_tokens = n_tokens;
+    a.x = calls.x.data();
+    a.out = calls.y.data();
 #pragma omp parallel num_threads(threads)
-        {
-          const int t = omp_get_thread_num();
-          const int64_t blocks = (expert.out + 15) / 16, per = (blocks + threads - 1) / threads;
-          k::LinearArgs mine = a;
-          const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data()) + t * scratch_each;
-          mine.scratch = reinterpret_cast<uint8_t*>((base + 63) & ~uintptr_t{63});
-          kernels[i](mine, std::min<int64_t>(expert.out, t * per * 16), std::min<int64_t>(expert.out, (t + 1) * per * 16));
-        }
-      }
-      const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      rates[i].push_back(2.0 * n_tokens * expert.out * expert.in * kCopies / s / 1e9);
+    {
+      const int t = omp_get_thread_num();
+      const int64_t blocks = (expert.out + 15) / 16, per = (blocks + threads - 1) / threads;
+      k::LinearArgs mine = a;
+      const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data()) + t * scratch_each;
+      mine.scratch = reinterpret_cast<uint8_t*>((base + 63) & ~uintptr_t{63});
+      kernels[i](mine, std::min<int64_t>(expert.out, t * per * 16), std::min<int64_t>(expert.out, (t + 1) * per * 16));
     }
+  });
   std::printf("  %4lld tokens:", static_cast<long long>(n_tokens));
-  for (int i = 0; i < 4; ++i) {
-    std::sort(rates[i].begin(), rates[i].end());
-    const double rate = rates[i][rates[i].size() / 2];
-    std::printf(" %s %6.1f (%.1f GB/s)%s", names[i], rate, rate / n_tokens, i < 3 ? "," : "");
-  }
+  for (int i = 0; i < 4; ++i)
+    std::printf(" %s %6.1f (%.1f GB/s)%s", names[i], rates[i], rates[i] / n_tokens, i < 3 ? "," : "");
   std::printf(" GFLOP/s, medians of %d rounds\n", rounds);
 }
 
