@@ -192,6 +192,25 @@ std::vector<float> run_linear(const Weight& w, const std::vector<float>& x, int6
   return y;
 }
 
+// The batch's bits again for the same n_tokens of x on 2 and on 3 threads.
+void expect_same_bits_on_more_threads(const Weight& w, const std::vector<float>& x, int64_t n_tokens,
+                                      const Weight* bias, const std::vector<float>& batch) {
+  for (int threads : {2, 3})
+    EXPECT_EQ(std::memcmp(run_linear(w, x, n_tokens, bias, threads).data(), batch.data(), batch.size() * sizeof(float)),
+              0)
+        << threads << " threads changed bits";
+}
+
+// Whether tokens [first, first + n) of x, run alone on `threads` threads,
+// get the bits those tokens have in `batch`.
+bool part_has_batch_bits(const Weight& w, const std::vector<float>& x, int64_t first, int64_t n, const Weight* bias,
+                         int threads, const std::vector<float>& batch) {
+  const int64_t in = w.dim(1), out = w.dim(0);
+  const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
+  const std::vector<float> y = run_linear(w, part, n, bias, threads);
+  return std::memcmp(y.data(), batch.data() + first * out, y.size() * sizeof(float)) == 0;
+}
+
 std::vector<Isa> available_isas() {
   std::vector<Isa> isas;
   if (cpu::kernels::supported_isa() >= Isa::Avx2) isas.push_back(Isa::Avx2);
@@ -214,7 +233,7 @@ bool fast_kernel_runs(const Weight& w, Isa isa) {
 // 1/2/3/17 tokens; bit-identity across threads and batch sizes.
 void check_weight(const TestWeight& t, double exact_tolerance, double fast_tolerance, const Weight* bias = nullptr,
                   const std::string& label = "") {
-  const int64_t in = t.weight.dim(1), out = t.weight.dim(0);
+  const int64_t in = t.weight.dim(1);
   const std::vector<float> x = random_values(static_cast<size_t>(17 * in), 99);
   const std::vector<float> expected = oracle(t, x, 17, bias);
   for (Isa isa : available_isas())
@@ -227,19 +246,12 @@ void check_weight(const TestWeight& t, double exact_tolerance, double fast_toler
       ASSERT_NE(cpu::kernels::kernel_name(t.weight, 17), nullptr);
       const std::vector<float> batch = run_linear(t.weight, x, 17, bias, 1);
       EXPECT_LE(error_of(fast, batch, expected), tolerance);
-      for (int threads : {2, 3})
-        EXPECT_EQ(std::memcmp(run_linear(t.weight, x, 17, bias, threads).data(), batch.data(),
-                              batch.size() * sizeof(float)),
-                  0)
-            << threads << " threads changed bits";
+      expect_same_bits_on_more_threads(t.weight, x, 17, bias, batch);
       // Tokens alone and in batches of 2 and 3 give the batch-of-17 bits.
       for (int64_t n : {1, 2, 3})
-        for (int64_t first : {int64_t{0}, int64_t{5}, 17 - n}) {
-          const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
-          const std::vector<float> y = run_linear(t.weight, part, n, bias, n == 1 ? 2 : 3);
-          EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * out, y.size() * sizeof(float)), 0)
+        for (int64_t first : {int64_t{0}, int64_t{5}, 17 - n})
+          EXPECT_TRUE(part_has_batch_bits(t.weight, x, first, n, bias, n == 1 ? 2 : 3, batch))
               << n << " tokens from " << first << " differ from the same tokens in a batch of 17";
-        }
     }
 }
 
@@ -607,23 +619,15 @@ TEST(KernelsFloat, Avx2FloatPanelsAndLanesMatchTheReferenceWithTheSameBits) {
         KernelScope scope(Isa::Avx2, Activations::Exact);
         const std::vector<float> batch = run_linear(t.weight, x, kTokens, bias, 1);
         EXPECT_LE(relative_l2(batch, expected), 1e-5);
-        for (int threads : {2, 3})
-          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, bias, threads).data(), batch.data(),
-                                batch.size() * sizeof(float)),
-                    0)
-              << threads << " threads changed bits";
+        expect_same_bits_on_more_threads(t.weight, x, kTokens, bias, batch);
         // lanes: 7 and 9 tokens in groups of 3 + 2 + 2 and 3 x 3; panels: 10, 13 and 18 tokens in tiles of
         // 5 + 5, 5 + 4 + 4 and 6 x 3 (the batch of 22: 6 + 6 + 5 + 5)
         for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{7}, kPanelTokens - 1, kPanelTokens,
                           int64_t{13}, int64_t{18}})
-          for (int64_t first : {int64_t{0}, kTokens - n}) {
-            const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
-            for (int threads : {1, 3}) {
-              const std::vector<float> y = run_linear(t.weight, part, n, bias, threads);
-              EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+          for (int64_t first : {int64_t{0}, kTokens - n})
+            for (int threads : {1, 3})
+              EXPECT_TRUE(part_has_batch_bits(t.weight, x, first, n, bias, threads, batch))
                   << n << " tokens from " << first << " on " << threads << " threads differ from the batch";
-            }
-          }
       }
 }
 
@@ -646,18 +650,11 @@ TEST(KernelsFloat, Avx2OneChainPanelsInPromptStepsMatchTheReferenceWithTheSameBi
         ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx2 float-panels-one-chain");
         const std::vector<float> batch = run_linear(t.weight, x, kTokens, nullptr, 1);
         EXPECT_LE(relative_l2(batch, expected), 1e-5);
-        for (int threads : {2, 3})
-          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, nullptr, threads).data(), batch.data(),
-                                batch.size() * sizeof(float)),
-                    0)
-              << threads << " threads changed bits";
+        expect_same_bits_on_more_threads(t.weight, x, kTokens, nullptr, batch);
         for (int64_t n : {1, 5, 7})
-          for (int64_t first : {int64_t{0}, kTokens - n}) {
-            const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
-            const std::vector<float> y = run_linear(t.weight, part, n, nullptr, 2);
-            EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
+          for (int64_t first : {int64_t{0}, kTokens - n})
+            EXPECT_TRUE(part_has_batch_bits(t.weight, x, first, n, nullptr, 2, batch))
                 << n << " tokens from " << first << " differ from the batch";
-          }
       }
 }
 
@@ -699,22 +696,14 @@ TEST(KernelsFloat, PackedPanelsAndTokenLanesMatchTheReferenceWithTheSameBits) {
         ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, 1), "avx512 bf16-packed");
         const std::vector<float> batch = run_linear(t.weight, x, kTokens, b, 1);
         EXPECT_LE(relative_l2(batch, expected), 1e-2);
-        for (int threads : {2, 3})
-          EXPECT_EQ(std::memcmp(run_linear(t.weight, x, kTokens, b, threads).data(), batch.data(),
-                                batch.size() * sizeof(float)),
-                    0)
-              << threads << " threads changed bits";
+        expect_same_bits_on_more_threads(t.weight, x, kTokens, b, batch);
         for (int64_t packed_min_tokens : {int64_t{1}, int64_t{1} << 40}) {  // panels, then lanes up to 64 tokens
           cpu::kernels::options().packed_min_tokens = packed_min_tokens;
           for (int64_t n : {1, 7, 8, 9, 16, 17, 33, 64})
-            for (int64_t first : {int64_t{0}, kTokens - n}) {
-              const std::vector<float> part(x.begin() + first * in, x.begin() + (first + n) * in);
-              const char* kernel = cpu::kernels::kernel_name(t.weight, n);
-              const std::vector<float> y = run_linear(t.weight, part, n, b, n % 2 ? 3 : 2);
-              EXPECT_EQ(std::memcmp(y.data(), batch.data() + first * rows, y.size() * sizeof(float)), 0)
-                  << kernel << ": " << n << " tokens from " << first
+            for (int64_t first : {int64_t{0}, kTokens - n})
+              EXPECT_TRUE(part_has_batch_bits(t.weight, x, first, n, b, n % 2 ? 3 : 2, batch))
+                  << cpu::kernels::kernel_name(t.weight, n) << ": " << n << " tokens from " << first
                   << " differ from the same tokens in the panels' batch of " << kTokens;
-            }
         }
       }
     }
