@@ -420,8 +420,8 @@ void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, f
 // Calls of more than kInt8Avx2GemvTokens tokens repack each block of 8
 // rows once into the thread's scratch, a ymm per 4 columns (dword lane i =
 // row i's 4 weights as bytes; 8-bit: q - 128), and stream tokens over it:
-// each token's 4 int8 x broadcast against the quad, VPMADDUBSW + VPMADDWD
-// into the rows' lanes. Rows sit in lanes, so no reduction tree is needed,
+// each token's 4 int8 x broadcast against the quad (from xq_tiles: a
+// tile's tokens side by side), VPMADDUBSW + VPMADDWD into the rows' lanes. Rows sit in lanes, so no reduction tree is needed,
 // and the weights are unpacked once per block instead of once per token.
 // The int32 group sums are the one-token kernel's, exactly, and the same
 // f32 operations follow: the same bits (tested).
@@ -480,7 +480,8 @@ inline int32_t group_x_sum(const int8_t* xq, const float* dx, const float* xsum,
   return int8_sum(xq + g * group, group);
 }
 
-// The block's rows x tokens [t0, t0 + T); x in column order.
+// The block's rows x tokens [t0, t0 + T); x in column order, from the
+// tile's xq_tiles (xq's rows only for a subnormal step's group sum).
 template <int BITS, int T>
 void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m256i* packed, const float* scales,
                      const float* biases, NextLines& next) {
@@ -489,6 +490,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
   const int8_t* const* xq = tokens.xq;
   const float* const* dx = tokens.dx;
   const float* const* xsum = tokens.xsum;
+  const int8_t* const x_tile = a.xq_tiles + t0 * a.xq_stride;  // [in / 4][T][4]
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[T], bias_acc[T];
   GLM_UNROLL
@@ -506,13 +508,13 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
         GLM_UNROLL
         for (int t = 0; t < T; ++t)
           dot[t] = _mm256_add_epi32(
-              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(weights, broadcast4(xq[t] + 4 * (q0 + q))), ones));
+              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(weights, broadcast4(x_tile + 4 * ((q0 + q) * T + t))), ones));
       } else {  // |q - 128| times x with the sign of q - 128
         const __m256i magnitude = _mm256_abs_epi8(weights);
         GLM_UNROLL
         for (int t = 0; t < T; ++t)
           dot[t] = _mm256_add_epi32(
-              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(xq[t] + 4 * (q0 + q)), weights)),
+              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x_tile + 4 * ((q0 + q) * T + t)), weights)),
                                         ones));
       }
     }
@@ -539,7 +541,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
 template <int BITS>
 void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* packed, const float* scales,
                       const float* biases, int next_rows) {
-  constexpr int T = 4;
+  constexpr int T = kInt8Avx2TileTokens;
   NextLines next;
   next.start(a, r0 + 8, next_rows, 0, a.in * BITS / 8, (a.n_tokens + T - 1) / T * (a.in / a.group));
   for (int64_t t0 = 0; t0 < a.n_tokens; t0 += T) {
@@ -992,6 +994,14 @@ void float_panel_rows_one_chain(const LinearArgs& a, int64_t row_begin, int64_t 
   with_float_kind(a, [&](auto kind) { float_panel_rows_of<decltype(kind)::value, 1>(a, row_begin, row_end); });
 }
 
+void pack_int8_token(const int8_t* xq_row, int64_t token, int64_t n_tokens, int64_t in, int64_t stride,
+                     int8_t* xq_tiles) {
+  const int64_t t0 = token / kInt8Avx2TileTokens * kInt8Avx2TileTokens;
+  const int64_t tile_size = min64(kInt8Avx2TileTokens, n_tokens - t0);
+  int8_t* out = xq_tiles + t0 * stride + 4 * (token - t0);
+  for (int64_t quad = 0; quad < in / 4; ++quad) std::memcpy(out + 4 * quad * tile_size, xq_row + 4 * quad, 4);
+}
+
 void pack_panel_token(const float* x_row, int64_t token, int64_t n_tokens, int64_t in, float* x_tiles) {
   // even_parts' tiles: the first `one_more` of size + 1, the rest of size.
   const int64_t tiles = (n_tokens + kAvx2PanelTileTokens - 1) / kAvx2PanelTileTokens;
@@ -1054,6 +1064,7 @@ void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
 void float_panel_rows_one_chain(const LinearArgs&, int64_t, int64_t) {}
 void pack_panel_token(const float*, int64_t, int64_t, int64_t, float*) {}
+void pack_int8_token(const int8_t*, int64_t, int64_t, int64_t, int64_t, int8_t*) {}
 void float_lanes_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif

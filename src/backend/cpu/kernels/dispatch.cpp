@@ -291,6 +291,8 @@ void prepare_token(const Prep& p, int64_t t) {
       avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::kInt8Avx2GemvTokens,
                          const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
+      if (a.xq_tiles)
+        avx2::pack_int8_token(a.xq + t * a.xq_stride, t, p.n_tokens, p.in, a.xq_stride, const_cast<int8_t*>(a.xq_tiles));
       break;
     case Path::PanelAvx2:
     case Path::PanelOneChainAvx2:
@@ -310,6 +312,8 @@ int64_t activation_bytes(const Prep& p) {
     case Path::Bf16:
     case Path::Bf16Packed:
     case Path::Bf16Lanes: return bf16_stride(p.in) * int64_t{sizeof(uint16_t)};
+    case Path::Int8Avx2:  // prompts: xq in rows, then in tiles
+      return (p.n_tokens > avx2::kInt8Avx2GemvTokens ? 2 : 1) * int8_stride(p.in);
     default: return int8_stride(p.in);
   }
 }
@@ -434,6 +438,8 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
       case Path::Int8Avx2:
         a.xq_stride = int8_stride(p.in);
         a.xq = reinterpret_cast<const int8_t*>(activations);
+        if (p.path == Path::Int8Avx2 && p.n_tokens > avx2::kInt8Avx2GemvTokens)
+          a.xq_tiles = a.xq + p.n_tokens * a.xq_stride;
         a.xscale = scales;
         a.xsum = sums;
         break;
@@ -467,6 +473,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
     a.xscale = p.xscale;
     a.xsum = p.xsum;
     a.x_tiles = p.x_tiles;
+    a.xq_tiles = p.xq_tiles;
   }
 
   const int threads = work < kMinParallelWork ? 1 : omp_get_max_threads();
