@@ -420,7 +420,7 @@ void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, f
 // Calls of more than kInt8Avx2GemvTokens tokens repack each block of 8
 // rows once into the thread's scratch, a ymm per 4 columns (dword lane i =
 // row i's 4 weights as bytes; 8-bit: q - 128), and stream tokens over it:
-// each token's 4 int8 x broadcast against the quad (from xq_tiles: a
+// each token's 4 int8 x broadcast against the quad (from args.xq_tiles: a
 // tile's tokens side by side), VPMADDUBSW + VPMADDWD into the rows' lanes. Rows sit in lanes, so no reduction tree is needed,
 // and the weights are unpacked once per block instead of once per token.
 // The int32 group sums are the one-token kernel's, exactly, and the same
@@ -994,14 +994,6 @@ void float_panel_rows_one_chain(const LinearArgs& a, int64_t row_begin, int64_t 
   with_float_kind(a, [&](auto kind) { float_panel_rows_of<decltype(kind)::value, 1>(a, row_begin, row_end); });
 }
 
-void pack_int8_token(const int8_t* xq_row, int64_t token, int64_t n_tokens, int64_t in, int64_t stride,
-                     int8_t* xq_tiles) {
-  const int64_t t0 = token / kInt8Avx2TileTokens * kInt8Avx2TileTokens;
-  const int64_t tile_size = min64(kInt8Avx2TileTokens, n_tokens - t0);
-  int8_t* out = xq_tiles + t0 * stride + 4 * (token - t0);
-  for (int64_t quad = 0; quad < in / 4; ++quad) std::memcpy(out + 4 * quad * tile_size, xq_row + 4 * quad, 4);
-}
-
 void pack_panel_token(const float* x_row, int64_t token, int64_t n_tokens, int64_t in, float* x_tiles) {
   // even_parts' tiles: the first `one_more` of size + 1, the rest of size.
   const int64_t tiles = (n_tokens + kAvx2PanelTileTokens - 1) / kAvx2PanelTileTokens;
@@ -1064,7 +1056,6 @@ void fill_block_scale_pairs(const LinearArgs&, uint32_t*) {}
 void float_panel_rows(const LinearArgs&, int64_t, int64_t) {}
 void float_panel_rows_one_chain(const LinearArgs&, int64_t, int64_t) {}
 void pack_panel_token(const float*, int64_t, int64_t, int64_t, float*) {}
-void pack_int8_token(const int8_t*, int64_t, int64_t, int64_t, int64_t, int8_t*) {}
 void float_lanes_rows(const LinearArgs&, int64_t, int64_t) {}
 
 #endif

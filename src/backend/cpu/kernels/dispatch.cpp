@@ -268,6 +268,26 @@ bool needs_prep(Path path, Isa isa, WeightKind kind) {
   return !reads_x || (isa == Isa::Avx512 && affine);
 }
 
+// avx2::int8_rows' prompt calls take tokens in tiles of this many (the
+// last one shorter), from xq_tiles; 0 where the call reads xq's rows. The
+// AVX-512 kernel's tiles of 8 read the rows: the same packing measured 0.99
+// / 0.95 / 1.01 at prompts of 32 / 128 / 512 tokens on a 16-core Xeon
+// (12-way L1), so it has none (session 24).
+int64_t int8_tile_tokens(const Prep& p) {
+  return p.path == Path::Int8Avx2 && p.n_tokens > avx2::kInt8Avx2GemvTokens ? avx2::kInt8Avx2TileTokens : 0;
+}
+
+// Token t's xq row (prepared) into its tile of xq_tiles: [in / 4][T][4 bytes]
+// from the tile's first token t0 at xq_tiles + t0 * xq_stride.
+void pack_int8_token(const Prep& p, int64_t t) {
+  const LinearArgs& a = p.prepared;
+  const int64_t tile_tokens = int8_tile_tokens(p), t0 = t / tile_tokens * tile_tokens;
+  const int64_t size = std::min(tile_tokens, p.n_tokens - t0);
+  const int8_t* row = a.xq + t * a.xq_stride;
+  int8_t* out = const_cast<int8_t*>(a.xq_tiles) + t0 * a.xq_stride + 4 * (t - t0);
+  for (int64_t quad = 0; quad < p.in / 4; ++quad) std::memcpy(out + 4 * quad * size, row + 4 * quad, 4);
+}
+
 // Token t of preparation p into its buffers.
 void prepare_token(const Prep& p, int64_t t) {
   const LinearArgs& a = p.prepared;
@@ -291,8 +311,6 @@ void prepare_token(const Prep& p, int64_t t) {
       avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::kInt8Avx2GemvTokens,
                          const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
-      if (a.xq_tiles)
-        avx2::pack_int8_token(a.xq + t * a.xq_stride, t, p.n_tokens, p.in, a.xq_stride, const_cast<int8_t*>(a.xq_tiles));
       break;
     case Path::PanelAvx2:
     case Path::PanelOneChainAvx2:
@@ -301,6 +319,7 @@ void prepare_token(const Prep& p, int64_t t) {
     case Path::LanesAvx2:  // reads x as it is (needs_prep)
       break;
   }
+  if (a.xq_tiles) pack_int8_token(p, t);
 }
 
 // Bytes of the activation buffer one token of p takes (elements of its type times their size).
@@ -312,9 +331,7 @@ int64_t activation_bytes(const Prep& p) {
     case Path::Bf16:
     case Path::Bf16Packed:
     case Path::Bf16Lanes: return bf16_stride(p.in) * int64_t{sizeof(uint16_t)};
-    case Path::Int8Avx2:  // prompts: xq in rows, then in tiles
-      return (p.n_tokens > avx2::kInt8Avx2GemvTokens ? 2 : 1) * int8_stride(p.in);
-    default: return int8_stride(p.in);
+    default: return (int8_tile_tokens(p) > 0 ? 2 : 1) * int8_stride(p.in);  // prompts: xq in rows, then in tiles
   }
 }
 
@@ -438,8 +455,7 @@ bool linear_many(const LinearJob* jobs, int64_t count) {
       case Path::Int8Avx2:
         a.xq_stride = int8_stride(p.in);
         a.xq = reinterpret_cast<const int8_t*>(activations);
-        if (p.path == Path::Int8Avx2 && p.n_tokens > avx2::kInt8Avx2GemvTokens)
-          a.xq_tiles = a.xq + p.n_tokens * a.xq_stride;
+        if (int8_tile_tokens(p) > 0) a.xq_tiles = a.xq + p.n_tokens * a.xq_stride;
         a.xscale = scales;
         a.xsum = sums;
         break;

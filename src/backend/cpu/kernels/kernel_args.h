@@ -73,7 +73,7 @@ struct LinearArgs {
   const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
   const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
   // avx2::int8_rows' prompts (more than kInt8Avx2GemvTokens tokens): xq
-  // again, in tiles of 4 tokens (avx2::pack_int8_token).
+  // again, in the tiles the kernel takes tokens in (kInt8Avx2TileTokens).
   const int8_t* xq_tiles = nullptr;
   // The AVX2 float panels' x, prepared once per call by
   // avx2::pack_panel_token: [n_tokens * in] f32 in tiles of tokens.
@@ -122,14 +122,13 @@ void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // go token by token, longer ones through repacked blocks.
 constexpr int64_t kInt8Avx2GemvTokens = 5;
 void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
-// The prompts' tiles of 4 tokens (the last one shorter), tile [t0, t0 + T)
-// stored from xq_tiles + t0 * stride as [in / 4][T][4 bytes]: a quad's
-// broadcasts for the tile come from one line (the rows of xq, a page apart
-// at 4096 columns, would put the tile's lines of a group in one L1 set).
-// Writes token `token`'s row xq_row (column order).
+// Prompts take tokens in tiles of kInt8Avx2TileTokens (the last one
+// shorter) and read them from args.xq_tiles: tile [t0, t0 + T) stored from
+// xq_tiles + t0 * xq_stride as [in / 4][T][4 bytes] (the dispatcher writes
+// it from xq), so a quad's broadcasts for the tile come from one line. The
+// rows of xq lie a page apart at 4096 columns: a tile's lines of a group
+// would share one L1 set with the repacked block streaming through it.
 constexpr int64_t kInt8Avx2TileTokens = 4;
-void pack_int8_token(const int8_t* xq_row, int64_t token, int64_t n_tokens, int64_t in, int64_t stride,
-                     int8_t* xq_tiles);
 // A token's activations for int8_rows: xq [int8_stride(in)] (even_odd, for
 // the one-token 4-bit kernel: each 64 columns as the even then the odd
 // ones; else in order), steps and sums [in / group], the values
