@@ -514,6 +514,20 @@ TEST(KernelsAffine, Int8ActivationsSameBitsOnAvx2AndAvx512) {
 // |pair| up to 32512, and the int32 group sums must still be exact: the
 // int8 mode matches the exact kernel fed the same quantized activations
 // (here x already on the int8 grid: every x is a multiple of max|x| / 127).
+// int8 activations whose values are all +-127 (x = +-1) are exact, so the
+// int8 mode must give the exact mode's outputs within f32 rounding even
+// where every product sits at its extreme.
+void expect_int8_mode_exact(const Weight& weight, const std::vector<float>& x, int64_t n, const std::string& what) {
+  std::vector<float> exact;
+  {
+    KernelScope scope(Isa::Avx2, Activations::Exact);
+    exact = run_linear(weight, x, n, nullptr, 1);
+  }
+  KernelScope scope(Isa::Avx2, Activations::Int8);
+  ASSERT_STREQ(cpu::kernels::kernel_name(weight, n), "avx2 int8-maddubs");
+  EXPECT_LE(relative_l2(run_linear(weight, x, n, nullptr, 1), exact), 1e-5) << what << ", " << n << " tokens";
+}
+
 TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
   if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
   const int64_t out = 16, in = 256, group = 64;
@@ -524,15 +538,27 @@ TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
   for (const int64_t n : {int64_t{3}, int64_t{9}}) {
     std::vector<float> x(static_cast<size_t>(n * in));
     for (size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0 ? 127.0f : i % 3 == 1 ? -127.0f : 64.0f) / 127.0f;
-    std::vector<float> exact, int8;
-    {
-      KernelScope scope(Isa::Avx2, Activations::Exact);
-      exact = run_linear(t.weight, x, n, nullptr, 1);
+    expect_int8_mode_exact(t.weight, x, n, "8-bit");
+  }
+}
+
+// 4-bit weights at every nibble 15 against x of +-127: each VPMADDUBSW pair
+// is 2 x 15 x 127 = 3810, and any int16 sum of more than 8 of them would
+// wrap (a faster tile that summed quads in int16 before VPMADDWD was tried
+// in session 24: such a run must stop at 8). One-token and prompt paths,
+// every group size.
+TEST(KernelsAffine, Int8Avx2FourBitExtremesAreExact) {
+  if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
+  const int64_t out = 16, in = 512;
+  for (const int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}}) {
+    TestWeight t = affine_test_weight(out, in, 4, group, DType::BF16, 32);
+    // Rows of all 15s, and rows of 15s and 0s by nibble.
+    for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = (i / (in / 8)) % 2 == 0 ? 0xffffffffu : 0x0f0ff0f0u;
+    for (const int64_t n : {int64_t{3}, int64_t{9}}) {
+      std::vector<float> x(static_cast<size_t>(n * in));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = (i / in) % 3 == 1 ? -1.0f : 1.0f;  // whole tokens of +1 or -1
+      expect_int8_mode_exact(t.weight, x, n, "4-bit, group " + std::to_string(group));
     }
-    KernelScope scope(Isa::Avx2, Activations::Int8);
-    ASSERT_STREQ(cpu::kernels::kernel_name(t.weight, n), "avx2 int8-maddubs");
-    int8 = run_linear(t.weight, x, n, nullptr, 1);
-    EXPECT_LE(relative_l2(int8, exact), 1e-5) << n << " tokens";
   }
 }
 
