@@ -421,8 +421,9 @@ void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, f
 // rows once into the thread's scratch, a ymm per 4 columns (dword lane i =
 // row i's 4 weights as bytes; 8-bit: q - 128), and stream tokens over it:
 // each token's 4 int8 x broadcast against the quad (from args.xq_tiles: a
-// tile's tokens side by side), VPMADDUBSW + VPMADDWD into the rows' lanes. Rows sit in lanes, so no reduction tree is needed,
-// and the weights are unpacked once per block instead of once per token.
+// tile's tokens side by side), VPMADDUBSW + VPMADDWD into the rows' lanes.
+// Rows sit in lanes, so no reduction tree is needed, and the weights are
+// unpacked once per block instead of once per token.
 // The int32 group sums are the one-token kernel's, exactly, and the same
 // f32 operations follow: the same bits (tested).
 
