@@ -419,7 +419,8 @@ void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, f
 //
 // Calls of more than kInt8Avx2GemvTokens tokens repack each block of 8
 // rows once into the thread's scratch, a ymm per 4 columns (dword lane i =
-// row i's 4 weights as bytes; 8-bit: q - 128), and stream tokens over it:
+// row i's 4 weights as bytes: 4-bit nibbles widened, 8-bit q as stored),
+// and stream tokens over it:
 // each token's 4 int8 x broadcast against the quad (from args.xq_tiles: a
 // tile's tokens side by side), VPMADDUBSW + VPMADDWD into the rows' lanes.
 // Rows sit in lanes, so no reduction tree is needed, and the weights are
@@ -439,14 +440,13 @@ template <int BITS>
 void repack_block(const LinearArgs& a, int64_t r0, int rows, __m256i* packed) {
   const uint8_t* row[8];
   for (int i = 0; i < 8; ++i) row[i] = a.w + (r0 + min64(i, rows - 1)) * a.w_stride;
-  const __m256i recentre = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m128i nibble = _mm_set1_epi8(0x0f);
   for (int64_t c = 0; c < a.in; c += 32) {  // 32 columns: 8 quads
     __m256 by_row[8], by_quad[8];
     for (int i = 0; i < 8; ++i) {
       __m256i bytes;
       if constexpr (BITS == 8) {
-        bytes = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[i] + c)), recentre);
+        bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[i] + c));
       } else {  // 16 bytes, column 2j in the low nibble of byte j
         const __m128i packed_bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[i] + c / 2));
         const __m128i lo = _mm_and_si128(packed_bytes, nibble), hi = _mm_and_si128(_mm_srli_epi16(packed_bytes, 4), nibble);
@@ -459,40 +459,22 @@ void repack_block(const LinearArgs& a, int64_t r0, int rows, __m256i* packed) {
   }
 }
 
-// The sum of n int8 values (n a multiple of 32).
-inline int32_t int8_sum(const int8_t* p, int64_t n) {
-  const __m256i ones8 = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
-  __m256i total = _mm256_setzero_si256();
-  for (int64_t k = 0; k < n; k += 32)
-    total = _mm256_add_epi32(total, _mm256_madd_epi16(
-                                        _mm256_maddubs_epi16(ones8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k))), ones));
-  __m128i four = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-  four = _mm_add_epi32(four, _mm_shuffle_epi32(four, 0x4e));
-  four = _mm_add_epi32(four, _mm_shuffle_epi32(four, 0xb1));
-  return _mm_cvtsi128_si32(four);
-}
-
-// The integer sum of a token's xq over group g. prepare_int8 stored
-// xsum = fl(dx * sum), and |sum| <= 127 * 128, so for a normal dx the
-// rounded quotient is the sum exactly (its error is below 16256 * 2^-23);
-// a subnormal dx (activations under ~1e-36) sums the bytes instead.
-inline int32_t group_x_sum(const int8_t* xq, const float* dx, const float* xsum, int64_t g, int64_t group) {
-  if (dx[g] >= FLT_MIN) return static_cast<int32_t>(std::lrint(xsum[g] / dx[g]));
-  return int8_sum(xq + g * group, group);
-}
-
 // The block's rows x tokens [t0, t0 + T); x in column order, from the
-// tile's xq_tiles (xq's rows only for a subnormal step's group sum).
+// tile's xq_tiles. 8-bit weights go as their two nibbles, q = 16 h + l:
+// sum q x = sum l x + 16 sum h x, each VPMADDUBSW pair of a nibble within
+// 2 x 15 x 128 like a 4-bit weight's, so 8 quads' pairs are summed in int16
+// (at most 30720) before VPMADDWD. Splitting a quad's bytes is shared by
+// the tile's tokens; the |q - 128| form it replaced took a VPSIGNB per
+// token and quad and ran ~10% slower in prompts (session 24).
 template <int BITS, int T>
 void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m256i* packed, const float* scales,
                      const float* biases, NextLines& next) {
   const int64_t groups = a.in / a.group, quads = a.group / 4;
   const TileTokens<T> tokens(a, t0, groups);
-  const int8_t* const* xq = tokens.xq;
   const float* const* dx = tokens.dx;
   const float* const* xsum = tokens.xsum;
   const int8_t* const x_tile = a.xq_tiles + t0 * a.xq_stride;  // [in / 4][T][4]
-  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1), sixteens = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0f);
   __m256 acc[T], bias_acc[T];
   GLM_UNROLL
   for (int t = 0; t < T; ++t) acc[t] = bias_acc[t] = _mm256_setzero_ps();
@@ -503,26 +485,37 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
     for (int t = 0; t < T; ++t) dot[t] = _mm256_setzero_si256();
     const __m256i* w = packed + g * quads;
     const int64_t q0 = g * quads;
-    for (int64_t q = 0; q < quads; ++q) {
-      const __m256i weights = _mm256_load_si256(w + q);
-      if constexpr (BITS == 4) {
+    auto x_of = [&](int64_t q, int t) { return broadcast4(x_tile + 4 * ((q0 + q) * T + t)); };
+    if constexpr (BITS == 4) {
+      for (int64_t q = 0; q < quads; ++q) {
+        const __m256i weights = _mm256_load_si256(w + q);
         GLM_UNROLL
         for (int t = 0; t < T; ++t)
-          dot[t] = _mm256_add_epi32(
-              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(weights, broadcast4(x_tile + 4 * ((q0 + q) * T + t))), ones));
-      } else {  // |q - 128| times x with the sign of q - 128
-        const __m256i magnitude = _mm256_abs_epi8(weights);
+          dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(weights, x_of(q, t)), ones));
+      }
+    } else {
+      for (int64_t run = 0; run < quads; run += 8) {
+        __m256i lows[T], highs[T];  // int16 pair sums of the low and the high nibbles
+        GLM_UNROLL
+        for (int t = 0; t < T; ++t) lows[t] = highs[t] = _mm256_setzero_si256();
+        GLM_UNROLL
+        for (int64_t q = run; q < run + 8; ++q) {
+          const __m256i weights = _mm256_load_si256(w + q);
+          const __m256i low = _mm256_and_si256(weights, nibble);
+          const __m256i high = _mm256_and_si256(_mm256_srli_epi16(weights, 4), nibble);
+          GLM_UNROLL
+          for (int t = 0; t < T; ++t) {
+            const __m256i x = x_of(q, t);
+            lows[t] = _mm256_add_epi16(lows[t], _mm256_maddubs_epi16(low, x));
+            highs[t] = _mm256_add_epi16(highs[t], _mm256_maddubs_epi16(high, x));
+          }
+        }
         GLM_UNROLL
         for (int t = 0; t < T; ++t)
-          dot[t] = _mm256_add_epi32(
-              dot[t], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x_tile + 4 * ((q0 + q) * T + t)), weights)),
-                                        ones));
+          dot[t] = _mm256_add_epi32(dot[t], _mm256_add_epi32(_mm256_madd_epi16(lows[t], ones),
+                                                             _mm256_madd_epi16(highs[t], sixteens)));
       }
     }
-    if constexpr (BITS == 8)  // 128 sum x back: sum q x
-      GLM_UNROLL
-      for (int t = 0; t < T; ++t)
-        dot[t] = _mm256_add_epi32(dot[t], _mm256_set1_epi32(128 * group_x_sum(xq[t], dx[t], xsum[t], g, a.group)));
     const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
     GLM_UNROLL
     for (int t = 0; t < T; ++t) {
