@@ -989,14 +989,11 @@ void float_panel_rows_one_chain(const LinearArgs& a, int64_t row_begin, int64_t 
 }
 
 void pack_panel_token(const float* x_row, int64_t token, int64_t n_tokens, int64_t in, float* x_tiles) {
-  // even_parts' tiles: the first `one_more` of size + 1, the rest of size.
-  const int64_t tiles = (n_tokens + kAvx2PanelTileTokens - 1) / kAvx2PanelTileTokens;
-  const int64_t size = n_tokens / tiles, one_more = n_tokens % tiles, in_larger = one_more * (size + 1);
-  const int64_t tile_size = token < in_larger ? size + 1 : size;
-  const int64_t t0 = token < in_larger ? token / (size + 1) * (size + 1)
-                                        : in_larger + (token - in_larger) / size * size;
-  float* out = x_tiles + t0 * in + (token - t0);
-  for (int64_t k = 0; k < in; ++k) out[k * tile_size] = x_row[k];
+  even_parts(n_tokens, kAvx2PanelTileTokens, [&](int64_t t0, int64_t size) {  // the panels' tiles
+    if (token < t0 || token >= t0 + size) return;
+    float* out = x_tiles + t0 * in + (token - t0);
+    for (int64_t k = 0; k < in; ++k) out[k * size] = x_row[k];
+  });
 }
 
 void prepare_int8(const float* x, int64_t in, int64_t group, bool even_odd, int8_t* xq, float* steps, float* sums) {
