@@ -509,14 +509,9 @@ TEST(KernelsAffine, Int8ActivationsSameBitsOnAvx2AndAvx512) {
   }
 }
 
-// 8-bit weights on AVX2 at the edges of VPMADDUBSW's int16 pairs: bytes 0
-// and 255 (q - 128 = -128 and 127) against activations at +-127 give
-// |pair| up to 32512, and the int32 group sums must still be exact: the
-// int8 mode matches the exact kernel fed the same quantized activations
-// (here x already on the int8 grid: every x is a multiple of max|x| / 127).
-// int8 activations whose values are all +-127 (x = +-1) are exact, so the
-// int8 mode must give the exact mode's outputs within f32 rounding even
-// where every product sits at its extreme.
+// x already on the int8 grid (every x a multiple of max|x| / 127) is
+// quantized without error, so the int8 mode must give the exact mode's
+// outputs within f32 rounding, however large its int16 and int32 sums get.
 void expect_int8_mode_exact(const Weight& weight, const std::vector<float>& x, int64_t n, const std::string& what) {
   std::vector<float> exact;
   {
@@ -528,6 +523,10 @@ void expect_int8_mode_exact(const Weight& weight, const std::vector<float>& x, i
   EXPECT_LE(relative_l2(run_linear(weight, x, n, nullptr, 1), exact), 1e-5) << what << ", " << n << " tokens";
 }
 
+// 8-bit weights on AVX2 at the edges of VPMADDUBSW's int16 pairs: bytes 0
+// and 255 against activations at +-127. The one-token path's |q - 128|
+// pairs reach 32512; the prompt tiles' runs of 8 nibble pairs 8 x 3810.
+// The int32 group sums must still be exact.
 TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
   if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
   const int64_t out = 16, in = 256, group = 64;
