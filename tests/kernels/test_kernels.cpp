@@ -524,25 +524,30 @@ void expect_int8_mode_exact(const Weight& weight, const std::vector<float>& x, i
 }
 
 // 8-bit weights on AVX2 at the edges of VPMADDUBSW's int16 pairs: bytes 0
-// and 255 against activations at +-127. The one-token path's |q - 128|
-// pairs reach 32512; the prompt tiles' runs of 8 nibble pairs 8 x 3810.
-// The int32 group sums must still be exact.
+// and 255 against activations at +-127. The one-token path multiplies q by
+// x's nibbles (xl up to 15, xh down to -8) and sums a group's pairs in int16:
+// at group 128, 4 x 7650 = 30600; the prompt tiles' runs of 8 nibble pairs
+// reach 8 x 3810. The int32 group sums must still be exact.
 TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
   if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
-  const int64_t out = 16, in = 256, group = 64;
-  TestWeight t = affine_test_weight(out, in, 8, group, DType::BF16, 31);
-  // Every packed byte 0 or 255, three row patterns (the third all 255).
-  const uint32_t patterns[3] = {0xff00ff00u, 0x00ffff00u, 0xffffffffu};
-  for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = patterns[(i / (in / 4)) % 3];
-  // 3 tokens go one by one, 9 through the repacked block (prompts); x
-  // mixed, or whole tokens of +1 or -1 (every sum at its extreme).
-  for (const int64_t n : {int64_t{3}, int64_t{9}})
-    for (const bool whole : {false, true}) {
-      std::vector<float> x(static_cast<size_t>(n * in));
-      for (size_t i = 0; i < x.size(); ++i)
-        x[i] = whole ? ((i / in) % 3 == 1 ? -1.0f : 1.0f) : (i % 3 == 0 ? 127.0f : i % 3 == 1 ? -127.0f : 64.0f) / 127.0f;
-      expect_int8_mode_exact(t.weight, x, n, whole ? "8-bit, whole tokens of +-1" : "8-bit");
-    }
+  const int64_t out = 16, in = 256;
+  for (const int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}}) {
+    TestWeight t = affine_test_weight(out, in, 8, group, DType::BF16, 31);
+    // Every packed byte 0 or 255, three row patterns (the third all 255).
+    const uint32_t patterns[3] = {0xff00ff00u, 0x00ffff00u, 0xffffffffu};
+    for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = patterns[(i / (in / 4)) % 3];
+    // 3 tokens go one by one, 9 through the repacked block (prompts); x
+    // mixed, or whole tokens of +1 or -1 (every sum at its extreme).
+    for (const int64_t n : {int64_t{3}, int64_t{9}})
+      for (const bool whole : {false, true}) {
+        std::vector<float> x(static_cast<size_t>(n * in));
+        for (size_t i = 0; i < x.size(); ++i)
+          x[i] = whole ? ((i / in) % 3 == 1 ? -1.0f : 1.0f)
+                       : (i % 3 == 0 ? 127.0f : i % 3 == 1 ? -127.0f : 64.0f) / 127.0f;
+        expect_int8_mode_exact(t.weight, x, n,
+                               (whole ? "8-bit, whole tokens of +-1, group " : "8-bit, group ") + std::to_string(group));
+      }
+  }
 }
 
 // 4-bit weights at every nibble 15 against x of +-127: each VPMADDUBSW pair
