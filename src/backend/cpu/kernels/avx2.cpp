@@ -240,59 +240,82 @@ struct Bf16Pairs {
   }
 };
 
-// One token through rows [r0, r0 + rows) (rows <= 8; missing rows repeat the
-// last and are not stored), the block's scales and biases from `block`.
-template <int G, bool kPrefetchNext, typename Scales>
+// Tokens t .. t + T - 1 (T = 1 or 2) through rows [r0, r0 + rows) (rows <=
+// 8; missing rows repeat the last and are not stored), the block's scales
+// and biases from `block`. Two tokens share each row's loads and nibble
+// split (calls of 2-5 tokens: batch-2 decode of the 3-layer int4 model 1.16,
+// batch 4 1.10 in turns, session 25); each token's sums are the same.
+template <int G, int T, bool kPrefetchNext, typename Scales>
 void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block) {
   constexpr int kChunk = 64;                          // columns per 32 weight bytes
   constexpr int kLanes = G == 32 ? 4 : 8;             // int32 lanes per group within a chunk
   constexpr int kChunksPerGroup = G == 128 ? 2 : 1;
   const int64_t groups = a.in / G;
   const int64_t full = a.in / kChunk, chunks = full + (full * kChunk < a.in);
-  const int8_t* xq = a.xq + t * a.xq_stride;
-  const float* dx = a.xscale + t * groups;
-  const float* xsum = a.xsum + t * groups;
+  const int8_t* xq[T];
+  const float *dx[T], *xsum[T];
+  GLM_UNROLL
+  for (int u = 0; u < T; ++u) {
+    xq[u] = a.xq + (t + u) * a.xq_stride;
+    dx[u] = a.xscale + (t + u) * groups;
+    xsum[u] = a.xsum + (t + u) * groups;
+  }
   const uint8_t* row[8];
   GLM_UNROLL
   for (int i = 0; i < 8; ++i) row[i] = a.w + (r0 + min64(i, rows - 1)) * a.w_stride;
   const __m256i nibble = _mm256_set1_epi8(0x0f);
-  __m256 acc = _mm256_setzero_ps(), bias_acc = _mm256_setzero_ps();
+  __m256 acc[T], bias_acc[T];
+  __m256i first_half[T];  // groups of 128: the first chunk's sums
+  GLM_UNROLL
+  for (int u = 0; u < T; ++u) acc[u] = bias_acc[u] = _mm256_setzero_ps(), first_half[u] = _mm256_setzero_si256();
   int64_t g = 0;
-  __m256i first_half = _mm256_setzero_si256();  // groups of 128: the first chunk's sums
   for (int64_t c = 0; c < chunks; ++c) {
-    const __m256i x_even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
-    const __m256i x_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
+    __m256i x_even[T], x_odd[T];
+    GLM_UNROLL
+    for (int u = 0; u < T; ++u) {
+      x_even[u] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[u] + c * kChunk));
+      x_odd[u] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[u] + c * kChunk + 32));
+    }
     const bool part = c == full;  // 32 columns: 16 bytes, the rest zero
     if (kPrefetchNext && c % 2 == 0)  // the next block's rows, a line each
       GLM_UNROLL
       for (int i = 0; i < 8; ++i) _mm_prefetch(reinterpret_cast<const char*>(row[i] + 8 * a.w_stride + c * 32), _MM_HINT_T1);
-    __m256i pairs[8];
+    __m256i pairs[T][8];  // [token][row]
     GLM_UNROLL
     for (int i = 0; i < 8; ++i) {
       const uint8_t* p = row[i] + c * 32;
       const __m256i w = part ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
                              : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      pairs[i] = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(w, nibble), x_even),
-                                  _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), nibble), x_odd));
+      const __m256i low = _mm256_and_si256(w, nibble), high = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
+      GLM_UNROLL
+      for (int u = 0; u < T; ++u)
+        pairs[u][i] = _mm256_add_epi16(_mm256_maddubs_epi16(low, x_even[u]), _mm256_maddubs_epi16(high, x_odd[u]));
     }
-    __m256i group_sums[8 / kLanes];
-    reduce_pairs8<kLanes>(pairs, group_sums);
+    __m256i group_sums[T][8 / kLanes];
+    GLM_UNROLL
+    for (int u = 0; u < T; ++u) reduce_pairs8<kLanes>(pairs[u], group_sums[u]);
     if constexpr (kChunksPerGroup == 2) {
       if (c % 2 == 0) {  // the group's second half is next
-        first_half = group_sums[0];
+        GLM_UNROLL
+        for (int u = 0; u < T; ++u) first_half[u] = group_sums[u][0];
         continue;
       }
-      group_sums[0] = _mm256_add_epi32(first_half, group_sums[0]);
+      GLM_UNROLL
+      for (int u = 0; u < T; ++u) group_sums[u][0] = _mm256_add_epi32(first_half[u], group_sums[u][0]);
     }
     const int present = part ? 1 : 8 / kLanes;  // a part chunk holds one group of 32
     for (int k = 0; k < present; ++k, ++g) {
       __m256 s, b;
       block.at(g, s, b);
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums[k]), _mm256_mul_ps(s, _mm256_set1_ps(dx[g])), acc);
-      bias_acc = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[g]), bias_acc);
+      GLM_UNROLL
+      for (int u = 0; u < T; ++u) {
+        acc[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(group_sums[u][k]), _mm256_mul_ps(s, _mm256_set1_ps(dx[u][g])), acc[u]);
+        bias_acc[u] = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[u][g]), bias_acc[u]);
+      }
     }
   }
-  store_rows8(a, r0, rows, t, _mm256_add_ps(acc, bias_acc));
+  GLM_UNROLL
+  for (int u = 0; u < T; ++u) store_rows8(a, r0, rows, t + u, _mm256_add_ps(acc[u], bias_acc[u]));
 }
 
 // int8_block_token for 8-bit weights (G = 32, 64 or 128 columns a group):
@@ -568,26 +591,33 @@ void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* 
   }
 }
 
-template <bool kPrefetchNext, typename Scales>
+// Tokens t .. t + T - 1 through one block (T = 2: 4-bit only).
+template <int T, bool kPrefetchNext, typename Scales>
 void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block, bool eight) {
   switch (a.group) {
     case 32: return eight ? int8_block_token_8bit<32, kPrefetchNext>(a, r0, rows, t, block)
-                          : int8_block_token<32, kPrefetchNext>(a, r0, rows, t, block);
+                          : int8_block_token<32, T, kPrefetchNext>(a, r0, rows, t, block);
     case 64: return eight ? int8_block_token_8bit<64, kPrefetchNext>(a, r0, rows, t, block)
-                          : int8_block_token<64, kPrefetchNext>(a, r0, rows, t, block);
+                          : int8_block_token<64, T, kPrefetchNext>(a, r0, rows, t, block);
     default: return eight ? int8_block_token_8bit<128, kPrefetchNext>(a, r0, rows, t, block)
-                          : int8_block_token<128, kPrefetchNext>(a, r0, rows, t, block);
+                          : int8_block_token<128, T, kPrefetchNext>(a, r0, rows, t, block);
   }
 }
 
 // The token passes over one block (GEMV calls): the first one asks for the
 // next block's rows (into L2), so a one-token call streams memory while it
-// computes.
+// computes. 4-bit tokens go two to a pass (the 8-bit kernel splits x, which
+// two tokens would not share).
 template <typename Scales>
 void int8_block_passes(const LinearArgs& a, int64_t r0, int rows, bool more_blocks, const Scales& block, bool eight) {
-  for (int64_t t = 0; t < a.n_tokens; ++t) {
-    if (t == 0 && more_blocks) int8_block_pass<true>(a, r0, rows, t, block, eight);
-    else int8_block_pass<false>(a, r0, rows, t, block, eight);
+  int64_t t = 0;
+  for (; !eight && t + 2 <= a.n_tokens; t += 2) {
+    if (t == 0 && more_blocks) int8_block_pass<2, true>(a, r0, rows, t, block, eight);
+    else int8_block_pass<2, false>(a, r0, rows, t, block, eight);
+  }
+  for (; t < a.n_tokens; ++t) {
+    if (t == 0 && more_blocks) int8_block_pass<1, true>(a, r0, rows, t, block, eight);
+    else int8_block_pass<1, false>(a, r0, rows, t, block, eight);
   }
 }
 
