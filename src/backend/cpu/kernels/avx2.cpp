@@ -240,11 +240,13 @@ struct Bf16Pairs {
   }
 };
 
-// Tokens t .. t + T - 1 (T = 1 or 2) through rows [r0, r0 + rows) (rows <=
+// Tokens t .. t + T - 1 (T = 1 to 3) through rows [r0, r0 + rows) (rows <=
 // 8; missing rows repeat the last and are not stored), the block's scales
-// and biases from `block`. Two tokens share each row's loads and nibble
-// split (calls of 2-5 tokens: batch-2 decode of the 3-layer int4 model 1.16,
-// batch 4 1.10 in turns, session 25); each token's sums are the same.
+// and biases from `block`. The tokens share each row's loads and nibble
+// split (calls of 2-5 tokens, in turns on the 3-layer int4 model, session
+// 25: batch-2 decode 1.16 and batch 4 1.10 with pairs; threes over pairs
+// and singles, batch 3 1.10 and batch 5 1.06); each token's sums are the
+// same.
 template <int G, int T, bool kPrefetchNext, typename Scales>
 void int8_block_token(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block) {
   constexpr int kChunk = 64;                          // columns per 32 weight bytes
@@ -591,7 +593,7 @@ void int8_block_tiles(const LinearArgs& a, int64_t r0, int rows, const __m256i* 
   }
 }
 
-// Tokens t .. t + T - 1 through one block (T = 2: 4-bit only).
+// Tokens t .. t + T - 1 through one block (T = 2, 3: 4-bit only).
 template <int T, bool kPrefetchNext, typename Scales>
 void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const Scales& block, bool eight) {
   switch (a.group) {
@@ -606,19 +608,27 @@ void int8_block_pass(const LinearArgs& a, int64_t r0, int rows, int64_t t, const
 
 // The token passes over one block (GEMV calls): the first one asks for the
 // next block's rows (into L2), so a one-token call streams memory while it
-// computes. 4-bit tokens go two to a pass (the 8-bit kernel splits x, which
-// two tokens would not share).
+// computes. 4-bit tokens go up to three to a pass, the passes as even as
+// their count allows (4 tokens: 2 + 2); 8-bit ones one at a time (their
+// kernel splits x, which tokens would not share).
 template <typename Scales>
 void int8_block_passes(const LinearArgs& a, int64_t r0, int rows, bool more_blocks, const Scales& block, bool eight) {
-  int64_t t = 0;
-  for (; !eight && t + 2 <= a.n_tokens; t += 2) {
-    if (t == 0 && more_blocks) int8_block_pass<2, true>(a, r0, rows, t, block, eight);
-    else int8_block_pass<2, false>(a, r0, rows, t, block, eight);
+  auto pass = [&](auto tokens, int64_t t) {
+    constexpr int T = decltype(tokens)::value;
+    if (t == 0 && more_blocks) int8_block_pass<T, true>(a, r0, rows, t, block, eight);
+    else int8_block_pass<T, false>(a, r0, rows, t, block, eight);
+  };
+  if (eight) {
+    for (int64_t t = 0; t < a.n_tokens; ++t) pass(std::integral_constant<int, 1>{}, t);
+    return;
   }
-  for (; t < a.n_tokens; ++t) {
-    if (t == 0 && more_blocks) int8_block_pass<1, true>(a, r0, rows, t, block, eight);
-    else int8_block_pass<1, false>(a, r0, rows, t, block, eight);
-  }
+  even_parts(a.n_tokens, 3, [&](int64_t t0, int64_t size) {
+    switch (size) {
+      case 1: pass(std::integral_constant<int, 1>{}, t0); break;
+      case 2: pass(std::integral_constant<int, 2>{}, t0); break;
+      default: pass(std::integral_constant<int, 3>{}, t0); break;
+    }
+  });
 }
 
 }  // namespace
