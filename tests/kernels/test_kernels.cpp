@@ -218,6 +218,12 @@ std::vector<Isa> available_isas() {
   return isas;
 }
 
+// A batch past every one-token path (AVX2 4-bit weights take passes of a
+// few tokens up to int8_avx2_gemv_tokens(4) tokens), so that it runs the
+// prompt kernels the tokens alone and in small calls are compared with.
+constexpr int64_t kBatch = 70;
+static_assert(kBatch > cpu::kernels::avx2::int8_avx2_gemv_tokens(4) && kBatch > cpu::kernels::avx2::int8_avx2_gemv_tokens(8));
+
 // Every activation mode: exact, fast (bf16/int8) and int8 (affine only).
 constexpr Activations kModes[] = {Activations::Exact, Activations::Fast, Activations::Int8};
 
@@ -230,28 +236,28 @@ bool fast_kernel_runs(const Weight& w, Isa isa) {
 }
 
 // Checks one weight on every ISA, every activation mode, 1/2/3 threads and
-// 1/2/3/17 tokens; bit-identity across threads and batch sizes.
+// 1/2/3/kBatch tokens; bit-identity across threads and batch sizes.
 void check_weight(const TestWeight& t, double exact_tolerance, double fast_tolerance, const Weight* bias = nullptr,
                   const std::string& label = "") {
   const int64_t in = t.weight.dim(1);
-  const std::vector<float> x = random_values(static_cast<size_t>(17 * in), 99);
-  const std::vector<float> expected = oracle(t, x, 17, bias);
+  const std::vector<float> x = random_values(static_cast<size_t>(kBatch * in), 99);
+  const std::vector<float> expected = oracle(t, x, kBatch, bias);
   for (Isa isa : available_isas())
     for (Activations mode : kModes) {
       KernelScope scope(isa, mode);
       const bool fast = mode != Activations::Exact && fast_kernel_runs(t.weight, isa);
       const double tolerance = fast ? fast_tolerance : exact_tolerance;
       SCOPED_TRACE(label + " isa " + cpu::kernels::isa_name(isa) + " " + mode_name(mode) + " kernel " +
-                   (cpu::kernels::kernel_name(t.weight, 17) ? cpu::kernels::kernel_name(t.weight, 17) : "none"));
-      ASSERT_NE(cpu::kernels::kernel_name(t.weight, 17), nullptr);
-      const std::vector<float> batch = run_linear(t.weight, x, 17, bias, 1);
+                   (cpu::kernels::kernel_name(t.weight, kBatch) ? cpu::kernels::kernel_name(t.weight, kBatch) : "none"));
+      ASSERT_NE(cpu::kernels::kernel_name(t.weight, kBatch), nullptr);
+      const std::vector<float> batch = run_linear(t.weight, x, kBatch, bias, 1);
       EXPECT_LE(error_of(fast, batch, expected), tolerance);
-      expect_same_bits_on_more_threads(t.weight, x, 17, bias, batch);
-      // Tokens alone and in batches of 2 and 3 give the batch-of-17 bits.
+      expect_same_bits_on_more_threads(t.weight, x, kBatch, bias, batch);
+      // Tokens alone and in batches of 2 and 3 give the whole batch's bits.
       for (int64_t n : {1, 2, 3})
-        for (int64_t first : {int64_t{0}, int64_t{5}, 17 - n})
+        for (int64_t first : {int64_t{0}, int64_t{5}, kBatch - n})
           EXPECT_TRUE(part_has_batch_bits(t.weight, x, first, n, bias, n == 1 ? 2 : 3, batch))
-              << n << " tokens from " << first << " differ from the same tokens in a batch of 17";
+              << n << " tokens from " << first << " differ from the same tokens in a batch of " << kBatch;
     }
 }
 
@@ -356,11 +362,12 @@ TEST(KernelsAffine, Int8ActivationsWithOutlierChannels) {
   EXPECT_LE(relative_l2(run_linear(t.weight, x, 5, nullptr, 2), expected), 1e-2);
 }
 
-// Decode with int8 activations: calls of up to 5 tokens run each token
-// through the one-token kernel (rows kept in registers and reduced across
-// rows, int8_block_gemv), larger ones through repacked blocks; both against
-// the reference (1e-2 relative L2) and bit for bit against the same tokens
-// in a batch of 17. Calls of 1, 2, 5 and 6 tokens; row counts below, at
+// Decode with int8 activations: calls of a few tokens run them through the
+// one-token kernel (rows kept in registers and reduced across rows,
+// int8_block_gemv; on AVX2 4-bit up to 64 tokens, in passes of up to 3),
+// larger ones through repacked blocks; both against the reference (1e-2
+// relative L2) and bit for bit against the same tokens in a batch of
+// kBatch. Calls of 1, 2, 5, 6 and 9 tokens; row counts below, at
 // and past the 16-row blocks (a copied partial block, a next block to
 // prefetch); widths with a part last segment (group 32: 32, 64 or 96 of
 // 128 columns); 1/2/3 threads; on AVX2 the VPMADDUBSW kernel (4-bit).
@@ -380,22 +387,22 @@ TEST(KernelsAffine, Int8ActivationsDecodeEveryShape) {
    for (Isa isa : available_isas()) {
     const TestWeight t = affine_test_weight(shape.out, shape.in, shape.bits, shape.group, shape.scale_dtype,
                                             static_cast<unsigned>(shape.out + shape.in));
-    const std::vector<float> x = random_values(static_cast<size_t>(17 * shape.in), 23);
-    const std::vector<float> expected = oracle(t, x, 17, nullptr);
+    const std::vector<float> x = random_values(static_cast<size_t>(kBatch * shape.in), 23);
+    const std::vector<float> expected = oracle(t, x, kBatch, nullptr);
     KernelScope scope(isa, Activations::Int8);
     if (!fast_kernel_runs(t.weight, isa)) continue;  // no int8 kernel for it here (8-bit on AVX2, no VNNI)
     SCOPED_TRACE(std::to_string(shape.bits) + "-bit g" + std::to_string(shape.group) + " " +
                  std::to_string(shape.out) + "x" + std::to_string(shape.in) + " " +
                  std::string(dtype_name(shape.scale_dtype)) + " scales, " + cpu::kernels::kernel_name(t.weight, 1));
-    const std::vector<float> batch = run_linear(t.weight, x, 17, nullptr, 2);
+    const std::vector<float> batch = run_linear(t.weight, x, kBatch, nullptr, 2);
     EXPECT_LE(relative_l2(batch, expected), 1e-2);
-    // All 17 tokens decoded n at a time (the last call may hold fewer), on
+    // All kBatch tokens decoded n at a time (the last call may hold fewer), on
     // 1, 2, 3, 1, ... threads: the error is judged over all of them, as a
     // few outputs alone measure the rounding noise's spread, not its size.
-    for (int64_t n : {1, 2, 5, 6}) {
+    for (int64_t n : {1, 2, 5, 6, 9}) {
       std::vector<float> decoded(batch.size(), NAN);
-      for (int64_t first = 0; first < 17; first += n) {
-        const int64_t count = std::min<int64_t>(n, 17 - first);
+      for (int64_t first = 0; first < kBatch; first += n) {
+        const int64_t count = std::min<int64_t>(n, kBatch - first);
         const int threads = 1 + static_cast<int>(first / n % 3);
         const std::vector<float> part(x.begin() + first * shape.in, x.begin() + (first + count) * shape.in);
         const std::vector<float> y = run_linear(t.weight, part, count, nullptr, threads);
@@ -418,7 +425,8 @@ uint32_t* aligned64(std::vector<uint32_t>& storage) {
 // (block_scale_pairs, what the CPU backend's place() attaches) give the bits
 // of the kernel transposing them itself: 4 and 8 bits, groups 32/64/128,
 // bf16 and f16, row counts below, at and past a block of 16, 1-5 tokens per
-// call (the one-token kernel) and 6, 9 and 17 (the prompt path, which widens
+// call (the one-token kernel), 6, 9 and 17 (AVX2 4-bit: passes; else the
+// prompt path) and kBatch (the prompt path, which widens
 // the pairs instead of reading the weight's scales) on 1-3 threads; and
 // linear_many with them.
 TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
@@ -447,8 +455,8 @@ TEST(KernelsAffine, Int8BlockScalePairsGiveTheSameBits) {
       cpu::kernels::fill_block_scale_pairs(t.weight, pairs);
       Weight placed = t.weight;
       placed.format.block_scale_pairs = TensorView(pairs, DType::U32, {count});
-      const std::vector<float> x = random_values(static_cast<size_t>(17 * shape.in), 42);
-      for (int64_t n : {1, 2, 3, 4, 5, 6, 9, 17})
+      const std::vector<float> x = random_values(static_cast<size_t>(kBatch * shape.in), 42);
+      for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{6}, int64_t{9}, int64_t{17}, kBatch})
         for (int threads : {1, 2, 3}) {
           const std::vector<float> part(x.begin(), x.begin() + n * shape.in);
           const std::vector<float> plain = run_linear(t.weight, part, n, nullptr, threads);
@@ -536,9 +544,10 @@ TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
     // Every packed byte 0 or 255, three row patterns (the third all 255).
     const uint32_t patterns[3] = {0xff00ff00u, 0x00ffff00u, 0xffffffffu};
     for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = patterns[(i / (in / 4)) % 3];
-    // 3 tokens go one by one, 9 through the repacked block (prompts); x
-    // mixed, or whole tokens of +1 or -1 (every sum at its extreme).
-    for (const int64_t n : {int64_t{3}, int64_t{9}})
+    // 3 tokens go one by one, 9 and kBatch through the repacked block
+    // (prompts); x mixed, or whole tokens of +1 or -1 (every sum at its
+    // extreme).
+    for (const int64_t n : {int64_t{3}, int64_t{9}, kBatch})
       for (const bool whole : {false, true}) {
         std::vector<float> x(static_cast<size_t>(n * in));
         for (size_t i = 0; i < x.size(); ++i)
@@ -553,8 +562,9 @@ TEST(KernelsAffine, Int8Avx2EightBitExtremesAreExact) {
 // 4-bit weights at every nibble 15 against x of +-127: each VPMADDUBSW pair
 // is 2 x 15 x 127 = 3810, and any int16 sum of more than 8 of them would
 // wrap (a faster tile that summed quads in int16 before VPMADDWD was tried
-// in session 24: such a run must stop at 8). One-token and prompt paths,
-// every group size.
+// in session 24: such a run must stop at 8). The one-token kernel's passes
+// of 1, 2 and 3 tokens (3 and 9 tokens) and the prompt tiles (kBatch), every
+// group size.
 TEST(KernelsAffine, Int8Avx2FourBitExtremesAreExact) {
   if (cpu::kernels::supported_isa() < Isa::Avx2) GTEST_SKIP() << "no AVX2";
   const int64_t out = 16, in = 512;
@@ -562,7 +572,7 @@ TEST(KernelsAffine, Int8Avx2FourBitExtremesAreExact) {
     TestWeight t = affine_test_weight(out, in, 4, group, DType::BF16, 32);
     // Rows of all 15s, and rows of 15s and 0s by nibble.
     for (size_t i = 0; i < t.words.size(); ++i) t.words[i] = (i / (in / 8)) % 2 == 0 ? 0xffffffffu : 0x0f0ff0f0u;
-    for (const int64_t n : {int64_t{3}, int64_t{9}}) {
+    for (const int64_t n : {int64_t{3}, int64_t{9}, kBatch}) {
       std::vector<float> x(static_cast<size_t>(n * in));
       for (size_t i = 0; i < x.size(); ++i) x[i] = (i / in) % 3 == 1 ? -1.0f : 1.0f;  // whole tokens of +1 or -1
       expect_int8_mode_exact(t.weight, x, n, "4-bit, group " + std::to_string(group));

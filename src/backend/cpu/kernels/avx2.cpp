@@ -462,7 +462,7 @@ void scales_from_pairs8(const uint32_t* pairs, int64_t groups, ScaleType type, f
 
 // ---- prompts: a block of 8 rows repacked, tokens 4 at a time ----
 //
-// Calls of more than kInt8Avx2GemvTokens tokens repack each block of 8
+// Calls of more than int8_avx2_gemv_tokens tokens repack each block of 8
 // rows once into the thread's scratch, a ymm per 4 columns (dword lane i =
 // row i's 4 weights as bytes: 4-bit nibbles widened, 8-bit q as stored),
 // and stream tokens over it:
@@ -639,7 +639,7 @@ void int8_rows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   float* biases = scales + 8 * groups;
   auto* packed = reinterpret_cast<__m256i*>(a.scratch + 64 * groups);  // [in / 4] (prompts)
   const bool eight = a.kind == WeightKind::Affine8;
-  const bool gemv = a.n_tokens <= kInt8Avx2GemvTokens;
+  const bool gemv = a.n_tokens <= int8_avx2_gemv_tokens(eight ? 8 : 4);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += 8) {
     const int rows = static_cast<int>(min64(8, row_end - r0));
     // r0 is a multiple of 8: half r0 / 8 % 2 of 16-row block r0 / 16.

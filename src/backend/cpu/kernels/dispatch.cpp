@@ -274,7 +274,7 @@ bool needs_prep(Path path, Isa isa, WeightKind kind) {
 // / 0.95 / 1.01 at prompts of 32 / 128 / 512 tokens on a 16-core Xeon
 // (12-way L1), so it has none (session 24).
 int64_t int8_tile_tokens(const Prep& p) {
-  return p.path == Path::Int8Avx2 && p.n_tokens > avx2::kInt8Avx2GemvTokens ? avx2::kInt8Avx2TileTokens : 0;
+  return p.path == Path::Int8Avx2 && p.n_tokens > avx2::int8_avx2_gemv_tokens(p.bits) ? avx2::kInt8Avx2TileTokens : 0;
 }
 
 // Token t's xq row (prepared) into its tile of xq_tiles: [in / 4][T][4 bytes]
@@ -308,7 +308,7 @@ void prepare_token(const Prep& p, int64_t t) {
                            const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
     case Path::Int8Avx2:
-      avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::kInt8Avx2GemvTokens,
+      avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::int8_avx2_gemv_tokens(4),
                          const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;

@@ -72,7 +72,7 @@ struct LinearArgs {
   int64_t xq_stride = 0;
   const float* xscale = nullptr;  // [n_tokens, in / group] step of xq per group
   const float* xsum = nullptr;    // [n_tokens, in / group] sum of the dequantized xq per group
-  // avx2::int8_rows' prompts (more than kInt8Avx2GemvTokens tokens): xq
+  // avx2::int8_rows' prompts (more than int8_avx2_gemv_tokens tokens): xq
   // again, in the tiles the kernel takes tokens in (kInt8Avx2TileTokens).
   const int8_t* xq_tiles = nullptr;
   // The AVX2 float panels' x, prepared once per call by
@@ -118,9 +118,15 @@ bool compiled();
 void exact_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // Affine 4- and 8-bit, group 32, 64 or 128, activations args.xq, scratch
 // args.scratch (int8_scratch_bytes). Row ranges should start at multiples
-// of 8 (rows go in blocks of 8). Calls of up to kInt8Avx2GemvTokens tokens
-// go token by token, longer ones through repacked blocks.
-constexpr int64_t kInt8Avx2GemvTokens = 5;
+// of 8 (rows go in blocks of 8). Calls of up to int8_avx2_gemv_tokens(bits)
+// tokens go in passes over each block (4-bit: up to 3 tokens a pass, 8-bit:
+// one), longer ones through repacked blocks. 4-bit passes beat the repacked
+// tiles up to ~96 tokens (session 25, in turns: one expert 1408 x 4096, 6-96
+// tokens 1.07-1.59x; the 3-layer int4 model, batch decode of 6-32
+// sequences 1.08-1.31, prompts of 64 tokens 1.05 and 1.07 again with 64
+// over 32); 8-bit passes, one token each, do not (prompts of 32-128 tokens
+// even at a threshold of 32).
+constexpr int64_t int8_avx2_gemv_tokens(int bits) { return bits == 4 ? 64 : 5; }
 void int8_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // Prompts take tokens in tiles of kInt8Avx2TileTokens (the last one
 // shorter) and read them from args.xq_tiles: tile [t0, t0 + T) stored from
