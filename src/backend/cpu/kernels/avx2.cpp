@@ -618,11 +618,7 @@ void int8_block_passes(const LinearArgs& a, int64_t r0, int rows, bool more_bloc
     if (t == 0 && more_blocks) int8_block_pass<T, true>(a, r0, rows, t, block, eight);
     else int8_block_pass<T, false>(a, r0, rows, t, block, eight);
   };
-  if (eight) {
-    for (int64_t t = 0; t < a.n_tokens; ++t) pass(std::integral_constant<int, 1>{}, t);
-    return;
-  }
-  even_parts(a.n_tokens, 3, [&](int64_t t0, int64_t size) {
+  even_parts(a.n_tokens, eight ? 1 : 3, [&](int64_t t0, int64_t size) {
     switch (size) {
       case 1: pass(std::integral_constant<int, 1>{}, t0); break;
       case 2: pass(std::integral_constant<int, 2>{}, t0); break;

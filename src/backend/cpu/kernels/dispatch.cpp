@@ -308,7 +308,7 @@ void prepare_token(const Prep& p, int64_t t) {
                            const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
     case Path::Int8Avx2:
-      avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::int8_avx2_gemv_tokens(4),
+      avx2::prepare_int8(x, p.in, p.group, p.bits == 4 && p.n_tokens <= avx2::int8_avx2_gemv_tokens(p.bits),
                          const_cast<int8_t*>(a.xq) + t * a.xq_stride,
                          const_cast<float*>(a.xscale) + t * groups, const_cast<float*>(a.xsum) + t * groups);
       break;
