@@ -803,6 +803,13 @@ void widen_panel(const LinearArgs& a, int64_t r0, int rows, int64_t c0, int64_t 
 }
 
 constexpr int64_t kPrefetchColumns = 64;  // a panel tile issues its share of prefetches every this many columns
+// How far ahead a tile asks for its own panel lines and x, in columns: the
+// panel (64 KB, L2) is read one line of every two in the exact order (a
+// chain's columns), a stride the L1 prefetcher did not follow, and x
+// tiles stream from L3. 16 panel columns are 8 steps ahead at stride 2;
+// x's 48 columns are 1 KB for a tile of 6 tokens (24-96 columns measured
+// the same).
+constexpr int64_t kPanelAheadColumns = 16, kXAheadColumns = 48;
 
 // The block's rows x tokens [t0, t0 + T) over the chunk's columns [c0, c1)
 // (c0 even), per token and half of the block C chains: C = 2, an even and
@@ -829,6 +836,9 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
       const int64_t k_end = min64(k_stretch + kPrefetchColumns, c1);
       for (int64_t k = k_stretch; k < k_end; k += C) {
         const float* column = panel + (k - c0) * kAvx2PanelRows;
+        // Past the chunk or the tile these touch other scratch or nothing: a prefetch never faults.
+        _mm_prefetch(reinterpret_cast<const char*>(column + kPanelAheadColumns * kAvx2PanelRows), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x_tile + (k + kXAheadColumns) * T), _MM_HINT_T0);
         const __m256 low = _mm256_load_ps(column), high = _mm256_load_ps(column + 8);
         GLM_UNROLL
         for (int t = 0; t < T; ++t) {
