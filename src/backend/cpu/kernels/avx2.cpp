@@ -511,27 +511,37 @@ void repack_block(const LinearArgs& a, int64_t r0, int rows, __m256i* packed) {
 // (at most 30720) before VPMADDWD. Splitting a quad's bytes is shared by
 // the tile's tokens; the |q - 128| form it replaced took a VPSIGNB per
 // token and quad and ran ~10% slower in prompts (session 24).
+//
+// Registers: the 8-bit loop holds 4 tokens' low and high int16 sums and
+// int32 group sums (12 ymm) beside the quad's two nibbles, x and the mask,
+// which is all 16. So the f32 sums (acc, bias_acc), touched once a group,
+// live in memory, the quads are unrolled by 2 only (fully unrolled, the
+// compiler kept every quad's nibbles live), and x 16 is a shift, not a
+// multiply by a constant register. Kept in registers, they spilled inside
+// the quad loop: 8-bit prompts ran 1.26-1.30x slower (session 26).
 template <int BITS, int T>
 void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const __m256i* packed, const float* scales,
                      const float* biases, NextLines& next) {
   const int64_t groups = a.in / a.group, quads = a.group / 4;
   const TileTokens<T> tokens(a, t0, groups);
-  const float* const* dx = tokens.dx;
-  const float* const* xsum = tokens.xsum;
   const int8_t* const x_tile = a.xq_tiles + t0 * a.xq_stride;  // [in / 4][T][4]
-  const __m256i ones = _mm256_set1_epi16(1), sixteens = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0f);
-  __m256 acc[T], bias_acc[T];
+  const __m256i ones = _mm256_set1_epi16(1), nibble = _mm256_set1_epi8(0x0f);
+  alignas(32) float acc[T][8], bias_acc[T][8];  // [token][row]: the f32 sums, in memory (above)
   GLM_UNROLL
-  for (int t = 0; t < T; ++t) acc[t] = bias_acc[t] = _mm256_setzero_ps();
+  for (int t = 0; t < T; ++t) {
+    _mm256_store_ps(acc[t], _mm256_setzero_ps());
+    _mm256_store_ps(bias_acc[t], _mm256_setzero_ps());
+  }
   for (int64_t g = 0; g < groups; ++g) {
     next.issue();
-    __m256i dot[T];
+    __m256i dot[T];  // [token] the group's int32 sums of q x, 8 rows
     GLM_UNROLL
     for (int t = 0; t < T; ++t) dot[t] = _mm256_setzero_si256();
     const __m256i* w = packed + g * quads;
-    const int64_t q0 = g * quads;
-    auto x_of = [&](int64_t q, int t) { return broadcast4(x_tile + 4 * ((q0 + q) * T + t)); };
+    const int8_t* x_group = x_tile + 4 * g * quads * T;  // [quads][T][4]
+    auto x_of = [&](int64_t q, int t) { return broadcast4(x_group + 4 * (q * T + t)); };
     if constexpr (BITS == 4) {
+#pragma GCC unroll 4
       for (int64_t q = 0; q < quads; ++q) {
         const __m256i weights = _mm256_load_si256(w + q);
         GLM_UNROLL
@@ -543,7 +553,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
         __m256i lows[T], highs[T];  // int16 pair sums of the low and the high nibbles
         GLM_UNROLL
         for (int t = 0; t < T; ++t) lows[t] = highs[t] = _mm256_setzero_si256();
-        GLM_UNROLL
+#pragma GCC unroll 2
         for (int64_t q = run; q < run + 8; ++q) {
           const __m256i weights = _mm256_load_si256(w + q);
           const __m256i low = _mm256_and_si256(weights, nibble);
@@ -556,20 +566,21 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
           }
         }
         GLM_UNROLL
-        for (int t = 0; t < T; ++t)
+        for (int t = 0; t < T; ++t)  // the low nibbles' sums + 16 x the high ones' (exact in int32)
           dot[t] = _mm256_add_epi32(dot[t], _mm256_add_epi32(_mm256_madd_epi16(lows[t], ones),
-                                                             _mm256_madd_epi16(highs[t], sixteens)));
+                                                             _mm256_slli_epi32(_mm256_madd_epi16(highs[t], ones), 4)));
       }
     }
     const __m256 s = _mm256_loadu_ps(scales + 8 * g), b = _mm256_loadu_ps(biases + 8 * g);
     GLM_UNROLL
     for (int t = 0; t < T; ++t) {
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_mul_ps(s, _mm256_set1_ps(dx[t][g])), acc[t]);
-      bias_acc[t] = _mm256_fmadd_ps(b, _mm256_set1_ps(xsum[t][g]), bias_acc[t]);
+      const __m256 scale = _mm256_mul_ps(s, _mm256_set1_ps(tokens.dx[t][g]));
+      _mm256_store_ps(acc[t], _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t]), scale, _mm256_load_ps(acc[t])));
+      _mm256_store_ps(bias_acc[t], _mm256_fmadd_ps(b, _mm256_set1_ps(tokens.xsum[t][g]), _mm256_load_ps(bias_acc[t])));
     }
   }
   GLM_UNROLL
-  for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(acc[t], bias_acc[t]));
+  for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(_mm256_load_ps(acc[t]), _mm256_load_ps(bias_acc[t])));
 }
 
 // Tiles of 4 tokens (4 int32 sums + 4 + 4 f32 sums of 16 ymm); while they
