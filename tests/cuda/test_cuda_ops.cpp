@@ -513,21 +513,24 @@ void run_attention(const AttentionCase& c) {
 }
 
 // rotary_attention (head norm + rotary + KV write + attention) against the
-// CPU's plain ops and against the GPU's own unfused ops: a decode step at a
-// sliced context, where the short kernel folds the first three in (contexts
-// of 1, 17, 301 and 4000 in one step; rotary over 32, 64 and all 128 dims;
-// with and without head norms), and steps it must not fold (short contexts
-// only; a sequence with 3 tokens). Where it folded, q comes back unrotated:
-// that is how the test knows it did.
+// CPU's plain ops and against the GPU's own unfused ops: decode steps at
+// sliced contexts, where the short kernel folds the first three in (contexts
+// of 1, 17, 301 and 4000 in one step; 101 and 1, sliced too since session
+// 26; rotary over 32, 64 and all 128 dims; with and without head norms),
+// and a step it must not fold (a sequence with 3 tokens). Where it folded,
+// q comes back unrotated: that is how the test knows it did.
+// (GLM_CUDA_SHORT_SLICE=0 keeps contexts up to 256 whole and unfolded.)
 TEST(CudaOps, RotaryAttentionFoldedIntoDecode) {
   REQUIRE_GPU();
   const char* forced = std::getenv("GLM_CUDA_FOLD_ROTARY");
   const bool fold_on = !(forced && std::string(forced) == "0");
+  const char* short_slice = std::getenv("GLM_CUDA_SHORT_SLICE");
+  const bool short_sliced = !(short_slice && std::string(short_slice) == "0");
   Backends b;
   const int64_t heads = 24, kv_heads = 2, head_dim = 128, block_size = 16, n_blocks = 460;
   const std::vector<std::vector<std::pair<int32_t, int32_t>>> steps = {
       {{3999, 1}, {0, 1}, {16, 1}, {300, 1}},  // decode past 256 positions: folds
-      {{100, 1}, {0, 1}},                      // decode within 256: head_norm_rotary first
+      {{100, 1}, {0, 1}},                      // decode within 256: sliced, folds (unless kept whole)
       {{40, 3}, {20, 1}},                      // tokens that see each other: head_norm_rotary first
   };
   auto q_norm = make_weight(b, {head_dim}, DType::BF16, 80, 1.0f);
@@ -563,7 +566,7 @@ TEST(CudaOps, RotaryAttentionFoldedIntoDecode) {
         EXPECT_LT(compare(b, out, what), 1e-5);
         EXPECT_LT(compare(b, Both{cpu_cache.keys, gpu_cache.keys}, what + ": keys"), 1e-6);
         EXPECT_EQ(read(*b.gpu, gpu_cache.values), read(*b.cpu, cpu_cache.values)) << what << ": values";
-        const bool folds = fold_on && step == 0;
+        const bool folds = fold_on && (step == 0 || (step == 1 && short_sliced));
         EXPECT_EQ(read(*b.gpu, q.gpu) == q_in, folds) << what << ": q left unrotated exactly where the kernel folds";
 
         // The GPU's plain ops on the same inputs.

@@ -11,12 +11,14 @@
 // short contexts the group's query heads are spread over blocks of 4).
 // At head_dim 128 with groups of a multiple of 4 (GLM-4.5/4.6: 12) decode
 // steps take short_attention_kernel instead: a warp shares each key and value
-// row over its lanes; no slices (and no combine) for contexts up to 256.
+// row over its lanes, the context cut into slices (8 of 32 positions at
+// contexts up to 256) merged by a combine kernel.
 // Sequences that bring many tokens in one step (prompts, prompt chunks) go to
 // the tensor-core flash kernel of attention_prefill.cu instead, unless
 // GLM_CUDA_PROMPTS=simt asks for these exact f32 kernels.
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -321,9 +323,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // Decode attention for head_dim 128 and GQA groups of a multiple of 4: one
-// block per (token, KV head, 4 of its query heads), and at contexts past 256
-// positions per slice of the context as well (merged by
-// attention_combine_kernel); short contexts need no slices and no combine.
+// block per (token, KV head, 4 of its query heads, slice of the context),
+// the slices merged by attention_combine_kernel (short_slices: at contexts
+// up to 256, 8 slices of 32 positions for a step of a few sequences).
 // The split kernel above keeps one warp per 32 positions, a lane per position
 // walking its key row, and a short context leaves it a long chain of
 // dependent steps (13.5 us at context 20, plus 3.5 us of combine, on the
@@ -641,6 +643,48 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Slices of a context of `capacity` positions for the split kernels: enough
+// that the blocks (base_blocks a slice) cover the GPU `coverage` times, none
+// shorter than `min_length`; past a token's true context they weigh 0.
+struct ContextSlices {
+  int64_t splits, length;
+};
+ContextSlices context_slices(const Context& ctx, int64_t capacity, int64_t base_blocks, int coverage,
+                             int64_t min_length) {
+  const int64_t target_blocks = coverage * static_cast<int64_t>(ctx.multiprocessors);
+  const int64_t splits =
+      std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (capacity + min_length - 1) / min_length);
+  const int64_t length = (capacity + splits - 1) / splits;
+  return {(capacity + length - 1) / length, length};
+}
+
+// The short kernel's slices of a context bucket (base_blocks blocks a
+// slice): buckets up to kShortContext in slices of >= kShortSliceMin
+// positions (8 of 32 at 256 for a step of a few sequences), longer ones of
+// >= 64. GLM_CUDA_SHORT_SLICE sets the first minimum (0: the bucket whole,
+// one block a head group, as before session 26).
+//
+// Why slice short contexts: one block walked up to 256 positions in rounds
+// of 32 (a dependent round of loads, shuffles and exps each) while 24
+// blocks kept the GPU nearly idle, and the sliced form also takes the head
+// norm, rotary and KV write (the fold below). H200, contexts 16-272, in
+// turns against the whole form: 8 layers FP8 1.026-1.029, int4 1.016-1.026
+// with slices of 32 (of 64: 1.016-1.023; of 16: 0.98 of 32); 46 FP8 layers
+// 173.1 -> 177.0-177.5 tok/s (docs/cuda.md, "Session 26").
+constexpr int64_t kShortSliceMin = 32;
+int64_t short_slice_min() {
+  static const int64_t value = [] {
+    const char* text = std::getenv("GLM_CUDA_SHORT_SLICE");
+    return text ? std::max<int64_t>(0, std::atoll(text)) : kShortSliceMin;
+  }();
+  return value;
+}
+ContextSlices short_slices(const Context& ctx, int64_t capacity, int64_t base_blocks) {
+  if (capacity > kShortContext) return context_slices(ctx, capacity, base_blocks, 4, 64);
+  if (short_slice_min() == 0) return {1, capacity};
+  return context_slices(ctx, capacity, base_blocks, 4, short_slice_min());
+}
+
 // Whether decode tokens take short_attention_kernel (else the split kernels).
 bool short_kernel_applies(const Context& ctx, int64_t heads, int64_t kv_heads, int64_t head_dim, const float* q,
                           const float* out) {
@@ -650,18 +694,19 @@ bool short_kernel_applies(const Context& ctx, int64_t heads, int64_t kv_heads, i
 
 // Whether the short kernel takes the step's head norm, rotary and KV write
 // (FoldedTokens): it runs for every token, no token attends to another token
-// of the step (each sequence brings one), and the context is long enough to
-// be sliced. Short contexts keep the separate launch: there the kernel is
-// one short chain of loads, and the fold's work at its head (angles, the
-// key's rotation, a barrier) cost as much as the launch it saved (8 H200
-// layers at context 0: -3% int4 and FP8; at 4096, +2%: docs/cuda.md).
+// of the step (each sequence brings one), and the context is sliced. Left
+// whole (one slice), the kernel is one short chain of loads, and the fold's
+// work at its head (angles, the key's rotation, a barrier) cost as much as
+// the launch it saved (8 H200 layers at context 0: -3% int4 and FP8); sliced,
+// each block's share of that work is short (at 4096, +2%: docs/cuda.md).
 bool rotary_folds(const Context& ctx, const AttentionPlan& plan, int64_t heads, int64_t kv_heads, int64_t head_dim,
                   int64_t rotary_dim, int64_t context_capacity, const float* out, const float* q, const float* k,
                   const float* v) {
-  if (!ctx.fold_rotary || context_capacity <= kShortContext ||
-      !short_kernel_applies(ctx, heads, kv_heads, head_dim, q, out) || !aligned16(k) || !aligned16(v) ||
-      rotary_dim % 8 != 0 || rotary_dim > head_dim)
+  if (!ctx.fold_rotary || !short_kernel_applies(ctx, heads, kv_heads, head_dim, q, out) || !aligned16(k) ||
+      !aligned16(v) || rotary_dim % 8 != 0 || rotary_dim > head_dim)
     return false;
+  const int64_t base_blocks = static_cast<int64_t>(plan.token_sequence.size()) * heads / kShortHeads;
+  if (short_slices(ctx, context_capacity, base_blocks).splits <= 1) return false;
   std::vector<bool> seen(plan.block_tables.size(), false);
   for (int32_t sequence : plan.token_sequence) {
     if (seen[sequence]) return false;
@@ -800,21 +845,6 @@ void attention(Context& ctx, float* out, float* q, float* k, const float* v, int
 
 namespace {
 
-// Slices of a context of `capacity` positions for the split kernels: enough
-// that the blocks (base_blocks a slice) cover the GPU `coverage` times, none
-// shorter than `min_length`; past a token's true context they weigh 0.
-struct ContextSlices {
-  int64_t splits, length;
-};
-ContextSlices context_slices(const Context& ctx, int64_t capacity, int64_t base_blocks, int coverage,
-                             int64_t min_length) {
-  const int64_t target_blocks = coverage * static_cast<int64_t>(ctx.multiprocessors);
-  const int64_t splits =
-      std::clamp<int64_t>((target_blocks + base_blocks - 1) / base_blocks, 1, (capacity + min_length - 1) / min_length);
-  const int64_t length = (capacity + splits - 1) / splits;
-  return {(capacity + length - 1) / length, length};
-}
-
 // Each slice's unnormalised accumulator and (max, sum), for attention_combine_kernel (none for one slice).
 struct SplitPartials {
   float* acc = nullptr;    // [n, heads, splits, head_dim]
@@ -855,12 +885,10 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
                                       ? prepare_activations(ctx, out, n, heads * head_dim)
                                       : PreparedOutput{};
   if (short_kernel) {
-    // Short contexts: one block does a (token, KV head, 4 heads) whole. Longer
-    // ones: slices of >= 64 positions, enough blocks to cover the GPU 4 times.
-    const int64_t base_blocks = n * kv_heads * (group / kShortHeads);
-    const ContextSlices slices = context_capacity > kShortContext
-                                     ? context_slices(ctx, context_capacity, base_blocks, 4, 64)
-                                     : ContextSlices{1, context_capacity};
+    // A block per (token, 4 query heads of a KV head, slice of the context):
+    // enough slices to cover the GPU 4 times, none shorter than short_slices'
+    // minimum; one slice (a large batch) needs no merge.
+    const ContextSlices slices = short_slices(ctx, context_capacity, n * kv_heads * (group / kShortHeads));
     const SplitPartials partials = split_partials(ctx, n, heads, head_dim, slices.splits);
     launch(ctx, folded.k ? short_attention_kernel<true> : short_attention_kernel<false>,
            dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads),
