@@ -881,37 +881,56 @@ void panel_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, const flo
 // that the panel stays in L2 (64 KB) whatever the width: o_proj's 12288
 // columns would make a 768 KB panel. Tiles of up to 6 tokens: 12
 // accumulators.
+//
+// Blocks go in groups of kAvx2PanelGroupBlocks: the group's blocks take
+// chunk 0 in turn, then chunk 1, and so on. Block by block, every block
+// read all of x, which at 512 tokens is 22 MB for the dense MLP's down
+// projection (10944 columns) and 25 MB for o_proj (12288): more than this
+// L3 keeps, so x came from DRAM again for every block, and those
+// projections ran at 77-81 GFLOP/s against 106-112 at 4096 columns, or at
+// 128-256 tokens (session 26). In groups a chunk's x (2 MB) is read from
+// DRAM once a group.
 template <WeightKind K, int C>
 void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  constexpr int T = kAvx2PanelTileTokens;
+  constexpr int T = kAvx2PanelTileTokens, G = kAvx2PanelGroupBlocks;
   float* panel = reinterpret_cast<float*>(a.scratch);
-  float* carry = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [n_tokens][C chains][2 halves][8]
+  float* carries = panel + kAvx2PanelColumns * kAvx2PanelRows;  // [G][n_tokens][C chains][2 halves][8]
   if (a.n_tokens <= 0) return;
   const int64_t tiles = (a.n_tokens + T - 1) / T;  // as even_parts cuts them
+  auto rows_at = [&](int64_t r0) { return static_cast<int>(min64(kAvx2PanelRows, row_end - r0)); };
   NextLines next;
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kAvx2PanelRows) {
-    const int rows = static_cast<int>(min64(kAvx2PanelRows, row_end - r0));
+  for (int64_t g0 = row_begin; g0 < row_end; g0 += G * kAvx2PanelRows) {
+    const int64_t g1 = min64(g0 + G * kAvx2PanelRows, row_end);
     for (int64_t c0 = 0; c0 < a.in; c0 += kAvx2PanelColumns) {
       const int64_t c1 = min64(c0 + kAvx2PanelColumns, a.in);
-      widen_panel<K>(a, r0, rows, c0, c1, panel);
-      const int64_t issues = tiles * C * ((c1 - c0 + kPrefetchColumns - 1) / kPrefetchColumns);
-      if (c1 < a.in)
-        next.start(a, r0, rows, c1 * weight_bytes<K>(), min64(c1 + kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
-      else if (r0 + kAvx2PanelRows < row_end)
-        next.start(a, r0 + kAvx2PanelRows, static_cast<int>(min64(kAvx2PanelRows, row_end - r0 - kAvx2PanelRows)), 0,
-                   min64(kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
-      else
-        next.start(a, r0, 0, 0, 0, issues);
-      even_parts(a.n_tokens, T, [&](int64_t t0, int64_t size) {
-        switch (size) {
-          case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
-          case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
-          case 3: panel_tile<3, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
-          case 4: panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
-          case 5: panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
-          default: panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
-        }
-      });
+      for (int64_t r0 = g0; r0 < g1; r0 += kAvx2PanelRows) {
+        const int rows = rows_at(r0);
+        float* carry = carries + (r0 - g0) / kAvx2PanelRows * (a.n_tokens * C * kAvx2PanelRows);
+        widen_panel<K>(a, r0, rows, c0, c1, panel);
+        // The lines the next widening reads: the group's next block at this
+        // chunk, else its first block at the next chunk, else the next group.
+        const int64_t issues = tiles * C * ((c1 - c0 + kPrefetchColumns - 1) / kPrefetchColumns);
+        const int64_t next_chunk_end = min64(c1 + kAvx2PanelColumns, a.in) * weight_bytes<K>();
+        if (r0 + kAvx2PanelRows < g1)
+          next.start(a, r0 + kAvx2PanelRows, rows_at(r0 + kAvx2PanelRows), c0 * weight_bytes<K>(),
+                     c1 * weight_bytes<K>(), issues);
+        else if (c1 < a.in)
+          next.start(a, g0, rows_at(g0), c1 * weight_bytes<K>(), next_chunk_end, issues);
+        else if (g1 < row_end)
+          next.start(a, g1, rows_at(g1), 0, min64(kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
+        else
+          next.start(a, r0, 0, 0, 0, issues);
+        even_parts(a.n_tokens, T, [&](int64_t t0, int64_t size) {
+          switch (size) {
+            case 1: panel_tile<1, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+            case 2: panel_tile<2, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+            case 3: panel_tile<3, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+            case 4: panel_tile<4, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+            case 5: panel_tile<5, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+            default: panel_tile<6, C>(a, r0, rows, t0, panel, c0, c1, carry, next); break;
+          }
+        });
+      }
     }
   }
 }

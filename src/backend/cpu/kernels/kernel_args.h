@@ -163,7 +163,13 @@ constexpr int64_t kAvx2PanelTileTokens = 6;
 // 8 or more into one L2 set. Writes token `token`'s row x_row.
 void pack_panel_token(const float* x_row, int64_t token, int64_t n_tokens, int64_t in, float* x_tiles);
 constexpr int64_t kAvx2PanelColumns = 1024;  // a chunk: 64 KB of panel
-inline int64_t avx2_panel_bytes(int64_t n_tokens) { return (kAvx2PanelColumns + n_tokens * 2) * kAvx2PanelRows * 4; }  // C <= 2
+// Blocks of rows that take each chunk in turn before the next chunk, so a
+// chunk's x (2 MB at 512 tokens) is read from L3 by each of them; each
+// block's chains wait in scratch between chunks.
+constexpr int kAvx2PanelGroupBlocks = 4;
+inline int64_t avx2_panel_bytes(int64_t n_tokens) {  // the panel, then [group block][n_tokens][C <= 2][16] chains
+  return (kAvx2PanelColumns + kAvx2PanelGroupBlocks * n_tokens * 2) * kAvx2PanelRows * 4;
+}
 void float_panel_rows(const LinearArgs& args, int64_t row_begin, int64_t row_end);
 // fast-prompts' prompt steps: the same panels, one chain per output (one
 // pass over each chunk instead of two), another order.
