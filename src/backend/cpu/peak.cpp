@@ -88,6 +88,8 @@ __attribute__((target("avx512f,avx512vnni"), noinline)) float vnni_loop(long ite
 // instruction pair's rate (session 26). A step is 7 cycles of latency, so 10
 // chains still keep both multiply pipes busy.
 #define GLM_PEAK_CHAINS_M(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
+#define GLM_PEAK_COUNT(i) +1
+constexpr int kMaddubsChains = 0 GLM_PEAK_CHAINS_M(GLM_PEAK_COUNT);
 __attribute__((target("avx2"), noinline)) float maddubs_loop(long iterations) {
 #define GLM_PEAK_DECLARE_M(i) __m256i a##i = _mm256_set1_epi32(i);
   GLM_PEAK_CHAINS_M(GLM_PEAK_DECLARE_M)
@@ -95,7 +97,7 @@ __attribute__((target("avx2"), noinline)) float maddubs_loop(long iterations) {
   const __m256i ones = _mm256_set1_epi16(1);
   for (long it = 0; it < iterations; ++it) {
   // Each chain multiplies its own sum's bytes: with a shared operand pair the
-  // compiler would form one product for all 12 chains and time the adds.
+  // compiler would form one product for all the chains and time the adds.
 #define GLM_PEAK_MADDUBS(i) a##i = _mm256_add_epi32(a##i, _mm256_madd_epi16(_mm256_maddubs_epi16(b, a##i), ones));
     GLM_PEAK_CHAINS_M(GLM_PEAK_MADDUBS)
     __asm__("" : "+x"(b));
@@ -142,7 +144,7 @@ CpuPeaks measure_cpu_peaks(int repetitions) {
     peaks.fma_gflops = rate(fma256_loop, 16, repetitions);
   }
   // Measured without VNNI only, where the int8 kernels use it.
-  if (peaks.vnni_gops == 0 && __builtin_cpu_supports("avx2")) peaks.maddubs_gops = rate(maddubs_loop, 64, repetitions, 10);
+  if (peaks.vnni_gops == 0 && __builtin_cpu_supports("avx2")) peaks.maddubs_gops = rate(maddubs_loop, 64, repetitions, kMaddubsChains);
   return peaks;
 }
 

@@ -658,8 +658,8 @@ ContextSlices context_slices(const Context& ctx, int64_t capacity, int64_t base_
   return {(capacity + length - 1) / length, length};
 }
 
-// The short kernel's slices of a context bucket (base_blocks blocks a
-// slice): buckets up to kShortContext in slices of >= kShortSliceMin
+// The short kernel's slices of a context bucket for a step of n_tokens
+// tokens (a block a token and 4 query heads, per slice): buckets up to kShortContext in slices of >= kShortSliceMin
 // positions (8 of 32 at 256 for a step of a few sequences), longer ones of
 // >= 64. GLM_CUDA_SHORT_SLICE sets the first minimum (0: the bucket whole,
 // one block a head group, as before session 26).
@@ -679,7 +679,8 @@ int64_t short_slice_min() {
   }();
   return value;
 }
-ContextSlices short_slices(const Context& ctx, int64_t capacity, int64_t base_blocks) {
+ContextSlices short_slices(const Context& ctx, int64_t capacity, int64_t n_tokens, int64_t heads) {
+  const int64_t base_blocks = n_tokens * (heads / kShortHeads);
   if (capacity > kShortContext) return context_slices(ctx, capacity, base_blocks, 4, 64);
   if (short_slice_min() == 0) return {1, capacity};
   return context_slices(ctx, capacity, base_blocks, 4, short_slice_min());
@@ -705,8 +706,8 @@ bool rotary_folds(const Context& ctx, const AttentionPlan& plan, int64_t heads, 
   if (!ctx.fold_rotary || !short_kernel_applies(ctx, heads, kv_heads, head_dim, q, out) || !aligned16(k) ||
       !aligned16(v) || rotary_dim % 8 != 0 || rotary_dim > head_dim)
     return false;
-  const int64_t base_blocks = static_cast<int64_t>(plan.token_sequence.size()) * heads / kShortHeads;
-  if (short_slices(ctx, context_capacity, base_blocks).splits <= 1) return false;
+  if (short_slices(ctx, context_capacity, static_cast<int64_t>(plan.token_sequence.size()), heads).splits <= 1)
+    return false;
   std::vector<bool> seen(plan.block_tables.size(), false);
   for (int32_t sequence : plan.token_sequence) {
     if (seen[sequence]) return false;
@@ -888,7 +889,7 @@ void simt_attention(Context& ctx, float* out, const float* q, int64_t n, int64_t
     // A block per (token, 4 query heads of a KV head, slice of the context):
     // enough slices to cover the GPU 4 times, none shorter than short_slices'
     // minimum; one slice (a large batch) needs no merge.
-    const ContextSlices slices = short_slices(ctx, context_capacity, n * kv_heads * (group / kShortHeads));
+    const ContextSlices slices = short_slices(ctx, context_capacity, n, heads);
     const SplitPartials partials = split_partials(ctx, n, heads, head_dim, slices.splits);
     launch(ctx, folded.k ? short_attention_kernel<true> : short_attention_kernel<false>,
            dim3(static_cast<unsigned>(n), static_cast<unsigned>(heads / kShortHeads),

@@ -583,7 +583,7 @@ void int8_block_tile(const LinearArgs& a, int64_t r0, int rows, int64_t t0, cons
   for (int t = 0; t < T; ++t) store_rows8(a, r0, rows, t0 + t, _mm256_add_ps(_mm256_load_ps(acc[t]), _mm256_load_ps(bias_acc[t])));
 }
 
-// Tiles of 4 tokens (4 int32 sums + 4 + 4 f32 sums of 16 ymm); while they
+// Tiles of 4 tokens (their f32 sums in memory: int8_block_tile); while they
 // run they prefetch the next block's rows (`next_rows` of them from r0 + 8)
 // for its repack. (Tiles as even as their count allows, as the float panels
 // have, measured even here: a token's sums are chains of VPADDD, which a
@@ -910,12 +910,12 @@ void float_panel_rows_of(const LinearArgs& a, int64_t row_begin, int64_t row_end
         // The lines the next widening reads: the group's next block at this
         // chunk, else its first block at the next chunk, else the next group.
         const int64_t issues = tiles * C * ((c1 - c0 + kPrefetchColumns - 1) / kPrefetchColumns);
-        const int64_t next_chunk_end = min64(c1 + kAvx2PanelColumns, a.in) * weight_bytes<K>();
         if (r0 + kAvx2PanelRows < g1)
           next.start(a, r0 + kAvx2PanelRows, rows_at(r0 + kAvx2PanelRows), c0 * weight_bytes<K>(),
                      c1 * weight_bytes<K>(), issues);
         else if (c1 < a.in)
-          next.start(a, g0, rows_at(g0), c1 * weight_bytes<K>(), next_chunk_end, issues);
+          next.start(a, g0, rows_at(g0), c1 * weight_bytes<K>(),
+                     min64(c1 + kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
         else if (g1 < row_end)
           next.start(a, g1, rows_at(g1), 0, min64(kAvx2PanelColumns, a.in) * weight_bytes<K>(), issues);
         else
