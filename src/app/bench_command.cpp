@@ -107,28 +107,36 @@ ComponentBytes bytes_per_token(const Glm4MoeConfig& config, const ModelWeights& 
 // FLOPs of a prompt of n tokens (from position 0) by component, this rank's
 // weights: 2 per multiply-add of the projections; the attention core 4 x
 // head_dim x query heads per (query, key) pair, causal (n (n + 1) / 2 pairs);
-// lm_head for the last token only (the only row that asks for logits).
+// lm_head for the last token only (the only row that asks for logits). The
+// last layer's o_proj and feed-forward block count that one row too: the
+// model runs them on the logit rows only (model/glm4moe.cpp), so these are
+// the FLOPs the prompt does, not 2 x active parameters x n.
 struct ComponentFlops {
   double attention = 0, dense_mlp = 0, moe = 0, head = 0;
+  double attention_core = 0;  // the part of `attention` that is not projections
+  double projections() const { return attention - attention_core + dense_mlp + moe; }
 };
 
 ComponentFlops prompt_flops(const Glm4MoeConfig& config, const ModelWeights& weights, int64_t n) {
   auto numel = [](const Weight& w) { return w.present() ? static_cast<double>(shape_numel(w.shape)) : 0.0; };
   const double tokens = static_cast<double>(n), pairs = tokens * (tokens + 1) / 2;
   ComponentFlops flops;
-  for (const LayerWeights& layer : weights.layers) {
+  for (size_t index = 0; index < weights.layers.size(); ++index) {
+    const LayerWeights& layer = weights.layers[index];
+    const double kept = index + 1 == weights.layers.size() ? 1.0 : tokens;  // rows past the attention core
     const AttentionWeights& a = layer.attention;
     const double query_heads = static_cast<double>(a.q_proj.dim(0) / config.head_dim);
-    flops.attention += 2 * tokens * (numel(a.q_proj) + numel(a.k_proj) + numel(a.v_proj) + numel(a.o_proj)) +
-                       4 * static_cast<double>(config.head_dim) * query_heads * pairs;
+    const double core = 4 * static_cast<double>(config.head_dim) * query_heads * pairs;
+    flops.attention += 2 * tokens * (numel(a.q_proj) + numel(a.k_proj) + numel(a.v_proj)) + 2 * kept * numel(a.o_proj) + core;
+    flops.attention_core += core;
     if (!layer.is_moe) {
-      flops.dense_mlp += 2 * tokens * (numel(layer.dense.gate_proj) + numel(layer.dense.up_proj) + numel(layer.dense.down_proj));
+      flops.dense_mlp += 2 * kept * (numel(layer.dense.gate_proj) + numel(layer.dense.up_proj) + numel(layer.dense.down_proj));
       continue;
     }
     const MoeWeights& m = layer.moe;
     const double expert = m.gate.experts.empty() ? 0.0 : numel(m.gate.experts[0]) + numel(m.up.experts[0]) + numel(m.down.experts[0]);
-    flops.moe += 2 * tokens * (numel(m.router) + numel(m.shared.gate_proj) + numel(m.shared.up_proj) + numel(m.shared.down_proj) +
-                               static_cast<double>(config.num_experts_per_tok) * expert);
+    flops.moe += 2 * kept * (numel(m.router) + numel(m.shared.gate_proj) + numel(m.shared.up_proj) + numel(m.shared.down_proj) +
+                             static_cast<double>(config.num_experts_per_tok) * expert);
   }
   flops.head = 2 * numel(weights.lm_head);
   return flops;
@@ -227,9 +235,6 @@ int run_bench(const BenchOptions& options) {
     cache.release_sequence(sequence);
   }
 
-  const ParameterCounts counts = count_parameters(config);
-  const double flops_per_token = 2.0 * static_cast<double>(counts.active_per_token - config.vocab_size *
-                                                                                         config.hidden_size);
   report["prompt"] = nlohmann::ordered_json::array();
   for (int64_t length : options.prompt_tokens) {
     const int32_t sequence = cache.create_sequence();
@@ -241,7 +246,8 @@ int run_bench(const BenchOptions& options) {
     report["prompt"].push_back({{"tokens", length},
                                 {"seconds", seconds},
                                 {"tokens_per_s", length / seconds},
-                                {"GFLOP_per_s_excluding_attention", flops_per_token * length / seconds / 1e9}});
+                                {"GFLOP_per_s_excluding_attention",
+                                 prompt_flops(config, engine.model().weights(), length).projections() / seconds / 1e9}});
     if (options.prompt_components) {  // The same prompt again, marked: each component's time (a synchronisation at each mark) and FLOPs.
       ComponentClock clock;
       clock.config = &config;

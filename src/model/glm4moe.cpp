@@ -6,6 +6,14 @@
 //     h = h + (dense SwiGLU MLP | routed experts + shared experts)(norm(h))  (all-reduce)
 //   logits = lm_head(norm(h))
 //
+// Only the rows that need logits leave the last layer: its attention writes
+// every token's k and v to the cache (later steps read them), but o_proj, the
+// residual and the feed-forward block run on the logit rows alone, since
+// nothing reads the other rows' outputs (as llama.cpp does). A 512-token
+// prompt asking for its last token's logits skips 511 rows of the last
+// layer's o_proj and experts: 1/L of a prompt's projections on an L-layer
+// model, and what llama.cpp skips too, so side by side both do the same work.
+//
 // Shapes: n = tokens in the step, H = hidden_size, D = head_dim,
 // Nq / Nkv = query / KV heads held by this rank.
 #include "model/glm4moe.h"
@@ -42,16 +50,43 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   // h = h + delta; normed = RMSNorm(h) * gamma.
   Tensor normed = backend_.scratch({n, H});  // [n, H]
   if (!weights_.layers.empty()) backend_.rms_norm(normed, hidden, weights_.layers.front().input_norm, eps);
+
+  // The rows that leave the last layer: all of them when every token wants
+  // logits (decode steps, LogitsWanted::All), else the logit rows, whose
+  // residual and normed rows the last layer then keeps here (allocated before
+  // the layer's scratch mark, so that they outlive its rewind).
+  const int64_t rows = static_cast<int64_t>(step.logit_rows.size());
+  bool every_row = rows == n;
+  for (int64_t i = 0; every_row && i < rows; ++i) every_row = step.logit_rows[i] == i;
+  Tensor kept_hidden, kept_normed;  // [rows, H] when not every row
+  if (!every_row && rows > 0) {
+    kept_hidden = backend_.scratch({rows, H});
+    kept_normed = backend_.scratch({rows, H});
+  }
+
   for (size_t index = 0; index < weights_.layers.size(); ++index) {
     const LayerWeights& layer = weights_.layers[index];
     const int layer_index = static_cast<int>(index);
+    const bool last = index + 1 == weights_.layers.size();
     const Backend::ScratchMark layer_start = backend_.scratch_mark();
 
-    Tensor attention_out = attention(layer, normed, step, cache[index], layer_index);  // [n, H]
-    backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
+    if (last && !every_row) {
+      // k and v of every token go to the cache; no row's output is wanted
+      // past this layer but the logit rows', and with none, nothing is.
+      const std::vector<int32_t>* kept = &step.logit_rows;
+      Tensor attention_out = attention(layer, normed, step, cache[index], layer_index, kept);  // [rows, H]
+      if (rows == 0) break;
+      backend_.gather_rows(kept_hidden, hidden, step.logit_rows);
+      hidden = kept_hidden;  // [rows, H] from here on
+      normed = kept_normed;  // [rows, H]
+      backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
+    } else {
+      Tensor attention_out = attention(layer, normed, step, cache[index], layer_index, nullptr);  // [n, H]
+      backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
+    }
     trace("after_attention", layer_index, hidden);
 
-    Tensor ffn_out = layer.is_moe ? mixture_of_experts(layer.moe, normed, layer_index)  // [n, H]
+    Tensor ffn_out = layer.is_moe ? mixture_of_experts(layer.moe, normed, layer_index)  // [n or rows, H]
                                   : swiglu_mlp(layer.dense, normed);
     backend_.all_reduce(ffn_out);
     if (index + 1 < weights_.layers.size()) {
@@ -63,8 +98,8 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
     backend_.scratch_rewind(layer_start);  // the layer's activations are dead; the next layer reuses their memory
   }
 
-  // Only the rows that need logits go through the final norm and lm_head.
-  const int64_t rows = static_cast<int64_t>(step.logit_rows.size());
+  // Only the rows that need logits go through the final norm and lm_head
+  // (when the last layer kept only them, `hidden` holds them in order).
   const int64_t samples = static_cast<int64_t>(step.sample_rows.size());
   GLM_CHECK(step.sampling.size() == step.sample_rows.size(), "internal error: ", samples, " sample rows with ",
             step.sampling.size(), " sampling requests");
@@ -73,8 +108,12 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   output.tokens.clear();
   if (rows == 0) return;
   Tensor selected = backend_.scratch({rows, H});  // [rows, H]
-  backend_.gather_rows(selected, hidden, step.logit_rows);
-  backend_.rms_norm(selected, selected, weights_.final_norm, eps);
+  if (every_row || weights_.layers.empty()) {
+    backend_.gather_rows(selected, hidden, step.logit_rows);
+    backend_.rms_norm(selected, selected, weights_.final_norm, eps);
+  } else {
+    backend_.rms_norm(selected, hidden, weights_.final_norm, eps);
+  }
   trace("final_norm", -1, selected);
   Tensor logits = backend_.scratch({rows, config_.vocab_size});  // [rows, vocab]
   backend_.linear(logits, selected, weights_.lm_head, nullptr);
@@ -105,7 +144,7 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
 // Grouped-query attention with GLM's details: q/k/v bias, per-head RMSNorm on
 // q and k before rotary, rotary on only the first rotary_dim dims of a head.
 Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const StepInput& step, KvLayer& cache,
-                               int index) {
+                               int index, const std::vector<int32_t>* kept_rows) {
   const AttentionWeights& w = layer.attention;
   const int64_t n = x.dim(0), D = config_.head_dim;
   const float eps = static_cast<float>(config_.rms_norm_eps);
@@ -134,8 +173,16 @@ Tensor Glm4MoeModel::attention(const LayerWeights& layer, const Tensor& x, const
                             config_.rotary_dim(), config_.rope_theta, cache, step.attention,
                             1.0f / std::sqrt(static_cast<float>(D)));
 
-  Tensor out = backend_.scratch({n, config_.hidden_size});  // [n, H] partial sum over this rank's heads
-  backend_.linear(out, context.reshaped({n, n_heads_ * D}), w.o_proj, nullptr);
+  Tensor attended = context.reshaped({n, n_heads_ * D});  // [n, Nq * D]
+  const int64_t out_rows = kept_rows ? static_cast<int64_t>(kept_rows->size()) : n;
+  if (out_rows == 0) return {};
+  if (kept_rows) {  // the last layer: o_proj for the kept rows only
+    Tensor kept = backend_.scratch({out_rows, n_heads_ * D});  // [rows, Nq * D]
+    backend_.gather_rows(kept, attended, *kept_rows);
+    attended = kept;
+  }
+  Tensor out = backend_.scratch({out_rows, config_.hidden_size});  // [rows, H] partial sum over this rank's heads
+  backend_.linear(out, attended, w.o_proj, nullptr);
   backend_.all_reduce(out);
   trace("attention_output", index, out);
   return out;

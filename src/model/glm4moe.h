@@ -50,7 +50,10 @@ class Glm4MoeModel {
   void set_tracer(Tracer tracer) { tracer_ = std::move(tracer); }
 
  private:
-  Tensor attention(const LayerWeights& layer, const Tensor& x, const StepInput& step, KvLayer& cache, int index);
+  // With kept_rows, o_proj runs on those rows of the attention output only
+  // (the last layer; none: no o_proj, an empty result).
+  Tensor attention(const LayerWeights& layer, const Tensor& x, const StepInput& step, KvLayer& cache, int index,
+                   const std::vector<int32_t>* kept_rows);
   Tensor swiglu_mlp(const MlpWeights& mlp, const Tensor& x);
   Tensor mixture_of_experts(const MoeWeights& moe, const Tensor& x, int index);
   void trace(const char* name, int layer, const Tensor& value) const {

@@ -2,7 +2,8 @@
 // one step mixing a prompt, a decode token and a mid-sequence chunk of three
 // sequences of the bundled trained model, against each sequence run alone,
 // compared with memcmp (the model tests allow 1e-6; the CPU ops promise the
-// bits), under 1, 2 and 3 threads.
+// bits), under 1, 2 and 3 threads; and the last layer's rows cut to the logit
+// rows, against every row.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -57,6 +58,38 @@ TEST(BatchInvariance, RaggedBatchGivesEachSequenceItsLogitsAloneToTheBit) {
     for (int32_t sequence : {a_alone, b_alone, c_alone, a_mixed, b_mixed, c_mixed}) cache.release_sequence(sequence);
   }
   omp_set_num_threads(saved_threads);
+}
+
+// The last layer runs o_proj and the feed-forward block on the logit rows
+// only (model/glm4moe.cpp). A prompt asking for its last token's logits
+// gets the bits of the last row of the same prompt asking for all of them,
+// and a prompt whose first chunk asked for none (so that chunk's last layer
+// only wrote its k and v) continues to the bits of the unchunked prompt.
+TEST(BatchInvariance, LastLayerOnLogitRowsOnlyGivesTheBitsOfEveryRow) {
+  EngineOptions options;
+  options.max_context = 2048;
+  Engine engine(kModel, options);
+  PagedKvCache& cache = engine.cache();
+  const int64_t vocab = engine.config().vocab_size;
+  std::vector<int32_t> prompt(70);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 41 + 9) % 4000);
+  const int64_t split = 40;
+
+  const int32_t all = cache.create_sequence(), last = cache.create_sequence(), chunked = cache.create_sequence();
+  const auto every_row = engine.step({SequenceWork{all, prompt, LogitsWanted::All}})[0].logits;
+  ASSERT_EQ(every_row.size(), prompt.size() * static_cast<size_t>(vocab));
+  const auto last_row = engine.step({SequenceWork{last, prompt, LogitsWanted::Last}})[0].logits;
+  EXPECT_TRUE(same_bits(last_row, {every_row.end() - vocab, every_row.end()})) << "LogitsWanted::Last";
+
+  engine.step({SequenceWork{chunked, {prompt.begin(), prompt.begin() + split}, LogitsWanted::None}});
+  const auto rest = engine.step({SequenceWork{chunked, {prompt.begin() + split, prompt.end()}, LogitsWanted::All}})[0].logits;
+  EXPECT_TRUE(same_bits(rest, {every_row.begin() + split * vocab, every_row.end()})) << "after a chunk without logits";
+  // And the next decode token reads the cache the Last prompt left.
+  const int32_t next = prompt.back();
+  const auto decode_all = engine.step({SequenceWork{all, {next}, LogitsWanted::Last}})[0].logits;
+  const auto decode_last = engine.step({SequenceWork{last, {next}, LogitsWanted::Last}})[0].logits;
+  EXPECT_TRUE(same_bits(decode_last, decode_all)) << "decode after a Last prompt";
+  for (int32_t sequence : {all, last, chunked}) cache.release_sequence(sequence);
 }
 
 }  // namespace
