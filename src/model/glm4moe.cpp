@@ -9,10 +9,11 @@
 // Only the rows that need logits leave the last layer: its attention writes
 // every token's k and v to the cache (later steps read them), but o_proj, the
 // residual and the feed-forward block run on the logit rows alone, since
-// nothing reads the other rows' outputs (as llama.cpp does). A 512-token
-// prompt asking for its last token's logits skips 511 rows of the last
-// layer's o_proj and experts: 1/L of a prompt's projections on an L-layer
-// model, and what llama.cpp skips too, so side by side both do the same work.
+// nothing reads the other rows' outputs. A 512-token prompt asking for its
+// last token's logits skips 511 rows of the last layer's o_proj and experts:
+// 1/L of a prompt's projections on an L-layer model. llama.cpp skips the
+// same rows of the last feed-forward block (its o_proj keeps them), so a
+// side by side on a model of few layers compares like work.
 //
 // Shapes: n = tokens in the step, H = hidden_size, D = head_dim,
 // Nq / Nkv = query / KV heads held by this rank.
