@@ -708,7 +708,8 @@ TEST(KernelsFloat, Avx2OneChainPanelsInPromptStepsMatchTheReferenceWithTheSameBi
 // reference on row counts around their 48- and 24-row blocks, widths around
 // the 512-column panels (one, several, a ragged last one, odd, not a
 // multiple of 32), token counts around the 8-token tiles and 16-token
-// vectors (up to 64, the lanes kernel's limit), with and without a bias; a
+// vectors (up to 64, the lanes kernel's limit; a last vector of at most 8
+// tokens goes in a ymm), with and without a bias; a
 // token's bits do not depend on the kernel, the thread count or the batch
 // it is in. And which calls take which kernel.
 TEST(KernelsFloat, PackedPanelsAndTokenLanesMatchTheReferenceWithTheSameBits) {
@@ -743,7 +744,7 @@ TEST(KernelsFloat, PackedPanelsAndTokenLanesMatchTheReferenceWithTheSameBits) {
         expect_same_bits_on_more_threads(t.weight, x, kTokens, b, batch);
         for (int64_t packed_min_tokens : {int64_t{1}, int64_t{1} << 40}) {  // panels, then lanes up to 64 tokens
           cpu::kernels::options().packed_min_tokens = packed_min_tokens;
-          for (int64_t n : {1, 7, 8, 9, 16, 17, 33, 64})
+          for (int64_t n : {1, 7, 8, 9, 16, 17, 24, 33, 40, 57, 64})
             for (int64_t first : {int64_t{0}, kTokens - n})
               EXPECT_TRUE(part_has_batch_bits(t.weight, x, first, n, b, n % 2 ? 3 : 2, batch))
                   << cpu::kernels::kernel_name(t.weight, n) << ": " << n << " tokens from " << first
