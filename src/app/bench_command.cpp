@@ -466,7 +466,7 @@ int run_bench(const BenchOptions& options) {
                 report["peaks"]["vdpbf16ps_GFLOPps"].get<double>(), report["peaks"]["vpdpbusd_GOPps"].get<double>(),
                 report["peaks"]["vpmaddubsw_GOPps"].get<double>());
   for (const auto& p : report["prompt"]) {
-    std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (2 x active params, attention apart)",
+    std::printf("prompt %6lld tokens: %8.1f tok/s  %7.1f GFLOP/s (projections done: the last layer past attention on the logit row; attention apart)",
                 static_cast<long long>(p["tokens"].get<int64_t>()), p["tokens_per_s"].get<double>(),
                 p["GFLOP_per_s_excluding_attention"].get<double>());
     if (p.contains("fraction_of_fma_peak"))
