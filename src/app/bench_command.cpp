@@ -243,11 +243,11 @@ int run_bench(const BenchOptions& options) {
     engine.step({SequenceWork{sequence, tokens, LogitsWanted::Last}});
     const double seconds = seconds_since(start);
     cache.release_sequence(sequence);
+    const ComponentFlops flops = prompt_flops(config, engine.model().weights(), length);
     report["prompt"].push_back({{"tokens", length},
                                 {"seconds", seconds},
                                 {"tokens_per_s", length / seconds},
-                                {"GFLOP_per_s_excluding_attention",
-                                 prompt_flops(config, engine.model().weights(), length).projections() / seconds / 1e9}});
+                                {"GFLOP_per_s_excluding_attention", flops.projections() / seconds / 1e9}});
     if (options.prompt_components) {  // The same prompt again, marked: each component's time (a synchronisation at each mark) and FLOPs.
       ComponentClock clock;
       clock.config = &config;
@@ -260,7 +260,6 @@ int run_bench(const BenchOptions& options) {
       engine.model().set_tracer({});
       cache.release_sequence(marked);
       clock.head = marked_seconds - (clock.attention + clock.dense_mlp + clock.moe);
-      const ComponentFlops flops = prompt_flops(config, engine.model().weights(), length);
       nlohmann::ordered_json components = nlohmann::ordered_json::array();
       auto component = [&](const char* name, double component_flops, double component_seconds) {
         if (component_flops == 0 && component_seconds < 1e-6) return;  // e.g. no dense layer

@@ -59,8 +59,9 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   const int64_t rows = static_cast<int64_t>(step.logit_rows.size());
   bool every_row = rows == n;
   for (int64_t i = 0; every_row && i < rows; ++i) every_row = step.logit_rows[i] == i;
-  Tensor kept_hidden, kept_normed;  // [rows, H] when not every row
-  if (!every_row && rows > 0) {
+  const bool trimmed = !every_row && !weights_.layers.empty();  // the last layer keeps only the logit rows
+  Tensor kept_hidden, kept_normed;  // [rows, H] when trimmed
+  if (trimmed && rows > 0) {
     kept_hidden = backend_.scratch({rows, H});
     kept_normed = backend_.scratch({rows, H});
   }
@@ -68,23 +69,21 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   for (size_t index = 0; index < weights_.layers.size(); ++index) {
     const LayerWeights& layer = weights_.layers[index];
     const int layer_index = static_cast<int>(index);
-    const bool last = index + 1 == weights_.layers.size();
+    const bool trim_here = trimmed && index + 1 == weights_.layers.size();
     const Backend::ScratchMark layer_start = backend_.scratch_mark();
 
-    if (last && !every_row) {
-      // k and v of every token go to the cache; no row's output is wanted
-      // past this layer but the logit rows', and with none, nothing is.
-      const std::vector<int32_t>* kept = &step.logit_rows;
-      Tensor attention_out = attention(layer, normed, step, cache[index], layer_index, kept);  // [rows, H]
+    // In the last layer, when trimmed: k and v of every token go to the
+    // cache, but no row's output is wanted past it except the logit rows',
+    // and with none, nothing is.
+    Tensor attention_out = attention(layer, normed, step, cache[index], layer_index,
+                                     trim_here ? &step.logit_rows : nullptr);  // [n or rows, H]
+    if (trim_here) {
       if (rows == 0) break;
       backend_.gather_rows(kept_hidden, hidden, step.logit_rows);
       hidden = kept_hidden;  // [rows, H] from here on
       normed = kept_normed;  // [rows, H]
-      backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
-    } else {
-      Tensor attention_out = attention(layer, normed, step, cache[index], layer_index, nullptr);  // [n, H]
-      backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
     }
+    backend_.add_rms_norm(hidden, normed, attention_out, layer.post_attention_norm, eps);
     trace("after_attention", layer_index, hidden);
 
     Tensor ffn_out = layer.is_moe ? mixture_of_experts(layer.moe, normed, layer_index)  // [n or rows, H]
@@ -109,11 +108,11 @@ void Glm4MoeModel::forward(const StepInput& step, std::vector<KvLayer>& cache, S
   output.tokens.clear();
   if (rows == 0) return;
   Tensor selected = backend_.scratch({rows, H});  // [rows, H]
-  if (every_row || weights_.layers.empty()) {
+  if (trimmed) {
+    backend_.rms_norm(selected, hidden, weights_.final_norm, eps);
+  } else {
     backend_.gather_rows(selected, hidden, step.logit_rows);
     backend_.rms_norm(selected, selected, weights_.final_norm, eps);
-  } else {
-    backend_.rms_norm(selected, hidden, weights_.final_norm, eps);
   }
   trace("final_norm", -1, selected);
   Tensor logits = backend_.scratch({rows, config_.vocab_size});  // [rows, vocab]

@@ -18,7 +18,6 @@
 // GLM_CUDA_PROMPTS=simt asks for these exact f32 kernels.
 #include <algorithm>
 #include <bit>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -659,10 +658,11 @@ ContextSlices context_slices(const Context& ctx, int64_t capacity, int64_t base_
 }
 
 // The short kernel's slices of a context bucket for a step of n_tokens
-// tokens (a block a token and 4 query heads, per slice): buckets up to kShortContext in slices of >= kShortSliceMin
-// positions (8 of 32 at 256 for a step of a few sequences), longer ones of
-// >= 64. GLM_CUDA_SHORT_SLICE sets the first minimum (0: the bucket whole,
-// one block a head group, as before session 26).
+// tokens (a block a token and 4 query heads, per slice): buckets up to
+// kShortContext in slices of >= ctx.short_slice_min positions (8 of 32 at
+// 256 for a step of a few sequences), longer ones of >= 64.
+// GLM_CUDA_SHORT_SLICE sets that minimum (0: the bucket whole, one block a
+// head group, as before session 26).
 //
 // Why slice short contexts: one block walked up to 256 positions in rounds
 // of 32 (a dependent round of loads, shuffles and exps each) while 24
@@ -671,19 +671,11 @@ ContextSlices context_slices(const Context& ctx, int64_t capacity, int64_t base_
 // turns against the whole form: 8 layers FP8 1.026-1.029, int4 1.016-1.026
 // with slices of 32 (of 64: 1.016-1.023; of 16: 0.98 of 32); 46 FP8 layers
 // 173.1 -> 177.0-177.5 tok/s (docs/cuda.md, "Session 26").
-constexpr int64_t kShortSliceMin = 32;
-int64_t short_slice_min() {
-  static const int64_t value = [] {
-    const char* text = std::getenv("GLM_CUDA_SHORT_SLICE");
-    return text ? std::max<int64_t>(0, std::atoll(text)) : kShortSliceMin;
-  }();
-  return value;
-}
 ContextSlices short_slices(const Context& ctx, int64_t capacity, int64_t n_tokens, int64_t heads) {
   const int64_t base_blocks = n_tokens * (heads / kShortHeads);
   if (capacity > kShortContext) return context_slices(ctx, capacity, base_blocks, 4, 64);
-  if (short_slice_min() == 0) return {1, capacity};
-  return context_slices(ctx, capacity, base_blocks, 4, short_slice_min());
+  if (ctx.short_slice_min == 0) return {1, capacity};
+  return context_slices(ctx, capacity, base_blocks, 4, ctx.short_slice_min);
 }
 
 // Whether decode tokens take short_attention_kernel (else the split kernels).

@@ -150,6 +150,12 @@ class CudaBackend final : public Backend, public cuda::Context {
     short_attention = !(short_contexts && std::string(short_contexts) == "0");
     const char* fold = std::getenv("GLM_CUDA_FOLD_ROTARY");
     fold_rotary = !(fold && std::string(fold) == "0");
+    if (const char* slice = std::getenv("GLM_CUDA_SHORT_SLICE")) {
+      char* end = nullptr;
+      short_slice_min = std::strtoll(slice, &end, 10);
+      GLM_CHECK(end != slice && *end == '\0' && short_slice_min >= 0, "GLM_CUDA_SHORT_SLICE=", slice,
+                ": expected a count of positions (0: short contexts whole)");
+    }
   }
 
   ~CudaBackend() override {

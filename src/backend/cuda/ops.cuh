@@ -134,6 +134,11 @@ class Context : public Submitter {
   // norm, rotary and KV write run inside short_attention_kernel (one launch a
   // layer fewer) when attention() is handed them as a RotaryFold.
   bool fold_rotary = true;
+  // GLM_CUDA_SHORT_SLICE=N: the shortest slice, in positions, of a decode
+  // context of up to 256 positions on short_attention_kernel (32; 0: such
+  // contexts whole, one block a head group, unfolded; attention.cu,
+  // short_slices).
+  int64_t short_slice_min = 32;
 
   // Activations a producer op prepared for the GEMVs that read its output
   // (PreparedOutput above): the consumers' quantize_activations and
