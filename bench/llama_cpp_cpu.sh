@@ -14,7 +14,7 @@
 #   4. times, one after the other, each format pair in REPS interleaved rounds of: llama-bench
 #      (-p 512 -n 16 -t THREADS -r 1, after its own warm-up runs), `glm4moe bench` (512-token prompt,
 #      16 generated tokens at context 0, THREADS threads) once per mode of OUR_MODES (default:
-#      GLM_CPU_ACTIVATIONS=exact, f32 activations, then fast-prompts, then int8, the engine's default);
+#      GLM_CPU_ACTIVATIONS=exact, f32 activations, then fast-prompts, then fast, the engine's default);
 #      every timed command runs under `flock /tmp/glm-timing.lock` (so timings of cooperating agents never overlap) at nice NICE,
 #      after waiting for a nearly idle machine; the load average and the CPU others took are logged;
 #   5. prints a markdown table (tools/llama_cpp/bench_table.py): tok/s of both, best of the REPS
@@ -30,9 +30,9 @@
 #
 # Run:   bash bench/llama_cpp_cpu.sh /work/llamacpp-scratch
 # Knobs (environment): LAYERS=3 THREADS=2 REPS=5 FORMATS="bf16 int8 int4"
-#   OUR_MODES="exact fast-prompts int8" (values of GLM_CPU_ACTIVATIONS our bench runs with; int8, the
-#   engine's default: int8 activations with affine weights at every batch size; add "fast" for
-#   bf16/int8 activations everywhere)
+#   OUR_MODES="exact fast-prompts fast" (values of GLM_CPU_ACTIVATIONS our bench runs with; fast, the
+#   engine's default: int8 activations with affine weights and bf16 with bf16 weights at every batch
+#   size; add "int8" for int8 activations with affine weights only)
 #   LLAMA_BUILD=/work/llamacpp-build   GLM_SRC=<repo> (the glm4moe tree built; a clean copy of a commit:
 #   git archive HEAD | tar -x -C DIR, with the hash in DIR/.commit)   GLM_BUILD=<repo>/build-llamacmp
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 (vendors ggml-org/llama.cpp@0c1e57098)
@@ -55,7 +55,7 @@ LAYERS=${LAYERS:-3}
 THREADS=${THREADS:-2}
 REPS=${REPS:-5}
 FORMATS=${FORMATS-"bf16 int8 int4"}  # FORMATS="" only fetches and builds
-OUR_MODES=${OUR_MODES:-"exact fast-prompts int8"}
+OUR_MODES=${OUR_MODES:-"exact fast-prompts fast"}
 KEEP=${KEEP:-quantized}
 NICE=${NICE:--10}
 BUSY_MAX=${BUSY_MAX:-0.10}
@@ -192,7 +192,7 @@ bench_pair() {  # $1 = format name, $2 = GGUF, $3 = our checkpoint directory
     timed "$RESULTS/llama-$name-$rep.json" "$LLAMA_BUILD/bin/llama-bench" -m "$gguf" -p 512 -n 16 \
       -t "$THREADS" -r 1 -o json
     for mode in $OUR_MODES; do
-      log "timing $name, round $rep/$REPS: glm4moe bench ($mode)"  # every mode named, the default (int8) too
+      log "timing $name, round $rep/$REPS: glm4moe bench ($mode)"  # every mode named, the default (fast) too
       timed "$RESULTS/glm-$name-$mode-$rep.json" env "GLM_CPU_ACTIVATIONS=$mode" "$GLM" bench \
         --model "$ours" --prompt-tokens 512 --gen-tokens 16 --threads "$THREADS" --json
     done

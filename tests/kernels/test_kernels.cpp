@@ -919,13 +919,13 @@ TEST(KernelsDispatch, UnsupportedFormatsFallBackToTheReference) {
   }
 }
 
-// Int8 activations for affine weights by default (kernels.h says why); this
-// program itself runs Exact unless a test picks a mode
-// (tests/common/exact_cpu_activations.cpp).
-TEST(KernelsDispatch, DefaultIsInt8AndTheBestIsa) {
+// Fast activations by default: int8 for affine weights, bf16 for bf16 weights
+// (kernels.h says why); this program itself runs Exact unless a test picks a
+// mode (tests/common/exact_cpu_activations.cpp).
+TEST(KernelsDispatch, DefaultIsFastAndTheBestIsa) {
   const cpu::kernels::Options defaults;
-  EXPECT_EQ(defaults.activations, Activations::Int8);
-  EXPECT_STREQ(cpu::kernels::activations_name(defaults.activations), "int8");
+  EXPECT_EQ(defaults.activations, Activations::Fast);
+  EXPECT_STREQ(cpu::kernels::activations_name(defaults.activations), "fast");
   EXPECT_STREQ(std::getenv("GLM_CPU_ACTIVATIONS"), "exact");
   EXPECT_EQ(cpu::kernels::options().activations, Activations::Exact);
   if (!std::getenv("GLM_CPU_ISA")) {

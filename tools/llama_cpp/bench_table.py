@@ -142,8 +142,9 @@ def main() -> None:
                                f"| {r['prompt'][0]['tokens_per_s']:.1f} | {r['read_bandwidth_GBps']:.1f} GB/s "
                                f"| {r['major_page_faults_while_timing']} | {environment(path)} |")
     if other_rows:
-        print("\nOurs in the other GLM_CPU_ACTIVATIONS modes run (int8: int8 activations for affine weights at every"
-              " batch size; fast: int8/bf16 activations everywhere), best (median):\n")
+        print("\nOurs in the other GLM_CPU_ACTIVATIONS modes run (fast, the default: int8 activations for affine"
+              " weights and bf16 for bf16 weights at every batch size; int8: int8 for affine weights only),"
+              " best (median):\n")
         print("| format | mode | generate, llama.cpp | ours | ours/llama.cpp | prompt 512, ours | ours/llama.cpp |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(other_rows))

@@ -38,7 +38,7 @@ class CpuBackend final : public Backend {
   }
 
   // Weights stay in the mapped file. When the int8 decode kernel will read
-  // an affine projection (GLM_CPU_ACTIVATIONS=int8, the default, or fast; AVX512_VNNI or AVX2),
+  // an affine projection (GLM_CPU_ACTIVATIONS=fast, the default, or int8; AVX512_VNNI or AVX2),
   // its scales and biases are also laid out per block of 16 rows
   // (kernels::fill_block_scale_pairs): 1/9 of the weight's bytes at 4 bits
   // and group 64, in memory this backend owns, so decoding skips a

@@ -11,22 +11,28 @@
 //   Exact: activations stay f32; weights are widened or
 //     dequantized (scale * q + bias) to f32 in registers and FMA'd. Agrees
 //     with the reference to rounding (~1e-6 relative).
-//   Fast: activations are rounded to bf16 for BF16 weights (VDPBF16PS, needs
-//     AVX512_BF16) or quantized to int8 with one absmax scale per weight
-//     group for affine weights (VPDPBUSD with AVX512_VNNI; for 4-bit
-//     weights VPMADDUBSW on AVX2 otherwise, with the same results). About
-//     3e-3 (bf16) and 7e-3 (int8) relative L2 error on random data;
-//     twice (bf16) to four times (int8) the arithmetic rate of FMA.
-//   Int8 (the default): affine 4/8-bit weights take int8 activations as in
-//     Fast (the same kernels, at every batch size); float weights stay
-//     exact. A 4-bit GEMV with f32 activations is bound by unpacking
-//     nibbles on each core, the VPDPBUSD one by memory, and prompts run at
-//     four times FMA's rate; the quality cost is small (mean KL of 4-bit g64
-//     weights on the bundled model's whole held-out text 0.0469 -> 0.0473
-//     nats, docs/benchmarks.md; tests/quant checks 256 tokens), and a
-//     token's bits still do not depend on the batch it is in. The tests
-//     compare with f32 references at 1e-5, so they run Exact
+//   Fast (the default): activations are rounded to bf16 for BF16 weights
+//     (VDPBF16PS, needs AVX512_BF16) and quantized to int8 with one absmax
+//     scale per weight group for affine weights (VPDPBUSD with AVX512_VNNI;
+//     for 4-bit weights VPMADDUBSW on AVX2 otherwise, with the same
+//     results), at every batch size. About 3e-3 (bf16) and 7e-3 (int8)
+//     relative L2 error on random data; twice (bf16) to four times (int8)
+//     the arithmetic rate of FMA. Why it is the default: prompts are bound
+//     by arithmetic, and with f32 activations a bf16 prompt runs on FMA at
+//     half VDPBF16PS's rate, below llama.cpp, which rounds activations to
+//     bf16 for BF16 weights as it quantizes them to 8 bits for Q4_0/Q8_0
+//     (2-layer bf16 Air, 512-token prompt: ~310 -> ~550 tok/s); a 4-bit
+//     GEMV with f32 activations is bound by unpacking nibbles on each core,
+//     the VPDPBUSD one by memory. The quality cost is small (mean KL on the
+//     bundled bf16 model's whole held-out text: bf16 activations 0.0007
+//     nats; 4-bit g64 weights 0.0469 -> 0.0473 with int8 activations;
+//     docs/benchmarks.md; tests/quant checks 256 tokens), and a token's bits
+//     still do not depend on the batch it is in. The tests compare with f32
+//     references at 1e-5, so they run Exact
 //     (tests/common/exact_cpu_activations.cpp).
+//   Int8 (the default before Fast): affine 4/8-bit weights take int8
+//     activations as in Fast (the same kernels, at every batch size); float
+//     weights stay exact.
 //   Other weights, or a CPU without the instructions, run Exact in Fast and
 //   Int8 modes.
 //
@@ -53,7 +59,7 @@ enum class Activations { Exact, Fast, FastPrompts, Int8 };
 
 struct Options {
   Isa isa = Isa::Reference;                    // clamped to what the CPU supports
-  Activations activations = Activations::Int8;
+  Activations activations = Activations::Fast;
   int64_t fast_min_tokens = 32;                // FastPrompts threshold: tokens of the step
   // FastPrompts, bf16 weights: calls of at least this many tokens (or more
   // than 64) run the packed-panel kernel (avx512::bf16_packed_rows), smaller
@@ -69,7 +75,7 @@ const char* isa_name(Isa isa);
 const char* activations_name(Activations activations);
 // Process-wide options, initialised on first use from the environment:
 //   GLM_CPU_ISA=reference|avx2|avx512         (default: the best supported)
-//   GLM_CPU_ACTIVATIONS=exact|fast|fast-prompts|int8 (default: int8)
+//   GLM_CPU_ACTIVATIONS=exact|fast|fast-prompts|int8 (default: fast)
 // Tests and benchmarks may change them between calls (not during one).
 Options& options();
 
@@ -87,7 +93,7 @@ bool linear(float* out, const float* x, int64_t n_tokens, const Weight& weight, 
 
 // Scales and biases laid out for the one-token int8 kernel
 // (WeightFormat::block_scale_pairs): how many uint32 this weight takes, 0
-// when that kernel (AVX512_VNNI, int8 (default) or fast activations, 16-bit scales
+// when that kernel (AVX512_VNNI, fast (default) or int8 activations, 16-bit scales
 // and biases of one type) would not run for it under the current options;
 // and filling them (out 64-byte aligned). With them the kernel skips a
 // transpose per block of 16 rows, 11% of its work at 4 bits and group 64.
