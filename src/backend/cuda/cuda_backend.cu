@@ -156,6 +156,12 @@ class CudaBackend final : public Backend, public cuda::Context {
       GLM_CHECK(end != slice && *end == '\0' && short_slice_min >= 0, "GLM_CUDA_SHORT_SLICE=", slice,
                 ": expected a count of positions (0: short contexts whole)");
     }
+    if (const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS")) {
+      const std::string value = rows;
+      GLM_CHECK(value == "32" || value == "64" || value == "128", "GLM_CUDA_EXPERT_TILE_ROWS=", value,
+                ": expected 32, 64 or 128 (rows of a prompt's expert tiles; unset: chosen per call)");
+      expert_tile_rows = std::stoi(value);
+    }
   }
 
   ~CudaBackend() override {

@@ -40,7 +40,6 @@
 // Rounding the operands to bf16 costs ~2e-3 relative error per output;
 // GLM_CUDA_PROMPTS=simt keeps the f32 SIMT path.
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
 #include "backend/cuda/mma.cuh"
@@ -1076,14 +1075,11 @@ bool tensor_experts_fit(const Context& ctx, const Matrix& gate, const Matrix& up
 // Where both products take the register-weights kernel, experts with fewer
 // than 48 rows on average get 32-row tiles (a 512-token prompt: 32 rows an
 // expert).
-// GLM_CUDA_EXPERT_TILE_ROWS=32|64|128 forces one (for measuring; 32 only
+// GLM_CUDA_EXPERT_TILE_ROWS=32|64|128 (Context::expert_tile_rows) forces one (for measuring; 32 only
 // where the register-weights kernel takes both).
 int tensor_expert_tile_rows(const Context& ctx, int64_t assignments, int64_t held, const Matrix& gate0,
                             const Matrix& down0) {
-  static const int forced = [] {
-    const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS");
-    return rows ? std::atoi(rows) : 0;
-  }();
+  const int forced = ctx.expert_tile_rows;
   const bool tiny_ok = register_order(ctx, gate0) != 0 && register_order(ctx, down0) != 0;
   if (forced == kRowsSmall || forced == kRowsLarge) return forced;
   if (forced == kRowsTiny) return tiny_ok ? kRowsTiny : kRowsSmall;

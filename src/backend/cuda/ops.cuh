@@ -139,6 +139,10 @@ class Context : public Submitter {
   // contexts whole, one block a head group, unfolded; attention.cu,
   // short_slices).
   int64_t short_slice_min = 32;
+  // GLM_CUDA_EXPERT_TILE_ROWS=32|64|128: the rows of a prompt's expert tiles
+  // on tensor cores, forced for measuring (0, the default: chosen per call,
+  // gemm_tensor.cu, tensor_expert_tile_rows).
+  int expert_tile_rows = 0;
 
   // Activations a producer op prepared for the GEMVs that read its output
   // (PreparedOutput above): the consumers' quantize_activations and
