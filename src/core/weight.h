@@ -66,6 +66,11 @@ struct Weight {
   WeightFormat format;
   Placement placement;
   Shard shard;
+  // Whether the activations this weight multiplies must stay f32 whatever a
+  // backend's activation mode (which may round them to bf16 or quantize them
+  // to int8 for speed): the MoE router's, whose logits decide discrete expert
+  // choices, and which the reference computes in f32 on purpose.
+  bool f32_activations = false;
 
   bool present() const { return !view.empty(); }
   int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }

@@ -337,6 +337,9 @@ LayerWeights bind_layer(Binder& bind, const Checkpoint& checkpoint, const Glm4Mo
   }
   const int64_t E = config.n_routed_experts;
   layer.moe.router = bind.full(prefix + "mlp.gate.weight", {E, H}, ModuleClass::Other);
+  // transformers' Glm4MoeTopkRouter casts both operands to f32: a near tie
+  // between experts must not flip because a backend rounded x for speed.
+  layer.moe.router.f32_activations = true;
   layer.moe.correction_bias = bind.full(prefix + "mlp.gate.e_score_correction_bias", {E});
   bind_experts(bind, checkpoint, config, prefix + "mlp.", parallel, layer.moe, layout);
   layer.moe.shared =

@@ -602,6 +602,41 @@ TEST(KernelsDispatch, Int8ModeLeavesFloatWeightsExact) {
   EXPECT_STREQ(cpu::kernels::kernel_name(eight.weight, 1), "avx2 int8-maddubs");
 }
 
+// A weight marked f32_activations (the MoE router's) takes the exact kernels
+// in every mode: in the fast modes it gets Exact's bits, bit for bit, where
+// the unmarked weight gets bf16-rounded (or int8) activations.
+TEST(KernelsDispatch, F32ActivationsWeightIsExactInEveryMode) {
+  if (cpu::kernels::supported_isa() == Isa::Reference) GTEST_SKIP() << "no SIMD kernels";
+  TestWeight bf16 = float_test_weight(24, 200, DType::BF16, 21);
+  TestWeight four = affine_test_weight(16, 256, 4, 64, DType::BF16, 22);
+  for (TestWeight* test : {&bf16, &four}) {
+    Weight marked = test->weight;
+    marked.f32_activations = true;
+    for (int64_t n : {1, 7, 96}) {
+      const std::vector<float> x = random_values(static_cast<size_t>(n * marked.dim(1)), 23, 1.0f);
+      std::vector<float> exact;
+      {
+        KernelScope scope(cpu::kernels::supported_isa(), Activations::Exact);
+        exact = run_linear(marked, x, n, nullptr, 2);
+      }
+      for (Activations mode : {Activations::Fast, Activations::FastPrompts, Activations::Int8}) {
+        KernelScope scope(cpu::kernels::supported_isa(), mode);
+        SCOPED_TRACE(std::string(mode_name(mode)) + ", " + std::to_string(n) + " tokens");
+        const std::vector<float> y = run_linear(marked, x, n, nullptr, 2);
+        EXPECT_EQ(std::memcmp(y.data(), exact.data(), y.size() * sizeof(float)), 0);
+        const char* kernel = cpu::kernels::kernel_name(test->weight, n);  // rounds or quantizes x?
+        const bool rounds = kernel && (std::string(kernel).find("bf16-") != std::string::npos ||
+                                       std::string(kernel).find("int8") != std::string::npos);
+        if (rounds && (mode != Activations::FastPrompts || n >= 32)) {
+          const std::vector<float> unmarked = run_linear(test->weight, x, n, nullptr, 2);
+          EXPECT_NE(std::memcmp(unmarked.data(), exact.data(), y.size() * sizeof(float)), 0)
+              << "the unmarked weight should take the fast kernel here";
+        }
+      }
+    }
+  }
+}
+
 // FastPrompts counts the step's tokens, not the call's (kernels::linear's
 // step_tokens): an expert's 3 tokens of a 512-token prompt take the prompt
 // kernel (tokens in lanes), as they would with a threshold of 1, and the

@@ -91,6 +91,7 @@ bool describe_weight(const Weight& weight, LinearArgs& a) {
   if (weight.shape.size() != 2 || weight.view.rank() != 2 || weight.placement.kind != Placement::Kind::Host)
     return false;
   const WeightFormat& f = weight.format;
+  a.f32_activations = weight.f32_activations;
   a.w = static_cast<const uint8_t*>(weight.view.data);
   a.w_stride = weight.view.row_stride * static_cast<int64_t>(dtype_size(weight.view.dtype));
   if (f.kind == WeightFormat::Kind::Float) {
@@ -131,8 +132,9 @@ enum class Path { Exact, Bf16, Bf16Packed, Bf16Lanes, Int8, Int8Avx2, PanelAvx2,
 // call's; a.in set (describe_weight leaves both to the caller).
 Path choose_path(const Options& o, const LinearArgs& a, int64_t step_tokens) {
   const bool int8_only = o.activations == Activations::Int8;  // affine weights only
-  const bool fast = int8_only || o.activations == Activations::Fast ||
-                    (o.activations == Activations::FastPrompts && step_tokens >= o.fast_min_tokens);
+  const bool fast = !a.f32_activations &&
+                    (int8_only || o.activations == Activations::Fast ||
+                     (o.activations == Activations::FastPrompts && step_tokens >= o.fast_min_tokens));
   const bool float_weight = a.kind == WeightKind::F32 || a.kind == WeightKind::BF16 || a.kind == WeightKind::F16;
   if (o.isa == Isa::Avx2 && float_weight && a.in > 0) {  // f32 activations, every mode
     if (o.activations == Activations::FastPrompts && fast) return Path::PanelOneChainAvx2;

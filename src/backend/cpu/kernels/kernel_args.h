@@ -58,6 +58,9 @@ struct LinearArgs {
   // one type), which the one-token int8 kernel reads instead of transposing
   // each block's scales and biases itself.
   const uint32_t* block_pairs = nullptr;
+  // Weight::f32_activations: this weight takes the exact kernels in every
+  // mode (x is never rounded to bf16 nor quantized to int8 for it).
+  bool f32_activations = false;
 
   // Exact-mode activations of affine weights (AVX-512), prepared once per
   // call by avx512::prepare_exact: x reordered for 4-bit weights, the exact
