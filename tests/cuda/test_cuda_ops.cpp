@@ -216,6 +216,41 @@ TEST(CudaOps, LinearOnTensorCores) {
   }
 }
 
+// A weight marked f32_activations (the MoE router's) keeps f32 activations
+// on the GPU too: prompts multiply x as two bf16 parts on tensor cores for
+// bf16 weights (~1e-5 of the CPU's exact product, where the unmarked weight
+// is at ~1e-3) and take the exact f32 paths for f32 weights; decode GEMVs
+// stay f32.
+TEST(CudaOps, F32ActivationsWeightStaysExactOnTensorCores) {
+  REQUIRE_GPU();
+  for (const char* mode : kTensorModes) {
+    Backends b(mode);
+    unsigned seed = 900;
+    for (DType dtype : {DType::BF16, DType::F32})
+      for (auto [out_features, in_features] : std::vector<std::pair<int64_t, int64_t>>{{128, 4096}, {67, 256}}) {
+        auto weight = make_weight(b, {out_features, in_features}, dtype, ++seed);
+        Weight marked_host = weight->host, marked_device = weight->device;
+        marked_host.f32_activations = marked_device.f32_activations = true;
+        for (int64_t n : {3, 9, 130}) {
+          Both x = input(b, {n, in_features}, random_values(static_cast<size_t>(n * in_features), ++seed));
+          Both out = output(b, {n, out_features});
+          b.cpu->linear(out.cpu, x.cpu, marked_host, nullptr);
+          b.gpu->linear(out.gpu, x.gpu, marked_device, nullptr);
+          const std::string what = std::string("linear f32-activations ") + mode + " " + dtype_label(dtype) +
+                                   " n=" + std::to_string(n) + " [" + std::to_string(out_features) + ", " +
+                                   std::to_string(in_features) + "]";
+          EXPECT_LT(compare(b, out, what), 2e-5) << what;
+          Both plain = output(b, {n, out_features});
+          b.cpu->linear(plain.cpu, x.cpu, weight->host, nullptr);
+          b.gpu->linear(plain.gpu, x.gpu, weight->device, nullptr);
+          if (n > 8) {
+            EXPECT_GT(compare(b, plain, what + " (unmarked)"), 1e-4) << what << ": the unmarked weight should round x";
+          }
+        }
+      }
+  }
+}
+
 // Where the device is Hopper (sm_90) and the binary holds sm_90a code (the
 // default build), prompts use wgmma unless GLM_CUDA_WGMMA=0; elsewhere mma.sync.
 TEST(CudaOps, TensorCoresUseWgmmaOnHopper) {

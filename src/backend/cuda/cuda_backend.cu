@@ -39,6 +39,7 @@ Matrix matrix_of(const Weight& weight, int device_index) {
   matrix.cols = weight.shape.empty() ? 1 : weight.shape.back();
   matrix.rows = weight.shape.empty() ? 1 : shape_numel(weight.shape) / std::max<int64_t>(matrix.cols, 1);
   matrix.kind = format.kind;
+  matrix.f32_activations = weight.f32_activations;
   if (format.quantized()) {
     matrix.scales = format.scales.data;
     matrix.scales_dtype = format.scales.dtype;

@@ -104,12 +104,14 @@ bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const Lin
     bool int8 = false;
     if constexpr (kHasInt8Path<Format>) {
       int8 = ctx.int8_activations && targets.front().weight.cols % 32 == 0;
-      for (const LinearTarget& target : targets) int8 = int8 && target.weight.group_size % 32 == 0;
+      for (const LinearTarget& target : targets)
+        int8 = int8 && target.weight.group_size % 32 == 0 && !target.weight.f32_activations;
     }
     bool half = false;  // FP8 weights in the fast mode: f16 activations (block_row_dots_half)
     if constexpr (kHasHalfPath<Format>) {
       half = ctx.int8_activations;
-      for (const LinearTarget& target : targets) half = half && half_path_fits(target.weight);
+      for (const LinearTarget& target : targets)
+        half = half && half_path_fits(target.weight) && !target.weight.f32_activations;
     }
     const int64_t cols = targets.front().weight.cols;
     auto launch_tokens = [&](auto nt) {

@@ -40,11 +40,15 @@ struct Matrix {
   WeightFormat::Fp8Scale fp8_scale = WeightFormat::Fp8Scale::Channel;
   int64_t block_rows = 0;
   int64_t block_cols = 0;
+  // Weight::f32_activations (the MoE router): its GEMVs keep f32 activations
+  // in every mode, and its tensor-core products take x as two bf16 parts
+  // (tensor_linear).
+  bool f32_activations = false;
 };
 
 inline void append_signature(Signature& signature, const Matrix& m) {
   signature.add_all(m.data, m.dtype, m.rows, m.cols, m.kind, m.bits, m.group_size, m.group_shift, m.scales,
-                    m.scales_dtype, m.scales_stride, m.fp8_scale, m.block_rows, m.block_cols);
+                    m.scales_dtype, m.scales_stride, m.fp8_scale, m.block_rows, m.block_cols, m.f32_activations);
 }
 
 // Activation rows as the GEMV and expert kernels read them: f32 as computed,
