@@ -10,9 +10,9 @@ count as more rounds of the same measurement):
   meta.txt, uptime.log               machine, versions, load before each timed command
 and prints: the main table, each cell the best of the runs (fastest sample: the least disturbed on a
 shared machine) with, in brackets, llama-bench's mean ± std or our median, and the ratios
-ours/llama.cpp of the bests (our generation rate pools the exact and fast-prompts runs: decode runs
-the exact kernels in both; a mode that was not run shows nan); rows for the other modes (int8, fast)
-if such runs exist; the paired ratios (each round's ours over the same round's llama.cpp: the two ran
+ours/llama.cpp of the bests (our generation rate from the default mode's runs, fast, or exact's where
+it did not run; prompts in the default mode and in exact; a mode that was not run shows nan); rows
+for the other modes (int8, fast-prompts) if such runs exist; the paired ratios (each round's ours over the same round's llama.cpp: the two ran
 minutes apart, so a machine whose speed drifts between minutes moves both); then per-run details
 (read-kernel bandwidth, major page faults, others' CPU share, load).
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 FORMATS = [("bf16", "BF16"), ("int8", "Q8_0"), ("int4", "Q4_0")]
 OURS_NAME = {"bf16": "bf16", "int8": "int8 (affine g64)", "int4": "int4 (affine g64)"}
-MODES = ("exact", "fast-prompts", "int8", "fast")  # GLM_CPU_ACTIVATIONS values; the first two fill the main table
+MODES = ("fast", "exact", "int8", "fast-prompts")  # GLM_CPU_ACTIVATIONS values; the first two (the default, f32) fill the main table
 
 
 def files(dirs: list[Path], pattern: str) -> list[Path]:
@@ -92,8 +92,8 @@ def main() -> None:
         if (d / "meta.txt").exists():
             print((d / "meta.txt").read_text().rstrip())
     print()
-    print("| format (llama.cpp / ours) | size GB (llama.cpp / ours) | generate ctx 0: llama.cpp | ours | ours/llama.cpp "
-          "| prompt 512: llama.cpp | ours exact | ours/llama.cpp | ours fast-prompts | ours/llama.cpp |")
+    print("| format (llama.cpp / ours) | size GB (llama.cpp / ours) | generate ctx 0: llama.cpp | ours (default) "
+          "| ours/llama.cpp | prompt 512: llama.cpp | ours (default) | ours/llama.cpp | ours exact | ours/llama.cpp |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     details, other_rows, pair_rows = [], [], []
     for fmt, gguf_type in FORMATS:
@@ -104,20 +104,20 @@ def main() -> None:
         if not llama["gen"] or not llama["prompt"] or not any(runs.values()):
             continue
         lg, lp = max(llama["gen"]), max(llama["prompt"])
-        if runs["exact"] or runs["fast-prompts"]:  # the main table's row (a run of int8 alone has none)
-            # Decode runs the exact kernels in both exact and fast-prompts runs (fast-prompts switches only
-            # calls of >= 32 tokens): both are samples of our generation rate.
-            gen = [r["generation"][0]["tokens_per_s"] for r in runs["exact"] + runs["fast-prompts"]]
-            prompt = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]] or [float("nan")]
-            prompt_fast = [r["prompt"][0]["tokens_per_s"] for r in runs["fast-prompts"]] or [float("nan")]
-            g, p, pf = max(gen), max(prompt), max(prompt_fast)
+        if runs["fast"] or runs["exact"]:  # the main table's row (a run of int8 alone has none)
+            # Generation of the default mode (fast: bf16 weights decode on VDPBF16PS in it), or exact's
+            # where the default did not run.
+            gen = [r["generation"][0]["tokens_per_s"] for r in (runs["fast"] or runs["exact"])]
+            prompt_default = [r["prompt"][0]["tokens_per_s"] for r in runs["fast"]] or [float("nan")]
+            prompt_exact = [r["prompt"][0]["tokens_per_s"] for r in runs["exact"]] or [float("nan")]
+            g, pd, pe = max(gen), max(prompt_default), max(prompt_exact)
             size_files = [d / f"ours-{fmt}.bytes" for d in dirs if (d / f"ours-{fmt}.bytes").exists()]
             ours_size = (int(size_files[0].read_text()) if size_files
-                         else (runs["exact"] or runs["fast-prompts"])[0]["weights_bytes"])
+                         else (runs["fast"] or runs["exact"])[0]["weights_bytes"])
             print(f"| {gguf_type} / {OURS_NAME[fmt]} | {llama['size'] / 1e9:.2f} / {ours_size / 1e9:.2f} "
                   f"| {lg:.2f} ({mean_sd(llama['gen'], 2)}) | {g:.2f} ({statistics.median(gen):.2f}) | {g / lg:.2f} "
-                  f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {p:.1f} ({statistics.median(prompt):.1f}) | {p / lp:.2f} "
-                  f"| {pf:.1f} ({statistics.median(prompt_fast):.1f}) | {pf / lp:.2f} |")
+                  f"| {lp:.1f} ({mean_sd(llama['prompt'], 1)}) | {pd:.1f} ({statistics.median(prompt_default):.1f}) "
+                  f"| {pd / lp:.2f} | {pe:.1f} ({statistics.median(prompt_exact):.1f}) | {pe / lp:.2f} |")
         for mode in MODES[2:]:
             if runs[mode]:
                 fg = [r["generation"][0]["tokens_per_s"] for r in runs[mode]]
@@ -142,9 +142,9 @@ def main() -> None:
                                f"| {r['prompt'][0]['tokens_per_s']:.1f} | {r['read_bandwidth_GBps']:.1f} GB/s "
                                f"| {r['major_page_faults_while_timing']} | {environment(path)} |")
     if other_rows:
-        print("\nOurs in the other GLM_CPU_ACTIVATIONS modes run (fast, the default: int8 activations for affine"
-              " weights and bf16 for bf16 weights at every batch size; int8: int8 for affine weights only),"
-              " best (median):\n")
+        print("\nOurs in the other GLM_CPU_ACTIVATIONS modes run (int8: int8 activations for affine weights only;"
+              " fast-prompts: bf16 activations for bf16 weights only in prompt steps, on packed panels or tokens"
+              " in lanes), best (median):\n")
         print("| format | mode | generate, llama.cpp | ours | ours/llama.cpp | prompt 512, ours | ours/llama.cpp |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(other_rows))
