@@ -217,10 +217,10 @@ TEST(CudaOps, LinearOnTensorCores) {
 }
 
 // A weight marked f32_activations (the MoE router's) keeps f32 activations
-// on the GPU too: prompts multiply x as two bf16 parts on tensor cores for
-// bf16 weights (~1e-5 of the CPU's exact product, where the unmarked weight
-// is at ~1e-3) and take the exact f32 paths for f32 weights; decode GEMVs
-// stay f32.
+// on the GPU too: prompts multiply x as two bf16 parts (2n rows of one
+// product) on tensor cores for bf16 weights (~1e-5 of the CPU's exact
+// product, where the unmarked weight is at ~1e-3) and take the exact f32
+// paths for f32 weights; decode GEMVs stay f32.
 TEST(CudaOps, F32ActivationsWeightStaysExactOnTensorCores) {
   REQUIRE_GPU();
   for (const char* mode : kTensorModes) {

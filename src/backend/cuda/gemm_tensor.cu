@@ -919,26 +919,26 @@ const __nv_bfloat16* rounded_to_bf16(Context& ctx, const float* x, int64_t count
   return out;
 }
 
-// x as two bf16 parts, hi = bf16(x) and lo = bf16(x - hi) (x - hi is exact
-// in f32), for an f32-activation product on tensor cores (tensor_linear).
-__global__ void split_to_bf16_kernel(__nv_bfloat16* __restrict__ hi, __nv_bfloat16* __restrict__ lo,
-                                     const float* __restrict__ x, int64_t count) {
+// x [n, cols] as two bf16 parts stacked as 2n rows: rows [0, n) hi = bf16(x),
+// rows [n, 2n) lo = bf16(x - hi) (x - hi is exact in f32), for an
+// f32-activation product on tensor cores (tensor_linear).
+__global__ void split_to_bf16_kernel(__nv_bfloat16* __restrict__ parts, const float* __restrict__ x, int64_t count) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const __nv_bfloat16 high = __float2bfloat16_rn(x[i]);
-    hi[i] = high;
-    lo[i] = __float2bfloat16_rn(x[i] - __bfloat162float(high));
+    parts[i] = high;
+    parts[count + i] = __float2bfloat16_rn(x[i] - __bfloat162float(high));
   }
 }
 
-// x - bf16(x), exact in f32: the second part where the product reads x in a
-// register order (quantized weights; rounded_in_order rounds it then).
-__global__ void bf16_remainder_kernel(float* __restrict__ out, const float* __restrict__ x, int64_t count) {
+// out [n, features] = (W hi + bias) + W lo from the stacked products [2n, features].
+__global__ void sum_halves_kernel(float* __restrict__ out, const float* __restrict__ halves, const void* bias,
+                                  DType bias_dtype, int64_t count, int64_t features) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = x[i] - __bfloat162float(__float2bfloat16_rn(x[i]));
+    out[i] = (halves[i] + (bias ? element_f32(bias, bias_dtype, i % features) : 0.0f)) + halves[count + i];
 }
 
 // Launches GEMM kernel kKernel with kBytes of dynamic shared memory (past
@@ -1065,52 +1065,47 @@ bool wgmma_compiled(cudaStream_t stream) {
 
 bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Matrix& weight, const Matrix* bias) {
   if (!ctx.tensor_core_prompts || !reads(weight) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
-  // A marked f32 or f16 weight does not fit bf16 itself: the exact paths.
-  if (weight.f32_activations && weight.kind == WeightFormat::Kind::Float && weight.dtype != DType::BF16)
-    return false;
-  const int order = register_order(ctx, weight);
-  auto product = [&](float* target, const __nv_bfloat16* input, const Matrix* with_bias) {
+  // A marked weight other than bf16 (f32 and f16 values do not fit bf16; no
+  // router is quantized) takes the exact paths.
+  const bool split = weight.f32_activations;
+  if (split && (weight.kind != WeightFormat::Kind::Float || weight.dtype != DType::BF16)) return false;
+  const int order = register_order(ctx, weight);  // 0 for bf16
+  auto product = [&](float* target, const __nv_bfloat16* input, int64_t rows, const Matrix* with_bias) {
     TensorGemm g{};
     g.out = target;
     g.out_stride = weight.rows;
     g.x = input;
-    g.rows = n;
+    g.rows = rows;
     g.features = weight.rows;
     g.depth = weight.cols;
     g.first = g.second = weight;
     g.bias = with_bias ? with_bias->data : nullptr;
     g.bias_dtype = with_bias ? with_bias->dtype : DType::F32;
-    const dim3 grid(blocks_for(weight.rows, kTileWeights), blocks_for(n, kRowsLarge));
+    const dim3 grid(blocks_for(weight.rows, kTileWeights), blocks_for(rows, kRowsLarge));
     if (order != 0) launch_register_weights<false, false, kRowsLarge>(ctx, g, weight, grid);
     else launch_gemm<false, false, kRowsLarge>(ctx, g, weight, grid);
   };
-  const int64_t count = n * weight.cols;
-  if (!weight.f32_activations) {
-    product(out, rounded_in_order(ctx, x, count, order), bias);
+  if (!split) {
+    product(out, rounded_in_order(ctx, x, n * weight.cols, order), n, bias);
     return true;
   }
   // x = hi + lo + e with hi = bf16(x), lo = bf16(x - hi) and |e| <= 2^-17 |x|;
   // a bf16 weight times either part is an exact product summed in f32, so
-  // W hi + W lo is the f32-activation product to ~1e-5 (the router: one more
-  // small GEMM and an add, where a SIMT GEMM would cost ~0.2 ms a layer
-  // whatever the prompt's length).
-  const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count, 256), 1, 4 * 1024)));
-  const __nv_bfloat16 *hi, *lo;
-  if (order == 0) {
-    __nv_bfloat16* high = ctx.scratch<__nv_bfloat16>(count);
-    __nv_bfloat16* low = ctx.scratch<__nv_bfloat16>(count);
-    launch(ctx, split_to_bf16_kernel, grid, dim3(256), 0, high, low, x, count);
-    hi = high, lo = low;
-  } else {  // the parts in the register-weights kernel's depth order
-    float* remainder = ctx.scratch<float>(count);  // [n, cols]
-    launch(ctx, bf16_remainder_kernel, grid, dim3(256), 0, remainder, x, count);
-    hi = rounded_in_order(ctx, x, count, order);
-    lo = rounded_in_order(ctx, remainder, count, order);
-  }
-  product(out, hi, bias);
-  float* low_product = ctx.scratch<float>(n * weight.rows);  // [n, rows]: W lo
-  product(low_product, lo, nullptr);
-  add(ctx, out, out, low_product, n * weight.rows);
+  // W hi + W lo is the f32-activation product to ~1e-5. The parts go as 2n
+  // rows of one product (a router's 128 features make a grid of few blocks,
+  // so a second product after the first would cost as long again), then one
+  // kernel adds the halves; a SIMT GEMM would cost ~0.2 ms a layer whatever
+  // the prompt's length.
+  const int64_t count = n * weight.cols, outputs = n * weight.rows;
+  __nv_bfloat16* parts = ctx.scratch<__nv_bfloat16>(2 * count);  // [2n, cols]: hi rows, then lo rows
+  launch(ctx, split_to_bf16_kernel,
+         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count, 256), 1, 4 * 1024))), dim3(256), 0, parts,
+         x, count);
+  float* halves = ctx.scratch<float>(2 * outputs);  // [2n, rows]: W hi, then W lo
+  product(halves, parts, 2 * n, nullptr);
+  launch(ctx, sum_halves_kernel,
+         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(outputs, 256), 1, 4 * 1024))), dim3(256), 0, out,
+         halves, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, outputs, weight.rows);
   return true;
 }
 
