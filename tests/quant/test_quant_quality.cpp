@@ -177,70 +177,70 @@ class QuantizedQuality : public ::testing::TestWithParam<QualityCase> {};
 TEST_P(QuantizedQuality, MeanKlOnHeldOutTextStaysUnderItsCeiling) {
   if (!fs::exists(kModel / "model.safetensors")) GTEST_SKIP() << kModel << " has no weights";
   const auto [bits, int8_activations, ceiling] = GetParam();
-  if (bits == 16) {
-    // The kernel the fast mode picks for the model's bf16 projections.
-    const ActivationsScope fast(cpu::kernels::Activations::Fast);
-    static uint16_t bytes[64 * 256];  // never read: only the description matters
+  const bool unquantized = bits == 16;
+  // The mode the candidate is scored in (the reference always runs exact).
+  const cpu::kernels::Activations candidate_mode = unquantized        ? cpu::kernels::Activations::Fast
+                                                   : int8_activations ? cpu::kernels::Activations::Int8
+                                                                      : cpu::kernels::Activations::Exact;
+  if (unquantized || int8_activations) {
+    // The kernel that mode picks for a projection of the model's widths: a
+    // CPU without it would keep f32 activations, and score nothing new.
+    const ActivationsScope probe_mode(candidate_mode);
+    static uint32_t bytes[64 * 128];  // never read: only the description matters
     Weight probe;
     probe.shape = {64, 256};
-    probe.view = TensorView(bytes, DType::BF16, {64, 256});
-    probe.format.dtype = DType::BF16;
+    if (unquantized) {
+      probe.view = TensorView(bytes, DType::BF16, {64, 256});
+      probe.format.dtype = DType::BF16;
+    } else {
+      probe.view = TensorView(bytes, DType::U32, {64, 256 * bits / 32});
+      probe.format.kind = WeightFormat::Kind::Affine;
+      probe.format.dtype = DType::U32;
+      probe.format.bits = bits;
+      probe.format.group_size = 64;
+      probe.format.scales = probe.format.biases = TensorView(bytes, DType::BF16, {64, 4});
+    }
     const char* kernel = cpu::kernels::kernel_name(probe, 1);
-    if (!kernel || std::string(kernel).find("bf16-dot") == std::string::npos)
-      GTEST_SKIP() << "no bf16-activation kernel on this CPU (" << (kernel ? kernel : "reference") << ")";
-    const std::vector<int32_t> tokens = heldout_tokens();
-    ASSERT_GE(static_cast<int64_t>(tokens.size()), kWindow * windows());
-    reference_log_probs(tokens);
-    const double kl = mean_kl(kModel, tokens);
-    RecordProperty("mean_kl", std::to_string(kl));
-    std::printf("mean KL(bf16 weights, f32 activations || bf16 activations) over %ld held-out tokens: %.6f nats\n",
-                static_cast<long>(kWindow * windows()), kl);
-    EXPECT_GT(kl, 0.0);  // zero would mean the fast kernel did not run
-    EXPECT_LT(kl, ceiling);
-    return;
+    const char* wanted = unquantized ? "bf16-dot" : "int8";
+    if (!kernel || std::string(kernel).find(wanted) == std::string::npos)
+      GTEST_SKIP() << "no " << (unquantized ? "bf16" : "int8") << "-activation kernel on this CPU ("
+                   << (kernel ? kernel : "reference") << ")";
   }
-  if (int8_activations) {
-    // The kernel the int8 mode picks for an affine weight of the model's widths.
-    const ActivationsScope int8(cpu::kernels::Activations::Int8);
-    static uint32_t bytes[64 * 64];  // never read: only the description matters
-    Weight probe;
-    probe.shape = {64, 256};
-    probe.view = TensorView(bytes, DType::U32, {64, 256 * bits / 32});
-    probe.format.kind = WeightFormat::Kind::Affine;
-    probe.format.dtype = DType::U32;
-    probe.format.bits = bits;
-    probe.format.group_size = 64;
-    probe.format.scales = probe.format.biases = TensorView(bytes, DType::BF16, {64, 4});
-    const char* kernel = cpu::kernels::kernel_name(probe, 1);
-    if (!kernel || std::string(kernel).find("int8") == std::string::npos)
-      GTEST_SKIP() << "no int8-activation kernel on this CPU (" << (kernel ? kernel : "reference") << ")";
-  }
-  const fs::path dir = fresh_dir("quality_" + std::to_string(bits) + (int8_activations ? "_int8" : ""));
-  fs::remove_all(dir);
-  if (bits == 0) {
-    write_fp8_copy(dir);
-  } else {
-    QuantizeOptions options;
-    options.model = kModel.string();
-    options.output = dir.string();
-    options.bits = bits;
-    options.group_size = 64;
-    options.progress = false;
-    quantize_checkpoint(options);
+  fs::path dir = kModel;  // the unquantized model is scored as it is
+  if (!unquantized) {
+    dir = fresh_dir("quality_" + std::to_string(bits) + (int8_activations ? "_int8" : ""));
+    fs::remove_all(dir);
+    if (bits == 0) {
+      write_fp8_copy(dir);
+    } else {
+      QuantizeOptions options;
+      options.model = kModel.string();
+      options.output = dir.string();
+      options.bits = bits;
+      options.group_size = 64;
+      options.progress = false;
+      quantize_checkpoint(options);
+    }
   }
 
   const std::vector<int32_t> tokens = heldout_tokens();
   ASSERT_GE(static_cast<int64_t>(tokens.size()), kWindow * windows());
   reference_log_probs(tokens);  // computed with f32 activations whatever the case
-  const ActivationsScope mode(int8_activations ? cpu::kernels::Activations::Int8 : cpu::kernels::Activations::Exact);
+  const ActivationsScope mode(candidate_mode);
   const double kl = mean_kl(dir, tokens);
   RecordProperty("mean_kl", std::to_string(kl));
-  std::printf("mean KL(bf16 weights || %s, %s activations) over %ld held-out tokens: %.6f nats\n",
-              bits ? ("affine " + std::to_string(bits) + "-bit g64").c_str() : "FP8 e4m3 per-channel",
-              int8_activations ? "int8" : "f32", static_cast<long>(kWindow * windows()), kl);
-  EXPECT_GE(kl, 0.0);
+  const std::string candidate = unquantized ? std::string("bf16 weights, bf16 activations")
+                                : (bits ? "affine " + std::to_string(bits) + "-bit g64" : std::string("FP8 e4m3 per-channel")) +
+                                      ", " + (int8_activations ? "int8" : "f32") + " activations";
+  std::printf("mean KL(bf16 weights, f32 activations || %s) over %ld held-out tokens: %.6f nats\n", candidate.c_str(),
+              static_cast<long>(kWindow * windows()), kl);
+  if (unquantized) {
+    EXPECT_GT(kl, 0.0);  // zero would mean the bf16-activation kernel did not run
+  } else {
+    EXPECT_GE(kl, 0.0);
+  }
   EXPECT_LT(kl, ceiling);
-  fs::remove_all(dir);
+  if (!unquantized) fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, QuantizedQuality,
