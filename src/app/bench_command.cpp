@@ -66,6 +66,21 @@ Usage usage() {
   return {r.ru_maxrss, r.ru_majflt};
 }
 
+// Bytes of mapped files this process maps with 2 MiB page-table entries
+// (FilePmdMapped in /proc/self/smaps_rollup; -1 where there is none). Decode
+// reads the weights ~2% faster so mapped than in 4 KiB pages (MappedFile).
+double file_bytes_in_2mib_pages() {
+  std::FILE* rollup = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!rollup) return -1;
+  double bytes = -1;
+  char line[256];
+  long long kib = 0;
+  while (std::fgets(line, sizeof line, rollup))
+    if (std::sscanf(line, "FilePmdMapped: %lld kB", &kib) == 1) bytes = static_cast<double>(kib) * 1024.0;
+  std::fclose(rollup);
+  return bytes;
+}
+
 // Bytes one decode step reads, by component (weights of this rank).
 struct ComponentBytes {
   double attention = 0, dense_mlp = 0, experts = 0, lm_head = 0;
@@ -202,6 +217,7 @@ int run_bench(const BenchOptions& options) {
   // resident reset (Linux: /proc/self/clear_refs), so the reported peak is
   // that of prompts and decoding, not of this touching.
   engine.checkpoint().touch_all_pages();
+  const double weights_in_2mib_pages = file_bytes_in_2mib_pages();
   engine.backend().release_copied_pages();
   if (std::FILE* refs = std::fopen("/proc/self/clear_refs", "w")) {
     std::fputs("5", refs);
@@ -448,6 +464,7 @@ int run_bench(const BenchOptions& options) {
   const Usage after = usage();
   report["peak_resident_bytes_before_yardstick"] = static_cast<double>(after_prompts.max_resident_kib) * 1024.0;
   report["major_page_faults_while_timing"] = after.major_faults - before.major_faults;
+  report["weights_mapped_in_2MiB_pages_bytes"] = weights_in_2mib_pages;
   report["execution"] = engine.backend().execution_summary();
 
   if (options.json) {
@@ -518,6 +535,9 @@ int run_bench(const BenchOptions& options) {
   std::printf("peak resident %.2f GB (before the 1 GiB yardstick buffer), major page faults while timing: %lld\n",
               report["peak_resident_bytes_before_yardstick"].get<double>() / 1e9,
               static_cast<long long>(report["major_page_faults_while_timing"].get<long>()));
+  if (weights_in_2mib_pages >= 0)
+    std::printf("weights mapped in 2 MiB pages: %.2f of %.2f GB (docs/design.md, Page sizes)\n",
+                weights_in_2mib_pages / 1e9, report["weights_bytes"].get<double>() / 1e9);
   return 0;
 }
 

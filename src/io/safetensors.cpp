@@ -151,6 +151,13 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       fail(path, ": cannot mmap ", size_, " bytes: ", std::strerror(saved));
     }
     data_ = static_cast<const uint8_t*>(mapping);
+    // Pages of a file read through a mapping come in large folios (Linux 6.x,
+    // ext4/xfs), and with this advice in 2 MiB ones mapped by one page-table
+    // entry each (FilePmdMapped in /proc/self/smaps). Decoding streams GBs of
+    // weights a token; with 4 KiB entries every page is a TLB miss, doubly
+    // costly in a VM. int4 decode on the Zen 4 VM, the same file mapped both
+    // ways in one process, in turns: +2.4%. Advice: failure is harmless.
+    ::madvise(mapping, size_, MADV_HUGEPAGE);
   }
   ::close(descriptor);  // the mapping stays valid without the descriptor
 }
