@@ -8,6 +8,7 @@
 // The measure is the normalised error ||cuda - cpu|| / ||cpu||, printed as
 // "PARITY" lines for scripts/gpu_check.sh. Without a GPU every test skips.
 #include <gtest/gtest.h>
+#include <optional>
 
 #include <algorithm>
 #include <cmath>
@@ -276,6 +277,99 @@ TEST(CudaQuantized, HalfActivationsOnFp8Weights) {
   for (int64_t n : {1, 3, 40})
     check_moe_experts(b, host, device, n, top_k, "moe_experts fp8 channel f16 activations", 2e-2, &shared.host,
                       &shared.device, 1e-7);
+}
+
+int64_t prepared_uses(const Backend& gpu);
+
+// At one token in the fast mode the experts' gate/up kernel runs blocks of
+// 32 rows and writes the SwiGLU output's quantized form (f16 for FP8 weights,
+// int8 for affine ones) with the standalone quantize kernel's arithmetic, so
+// the down kernel launches no quantize kernel: the same bits as
+// GLM_CUDA_GATE_UP_PREPARES=0 on FP8 weights, with and without a shared
+// expert (on affine weights within 1e-5: the compiler may contract the int8
+// path's sum of products into FMAs differently for 32-row blocks than for
+// 8-row ones, a few ulps of act, measured 4e-6 of the output); the backend
+// must count such launches and more prepared uses than with it off (none at
+// 3 tokens). The form's kind is learned from the down GEMV's first request
+// for its width, so the first call of each case may still quantize.
+TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
+  REQUIRE_GPU();
+  Backends on = fast_activation_backends();
+  std::optional<Backends> off_storage;
+  {
+    ScopedEnv gate_up("GLM_CUDA_GATE_UP_PREPARES", "0");
+    off_storage.emplace(fast_activation_backends());
+  }
+  Backends& off = *off_storage;
+  auto preparing_launches = [](const Backend& gpu) {
+    const std::string summary = gpu.execution_summary(), marker = "wrote it for the down kernel ";
+    const size_t at = summary.find(marker);
+    return at == std::string::npos ? int64_t{-1} : std::stoll(summary.substr(at + marker.size()));
+  };
+  const int64_t hidden = 256, width = 128, n_experts = 16, top_k = 4;
+  struct Case {
+    std::string label;
+    std::function<std::unique_ptr<QuantWeight>(Backends&, int64_t, int64_t, unsigned)> make;
+  };
+  const Case cases[] = {
+      {"fp8 channel", [](Backends& b, int64_t r, int64_t c, unsigned seed) {
+         return make_fp8(b, r, c, WeightFormat::Fp8Scale::Channel, seed);
+       }},
+      {"affine 4-bit g64", [](Backends& b, int64_t r, int64_t c, unsigned seed) { return make_affine(b, r, c, 4, 64, seed); }},
+      {"affine 8-bit g32", [](Backends& b, int64_t r, int64_t c, unsigned seed) { return make_affine(b, r, c, 8, 32, seed); }},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::unique_ptr<QuantWeight>> storage_on, storage_off;
+    ExpertTables host, device_on, host_off, device_off;
+    unsigned seed_on = 9500, seed_off = 9500;
+    make_experts(storage_on, host, device_on, n_experts, width, hidden,
+                 [&](int64_t rows, int64_t cols) { return c.make(on, rows, cols, ++seed_on); });
+    make_experts(storage_off, host_off, device_off, n_experts, width, hidden,
+                 [&](int64_t rows, int64_t cols) { return c.make(off, rows, cols, ++seed_off); });
+    const SharedExperts shared_on = add_shared_expert(
+        storage_on, width, hidden, [&](int64_t rows, int64_t cols) { return c.make(on, rows, cols, ++seed_on); });
+    const SharedExperts shared_off = add_shared_expert(
+        storage_off, width, hidden, [&](int64_t rows, int64_t cols) { return c.make(off, rows, cols, ++seed_off); });
+    for (int64_t n : {1, 3}) {
+      const int64_t launches_before = preparing_launches(*on.gpu);
+      const int64_t uses_before[2] = {prepared_uses(*on.gpu), prepared_uses(*off.gpu)};
+      std::vector<int32_t> ids(static_cast<size_t>(n * top_k));
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + 3) % n_experts);
+      const std::vector<float> mix = random_values(ids.size(), 9600, 0.5f);
+      const std::vector<float> x_values = random_values(static_cast<size_t>(n * hidden), 9601);
+      std::vector<float> results[2];
+      Backends* sides[2] = {&on, &off};
+      for (int side = 0; side < 2; ++side) {
+        Backend& gpu = *sides[side]->gpu;
+        const ExpertTables& device = side == 0 ? device_on : device_off;
+        const SharedExperts& shared = side == 0 ? shared_on : shared_off;
+        Routing routing{gpu.scratch({n, top_k}, DType::I32), gpu.scratch({n, top_k})};
+        to_device(routing.expert_ids.data, ids.data(), ids.size() * sizeof(int32_t));
+        to_device(routing.weights.data, mix.data(), mix.size() * sizeof(float));
+        Tensor x = gpu.scratch({n, hidden}), out = gpu.scratch({n, hidden});
+        to_device(x.data, x_values.data(), x_values.size() * sizeof(float));
+        gpu.moe_experts(out, x, routing, device.gate, device.up, device.down);
+        results[side] = read(gpu, out);
+        gpu.moe_experts_and_shared(out, x, routing, device.gate, device.up, device.down, shared.device);
+        const std::vector<float> with_shared = read(gpu, out);
+        results[side].insert(results[side].end(), with_shared.begin(), with_shared.end());
+      }
+      const std::string what = c.label + " n=" + std::to_string(n);
+      if (c.label.starts_with("fp8"))
+        EXPECT_EQ(results[0], results[1]) << what << ": against GLM_CUDA_GATE_UP_PREPARES=0";
+      else
+        EXPECT_LT(relative_error(results[0], results[1]), 1e-5) << what << ": against GLM_CUDA_GATE_UP_PREPARES=0";
+      const int64_t launches = preparing_launches(*on.gpu) - launches_before;
+      const int64_t uses_on = prepared_uses(*on.gpu) - uses_before[0], uses_off = prepared_uses(*off.gpu) - uses_before[1];
+      if (n == 1) {
+        EXPECT_GT(launches, 0) << what << ": gate/up launches that prepared the down input";
+        EXPECT_GT(uses_on, uses_off) << what << ": the down kernel used the prepared form";
+      } else {
+        EXPECT_EQ(launches, 0) << what;
+      }
+    }
+  }
+  EXPECT_EQ(preparing_launches(*off.gpu), 0);
 }
 
 // How many GEMV launches found their quantized input written by its producer

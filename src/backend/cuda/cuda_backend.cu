@@ -157,6 +157,11 @@ class CudaBackend final : public Backend, public cuda::Context {
       GLM_CHECK(end != slice && *end == '\0' && short_slice_min >= 0, "GLM_CUDA_SHORT_SLICE=", slice,
                 ": expected a count of positions (0: short contexts whole)");
     }
+    const char* gate_up = std::getenv("GLM_CUDA_GATE_UP_PREPARES");
+    GLM_CHECK(!gate_up || std::string(gate_up) == "0" || std::string(gate_up) == "1", "GLM_CUDA_GATE_UP_PREPARES=",
+              gate_up, " is not a mode: use 1 (at one token the experts' gate/up kernel writes the down kernel's "
+              "quantized input; the default) or 0 (a quantize kernel makes it)");
+    gate_up_prepares = !(gate_up && std::string(gate_up) == "0");
     if (const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS")) {
       const std::string value = rows;
       GLM_CHECK(value == "32" || value == "64" || value == "128", "GLM_CUDA_EXPERT_TILE_ROWS=", value,
@@ -502,6 +507,7 @@ class CudaBackend final : public Backend, public cuda::Context {
         << (int8_activations ? "int8 activations for 4/8-bit affine weights and f16 for FP8 (GLM_CUDA_ACTIVATIONS=int8)"
                              : "f32 activations (GLM_CUDA_ACTIVATIONS=f32)")
         << "; quantized activations written by their producer for " << prepared_uses << " GEMV launches"
+        << " (the experts' gate/up kernel wrote it for the down kernel " << gate_up_preparing_launches << " times)"
         << "; prompts on "
         << (!tensor_core_prompts ? "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)"
             : register_weight_prompts

@@ -10,7 +10,8 @@
 //   2. moe_gate_up_kernel: a block per (active expert, 8 rows of its width)
 //      reads those gate and up rows once for all the expert's tokens
 //      (block_row_dots) and writes silu(gate) * up. Only the chosen experts'
-//      rows are read.
+//      rows are read. One token in the fast mode: blocks of 32 rows, which
+//      also write that output's f16/int8 form for the down kernel.
 //   3. moe_down_kernel: the same over 16 rows of the down projection.
 //   4. moe_combine_kernel: out[t] = sum of weight * expert output over the
 //      token's experts in ascending id, the CPU reference's order.
@@ -34,6 +35,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backend/cuda/prepared_activations.cuh"
 #include "backend/cuda/weight_formats.cuh"
 
 namespace glm::cuda {
@@ -167,10 +169,22 @@ __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert
 // act[a, r] = silu(gate_e[r] . x[token(a)]) * (up_e[r] . x[token(a)]) for the
 // assignments a of the block's expert and its R rows r: gate and up rows are
 // read once for all the expert's tokens (NT at a time).
+// silu(g) * u, each step rounded on its own (the explicitly rounded
+// intrinsics are never fused into an FMA with expf's last multiply), so the
+// value is the same bits wherever the compiler inlines it: the gate/up
+// kernel's two stores below must agree with each other.
+__device__ __forceinline__ float swiglu(float g, float u) {
+  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+// With R = 32 a block's rows are whole groups of 32 of act's rows, and
+// `prepared` (kind not None) gets their quantized form for the down kernel,
+// which then launches no quantize kernel (prepared_activations.cuh; the
+// same arithmetic, so the same bits).
 template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
     moe_gate_up_kernel(float* __restrict__ act, const Activations x, ExpertMatrices experts, MoePlan plan,
-                       int64_t width) {
+                       int64_t width, const PreparedOutput prepared) {
   wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   int expert, begin, end;
   if (!slot_work(plan, blockIdx.y, expert, begin, end)) return;
@@ -183,12 +197,23 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int t = 0; t < NT; ++t) rows[t] = token_of(plan, a0 + min(t, count - 1));
     row_dots<Format, NT, R, 2>(matrices, row0, x, rows, count, result);
+    if constexpr (R == 32) {
+      if (prepared.kind != ActivationKind::None) {  // the launcher: width % 32 == 0, so all 32 rows exist
+        if (threadIdx.x < 32) {  // lane l: row row0 + l of each token, stored and prepared from one value
+          for (int t = 0; t < count; ++t) {
+            const float value[1] = {swiglu(result[threadIdx.x * NT + t], result[R * NT + threadIdx.x * NT + t])};
+            act[(a0 + t) * width + row0 + threadIdx.x] = value[0];
+            prepare_group<1>(prepared, ((a0 + t) * width + row0) / 32, value);
+          }
+        }
+        continue;
+      }
+    }
     for (int i = threadIdx.x; i < R * NT; i += blockDim.x) {
       const int64_t r = row0 + i / NT;
       const int t = i % NT;
       if (r >= width || t >= count) continue;
-      const float g = result[i], u = result[R * NT + i];
-      act[(a0 + t) * width + r] = g / (1.0f + expf(-g)) * u;
+      act[(a0 + t) * width + r] = swiglu(result[i], result[R * NT + i]);
     }
   }
 }
@@ -357,14 +382,25 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
            routing.expert_ids.i32(), static_cast<int>(entries), static_cast<int>(top_k),
            static_cast<int>(gate.first_expert), static_cast<int>(held), static_cast<int>(shared_rows));
 
-  constexpr int kGateUpRows = 8, kDownRows = 16;
+  constexpr int kGateUpRows = 8, kPreparingGateUpRows = 32, kDownRows = 16;
   // Threads split a row's 8-value pieces: no more threads than pieces.
   auto threads_for = [](int64_t cols) { return static_cast<unsigned>(std::min<int64_t>(256, (cols / 8 + 31) / 32 * 32)); };
   auto int8_for = [&](const Matrix& m) {
     return ctx.int8_activations && m.kind == WeightFormat::Kind::Affine && (m.bits == 4 || m.bits == 8) &&
            m.cols % 32 == 0 && m.group_size % 32 == 0;
   };
-  const dim3 gate_up_grid(blocks_for(width, kGateUpRows), static_cast<unsigned>(slots));
+  // One token in the fast mode: gate/up blocks of 32 rows write act's
+  // quantized form too (moe_gate_up_kernel), so the down kernel needs no
+  // quantize kernel of its own, a dependent ~2 us step of every MoE layer.
+  // prepare_activations gives no form (kind None) before the down GEMV has
+  // once asked for this width, or in the exact mode.
+  const PreparedOutput down_input = direct && ctx.gate_up_prepares && width % 32 == 0
+                                        ? prepare_activations(ctx, act, total_rows, width)
+                                        : PreparedOutput{};
+  const bool preparing = down_input.kind != ActivationKind::None;
+  ctx.gate_up_preparing_launches += preparing;
+  const dim3 gate_up_grid(blocks_for(width, preparing ? kPreparingGateUpRows : kGateUpRows),
+                          static_cast<unsigned>(slots));
   const dim3 down_grid(blocks_for(hidden, kDownRows), static_cast<unsigned>(slots));
   // Gate and up share a format (one kernel reads both); down may differ
   // (mlx-lm leaves a projection unquantized when its width is not a multiple
@@ -395,8 +431,12 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
     if constexpr (Format::kHasPieces) {
       with_activations(format, gate0, x, n, [&](auto activations, unsigned threads) {
         with_tokens([&](auto nt) {
-          launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, kGateUpRows, decltype(activations)>,
-                 gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width);
+          if (preparing)
+            launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, kPreparingGateUpRows, decltype(activations)>,
+                   gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width, down_input);
+          else
+            launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, kGateUpRows, decltype(activations)>,
+                   gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width, PreparedOutput{});
         });
       });
     }

@@ -143,6 +143,12 @@ class Context : public Submitter {
   // contexts whole, one block a head group, unfolded; attention.cu,
   // short_slices).
   int64_t short_slice_min = 32;
+  // GLM_CUDA_GATE_UP_PREPARES=1 (default) or 0: whether, at one token in the
+  // fast mode, the experts' gate/up kernel (in blocks of 32 rows) writes the
+  // SwiGLU output's f16/int8 form for the down kernel (moe.cu) instead of a
+  // quantize kernel making it.
+  bool gate_up_prepares = true;
+  int64_t gate_up_preparing_launches = 0;  // (execution_summary)
   // GLM_CUDA_EXPERT_TILE_ROWS=32|64|128: the rows of a prompt's expert tiles
   // on tensor cores, forced for measuring (0, the default: chosen per call,
   // gemm_tensor.cu, tensor_expert_tile_rows).
