@@ -36,7 +36,7 @@ void SafetensorsWriter::add(const std::string& name, DType dtype, const Shape& s
   offset_ += bytes.size();
 }
 
-void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadata) {
+void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadata, bool drop_from_cache) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<const Entry*> sorted;
@@ -60,14 +60,15 @@ void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadat
   size_t count;
   while (ok && (count = std::fread(buffer.data(), 1, buffer.size(), side_)) > 0)
     ok = std::fwrite(buffer.data(), 1, count, out) == count;
-  // A large file leaves the page cache once written: its pages came in the
-  // folios of write(), of mixed sizes, and whoever maps it next (bench
-  // --synthetic at once, a user after quantize) would map most of them with
-  // 4 KiB entries. Read back through a mapping they come in 2 MiB pages (see
-  // MappedFile). A synthetic int4 file straight from write() had a third of
-  // its bytes in such pages. No effect on tmpfs, whose pages cannot be dropped.
+  // drop_from_cache: the pages came in the folios of write(), of mixed
+  // sizes, and whoever maps the file next (bench --synthetic, at once) would
+  // map most of them with 4 KiB entries; read back through a mapping they come
+  // in 2 MiB pages (MappedFile). A synthetic int4 file straight from write()
+  // had a third of its bytes in such pages. No effect on tmpfs, whose pages
+  // cannot be dropped. (Not for quantize's shards: each would then wait for
+  // its write-back.)
   constexpr uint64_t kDropAfterBytes = uint64_t{256} << 20;
-  if (ok && offset_ >= kDropAfterBytes && std::fflush(out) == 0 && ::fdatasync(fileno(out)) == 0)
+  if (ok && drop_from_cache && offset_ >= kDropAfterBytes && std::fflush(out) == 0 && ::fdatasync(fileno(out)) == 0)
     ::posix_fadvise(fileno(out), 0, 0, POSIX_FADV_DONTNEED);  // advice: failure is harmless
   ok = std::fclose(out) == 0 && ok;
   std::fclose(side_);

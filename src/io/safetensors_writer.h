@@ -27,7 +27,10 @@ class SafetensorsWriter {
   // Bytes of tensor data added so far.
   uint64_t data_bytes() const { return offset_; }
   // Writes the file (tensors in the order added; header entries sorted by name).
-  void finish(const std::map<std::string, std::string>& metadata = {});
+  // With `drop_from_cache`, a file of 256 MiB or more then leaves the page
+  // cache (written back first), so that the next reader maps it in 2 MiB
+  // pages (MappedFile) rather than in the mixed folios write() left.
+  void finish(const std::map<std::string, std::string>& metadata = {}, bool drop_from_cache = false);
 
  private:
   struct Entry {
