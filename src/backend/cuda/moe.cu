@@ -166,9 +166,6 @@ __global__ void moe_plan_kernel(MoePlan plan, const int32_t* __restrict__ expert
   }
 }
 
-// act[a, r] = silu(gate_e[r] . x[token(a)]) * (up_e[r] . x[token(a)]) for the
-// assignments a of the block's expert and its R rows r: gate and up rows are
-// read once for all the expert's tokens (NT at a time).
 // silu(g) * u, each step rounded on its own (the explicitly rounded
 // intrinsics are never fused into an FMA with expf's last multiply), so the
 // value is the same bits wherever the compiler inlines it: the gate/up
@@ -177,10 +174,13 @@ __device__ __forceinline__ float swiglu(float g, float u) {
   return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
-// With R = 32 a block's rows are whole groups of 32 of act's rows, and
-// `prepared` (kind not None) gets their quantized form for the down kernel,
-// which then launches no quantize kernel (prepared_activations.cuh; the
-// same arithmetic, so the same bits).
+// act[a, r] = silu(gate_e[r] . x[token(a)]) * (up_e[r] . x[token(a)]) for the
+// assignments a of the block's expert and its R rows r: gate and up rows are
+// read once for all the expert's tokens (NT at a time). With R = 32 a
+// block's rows are whole groups of 32 of act's rows, and `prepared` (kind
+// not None) gets their quantized form for the down kernel, which then
+// launches no quantize kernel (prepared_activations.cuh; the same
+// arithmetic, so the same bits).
 template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
     moe_gate_up_kernel(float* __restrict__ act, const Activations x, ExpertMatrices experts, MoePlan plan,
