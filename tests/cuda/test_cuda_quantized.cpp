@@ -279,7 +279,15 @@ TEST(CudaQuantized, HalfActivationsOnFp8Weights) {
                       &shared.device, 1e-7);
 }
 
-int64_t prepared_uses(const Backend& gpu);
+// The count the CUDA backend's execution summary gives right after `marker`
+// (-1 where it says no such thing).
+int64_t summary_count(const Backend& gpu, const std::string& marker) {
+  const std::string summary = gpu.execution_summary();
+  const size_t at = summary.find(marker);
+  return at == std::string::npos ? -1 : std::stoll(summary.substr(at + marker.size()));
+}
+// How many GEMV launches found their quantized input written by its producer.
+int64_t prepared_uses(const Backend& gpu) { return summary_count(gpu, "written by their producer for "); }
 
 // At one token in the fast mode the experts' gate/up kernel runs blocks of
 // 32 rows and writes the SwiGLU output's quantized form (f16 for FP8 weights,
@@ -301,11 +309,7 @@ TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
     off_storage.emplace(fast_activation_backends());
   }
   Backends& off = *off_storage;
-  auto preparing_launches = [](const Backend& gpu) {
-    const std::string summary = gpu.execution_summary(), marker = "wrote it for the down kernel ";
-    const size_t at = summary.find(marker);
-    return at == std::string::npos ? int64_t{-1} : std::stoll(summary.substr(at + marker.size()));
-  };
+  auto preparing_launches = [](const Backend& gpu) { return summary_count(gpu, "wrote it for the down kernel "); };
   const int64_t hidden = 256, width = 128, n_experts = 16, top_k = 4;
   struct Case {
     std::string label;
@@ -370,14 +374,6 @@ TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
     }
   }
   EXPECT_EQ(preparing_launches(*off.gpu), 0);
-}
-
-// How many GEMV launches found their quantized input written by its producer
-// (the CUDA backend's execution summary says).
-int64_t prepared_uses(const Backend& gpu) {
-  const std::string summary = gpu.execution_summary(), marker = "written by their producer for ";
-  const size_t at = summary.find(marker);
-  return at == std::string::npos ? -1 : std::stoll(summary.substr(at + marker.size()));
 }
 
 // A paged KV cache of random keys and values, and a plan for n decode tokens

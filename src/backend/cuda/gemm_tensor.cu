@@ -881,6 +881,12 @@ __global__ void __launch_bounds__(kThreads, 2) register_weights_kernel(const Ten
 #endif
 }
 
+// A grid for the grid-stride loops below: a block of 256 threads per 256
+// work items, at most 4096 blocks (each thread then takes several items).
+dim3 strided_grid(int64_t items) {
+  return dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(items, 256), 1, 4 * 1024)));
+}
+
 // x rounded to bf16 in the register-weights kernel's depth order for
 // kValueBits-bit weights (register_depth_source), 8 values a thread; count
 // is a multiple of 64.
@@ -913,9 +919,7 @@ __global__ void round_to_bf16_kernel(__nv_bfloat16* __restrict__ out, const floa
 
 const __nv_bfloat16* rounded_to_bf16(Context& ctx, const float* x, int64_t count) {
   __nv_bfloat16* out = ctx.scratch<__nv_bfloat16>(count);
-  launch(ctx, round_to_bf16_kernel,
-         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 4, 256), 1, 4 * 1024))), dim3(256), 0,
-         out, x, count);
+  launch(ctx, round_to_bf16_kernel, strided_grid(count / 4), dim3(256), 0, out, x, count);
   return out;
 }
 
@@ -958,7 +962,7 @@ void launch_gemm_kernel(Context& ctx, const TensorGemm& g, dim3 grid) {
 const __nv_bfloat16* rounded_in_order(Context& ctx, const float* x, int64_t count, int order) {
   if (order == 0) return rounded_to_bf16(ctx, x, count);
   __nv_bfloat16* out = ctx.scratch<__nv_bfloat16>(count);
-  const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count / 8, 256), 1, 4 * 1024)));
+  const dim3 grid = strided_grid(count / 8);
   if (order == 4) launch(ctx, round_to_bf16_register_order_kernel<4>, grid, dim3(256), 0, out, x, count);
   else launch(ctx, round_to_bf16_register_order_kernel<8>, grid, dim3(256), 0, out, x, count);
   return out;
@@ -1098,14 +1102,11 @@ bool tensor_linear(Context& ctx, float* out, const float* x, int64_t n, const Ma
   // the prompt's length.
   const int64_t count = n * weight.cols, outputs = n * weight.rows;
   __nv_bfloat16* parts = ctx.scratch<__nv_bfloat16>(2 * count);  // [2n, cols]: hi rows, then lo rows
-  launch(ctx, split_to_bf16_kernel,
-         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(count, 256), 1, 4 * 1024))), dim3(256), 0, parts,
-         x, count);
+  launch(ctx, split_to_bf16_kernel, strided_grid(count), dim3(256), 0, parts, x, count);
   float* halves = ctx.scratch<float>(2 * outputs);  // [2n, rows]: W hi, then W lo
   product(halves, parts, 2 * n, nullptr);
-  launch(ctx, sum_halves_kernel,
-         dim3(static_cast<unsigned>(std::clamp<int64_t>(blocks_for(outputs, 256), 1, 4 * 1024))), dim3(256), 0, out,
-         halves, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, outputs, weight.rows);
+  launch(ctx, sum_halves_kernel, strided_grid(outputs), dim3(256), 0, out, halves, bias ? bias->data : nullptr,
+         bias ? bias->dtype : DType::F32, outputs, weight.rows);
   return true;
 }
 
