@@ -118,6 +118,13 @@ class CudaBackend final : public Backend, public cuda::Context {
       GLM_CHECK(end != pieces && *end == '\0' && piece_ops_ >= 0, "GLM_CUDA_GRAPH_PIECE_OPS=", pieces,
                 ": expected a count of ops (0: segments are not cut)");
     }
+    if (const char* first = std::getenv("GLM_CUDA_GRAPH_FIRST_PIECE_OPS")) {
+      char* end = nullptr;
+      first_piece_ops_ = std::strtoll(first, &end, 10);
+      GLM_CHECK(end != first && *end == '\0' && first_piece_ops_ >= 0, "GLM_CUDA_GRAPH_FIRST_PIECE_OPS=", first,
+                ": expected a count of ops (0: the first piece after a wait is as long as the others)");
+    }
+    piece_limit_ = piece_ops_;
     // Programmatic dependent launch needs sm_90; GLM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("GLM_CUDA_PDL");
     programmatic_launch_ = properties_.major >= 9 && !(pdl && std::string(pdl) == "0");
@@ -246,7 +253,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     flush();
     CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    last_wait_ = std::chrono::steady_clock::now();
+    host_waited();
   }
 
   // Stream work runs at once, or, in a segment expected to repeat, is kept
@@ -265,8 +272,16 @@ class CudaBackend final : public Backend, public cuda::Context {
     }
     // A recorded segment's pieces of piece_ops_ ops are launched as they are
     // complete, so the device runs one piece while the host records the next
-    // (a decode step's recording is otherwise device idle time).
-    if (piece_ops_ > 0 && segment_ops_ >= piece_ops_) flush();
+    // (a decode step's recording is otherwise device idle time). After a
+    // wait the pieces start short and double (piece_limit_), so the device
+    // starts sooner and each piece it runs outlasts the next one's recording.
+    if (piece_ops_ > 0 && segment_ops_ >= piece_limit_) flush();
+  }
+  // The host has just waited for the device (a download, a synchronisation):
+  // what the host records next is device idle time until its first launch.
+  void host_waited() {
+    last_wait_ = std::chrono::steady_clock::now();
+    piece_limit_ = first_piece_ops_ > 0 ? std::min(first_piece_ops_, piece_ops_) : piece_ops_;
   }
 
   bool programmatic_launch() const override { return programmatic_launch_; }
@@ -339,7 +354,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     select_device(index_);
     flush();
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    last_wait_ = std::chrono::steady_clock::now();
+    host_waited();
   }
   void reset_host_idle() override { host_idle_us_.clear(); }
   double host_idle_median_us() const override {
@@ -838,6 +853,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     pending_.clear();
     segment_signature_ = cuda::Signature{}.value;
     segment_ops_ = 0;
+    piece_limit_ = std::min(piece_ops_, 2 * piece_limit_);
     segment_capturable_ = true;
     deferring_ = graphs_enabled_ && !profiling_ && seen_before;
     if (graphs_.size() > kMaxSignatures) forget_unused_signatures();
@@ -1075,6 +1091,11 @@ class CudaBackend final : public Backend, public cuda::Context {
   // never). 48 (about 2 layers) took the device idle time of a full-depth
   // int4 decode step from ~142 to 14-49 us: +2.5% (docs/cuda.md).
   int64_t piece_ops_ = 48;
+  // GLM_CUDA_GRAPH_FIRST_PIECE_OPS: the first piece after the host waited
+  // for the device (a decode step's first) is cut after this many ops, the
+  // next after twice as many, and so on up to piece_ops_ (0: no ramp).
+  int64_t first_piece_ops_ = 8;
+  int64_t piece_limit_ = 48;  // where submit() cuts the current segment
   bool deferring_ = false;                         // recording the current segment into pending_
   std::vector<cuda::StreamWork> pending_;
   uint64_t segment_signature_ = cuda::Signature{}.value;
