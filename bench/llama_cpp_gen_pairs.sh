@@ -7,6 +7,8 @@
 # different states, and paired generation ratios spread over 0.7-3x. Here each pair is one
 # llama-bench generation of 32 tokens (-p 0 -n 32 -r 1) and right after it one `glm4moe bench`
 # generation of 32 tokens, and the median of the pairs' ratios is reported.
+# bench/llama_cpp/interleaved.cpp goes further: both engines in one process, rounds of ~2 s in
+# turns, so a round's two sides meet the same state.
 #
 #   bench/llama_cpp_gen_pairs.sh GGUF OUR_CHECKPOINT_DIR [PAIRS=16] [OUT=gen-pairs.txt]
 #
