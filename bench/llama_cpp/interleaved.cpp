@@ -7,9 +7,10 @@
 // their ratio says more about the VM than about either engine. Here both
 // engines live in one process: llama.cpp (its CPU build, linked as static
 // libraries) loads a GGUF, glm4moe loads its checkpoint of the same weights,
-// and rounds alternate between them (ABBA order), each a prompt of 16 tokens
-// then TOKENS single-token decode steps timed on their own. A round takes a
-// couple of seconds, so both sides of a round meet the same state; the
+// and rounds alternate between them (ABBA order), each a prompt of PROMPT
+// tokens (16; 2048 compares decoding at that depth) then TOKENS single-token
+// decode steps timed on their own. A round of the defaults takes a couple of
+// seconds, so both sides of a round meet the same state; the
 // median of the per-round ratios is the comparison. Both engines share one
 // libgomp (llama.cpp's CPU build uses OpenMP too), so its spin setting
 // (GOMP_SPINCOUNT, OMP_WAIT_POLICY) applies to both: the glm4moe binary sets
@@ -20,13 +21,12 @@
 // fetches and builds it):
 //   cmake -B build -DGLM_LLAMA_CPP_SOURCE=<llama.cpp source> -DGLM_LLAMA_CPP_BUILD=<its build dir>
 //   cmake --build build --target bench_llama_cpp_interleaved
-//   build/bench_llama_cpp_interleaved GGUF OUR_CHECKPOINT_DIR [ROUNDS=12] [TOKENS=32] [THREADS=2]
+//   build/bench_llama_cpp_interleaved GGUF OUR_CHECKPOINT_DIR [ROUNDS=12] [TOKENS=32] [THREADS=2] [PROMPT=16]
 // Tokens fed are fixed ids (the weights are random; nothing is sampled).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 #include <vector>
 
 #include <omp.h>
@@ -58,15 +58,17 @@ double median(std::vector<double> values) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: bench_llama_cpp_interleaved GGUF OUR_CHECKPOINT_DIR [ROUNDS=12] [TOKENS=32] [THREADS=2]\n");
+    std::fprintf(stderr,
+                 "usage: bench_llama_cpp_interleaved GGUF OUR_CHECKPOINT_DIR [ROUNDS=12] [TOKENS=32] [THREADS=2] "
+                 "[PROMPT=16]\n");
     return 2;
   }
   const int rounds = positive_argument(argc, argv, 3, 12, "ROUNDS");
   const int tokens = positive_argument(argc, argv, 4, 32, "TOKENS");
   const int threads = positive_argument(argc, argv, 5, 2, "THREADS");
-  constexpr int kPromptTokens = 16;
-  std::vector<int32_t> prompt(kPromptTokens);
-  for (int i = 0; i < kPromptTokens; ++i) prompt[i] = 100 + 37 * i;
+  const int prompt_tokens = positive_argument(argc, argv, 6, 16, "PROMPT");
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_tokens));
+  for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 100 + 37 * (i % 4000);
 
   llama_backend_init();
   llama_model* llama_model = llama_model_load_from_file(argv[1], llama_model_default_params());
@@ -75,7 +77,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   llama_context_params context_params = llama_context_default_params();
-  context_params.n_ctx = static_cast<uint32_t>(kPromptTokens + tokens + 16);
+  context_params.n_ctx = static_cast<uint32_t>(prompt_tokens + tokens + 16);
+  context_params.n_batch = static_cast<uint32_t>(prompt_tokens);  // the prompt in one llama_decode
   context_params.n_threads = threads;
   context_params.n_threads_batch = threads;
   llama_context* llama = llama_init_from_model(llama_model, context_params);
@@ -86,7 +89,7 @@ int main(int argc, char** argv) {
 
   omp_set_num_threads(threads);
   glm::EngineOptions options;
-  options.max_context = kPromptTokens + tokens + 16;
+  options.max_context = prompt_tokens + tokens + 16;
   glm::Engine engine(argv[2], options);
   engine.checkpoint().touch_all_pages();  // as `glm4moe bench` does: memory warm
   auto& cache = engine.cache();
@@ -141,9 +144,9 @@ int main(int argc, char** argv) {
                 our_rate / llama_rate);
     std::fflush(stdout);
   }
-  std::printf("%d rounds of %d tokens, %d threads: llama.cpp median %.2f tok/s, glm4moe median %.2f; "
+  std::printf("%d rounds of %d tokens after %d, %d threads: llama.cpp median %.2f tok/s, glm4moe median %.2f; "
               "glm4moe / llama.cpp median %.3f (range %.3f-%.3f)\n",
-              rounds, tokens, threads, median(theirs), median(ours), median(ratios),
+              rounds, tokens, prompt_tokens, threads, median(theirs), median(ours), median(ratios),
               *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
   llama_free(llama);
   llama_model_free(llama_model);
