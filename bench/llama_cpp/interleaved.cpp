@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <vector>
 
 #include <omp.h>
@@ -54,9 +55,7 @@ double median(std::vector<double> values) {
   return values[values.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr,
                  "usage: bench_llama_cpp_interleaved GGUF OUR_CHECKPOINT_DIR [ROUNDS=12] [TOKENS=32] [THREADS=2] "
@@ -151,4 +150,16 @@ int main(int argc, char** argv) {
   llama_free(llama);
   llama_model_free(llama_model);
   return 0;
+}
+
+}  // namespace
+
+// glm4moe reports bad input (a missing or corrupt checkpoint) by exceptions.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "bench_llama_cpp_interleaved: %s\n", error.what());
+    return 1;
+  }
 }
