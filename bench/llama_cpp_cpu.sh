@@ -20,6 +20,10 @@
 #   5. prints a markdown table (tools/llama_cpp/bench_table.py): tok/s of both, best of the REPS
 #      rounds (the least disturbed; mean/median alongside), and the ratios ours/llama.cpp, of the
 #      bests and paired by round (median and range).
+#   4b. with INTERLEAVED_ROUNDS > 0 (12 by default), times generation once more per format with
+#      bench/llama_cpp/interleaved.cpp (built in GLM_BUILD against LLAMA_BUILD's static libraries):
+#      both engines in one process, rounds of 32 tokens in turns, so that the two sides of a round
+#      meet the same state of a VM whose bandwidth flips; its summary line follows the table.
 #
 # Needs: cmake, ninja, a C++20 compiler, pip (PyPI reachable for step 1 unless the source is
 # already in SCRATCH), python3 with torch, transformers, numpy and safetensors (for the
@@ -33,6 +37,7 @@
 #   OUR_MODES="exact fast-prompts fast" (values of GLM_CPU_ACTIVATIONS our bench runs with; fast, the
 #   engine's default: int8 activations with affine weights and bf16 with bf16 weights at every batch
 #   size; add "int8" for int8 activations with affine weights only)
+#   INTERLEAVED_ROUNDS=12 (rounds of bench_llama_cpp_interleaved per format; 0: not built, not run)
 #   LLAMA_BUILD=/work/llamacpp-build   GLM_SRC=<repo> (the glm4moe tree built; a clean copy of a commit:
 #   git archive HEAD | tar -x -C DIR, with the hash in DIR/.commit)   GLM_BUILD=<repo>/build-llamacmp
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 (vendors ggml-org/llama.cpp@0c1e57098)
@@ -56,6 +61,7 @@ THREADS=${THREADS:-2}
 REPS=${REPS:-5}
 FORMATS=${FORMATS-"bf16 int8 int4"}  # FORMATS="" only fetches and builds
 OUR_MODES=${OUR_MODES:-"exact fast-prompts fast"}
+INTERLEAVED_ROUNDS=${INTERLEAVED_ROUNDS:-12}
 KEEP=${KEEP:-quantized}
 NICE=${NICE:--10}
 BUSY_MAX=${BUSY_MAX:-0.10}
@@ -99,6 +105,12 @@ if [[ ! -x $GLM ]]; then
   log "building glm4moe (CPU) in $GLM_BUILD"
   cmake -S "$GLM_SRC" -B "$GLM_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLM_CUDA=OFF >/dev/null
   nice -n 19 cmake --build "$GLM_BUILD" -j2 --target glm4moe
+fi
+INTERLEAVED=$GLM_BUILD/bench_llama_cpp_interleaved
+if ((INTERLEAVED_ROUNDS > 0)) && [[ ! -x $INTERLEAVED ]]; then
+  log "building bench_llama_cpp_interleaved (both engines in one process) in $GLM_BUILD"
+  cmake -S "$GLM_SRC" -B "$GLM_BUILD" -DGLM_LLAMA_CPP_SOURCE="$LLAMA_SRC" -DGLM_LLAMA_CPP_BUILD="$LLAMA_BUILD" >/dev/null
+  nice -n 19 cmake --build "$GLM_BUILD" -j2 --target bench_llama_cpp_interleaved
 fi
 
 # ---- 2./3. the models (each made when first needed) ---------------------------------------------
@@ -222,10 +234,17 @@ for format in $FORMATS; do
     *) echo "unknown format $format (bf16, int8, int4)" >&2; exit 1 ;;
   esac
   bench_pair "$format" "$gguf" "$ours"
+  if ((INTERLEAVED_ROUNDS > 0)); then  # generation again, both engines in one process, in turns
+    log "timing $format: bench_llama_cpp_interleaved, $INTERLEAVED_ROUNDS rounds"
+    timed "$RESULTS/interleaved-$format.txt" "$INTERLEAVED" "$gguf" "$ours" "$INTERLEAVED_ROUNDS" 32 "$THREADS"
+  fi
 done
 
 # ---- 5. the table ---------------------------------------------------------------------------
 python3 "$REPO/tools/llama_cpp/bench_table.py" "$RESULTS" | tee "$RESULTS/table.md"
+for summary in "$RESULTS"/interleaved-*.txt; do
+  [[ -f $summary ]] && echo "$(basename "$summary" .txt): $(tail -n 1 "$summary")" | tee -a "$RESULTS/table.md"
+done
 
 case $KEEP in
   all) ;;
