@@ -66,21 +66,22 @@ int run(int argc, char** argv) {
   const int tokens = positive_argument(argc, argv, 4, 32, "TOKENS");
   const int threads = positive_argument(argc, argv, 5, 2, "THREADS");
   const int prompt_tokens = positive_argument(argc, argv, 6, 16, "PROMPT");
-  std::vector<int32_t> prompt(static_cast<size_t>(prompt_tokens));
+  const int context = prompt_tokens + tokens + 16;
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_tokens));  // int32_t is llama_token too
   for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 100 + 37 * (i % 4000);
 
   llama_backend_init();
-  llama_model* llama_model = llama_model_load_from_file(argv[1], llama_model_default_params());
-  if (!llama_model) {
+  llama_model* llama_weights = llama_model_load_from_file(argv[1], llama_model_default_params());
+  if (!llama_weights) {
     std::fprintf(stderr, "bench_llama_cpp_interleaved: llama.cpp could not load %s\n", argv[1]);
     return 1;
   }
   llama_context_params context_params = llama_context_default_params();
-  context_params.n_ctx = static_cast<uint32_t>(prompt_tokens + tokens + 16);
+  context_params.n_ctx = static_cast<uint32_t>(context);
   context_params.n_batch = static_cast<uint32_t>(prompt_tokens);  // the prompt in one llama_decode
   context_params.n_threads = threads;
   context_params.n_threads_batch = threads;
-  llama_context* llama = llama_init_from_model(llama_model, context_params);
+  llama_context* llama = llama_init_from_model(llama_weights, context_params);
   if (!llama) {
     std::fprintf(stderr, "bench_llama_cpp_interleaved: llama.cpp could not make a context\n");
     return 1;
@@ -88,7 +89,7 @@ int run(int argc, char** argv) {
 
   omp_set_num_threads(threads);
   glm::EngineOptions options;
-  options.max_context = prompt_tokens + tokens + 16;
+  options.max_context = context;
   glm::Engine engine(argv[2], options);
   engine.checkpoint().touch_all_pages();  // as `glm4moe bench` does: memory warm
   auto& cache = engine.cache();
@@ -96,8 +97,7 @@ int run(int argc, char** argv) {
   // One round of each: the prompt, then `tokens` decode steps timed (tok/s).
   auto llama_round = [&] {
     llama_memory_clear(llama_get_memory(llama), true);
-    std::vector<llama_token> ids(prompt.begin(), prompt.end());
-    if (llama_decode(llama, llama_batch_get_one(ids.data(), static_cast<int32_t>(ids.size()))) != 0) {
+    if (llama_decode(llama, llama_batch_get_one(prompt.data(), prompt_tokens)) != 0) {
       std::fprintf(stderr, "bench_llama_cpp_interleaved: llama.cpp failed on the prompt\n");
       std::exit(1);
     }
@@ -148,7 +148,7 @@ int run(int argc, char** argv) {
               rounds, tokens, prompt_tokens, threads, median(theirs), median(ours), median(ratios),
               *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
   llama_free(llama);
-  llama_model_free(llama_model);
+  llama_model_free(llama_weights);
   return 0;
 }
 

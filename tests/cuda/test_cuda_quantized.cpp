@@ -8,7 +8,6 @@
 // The measure is the normalised error ||cuda - cpu|| / ||cpu||, printed as
 // "PARITY" lines for scripts/gpu_check.sh. Without a GPU every test skips.
 #include <gtest/gtest.h>
-#include <optional>
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>

@@ -80,6 +80,18 @@ void select_device(int index) {
   }
 }
 
+// A count set in the environment variable `name`, or `fallback` when unset;
+// anything but a whole number >= 0 is an error that says what the count is
+// (`meaning`, e.g. "ops (0: segments are not cut)").
+int64_t count_from_env(const char* name, int64_t fallback, const char* meaning) {
+  const char* text = std::getenv(name);
+  if (!text) return fallback;
+  char* end = nullptr;
+  const int64_t count = std::strtoll(text, &end, 10);
+  GLM_CHECK(end != text && *end == '\0' && count >= 0, name, "=", text, ": expected a count of ", meaning);
+  return count;
+}
+
 std::string gib(size_t bytes) {
   char text[32];
   std::snprintf(text, sizeof text, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
@@ -112,18 +124,9 @@ class CudaBackend final : public Backend, public cuda::Context {
     CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_PEDANTIC_MATH));
     const char* graphs = std::getenv("GLM_CUDA_GRAPHS");
     graphs_enabled_ = !(graphs && std::string(graphs) == "0");
-    if (const char* pieces = std::getenv("GLM_CUDA_GRAPH_PIECE_OPS")) {
-      char* end = nullptr;
-      piece_ops_ = std::strtoll(pieces, &end, 10);
-      GLM_CHECK(end != pieces && *end == '\0' && piece_ops_ >= 0, "GLM_CUDA_GRAPH_PIECE_OPS=", pieces,
-                ": expected a count of ops (0: segments are not cut)");
-    }
-    if (const char* first = std::getenv("GLM_CUDA_GRAPH_FIRST_PIECE_OPS")) {
-      char* end = nullptr;
-      first_piece_ops_ = std::strtoll(first, &end, 10);
-      GLM_CHECK(end != first && *end == '\0' && first_piece_ops_ >= 0, "GLM_CUDA_GRAPH_FIRST_PIECE_OPS=", first,
-                ": expected a count of ops (0: the first piece after a wait is as long as the others)");
-    }
+    piece_ops_ = count_from_env("GLM_CUDA_GRAPH_PIECE_OPS", piece_ops_, "ops (0: segments are not cut)");
+    first_piece_ops_ = count_from_env("GLM_CUDA_GRAPH_FIRST_PIECE_OPS", first_piece_ops_,
+                                      "ops (0: the first piece after a wait is as long as the others)");
     piece_limit_ = piece_ops_;
     // Programmatic dependent launch needs sm_90; GLM_CUDA_PDL=0 turns it off.
     const char* pdl = std::getenv("GLM_CUDA_PDL");
@@ -158,12 +161,8 @@ class CudaBackend final : public Backend, public cuda::Context {
     short_attention = !(short_contexts && std::string(short_contexts) == "0");
     const char* fold = std::getenv("GLM_CUDA_FOLD_ROTARY");
     fold_rotary = !(fold && std::string(fold) == "0");
-    if (const char* slice = std::getenv("GLM_CUDA_SHORT_SLICE")) {
-      char* end = nullptr;
-      short_slice_min = std::strtoll(slice, &end, 10);
-      GLM_CHECK(end != slice && *end == '\0' && short_slice_min >= 0, "GLM_CUDA_SHORT_SLICE=", slice,
-                ": expected a count of positions (0: short contexts whole)");
-    }
+    short_slice_min =
+        count_from_env("GLM_CUDA_SHORT_SLICE", short_slice_min, "positions (0: short contexts whole)");
     const char* gate_up = std::getenv("GLM_CUDA_GATE_UP_PREPARES");
     GLM_CHECK(!gate_up || std::string(gate_up) == "0" || std::string(gate_up) == "1", "GLM_CUDA_GATE_UP_PREPARES=",
               gate_up, " is not a mode: use 1 (at one token the experts' gate/up kernel writes the down kernel's "
@@ -1095,7 +1094,7 @@ class CudaBackend final : public Backend, public cuda::Context {
   // for the device (a decode step's first) is cut after this many ops, the
   // next after twice as many, and so on up to piece_ops_ (0: no ramp).
   int64_t first_piece_ops_ = 8;
-  int64_t piece_limit_ = 48;  // where submit() cuts the current segment
+  int64_t piece_limit_ = 0;  // where submit() cuts the current segment (set from piece_ops_)
   bool deferring_ = false;                         // recording the current segment into pending_
   std::vector<cuda::StreamWork> pending_;
   uint64_t segment_signature_ = cuda::Signature{}.value;

@@ -431,12 +431,12 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
     if constexpr (Format::kHasPieces) {
       with_activations(format, gate0, x, n, [&](auto activations, unsigned threads) {
         with_tokens([&](auto nt) {
-          if (preparing)
-            launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, kPreparingGateUpRows, decltype(activations)>,
+          auto launch_rows = [&](auto rows) {  // down_input: kind None unless preparing
+            launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, decltype(rows)::value, decltype(activations)>,
                    gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width, down_input);
-          else
-            launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, kGateUpRows, decltype(activations)>,
-                   gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width, PreparedOutput{});
+          };
+          if (preparing) launch_rows(std::integral_constant<int, kPreparingGateUpRows>{});
+          else launch_rows(std::integral_constant<int, kGateUpRows>{});
         });
       });
     }
