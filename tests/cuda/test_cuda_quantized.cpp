@@ -16,7 +16,6 @@
 #include <functional>
 #include <memory>
 #include <numeric>
-#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -198,6 +197,27 @@ Backends fast_activation_backends() {
   setenv("GLM_CUDA_ACTIVATIONS", "f32", 1);
   return b;
 }
+// The same with `variable` set to `value` while the GPU backend is made.
+Backends fast_activation_backends_with(const char* variable, const char* value) {
+  ScopedEnv setting(variable, value);
+  return fast_activation_backends();
+}
+
+// Expert weight formats the one-token expert kernels take in the fast mode
+// (f16 activations for FP8, int8 for affine), by a maker of [rows, cols].
+struct ExpertFormat {
+  std::string label;
+  std::function<std::unique_ptr<QuantWeight>(Backends&, int64_t, int64_t, unsigned)> make;
+};
+std::vector<ExpertFormat> fast_expert_formats() {
+  return {
+      {"fp8 channel", [](Backends& b, int64_t r, int64_t c, unsigned seed) {
+         return make_fp8(b, r, c, WeightFormat::Fp8Scale::Channel, seed);
+       }},
+      {"affine 4-bit g64", [](Backends& b, int64_t r, int64_t c, unsigned seed) { return make_affine(b, r, c, 4, 64, seed); }},
+      {"affine 8-bit g32", [](Backends& b, int64_t r, int64_t c, unsigned seed) { return make_affine(b, r, c, 8, 32, seed); }},
+  };
+}
 
 TEST(CudaQuantized, ExpertsInt4DeviceGroupedAndHostGrouped) {
   REQUIRE_GPU();
@@ -303,26 +323,10 @@ int64_t prepared_uses(const Backend& gpu) { return summary_count(gpu, "written b
 TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
   REQUIRE_GPU();
   Backends on = fast_activation_backends();
-  std::optional<Backends> off_storage;
-  {
-    ScopedEnv gate_up("GLM_CUDA_GATE_UP_PREPARES", "0");
-    off_storage.emplace(fast_activation_backends());
-  }
-  Backends& off = *off_storage;
+  Backends off = fast_activation_backends_with("GLM_CUDA_GATE_UP_PREPARES", "0");
   auto preparing_launches = [](const Backend& gpu) { return summary_count(gpu, "wrote it for the down kernel "); };
   const int64_t hidden = 256, width = 128, n_experts = 16, top_k = 4;
-  struct Case {
-    std::string label;
-    std::function<std::unique_ptr<QuantWeight>(Backends&, int64_t, int64_t, unsigned)> make;
-  };
-  const Case cases[] = {
-      {"fp8 channel", [](Backends& b, int64_t r, int64_t c, unsigned seed) {
-         return make_fp8(b, r, c, WeightFormat::Fp8Scale::Channel, seed);
-       }},
-      {"affine 4-bit g64", [](Backends& b, int64_t r, int64_t c, unsigned seed) { return make_affine(b, r, c, 4, 64, seed); }},
-      {"affine 8-bit g32", [](Backends& b, int64_t r, int64_t c, unsigned seed) { return make_affine(b, r, c, 8, 32, seed); }},
-  };
-  for (const Case& c : cases) {
+  for (const ExpertFormat& c : fast_expert_formats()) {
     std::vector<std::unique_ptr<QuantWeight>> storage_on, storage_off;
     ExpertTables host, device_on, host_off, device_off;
     unsigned seed_on = 9500, seed_off = 9500;
@@ -374,6 +378,76 @@ TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
     }
   }
   EXPECT_EQ(preparing_launches(*off.gpu), 0);
+}
+
+// At one token, when the stream is router GEMV on x -> route -> experts on
+// x, the experts' gate/up kernel runs the shared expert's blocks without
+// waiting for the routing (GLM_CUDA_SHARED_EARLY, moe.cu): they read only x,
+// complete before the router could run. The same arithmetic, so the output
+// must be the same bits as with the switch off, step after step, x made by
+// the norm just before the router each time (a block reading x before it
+// was complete would differ); the backend must count such launches, and
+// none with the switch off, nor when another op sits between route and the
+// experts.
+TEST(CudaQuantized, SharedExpertStartsBesideTheRouter) {
+  REQUIRE_GPU();
+  Backends on = fast_activation_backends();
+  Backends off = fast_activation_backends_with("GLM_CUDA_SHARED_EARLY", "0");
+  auto early_launches = [](const Backend& gpu) { return summary_count(gpu, "started beside the router "); };
+  const int64_t hidden = 512, width = 128, n_experts = 16, top_k = 4, steps = 6;
+  const RouterParams params{4, 2, top_k, true, 2.5f};
+  const std::vector<float> router_values = random_values(static_cast<size_t>(n_experts * hidden), 9700, 0.2f);
+  const std::vector<float> bias_values = random_values(static_cast<size_t>(n_experts), 9701, 0.1f);
+  const std::vector<float> gamma_values = random_values(static_cast<size_t>(hidden), 9702, 1.0f);
+  for (const ExpertFormat& c : fast_expert_formats()) {
+    std::vector<float> results[2];
+    int64_t launches[2] = {0, 0};
+    Backends* sides[2] = {&on, &off};
+    for (int side = 0; side < 2; ++side) {
+      Backends& b = *sides[side];
+      Backend& gpu = *b.gpu;
+      std::vector<std::unique_ptr<QuantWeight>> storage;
+      ExpertTables host, device;
+      unsigned seed = 9710;
+      make_experts(storage, host, device, n_experts, width, hidden,
+                   [&](int64_t rows, int64_t cols) { return c.make(b, rows, cols, ++seed); });
+      const SharedExperts shared = add_shared_expert(
+          storage, width, hidden, [&](int64_t rows, int64_t cols) { return c.make(b, rows, cols, ++seed); });
+      const Weight router = gpu.place(
+          float_weight("router", TensorView(router_values.data(), DType::F32, {n_experts, hidden})));
+      const Weight bias = gpu.place(float_weight("bias", TensorView(bias_values.data(), DType::F32, {n_experts})));
+      const Weight gamma = gpu.place(float_weight("gamma", TensorView(gamma_values.data(), DType::F32, {hidden})));
+      const int64_t before = early_launches(gpu);
+      Tensor residual = gpu.scratch({1, hidden}), delta = gpu.scratch({1, hidden}), normed = gpu.scratch({1, hidden});
+      Tensor logits = gpu.scratch({1, n_experts}), out = gpu.scratch({1, hidden});
+      Routing routing{gpu.scratch({1, top_k}, DType::I32), gpu.scratch({1, top_k})};
+      for (int64_t step = 0; step < steps; ++step) {
+        const unsigned values_seed = 9720 + static_cast<unsigned>(step);
+        to_device(residual.data, random_values(static_cast<size_t>(hidden), values_seed).data(), hidden * 4);
+        to_device(delta.data, random_values(static_cast<size_t>(hidden), values_seed + 100).data(), hidden * 4);
+        gpu.add_rms_norm(residual, normed, delta, gamma, 1e-5f);
+        gpu.linear(logits, normed, router, nullptr);
+        gpu.route(routing, logits, bias, params);
+        gpu.moe_experts_and_shared(out, normed, routing, device.gate, device.up, device.down, shared.device);
+        const std::vector<float> values = read(gpu, out);
+        results[side].insert(results[side].end(), values.begin(), values.end());
+      }
+      launches[side] = early_launches(gpu) - before;
+      // Another op between route and the experts: no early start.
+      gpu.route(routing, logits, bias, params);
+      gpu.add(delta, residual, residual);
+      gpu.moe_experts_and_shared(out, normed, routing, device.gate, device.up, device.down, shared.device);
+      EXPECT_EQ(early_launches(gpu) - before, launches[side]) << c.label << ": an op between route and the experts";
+      read(gpu, out);
+    }
+    EXPECT_EQ(results[0], results[1]) << c.label << ": against GLM_CUDA_SHARED_EARLY=0";
+    // The first step's experts quantize x themselves (the norm learns the form
+    // the experts ask for from that request); without programmatic launch
+    // (GLM_CUDA_PDL=0, before sm_90) nothing starts early.
+    const bool programmatic = on.gpu->execution_summary().find("dependent launch on") != std::string::npos;
+    EXPECT_GE(launches[0], programmatic ? steps - 1 : 0) << c.label << ": launches that started the shared expert early";
+    EXPECT_EQ(launches[1], 0) << c.label;
+  }
 }
 
 // A paged KV cache of random keys and values, and a plan for n decode tokens

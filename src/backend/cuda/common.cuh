@@ -57,6 +57,17 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 #endif
 }
 
+// Lets the next kernel's blocks be scheduled before this kernel has waited
+// for its own predecessor (wait_for_previous_kernel repeats it harmlessly).
+// Safe for any successor that waits before reading, as all of ours do; it
+// lets route_kernel's successor, the experts' gate/up kernel, start the
+// shared expert while the router still runs (moe.cu, "shared_early").
+__device__ __forceinline__ void start_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ void load8(const float* p, float out[8]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0];
   const float4 b = reinterpret_cast<const float4*>(p)[1];

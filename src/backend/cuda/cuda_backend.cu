@@ -168,6 +168,11 @@ class CudaBackend final : public Backend, public cuda::Context {
               gate_up, " is not a mode: use 1 (at one token the experts' gate/up kernel writes the down kernel's "
               "quantized input; the default) or 0 (a quantize kernel makes it)");
     gate_up_prepares = !(gate_up && std::string(gate_up) == "0");
+    const char* early = std::getenv("GLM_CUDA_SHARED_EARLY");
+    GLM_CHECK(!early || std::string(early) == "0" || std::string(early) == "1", "GLM_CUDA_SHARED_EARLY=", early,
+              " is not a mode: use 1 (at one token the shared expert's gate/up blocks start while the router runs; "
+              "the default) or 0 (they wait for the routing like the routed experts' blocks)");
+    shared_early = !(early && std::string(early) == "0");
     if (const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS")) {
       const std::string value = rows;
       GLM_CHECK(value == "32" || value == "64" || value == "128", "GLM_CUDA_EXPERT_TILE_ROWS=", value,
@@ -263,6 +268,7 @@ class CudaBackend final : public Backend, public cuda::Context {
     segment_signature_ = mixed.value;
     segment_capturable_ = segment_capturable_ && capturable;
     ++segment_ops_;
+    ++submitted_ops;
     if (deferring_) {
       pending_.push_back(std::move(work));
     } else {
@@ -522,6 +528,7 @@ class CudaBackend final : public Backend, public cuda::Context {
                              : "f32 activations (GLM_CUDA_ACTIVATIONS=f32)")
         << "; quantized activations written by their producer for " << prepared_uses << " GEMV launches"
         << " (the experts' gate/up kernel wrote it for the down kernel " << gate_up_preparing_launches << " times)"
+        << "; the shared expert started beside the router " << shared_early_launches << " times"
         << "; prompts on "
         << (!tensor_core_prompts ? "SIMT kernels, f32 (GLM_CUDA_PROMPTS=simt)"
             : register_weight_prompts

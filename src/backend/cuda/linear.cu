@@ -150,6 +150,8 @@ bool row_block_gemv(Context& ctx, const float* x, int64_t n, std::span<const Lin
     else if (n == 2) launch_tokens(std::integral_constant<int, 2>{});
     else if (n <= 4) launch_tokens(std::integral_constant<int, 4>{});
     else launch_tokens(std::integral_constant<int, 8>{});
+    ctx.last_gemv_op = ctx.submitted_ops;  // (Context::shared_early)
+    ctx.last_gemv_input = x;
     return true;
   }
 }

@@ -181,11 +181,21 @@ __device__ __forceinline__ float swiglu(float g, float u) {
 // not None) gets their quantized form for the down kernel, which then
 // launches no quantize kernel (prepared_activations.cuh; the same
 // arithmetic, so the same bits).
+//
+// shared_early (one token, launched right after the route kernel, which lets
+// this kernel be scheduled while the router GEMV before it still runs): the
+// shared expert's blocks (slot < plan.first_slot, the first in the grid)
+// skip the wait. They read only x, complete before the router GEMV passed
+// its own wait, and constant weights, and write only their own rows of act
+// and of the prepared form, which no running kernel reads; so the shared
+// expert streams its weights while the router and the routing run, and the
+// routed experts' blocks, which wait, are all that is left after them.
 template <typename Format, int NT, int R, typename Activations>
 __global__ void __launch_bounds__(256)
     moe_gate_up_kernel(float* __restrict__ act, const Activations x, ExpertMatrices experts, MoePlan plan,
-                       int64_t width, const PreparedOutput prepared) {
-  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+                       int64_t width, const PreparedOutput prepared, bool shared_early) {
+  if (shared_early && static_cast<int>(blockIdx.y) < plan.first_slot) start_dependents();
+  else wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   int expert, begin, end;
   if (!slot_work(plan, blockIdx.y, expert, begin, end)) return;
   __shared__ float result[2 * R * NT];
@@ -431,9 +441,14 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
     if constexpr (Format::kHasPieces) {
       with_activations(format, gate0, x, n, [&](auto activations, unsigned threads) {
         with_tokens([&](auto nt) {
+          // Decided here, after with_activations, which may have launched a
+          // quantize kernel of its own (x's form then comes from it: no early start).
+          const bool shared_early = ctx.shared_early && direct && shared && ctx.programmatic_launch() &&
+                                    ctx.last_route_op == ctx.submitted_ops && ctx.route_gemv_input == x;
+          ctx.shared_early_launches += shared_early;
           auto launch_rows = [&](auto rows) {  // down_input: kind None unless preparing
             launch(ctx, moe_gate_up_kernel<Format, decltype(nt)::value, decltype(rows)::value, decltype(activations)>,
-                   gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width, down_input);
+                   gate_up_grid, dim3(threads), 0, act, activations, experts, plan, width, down_input, shared_early);
           };
           if (preparing) launch_rows(std::integral_constant<int, kPreparingGateUpRows>{});
           else launch_rows(std::integral_constant<int, kGateUpRows>{});

@@ -149,6 +149,19 @@ class Context : public Submitter {
   // quantize kernel making it.
   bool gate_up_prepares = true;
   int64_t gate_up_preparing_launches = 0;  // (execution_summary)
+  // GLM_CUDA_SHARED_EARLY=1 (default) or 0: whether, at one token, the
+  // experts' gate/up kernel runs the shared expert's blocks without waiting
+  // for the routing, while the router GEMV and the route kernel still run
+  // (moe.cu, moe_gate_up_kernel). Only when the stream is exactly router
+  // GEMV on x -> route -> gate/up on x (the ops recorded below), so x was
+  // complete before the gate/up kernel could be scheduled.
+  bool shared_early = true;
+  int64_t shared_early_launches = 0;  // (execution_summary)
+  int64_t submitted_ops = 0;          // stream work submitted so far (submit() counts)
+  int64_t last_gemv_op = -1;          // submitted_ops just after the last row-block GEMV launch
+  const float* last_gemv_input = nullptr;   // that GEMV's f32 input
+  int64_t last_route_op = -1;               // submitted_ops just after the last route launch
+  const float* route_gemv_input = nullptr;  // the input of the GEMV launched just before it, else null
   // GLM_CUDA_EXPERT_TILE_ROWS=32|64|128: the rows of a prompt's expert tiles
   // on tensor cores, forced for measuring (0, the default: chosen per call,
   // gemm_tensor.cu, tensor_expert_tile_rows).

@@ -37,6 +37,11 @@ __global__ void route_kernel(int32_t* __restrict__ expert_ids, float* __restrict
   float* choice = scores + n_experts;        // [n_experts]
   float* group_scores = choice + n_experts;  // [n_group]
   int* chosen = reinterpret_cast<int*>(group_scores + n_group);  // [top_k]
+  // The next kernel may be scheduled now, while the router GEMV before this
+  // one still runs: at one token that is the experts' gate/up kernel, whose
+  // shared expert blocks need only the router's input (moe.cu); every other
+  // block of any successor waits for this kernel first.
+  start_dependents();
   const int t = blockIdx.x, lane = threadIdx.x;
   const float* row = logits + static_cast<int64_t>(t) * n_experts;
 
@@ -168,10 +173,15 @@ void route(Context& ctx, int32_t* expert_ids, float* weights, const float* logit
   const size_t shared = sizeof(float) * static_cast<size_t>(2 * n_experts + params.n_group) +
                         sizeof(int) * static_cast<size_t>(params.top_k);
   GLM_CHECK(shared <= 48 * 1024, "router over ", n_experts, " experts is too large for the CUDA router kernel");
+  // Whether the op just before is a GEMV (the router's): its input was then
+  // complete before this kernel could start (Context::shared_early).
+  const float* gemv_input = ctx.last_gemv_op == ctx.submitted_ops ? ctx.last_gemv_input : nullptr;
   launch(ctx, route_kernel, dim3(static_cast<unsigned>(n)), dim3(32), shared, expert_ids, weights, logits,
          correction_bias.data, correction_bias.dtype, static_cast<int>(n_experts), static_cast<int>(params.n_group),
          static_cast<int>(params.topk_group), static_cast<int>(params.top_k), params.norm_topk_prob,
          params.routed_scaling_factor);
+  ctx.last_route_op = ctx.submitted_ops;
+  ctx.route_gemv_input = gemv_input;
 }
 
 }  // namespace glm::cuda
