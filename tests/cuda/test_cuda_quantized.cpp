@@ -383,16 +383,21 @@ TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
 // At one token, when the stream is router GEMV on x -> route -> experts on
 // x, the experts' gate/up kernel runs the shared expert's blocks without
 // waiting for the routing (GLM_CUDA_SHARED_EARLY, moe.cu): they read only x,
-// complete before the router could run. The same arithmetic, so the output
-// must be the same bits as with the switch off, step after step, x made by
-// the norm just before the router each time (a block reading x before it
-// was complete would differ); the backend must count such launches, and
+// complete before the router could run; and the combine kernel ranks the
+// token's experts before waiting for the down kernel
+// (GLM_CUDA_COMBINE_EARLY). The same arithmetic, so the output must be the
+// same bits as with both off, step after step, x made by the norm just
+// before the router each time (a block reading x or the routing before it
+// was complete would differ); the backend must count the early launches,
 // none with the switch off, nor when another op sits between route and the
 // experts.
-TEST(CudaQuantized, SharedExpertStartsBesideTheRouter) {
+TEST(CudaQuantized, SharedExpertAndRankingStartBeforeTheirWait) {
   REQUIRE_GPU();
   Backends on = fast_activation_backends();
-  Backends off = fast_activation_backends_with("GLM_CUDA_SHARED_EARLY", "0");
+  Backends off = [] {
+    ScopedEnv combine("GLM_CUDA_COMBINE_EARLY", "0");
+    return fast_activation_backends_with("GLM_CUDA_SHARED_EARLY", "0");
+  }();
   auto early_launches = [](const Backend& gpu) { return summary_count(gpu, "started beside the router "); };
   const int64_t hidden = 512, width = 128, n_experts = 16, top_k = 4, steps = 6;
   const RouterParams params{4, 2, top_k, true, 2.5f};
@@ -440,7 +445,7 @@ TEST(CudaQuantized, SharedExpertStartsBesideTheRouter) {
       EXPECT_EQ(early_launches(gpu) - before, launches[side]) << c.label << ": an op between route and the experts";
       read(gpu, out);
     }
-    EXPECT_EQ(results[0], results[1]) << c.label << ": against GLM_CUDA_SHARED_EARLY=0";
+    EXPECT_EQ(results[0], results[1]) << c.label << ": against GLM_CUDA_SHARED_EARLY=0 GLM_CUDA_COMBINE_EARLY=0";
     // The first step's experts quantize x themselves (the norm learns the form
     // the experts ask for from that request); without programmatic launch
     // (GLM_CUDA_PDL=0, before sm_90) nothing starts early.

@@ -173,6 +173,11 @@ class CudaBackend final : public Backend, public cuda::Context {
               " is not a mode: use 1 (at one token the shared expert's gate/up blocks start while the router runs; "
               "the default) or 0 (they wait for the routing like the routed experts' blocks)");
     shared_early = !(early && std::string(early) == "0");
+    const char* combine = std::getenv("GLM_CUDA_COMBINE_EARLY");
+    GLM_CHECK(!combine || std::string(combine) == "0" || std::string(combine) == "1", "GLM_CUDA_COMBINE_EARLY=",
+              combine, " is not a mode: use 1 (the experts' combine ranks each token's experts before waiting for "
+              "the down kernel; the default) or 0 (after)");
+    combine_early = !(combine && std::string(combine) == "0");
     if (const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS")) {
       const std::string value = rows;
       GLM_CHECK(value == "32" || value == "64" || value == "128", "GLM_CUDA_EXPERT_TILE_ROWS=", value,

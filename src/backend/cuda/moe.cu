@@ -262,11 +262,18 @@ __global__ void __launch_bounds__(256)
 // thread sums its dims with up to 8 expert rows' loads in flight.
 // The rows come from the plan (assignment_row: its assignment_of, or the one-token
 // rows of MoePlan::direct_ids).
+//
+// routing_ready: the routing and the plan were complete before this kernel
+// could be scheduled, so the ranking runs before the wait, under the down
+// kernel's last blocks. True after moe_on_device's down kernel: this kernel
+// is scheduled only once every down block has passed its wait, i.e. once the
+// gate/up kernel has finished, whose routed blocks all waited for what came
+// before them (the route or plan kernel, or a quantize kernel after it).
 __global__ void __launch_bounds__(1024)
     moe_combine_kernel(float* __restrict__ out, const float* __restrict__ expert_out,
                        const int32_t* __restrict__ expert_ids, const float* __restrict__ weights, MoePlan plan,
-                       int top_k, int64_t hidden, bool shared, bool vectorized) {
-  wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
+                       int top_k, int64_t hidden, bool shared, bool vectorized, bool routing_ready) {
+  if (!routing_ready) wait_for_previous_kernel();  // programmatic dependent launch: see launch.cuh
   __shared__ int32_t sorted_row[kMaxTopK];
   __shared__ float sorted_mix[kMaxTopK];
   __shared__ int used_count;
@@ -294,6 +301,7 @@ __global__ void __launch_bounds__(1024)
     if (k == 0) used_count = __popc(held_lanes);
   }
   __syncthreads();
+  if (routing_ready) wait_for_previous_kernel();  // the expert rows come from the down kernel
   const int used = used_count;
   constexpr int kInFlight = 8;
   if (vectorized) {
@@ -342,14 +350,15 @@ __global__ void scatter_add_kernel(float* __restrict__ out, const float* __restr
 }
 
 // moe_combine_kernel over n tokens: out[t] from expert_out's rows (assignment_row).
+// routing_ready: see the kernel (Context::combine_early may veto it).
 void combine(Context& ctx, float* out, const float* expert_out, const Routing& routing, const MoePlan& plan,
-             int64_t n, int64_t hidden, bool shared) {
+             int64_t n, int64_t hidden, bool shared, bool routing_ready) {
   // float4s where rows stay 16-byte aligned (expert_out is scratch: aligned).
   const bool vectors = hidden % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   launch(ctx, moe_combine_kernel, dim3(static_cast<unsigned>(n)),
          dim3(static_cast<unsigned>(std::clamp<int64_t>((vectors ? hidden / 4 : hidden + 31) / 32 * 32, 32, 1024))), 0,
          out, expert_out, routing.expert_ids.i32(), routing.weights.f32(), plan,
-         static_cast<int>(routing.expert_ids.dim(1)), hidden, shared, vectors);
+         static_cast<int>(routing.expert_ids.dim(1)), hidden, shared, vectors, routing_ready && ctx.combine_early);
 }
 
 // The device-side path (see the file comment).
@@ -467,7 +476,7 @@ void moe_on_device(Context& ctx, float* out, const float* x, int64_t n, int64_t 
       });
     }
   });
-  combine(ctx, out, expert_out, routing, plan, n, hidden, shared != nullptr);
+  combine(ctx, out, expert_out, routing, plan, n, hidden, shared != nullptr, /*routing_ready=*/true);
 }
 
 // The host-grouped path (see the file comment).
@@ -650,7 +659,7 @@ void moe_prompt_on_device(Context& ctx, float* out, const float* x, int64_t n, i
 
   MoePlan rows_of_entries{};  // the combine needs only each entry's row
   rows_of_entries.assignment_of = assignment_of;
-  combine(ctx, out, expert_out, routing, rows_of_entries, n, hidden, false);
+  combine(ctx, out, expert_out, routing, rows_of_entries, n, hidden, false, /*routing_ready=*/false);
 }
 
 }  // namespace
