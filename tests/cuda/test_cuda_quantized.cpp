@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -386,9 +387,10 @@ TEST(CudaQuantized, ExpertsGateUpPreparesTheDownInputAtOneToken) {
 // complete before the router could run; and the combine kernel ranks the
 // token's experts before waiting for the down kernel
 // (GLM_CUDA_COMBINE_EARLY). The same arithmetic, so the output must be the
-// same bits as with both off, step after step, x made by the norm just
-// before the router each time (a block reading x or the routing before it
-// was complete would differ); the backend must count the early launches,
+// same bits as with both off, step after step of 4 layers back to back, x
+// made by the norm just before the router each time (a block reading x or
+// the routing before it was complete, or a stale copy of the last layer's,
+// would differ); the backend must count the early launches,
 // none with the switch off, nor when another op sits between route and the
 // experts.
 TEST(CudaQuantized, SharedExpertAndRankingStartBeforeTheirWait) {
@@ -399,7 +401,7 @@ TEST(CudaQuantized, SharedExpertAndRankingStartBeforeTheirWait) {
     return fast_activation_backends_with("GLM_CUDA_SHARED_EARLY", "0");
   }();
   auto early_launches = [](const Backend& gpu) { return summary_count(gpu, "started beside the router "); };
-  const int64_t hidden = 512, width = 128, n_experts = 16, top_k = 4, steps = 6;
+  const int64_t hidden = 512, width = 128, n_experts = 16, top_k = 4, steps = 6, layers = 4;
   const RouterParams params{4, 2, top_k, true, 2.5f};
   const std::vector<float> router_values = random_values(static_cast<size_t>(n_experts * hidden), 9700, 0.2f);
   const std::vector<float> bias_values = random_values(static_cast<size_t>(n_experts), 9701, 0.1f);
@@ -426,15 +428,22 @@ TEST(CudaQuantized, SharedExpertAndRankingStartBeforeTheirWait) {
       Tensor residual = gpu.scratch({1, hidden}), delta = gpu.scratch({1, hidden}), normed = gpu.scratch({1, hidden});
       Tensor logits = gpu.scratch({1, n_experts}), out = gpu.scratch({1, hidden});
       Routing routing{gpu.scratch({1, top_k}, DType::I32), gpu.scratch({1, top_k})};
+      Tensor out_before = gpu.scratch({1, hidden});
       for (int64_t step = 0; step < steps; ++step) {
         const unsigned values_seed = 9720 + static_cast<unsigned>(step);
         to_device(residual.data, random_values(static_cast<size_t>(hidden), values_seed).data(), hidden * 4);
         to_device(delta.data, random_values(static_cast<size_t>(hidden), values_seed + 100).data(), hidden * 4);
-        gpu.add_rms_norm(residual, normed, delta, gamma, 1e-5f);
-        gpu.linear(logits, normed, router, nullptr);
-        gpu.route(routing, logits, bias, params);
-        gpu.moe_experts_and_shared(out, normed, routing, device.gate, device.up, device.down, shared.device);
-        const std::vector<float> values = read(gpu, out);
+        // Layers back to back, as in a decode step: no copy or host wait
+        // between them, the same scratch and prepared-form buffers reused, so
+        // a block reading a layer's x early would find the last layer's there.
+        for (int layer = 0; layer < layers; ++layer) {
+          gpu.add_rms_norm(residual, normed, layer == 0 ? delta : out_before, gamma, 1e-5f);
+          gpu.linear(logits, normed, router, nullptr);
+          gpu.route(routing, logits, bias, params);
+          gpu.moe_experts_and_shared(out, normed, routing, device.gate, device.up, device.down, shared.device);
+          std::swap(out, out_before);
+        }
+        const std::vector<float> values = read(gpu, out_before);
         results[side].insert(results[side].end(), values.begin(), values.end());
       }
       launches[side] = early_launches(gpu) - before;
@@ -450,7 +459,8 @@ TEST(CudaQuantized, SharedExpertAndRankingStartBeforeTheirWait) {
     // the experts ask for from that request); without programmatic launch
     // (GLM_CUDA_PDL=0, before sm_90) nothing starts early.
     const bool programmatic = on.gpu->execution_summary().find("dependent launch on") != std::string::npos;
-    EXPECT_GE(launches[0], programmatic ? steps - 1 : 0) << c.label << ": launches that started the shared expert early";
+    EXPECT_GE(launches[0], programmatic ? steps * layers - 1 : 0)
+        << c.label << ": launches that started the shared expert early";
     EXPECT_EQ(launches[1], 0) << c.label;
   }
 }
