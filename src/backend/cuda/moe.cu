@@ -11,10 +11,13 @@
 //      reads those gate and up rows once for all the expert's tokens
 //      (block_row_dots) and writes silu(gate) * up. Only the chosen experts'
 //      rows are read. One token in the fast mode: blocks of 32 rows, which
-//      also write that output's f16/int8 form for the down kernel.
+//      also write that output's f16/int8 form for the down kernel. One
+//      token right after the route kernel: the shared expert's blocks start
+//      without waiting, while the router and the routing still run.
 //   3. moe_down_kernel: the same over 16 rows of the down projection.
 //   4. moe_combine_kernel: out[t] = sum of weight * expert output over the
-//      token's experts in ascending id, the CPU reference's order.
+//      token's experts in ascending id, the CPU reference's order (the
+//      experts ranked before the wait for the down kernel's rows).
 // Grids are sized from n and top_k alone (min(n * top_k, held) expert slots;
 // slots past the active count exit at once), never from device values.
 //

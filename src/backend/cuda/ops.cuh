@@ -157,15 +157,15 @@ class Context : public Submitter {
   // complete before the gate/up kernel could be scheduled.
   bool shared_early = true;
   int64_t shared_early_launches = 0;  // (execution_summary)
-  // GLM_CUDA_COMBINE_EARLY=1 (default) or 0: whether the decode experts'
-  // combine kernel ranks each token's experts before waiting for the down
-  // kernel (the routing was complete before it could start; moe.cu).
-  bool combine_early = true;
   int64_t submitted_ops = 0;          // stream work submitted so far (submit() counts)
   int64_t last_gemv_op = -1;          // submitted_ops just after the last row-block GEMV launch
   const float* last_gemv_input = nullptr;   // that GEMV's f32 input
   int64_t last_route_op = -1;               // submitted_ops just after the last route launch
   const float* route_gemv_input = nullptr;  // the input of the GEMV launched just before it, else null
+  // GLM_CUDA_COMBINE_EARLY=1 (default) or 0: whether the decode experts'
+  // combine kernel ranks each token's experts before waiting for the down
+  // kernel (the routing was complete before it could start; moe.cu).
+  bool combine_early = true;
   // GLM_CUDA_EXPERT_TILE_ROWS=32|64|128: the rows of a prompt's expert tiles
   // on tensor cores, forced for measuring (0, the default: chosen per call,
   // gemm_tensor.cu, tensor_expert_tile_rows).
