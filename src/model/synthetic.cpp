@@ -20,6 +20,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// "12.3 GB" (decimal, as the benchmarks report sizes).
+std::string gigabytes(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GB", static_cast<double>(bytes) / 1e9);
+  return text;
+}
+
 uint64_t mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -140,6 +147,52 @@ Glm4MoeConfig synthetic_config(const std::string& shape, int64_t layers) {
   return c;
 }
 
+namespace {
+
+// How a synthetic checkpoint of options.dtype stores each tensor, and its bytes.
+struct SyntheticFormat {
+  explicit SyntheticFormat(const SyntheticOptions& options)
+      : affine(options.dtype == "int8" || options.dtype == "int4"),
+        fp8(options.dtype == "fp8"),
+        bits(options.dtype == "int8" ? 8 : 4),
+        float_dtype(options.dtype == "f32" ? DType::F32 : options.dtype == "f16" ? DType::F16 : DType::BF16),
+        group_size(options.group_size) {}
+  bool affine, fp8;
+  int bits;
+  DType float_dtype;
+  int64_t group_size;
+
+  // FP8 as compressed-tensors quantizes it: the Linear layers but the router
+  // gates and lm_head (its ignore list); the embedding is no Linear.
+  bool stored_as_fp8(const TensorSpec& spec) const {
+    using Role = TensorSpec::Role;
+    return fp8 && spec.shape.size() == 2 && spec.role != Role::RouterGate && spec.role != Role::Head &&
+           spec.role != Role::Embedding;
+  }
+  bool stored_as_affine(const TensorSpec& spec) const {
+    return affine && spec.shape.size() == 2 && spec.role != TensorSpec::Role::RouterGate;
+  }
+  // The bytes of every tensor a spec becomes (the weight, and its scales and biases).
+  uint64_t written_bytes(const TensorSpec& spec) const {
+    const uint64_t count = static_cast<uint64_t>(shape_numel(spec.shape));
+    const uint64_t float_size = dtype_size(float_dtype);
+    if (stored_as_fp8(spec)) return count + static_cast<uint64_t>(spec.shape[0]) * float_size;
+    if (stored_as_affine(spec))
+      return count * static_cast<uint64_t>(bits) / 8 + 2 * (count / static_cast<uint64_t>(group_size)) * float_size;
+    return count * (spec.role == TensorSpec::Role::CorrectionBias ? 4 : float_size);
+  }
+};
+
+}  // namespace
+
+uint64_t synthetic_checkpoint_bytes(const SyntheticOptions& options) {
+  const SyntheticFormat format(options);
+  uint64_t total = 0;
+  for (const TensorSpec& spec : checkpoint_tensors(synthetic_config(options.shape, options.layers), false))
+    total += format.written_bytes(spec);
+  return total;
+}
+
 std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
   GLM_CHECK(options.dtype == "bf16" || options.dtype == "f16" || options.dtype == "f32" || options.dtype == "int8" ||
                 options.dtype == "int4" || options.dtype == "fp8",
@@ -162,11 +215,20 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
   for (const auto& entry : fs::directory_iterator(directory))
     if (entry.path().extension() == ".safetensors") fs::remove(entry.path());
 
-  const bool affine = options.dtype == "int8" || options.dtype == "int4";
-  const bool fp8 = options.dtype == "fp8";
-  const int bits = options.dtype == "int8" ? 8 : 4;
-  const DType float_dtype = options.dtype == "f32" ? DType::F32 : options.dtype == "f16" ? DType::F16 : DType::BF16;
+  const SyntheticFormat format(options);
   const std::vector<TensorSpec> specs = checkpoint_tensors(config, false);
+  const bool affine = format.affine, fp8 = format.fp8;
+  const int bits = format.bits;
+  const DType float_dtype = format.float_dtype;
+  using Role = TensorSpec::Role;
+  // A full-depth checkpoint is 50-700 GB: say so before writing any of it
+  // when the disk (or the tmpfs of --synthetic-dir) cannot take it.
+  const uint64_t needed = synthetic_checkpoint_bytes(options);
+  const uint64_t available = fs::space(directory).available;
+  GLM_CHECK(available >= needed + (uint64_t{64} << 20), "the synthetic ", options.shape, " checkpoint (",
+            config.num_hidden_layers, " layers, ", options.dtype, ") needs ", gigabytes(needed),
+            " in ", directory.string(), ", which has ", gigabytes(available),
+            " free (choose another --synthetic-dir, fewer --layers or a smaller --dtype)");
 
   // Shards of at most ~5 GB, as the Hub splits them.
   const uint64_t shard_limit = uint64_t{5} << 30;
@@ -197,7 +259,6 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
       const int64_t count = shape_numel(spec.shape);
       const int64_t fan_in = spec.shape.back();
       const float bound = std::sqrt(3.0f / static_cast<float>(fan_in));  // std 1/sqrt(fan_in)
-      using Role = TensorSpec::Role;
       auto add = [&](const std::string& tensor, DType dtype, const Shape& shape, const std::vector<uint8_t>& bytes) {
         writer.add(tensor, dtype, shape, bytes);
         weight_map[tensor] = name;
@@ -210,10 +271,7 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
         case Role::Embedding: fill_uniform(values, float_dtype, count, 1.0f, 0.0f, seed); break;
         default: fill_uniform(values, float_dtype, count, bound, 0.0f, seed);
       }
-      // FP8 as compressed-tensors quantizes it: the Linear layers but the
-      // router gates and lm_head (its ignore list); the embedding is no Linear.
-      if (fp8 && spec.shape.size() == 2 && spec.role != Role::RouterGate && spec.role != Role::Head &&
-          spec.role != Role::Embedding) {
+      if (format.stored_as_fp8(spec)) {
         const std::string module = spec.name.substr(0, spec.name.size() - std::string(".weight").size());
         fill_uniform(values, DType::F8_E4M3, count, 0.0f, 0.0f, seed);
         add(spec.name, DType::F8_E4M3, spec.shape, values);
@@ -221,8 +279,7 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
         add(module + ".weight_scale", float_dtype, {spec.shape[0], 1}, scales);
         continue;
       }
-      const bool quantize_this = affine && spec.shape.size() == 2 && spec.role != Role::RouterGate;
-      if (!quantize_this) {
+      if (!format.stored_as_affine(spec)) {
         add(spec.name, spec.role == Role::CorrectionBias ? DType::F32 : float_dtype, spec.shape, values);
         continue;
       }

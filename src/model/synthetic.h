@@ -22,8 +22,13 @@ struct SyntheticOptions {
 // The configuration of a named real shape cut to `layers` layers.
 Glm4MoeConfig synthetic_config(const std::string& shape, int64_t layers);
 
-// Writes (or reuses) the checkpoint and returns its directory. Progress goes
-// to stderr.
+// The tensor bytes the checkpoint of `options` holds (its index's
+// total_size), known before writing it.
+uint64_t synthetic_checkpoint_bytes(const SyntheticOptions& options);
+
+// Writes (or reuses) the checkpoint and returns its directory, after checking
+// that the directory's file system has room for it (one clear error if not).
+// Progress goes to stderr.
 std::string make_synthetic_checkpoint(const SyntheticOptions& options);
 
 }  // namespace glm

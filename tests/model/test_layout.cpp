@@ -4,9 +4,14 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
+#include <string>
 #include <unistd.h>
+#include <vector>
 
+#include "core/error.h"
 #include "engine/engine.h"
 #include "model/checkpoint_layout.h"
 #include "model/synthetic.h"
@@ -79,6 +84,49 @@ TEST(Synthetic, QuantizedDtypesLoadInTheirFormats) {
     for (float value : logits) ASSERT_TRUE(std::isfinite(value)) << dtype;
     fs::remove_all(dir);
   }
+}
+
+// The bytes checked against the free space before writing are the bytes
+// written: the index's total_size, in every stored format.
+TEST(Synthetic, KnowsItsSizeBeforeWriting) {
+  for (const std::string dtype : {"bf16", "f32", "int4", "int8", "fp8"}) {
+    SyntheticOptions options;
+    options.shape = "tiny";
+    options.dtype = dtype;
+    options.group_size = 32;
+    options.directory =
+        (fs::temp_directory_path() / ("glm4moe_synthetic_size_" + dtype + "_" + std::to_string(getpid()))).string();
+    fs::remove_all(options.directory);
+    const std::string dir = make_synthetic_checkpoint(options);
+    std::ifstream index(fs::path(dir) / "model.safetensors.index.json");
+    const uint64_t total = nlohmann::json::parse(index)["metadata"]["total_size"].get<uint64_t>();
+    EXPECT_EQ(synthetic_checkpoint_bytes(options), total) << dtype;
+    fs::remove_all(dir);
+  }
+}
+
+// A checkpoint larger than the directory's free space: one clear error
+// before anything is written (GLM-4.5 in f32 at full depth is ~1.4 TB).
+TEST(Synthetic, NoRoomIsAClearErrorBeforeWriting) {
+  SyntheticOptions options;
+  options.shape = "glm-4.5";
+  options.dtype = "f32";
+  options.directory = (fs::temp_directory_path() / ("glm4moe_synthetic_big_" + std::to_string(getpid()))).string();
+  fs::remove_all(options.directory);
+  if (synthetic_checkpoint_bytes(options) < fs::space(fs::temp_directory_path()).available)
+    GTEST_SKIP() << "this machine has room for 1.4 TB";
+  try {
+    make_synthetic_checkpoint(options);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find(" free (choose another --synthetic-dir"), std::string::npos) << message;
+    EXPECT_NE(message.find("needs 1"), std::string::npos) << message;  // ~1.4 TB, in GB
+  }
+  std::vector<fs::path> written;
+  for (const auto& entry : fs::directory_iterator(options.directory)) written.push_back(entry.path());
+  EXPECT_TRUE(written.empty());
+  fs::remove_all(options.directory);
 }
 
 TEST(Synthetic, UnknownShapeOrDtypeIsAClearError) {
