@@ -58,18 +58,26 @@ TEST(Synthetic, TinyShapeWritesALoadableCheckpointAndReusesIt) {
   fs::remove_all(dir);
 }
 
+// The tiny shape in `dtype` (group 32 where quantized), in a fresh
+// directory of the temporary one named after `purpose`.
+SyntheticOptions tiny_options(const std::string& dtype, const std::string& purpose) {
+  SyntheticOptions options;
+  options.shape = "tiny";
+  options.dtype = dtype;
+  options.group_size = 32;
+  options.directory = (fs::temp_directory_path() /
+                       ("glm4moe_synthetic_" + purpose + "_" + dtype + "_" + std::to_string(getpid())))
+                          .string();
+  fs::remove_all(options.directory);
+  return options;
+}
+
 // The quantized synthetic formats load as what they claim to be: mlx affine
 // 4-bit and compressed-tensors FP8 (per channel, lm_head and router gates
 // kept in bf16), with finite logits.
 TEST(Synthetic, QuantizedDtypesLoadInTheirFormats) {
   for (const std::string dtype : {"int4", "fp8"}) {
-    SyntheticOptions options;
-    options.shape = "tiny";
-    options.dtype = dtype;
-    options.group_size = 32;
-    options.directory =
-        (fs::temp_directory_path() / ("glm4moe_synthetic_" + dtype + "_" + std::to_string(getpid()))).string();
-    fs::remove_all(options.directory);
+    const SyntheticOptions options = tiny_options(dtype, "formats");
     const std::string dir = make_synthetic_checkpoint(options);
     EngineOptions engine_options;
     engine_options.max_context = 32;
@@ -90,13 +98,7 @@ TEST(Synthetic, QuantizedDtypesLoadInTheirFormats) {
 // written: the index's total_size, in every stored format.
 TEST(Synthetic, KnowsItsSizeBeforeWriting) {
   for (const std::string dtype : {"bf16", "f32", "int4", "int8", "fp8"}) {
-    SyntheticOptions options;
-    options.shape = "tiny";
-    options.dtype = dtype;
-    options.group_size = 32;
-    options.directory =
-        (fs::temp_directory_path() / ("glm4moe_synthetic_size_" + dtype + "_" + std::to_string(getpid()))).string();
-    fs::remove_all(options.directory);
+    const SyntheticOptions options = tiny_options(dtype, "size");
     const std::string dir = make_synthetic_checkpoint(options);
     std::ifstream index(fs::path(dir) / "model.safetensors.index.json");
     const uint64_t total = nlohmann::json::parse(index)["metadata"]["total_size"].get<uint64_t>();
