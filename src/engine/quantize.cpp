@@ -440,7 +440,7 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& options) {
   // Shards: consecutive outputs up to max_shard_bytes (an output larger than
   // that gets a shard of its own), as mlx-lm's make_shards.
   int shards = 0;
-  uint64_t shard_bytes = 0, total_bytes = 0, source_bytes = 0;
+  uint64_t shard_bytes = 0, largest_shard_bytes = 0, total_bytes = 0, source_bytes = 0;
   for (Output& output : outputs) {
     if (shards == 0 || (shard_bytes > 0 && shard_bytes + output.bytes > options.max_shard_bytes)) {
       ++shards;
@@ -448,6 +448,7 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& options) {
     }
     output.shard = shards - 1;
     shard_bytes += output.bytes;
+    largest_shard_bytes = std::max(largest_shard_bytes, shard_bytes);
     total_bytes += output.bytes;
     source_bytes += output.source_bytes;
   }
@@ -460,6 +461,10 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& options) {
 
   fs::create_directories(options.output, error);
   GLM_CHECK(!error, "cannot create ", options.output, ": ", error.message());
+  // Hours into GLM-4.6 is no time to find the disk full: check first.
+  require_room_for_checkpoint(options.output, total_bytes, largest_shard_bytes,
+                              "the " + std::to_string(options.bits) + "-bit quantized checkpoint",
+                              "choose another --output");
   Progress progress(options.progress, source_bytes, outputs.size());
   nlohmann::json weight_map = nlohmann::json::object();
   int64_t parameters = 0;

@@ -4,10 +4,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
-#include <algorithm>
 
 #include "core/error.h"
 
@@ -76,6 +77,26 @@ void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadat
   std::remove(side_path_.c_str());
   finished_ = true;
   GLM_CHECK(ok, "failed writing ", path_, ": ", std::strerror(errno));
+}
+
+namespace {
+// "12.3 GB" (decimal, as the benchmarks and the Hub report sizes).
+std::string gigabytes(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GB", static_cast<double>(bytes) / 1e9);
+  return text;
+}
+}  // namespace
+
+void require_room_for_checkpoint(const std::string& directory, uint64_t total_bytes, uint64_t largest_shard_bytes,
+                                 const std::string& what, const std::string& hint) {
+  std::error_code error;
+  const std::filesystem::space_info space = std::filesystem::space(directory, error);
+  GLM_CHECK(!error, "cannot read the free space of ", directory, ": ", error.message());
+  const uint64_t needed = total_bytes + std::min(largest_shard_bytes, total_bytes) + (uint64_t{64} << 20);
+  GLM_CHECK(space.available >= needed, what, " needs ", gigabytes(needed), " in ", directory, " (",
+            gigabytes(total_bytes), " of tensors, and a shard's side file while it is written), which has ",
+            gigabytes(space.available), " free", hint.empty() ? "" : " (" + hint + ")");
 }
 
 }  // namespace glm

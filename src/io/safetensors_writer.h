@@ -47,4 +47,12 @@ class SafetensorsWriter {
   bool finished_ = false;
 };
 
+// Fails with one clear error, before anything is written, unless the file
+// system of `directory` has room for `what`: a checkpoint of `total_bytes`
+// written by SafetensorsWriter in shards of at most `largest_shard_bytes`
+// (a shard's data sits in its side file until its final file is complete,
+// so one shard counts twice). `hint` ends the message (what to do instead).
+void require_room_for_checkpoint(const std::string& directory, uint64_t total_bytes, uint64_t largest_shard_bytes,
+                                 const std::string& what, const std::string& hint);
+
 }  // namespace glm

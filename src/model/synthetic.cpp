@@ -20,13 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// "12.3 GB" (decimal, as the benchmarks report sizes).
-std::string gigabytes(uint64_t bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f GB", static_cast<double>(bytes) / 1e9);
-  return text;
-}
-
 uint64_t mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -223,15 +216,13 @@ std::string make_synthetic_checkpoint(const SyntheticOptions& options) {
   using Role = TensorSpec::Role;
   // A full-depth checkpoint is 50-700 GB: say so before writing any of it
   // when the disk (or the tmpfs of --synthetic-dir) cannot take it.
-  const uint64_t needed = synthetic_checkpoint_bytes(options);
-  const uint64_t available = fs::space(directory).available;
-  GLM_CHECK(available >= needed + (uint64_t{64} << 20), "the synthetic ", options.shape, " checkpoint (",
-            config.num_hidden_layers, " layers, ", options.dtype, ") needs ", gigabytes(needed),
-            " in ", directory.string(), ", which has ", gigabytes(available),
-            " free (choose another --synthetic-dir, fewer --layers or a smaller --dtype)");
+  const uint64_t shard_limit = uint64_t{5} << 30;
+  require_room_for_checkpoint(directory.string(), synthetic_checkpoint_bytes(options), shard_limit,
+                              "the synthetic " + options.shape + " checkpoint (" +
+                                  std::to_string(config.num_hidden_layers) + " layers, " + options.dtype + ")",
+                              "choose another --synthetic-dir, fewer --layers or a smaller --dtype");
 
   // Shards of at most ~5 GB, as the Hub splits them.
-  const uint64_t shard_limit = uint64_t{5} << 30;
   std::vector<std::vector<size_t>> shards(1);
   uint64_t shard_bytes = 0;
   auto spec_bytes = [&](const TensorSpec& spec) {

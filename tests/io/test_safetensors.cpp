@@ -20,6 +20,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 
 namespace {
 
@@ -289,6 +290,27 @@ TEST(SafetensorsFile, ReportsMissingAndEmptyFiles) {
   EXPECT_EQ(mapped.size(), 0u);
   expect_contains(error_of([&] { glm::SafetensorsFile file(empty.string()); }), {empty.string().c_str(), "0 bytes"});
   fs::remove(empty);
+}
+
+// A checkpoint the disk cannot hold is refused before anything is written,
+// in one message naming the directory and both sizes; one that fits passes.
+// A shard's side file counts too: a checkpoint exactly the size of the free
+// space does not fit.
+TEST(SafetensorsWriter, RoomForACheckpointIsCheckedFirst) {
+  const std::string directory = fs::temp_directory_path().string();
+  const uint64_t free_bytes = fs::space(directory).available;
+  expect_contains(error_of([&] {
+                    glm::require_room_for_checkpoint(directory, free_bytes, uint64_t{5} << 30, "the test checkpoint",
+                                                     "choose another place");
+                  }),
+                  {"the test checkpoint needs", directory.c_str(), "free (choose another place)"});
+  expect_contains(error_of([&] {
+                    glm::require_room_for_checkpoint(directory, uint64_t{1} << 60, 1, "a huge checkpoint", "");
+                  }),
+                  {"a huge checkpoint needs ", "(1152921504.6 GB of tensors"});
+  glm::require_room_for_checkpoint(directory, 1 << 20, 1 << 20, "a small one", "");
+  expect_contains(error_of([] { glm::require_room_for_checkpoint("/nonexistent/dir", 1, 1, "x", ""); }),
+                  {"/nonexistent/dir"});
 }
 
 TEST_F(SafetensorsTest, CheckpointFromUnindexedFiles) {
