@@ -67,16 +67,22 @@ void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadat
   // in 2 MiB pages (MappedFile). A synthetic int4 file straight from write()
   // had a third of its bytes in such pages. No effect on tmpfs, whose pages
   // cannot be dropped. (Not for quantize's shards: each would then wait for
-  // its write-back.)
+  // its write-back; quantize drops them all at the end, drop_from_page_cache.)
   constexpr uint64_t kDropAfterBytes = uint64_t{256} << 20;
-  if (ok && drop_from_cache && offset_ >= kDropAfterBytes && std::fflush(out) == 0 && ::fdatasync(fileno(out)) == 0)
-    ::posix_fadvise(fileno(out), 0, 0, POSIX_FADV_DONTNEED);  // advice: failure is harmless
   ok = std::fclose(out) == 0 && ok;
+  if (ok && drop_from_cache && offset_ >= kDropAfterBytes) drop_from_page_cache(path_);
   std::fclose(side_);
   side_ = nullptr;
   std::remove(side_path_.c_str());
   finished_ = true;
   GLM_CHECK(ok, "failed writing ", path_, ": ", std::strerror(errno));
+}
+
+void drop_from_page_cache(const std::string& path) {
+  const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) return;
+  if (::fdatasync(descriptor) == 0) ::posix_fadvise(descriptor, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(descriptor);
 }
 
 namespace {

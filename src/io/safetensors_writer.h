@@ -47,6 +47,12 @@ class SafetensorsWriter {
   bool finished_ = false;
 };
 
+// Writes `path`'s dirty pages back and drops the file from the page cache
+// (advice: failures are ignored; tmpfs keeps its pages). Whoever maps it next
+// then reads it back in 2 MiB folios (MappedFile) instead of mapping the
+// mixed folios write() left with 4 KiB entries (docs/design.md, Page sizes).
+void drop_from_page_cache(const std::string& path);
+
 // Fails with one clear error, before anything is written, unless the file
 // system of `directory` has room for `what`: a checkpoint of `total_bytes`
 // written by SafetensorsWriter in shards of at most `largest_shard_bytes`

@@ -3,9 +3,16 @@
 // logits mlx-lm / transformers give; `glm4moe quantize` writes exactly the
 // tensors mlx-lm writes; tensor parallelism over quantized weights equals
 // the unsharded model; every malformed checkpoint is reported by name.
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
 #include <thread>
+#include <vector>
 
 #include "engine/quantize.h"
+#include "io/safetensors.h"
 #include "helpers.h"
 #include "model/weights.h"
 
@@ -165,6 +172,38 @@ TEST(OurQuantizerOutput, ShardsIndexAndMtpLayer) {
   EXPECT_EQ(weights.mtp->layer.moe.gate.at(0).format.describe(), "affine 4-bit g64");
   EXPECT_EQ(weights.expert_layout, "stacked");
   expect_logits_match(dir, fixture("quant_mlx_4bit_g64"), 1e-5);
+}
+
+// Its shards leave the page cache once written (quantize ends with
+// drop_from_page_cache), so the first run maps them in 2 MiB pages rather
+// than write()'s folios: right after quantize, none of a shard's pages is
+// resident (mincore). tmpfs keeps its pages: skipped there.
+TEST(OurQuantizerOutput, ShardsLeaveThePageCache) {
+  const fs::path dir = fresh_dir("dropped");
+  fs::remove_all(dir);
+  struct statfs filesystem {};
+  ASSERT_EQ(::statfs(dir.parent_path().c_str(), &filesystem), 0);
+  if (filesystem.f_type == TMPFS_MAGIC) GTEST_SKIP() << dir.parent_path() << " is a tmpfs";
+  QuantizeOptions options;
+  options.model = kSource.string();
+  options.output = dir.string();
+  options.max_shard_bytes = 64 << 10;
+  options.progress = false;
+  quantize_checkpoint(options);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  size_t shards = 0, resident = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    ++shards;
+    const MappedFile file(entry.path().string());  // mapping alone reads nothing
+    const size_t pages = (file.size() + page - 1) / page;
+    std::vector<unsigned char> in_core(pages);
+    ASSERT_EQ(::mincore(const_cast<uint8_t*>(file.data()), file.size(), in_core.data()), 0);
+    for (unsigned char bit : in_core) resident += bit & 1;
+  }
+  EXPECT_GT(shards, 2u);
+  EXPECT_EQ(resident, 0u) << "pages of the shards still in the page cache";
+  fs::remove_all(dir);
 }
 
 TEST(OurQuantizerOutput, BadOptionsAndSourcesAreRejectedByName) {
