@@ -489,7 +489,8 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& options) {
   // The shards leave the page cache once all are written (one wait for the
   // write-back at the end rather than one a shard), so the first run maps
   // them in 2 MiB pages: int4 decoding on the CPU ran 2.4% faster so.
-  for (int shard = 0; shard < shards; ++shard) drop_from_page_cache((fs::path(options.output) / shard_name(shard)).string());
+  for (int shard = 0; shard < shards; ++shard)
+    drop_from_page_cache((fs::path(options.output) / shard_name(shard)).string());
   report.shards = shards;
   report.bytes_read = source_bytes;
 
