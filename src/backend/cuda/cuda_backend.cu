@@ -92,6 +92,16 @@ int64_t count_from_env(const char* name, int64_t fallback, const char* meaning) 
   return count;
 }
 
+// A switch set in the environment variable `name`: true when unset or "1"
+// (`on` says what that does; it is the default), false when "0" (`off`);
+// anything else is an error naming both.
+bool switch_from_env(const char* name, const char* on, const char* off) {
+  const char* text = std::getenv(name);
+  GLM_CHECK(!text || std::string(text) == "0" || std::string(text) == "1", name, "=", text,
+            " is not a mode: use 1 (", on, "; the default) or 0 (", off, ")");
+  return !(text && std::string(text) == "0");
+}
+
 std::string gib(size_t bytes) {
   char text[32];
   std::snprintf(text, sizeof text, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
@@ -163,21 +173,16 @@ class CudaBackend final : public Backend, public cuda::Context {
     fold_rotary = !(fold && std::string(fold) == "0");
     short_slice_min =
         count_from_env("GLM_CUDA_SHORT_SLICE", short_slice_min, "positions (0: short contexts whole)");
-    const char* gate_up = std::getenv("GLM_CUDA_GATE_UP_PREPARES");
-    GLM_CHECK(!gate_up || std::string(gate_up) == "0" || std::string(gate_up) == "1", "GLM_CUDA_GATE_UP_PREPARES=",
-              gate_up, " is not a mode: use 1 (at one token the experts' gate/up kernel writes the down kernel's "
-              "quantized input; the default) or 0 (a quantize kernel makes it)");
-    gate_up_prepares = !(gate_up && std::string(gate_up) == "0");
-    const char* early = std::getenv("GLM_CUDA_SHARED_EARLY");
-    GLM_CHECK(!early || std::string(early) == "0" || std::string(early) == "1", "GLM_CUDA_SHARED_EARLY=", early,
-              " is not a mode: use 1 (at one token the shared expert's gate/up blocks start while the router runs; "
-              "the default) or 0 (they wait for the routing like the routed experts' blocks)");
-    shared_early = !(early && std::string(early) == "0");
-    const char* combine = std::getenv("GLM_CUDA_COMBINE_EARLY");
-    GLM_CHECK(!combine || std::string(combine) == "0" || std::string(combine) == "1", "GLM_CUDA_COMBINE_EARLY=",
-              combine, " is not a mode: use 1 (the experts' combine ranks each token's experts before waiting for "
-              "the down kernel; the default) or 0 (after)");
-    combine_early = !(combine && std::string(combine) == "0");
+    gate_up_prepares = switch_from_env(
+        "GLM_CUDA_GATE_UP_PREPARES",
+        "at one token the experts' gate/up kernel writes the down kernel's quantized input",
+        "a quantize kernel makes it");
+    shared_early = switch_from_env("GLM_CUDA_SHARED_EARLY",
+                                   "at one token the shared expert's gate/up blocks start while the router runs",
+                                   "they wait for the routing like the routed experts' blocks");
+    combine_early = switch_from_env(
+        "GLM_CUDA_COMBINE_EARLY",
+        "the experts' combine ranks each token's experts before waiting for the down kernel", "after");
     if (const char* rows = std::getenv("GLM_CUDA_EXPERT_TILE_ROWS")) {
       const std::string value = rows;
       GLM_CHECK(value == "32" || value == "64" || value == "128", "GLM_CUDA_EXPERT_TILE_ROWS=", value,
