@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "../common/errors.h"
 #include "core/error.h"
 #include "engine/engine.h"
 #include "model/checkpoint_layout.h"
@@ -37,12 +38,22 @@ TEST(CheckpointLayout, ListsExactlyTheTensorsOfTheHubFixtures) {
   }
 }
 
-TEST(Synthetic, TinyShapeWritesALoadableCheckpointAndReusesIt) {
+// A synthetic `shape` in `dtype` (group 32 where quantized), in a fresh
+// directory of the temporary one named after `purpose`.
+SyntheticOptions test_options(const std::string& shape, const std::string& dtype, const std::string& purpose) {
   SyntheticOptions options;
-  options.shape = "tiny";
-  options.dtype = "bf16";
-  options.directory = (fs::temp_directory_path() / ("glm4moe_synthetic_" + std::to_string(getpid()))).string();
+  options.shape = shape;
+  options.dtype = dtype;
+  options.group_size = 32;
+  options.directory = (fs::temp_directory_path() /
+                       ("glm4moe_synthetic_" + purpose + "_" + dtype + "_" + std::to_string(getpid())))
+                          .string();
   fs::remove_all(options.directory);
+  return options;
+}
+
+TEST(Synthetic, TinyShapeWritesALoadableCheckpointAndReusesIt) {
+  const SyntheticOptions options = test_options("tiny", "bf16", "reuse");
   const std::string dir = make_synthetic_checkpoint(options);
   const auto written = fs::last_write_time(fs::path(dir) / "model-00001-of-00001.safetensors");
   EXPECT_EQ(make_synthetic_checkpoint(options), dir);  // reused, not rewritten
@@ -58,26 +69,12 @@ TEST(Synthetic, TinyShapeWritesALoadableCheckpointAndReusesIt) {
   fs::remove_all(dir);
 }
 
-// The tiny shape in `dtype` (group 32 where quantized), in a fresh
-// directory of the temporary one named after `purpose`.
-SyntheticOptions tiny_options(const std::string& dtype, const std::string& purpose) {
-  SyntheticOptions options;
-  options.shape = "tiny";
-  options.dtype = dtype;
-  options.group_size = 32;
-  options.directory = (fs::temp_directory_path() /
-                       ("glm4moe_synthetic_" + purpose + "_" + dtype + "_" + std::to_string(getpid())))
-                          .string();
-  fs::remove_all(options.directory);
-  return options;
-}
-
 // The quantized synthetic formats load as what they claim to be: mlx affine
 // 4-bit and compressed-tensors FP8 (per channel, lm_head and router gates
 // kept in bf16), with finite logits.
 TEST(Synthetic, QuantizedDtypesLoadInTheirFormats) {
   for (const std::string dtype : {"int4", "fp8"}) {
-    const SyntheticOptions options = tiny_options(dtype, "formats");
+    const SyntheticOptions options = test_options("tiny", dtype, "formats");
     const std::string dir = make_synthetic_checkpoint(options);
     EngineOptions engine_options;
     engine_options.max_context = 32;
@@ -98,7 +95,7 @@ TEST(Synthetic, QuantizedDtypesLoadInTheirFormats) {
 // written: the index's total_size, in every stored format.
 TEST(Synthetic, KnowsItsSizeBeforeWriting) {
   for (const std::string dtype : {"bf16", "f32", "int4", "int8", "fp8"}) {
-    const SyntheticOptions options = tiny_options(dtype, "size");
+    const SyntheticOptions options = test_options("tiny", dtype, "size");
     const std::string dir = make_synthetic_checkpoint(options);
     std::ifstream index(fs::path(dir) / "model.safetensors.index.json");
     const uint64_t total = nlohmann::json::parse(index)["metadata"]["total_size"].get<uint64_t>();
@@ -110,21 +107,12 @@ TEST(Synthetic, KnowsItsSizeBeforeWriting) {
 // A checkpoint larger than the directory's free space: one clear error
 // before anything is written (GLM-4.5 in f32 at full depth is ~1.4 TB).
 TEST(Synthetic, NoRoomIsAClearErrorBeforeWriting) {
-  SyntheticOptions options;
-  options.shape = "glm-4.5";
-  options.dtype = "f32";
-  options.directory = (fs::temp_directory_path() / ("glm4moe_synthetic_big_" + std::to_string(getpid()))).string();
-  fs::remove_all(options.directory);
+  const SyntheticOptions options = test_options("glm-4.5", "f32", "big");
   if (synthetic_checkpoint_bytes(options) < fs::space(fs::temp_directory_path()).available)
     GTEST_SKIP() << "this machine has room for 1.4 TB";
-  try {
-    make_synthetic_checkpoint(options);
-    ADD_FAILURE() << "no error";
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find(" free (choose another --synthetic-dir"), std::string::npos) << message;
-    EXPECT_NE(message.find("checkpoint (92 layers, f32) needs 14"), std::string::npos) << message;  // ~1.4 TB, in GB
-  }
+  testing_fixtures::expect_error([&] { make_synthetic_checkpoint(options); },
+                                 {" free (choose another --synthetic-dir",
+                                  "checkpoint (92 layers, f32) needs 14"});  // ~1.4 TB, in GB
   std::vector<fs::path> written;
   for (const auto& entry : fs::directory_iterator(options.directory)) written.push_back(entry.path());
   EXPECT_TRUE(written.empty());

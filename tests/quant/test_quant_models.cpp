@@ -23,6 +23,19 @@ using namespace quant_test;
 
 const fs::path kSource = fixture("grouped_bf16_sharded");
 
+// `glm4moe quantize` of the sharded fixture into `dir` (made anew).
+void quantize_into(const fs::path& dir, int bits, int64_t group, uint64_t shard_bytes) {
+  fs::remove_all(dir);  // quantize creates it
+  QuantizeOptions options;
+  options.model = kSource.string();
+  options.output = dir.string();
+  options.bits = bits;
+  options.group_size = group;
+  options.max_shard_bytes = shard_bytes;
+  options.progress = false;
+  quantize_checkpoint(options);
+}
+
 // Quantizes the sharded fixture once per (bits, group, shard size) for the
 // whole test program.
 fs::path quantized_source(int bits, int64_t group, uint64_t shard_bytes = uint64_t{5} << 30) {
@@ -35,15 +48,7 @@ fs::path quantized_source(int bits, int64_t group, uint64_t shard_bytes = uint64
   auto& dir = made.dirs[{bits, group, shard_bytes}];
   if (dir.empty()) {
     dir = fresh_dir("ours_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(shard_bytes));
-    fs::remove_all(dir);  // quantize creates it
-    QuantizeOptions options;
-    options.model = kSource.string();
-    options.output = dir.string();
-    options.bits = bits;
-    options.group_size = group;
-    options.max_shard_bytes = shard_bytes;
-    options.progress = false;
-    quantize_checkpoint(options);
+    quantize_into(dir, bits, group, shard_bytes);
   }
   return dir;
 }
@@ -180,16 +185,10 @@ TEST(OurQuantizerOutput, ShardsIndexAndMtpLayer) {
 // resident (mincore). tmpfs keeps its pages: skipped there.
 TEST(OurQuantizerOutput, ShardsLeaveThePageCache) {
   const fs::path dir = fresh_dir("dropped");
-  fs::remove_all(dir);
   struct statfs filesystem {};
   ASSERT_EQ(::statfs(dir.parent_path().c_str(), &filesystem), 0);
   if (filesystem.f_type == TMPFS_MAGIC) GTEST_SKIP() << dir.parent_path() << " is a tmpfs";
-  QuantizeOptions options;
-  options.model = kSource.string();
-  options.output = dir.string();
-  options.max_shard_bytes = 64 << 10;
-  options.progress = false;
-  quantize_checkpoint(options);
+  quantize_into(dir, 4, 64, 64 << 10);
   const long page = ::sysconf(_SC_PAGESIZE);
   size_t shards = 0, resident = 0;
   for (const auto& entry : fs::directory_iterator(dir)) {
