@@ -146,9 +146,14 @@ GLM_HOST_DEVICE inline float sampling_weight(float x, float x_max, float inverse
   return exp_nonpositive(mul_rn(sub_rn(x, x_max), inverse_temperature));
 }
 
-// A token's integer probability mass: floor(weight * 2^44).
+// The integer probability mass of a weight: floor(weight * 2^44).
+GLM_HOST_DEVICE inline uint64_t mass_of_weight(float weight) {
+  return static_cast<uint64_t>(mul_rn(weight, 0x1p44f));
+}
+
+// A token's integer probability mass.
 GLM_HOST_DEVICE inline uint64_t sampling_mass(float x, float x_max, float inverse_temperature) {
-  return static_cast<uint64_t>(mul_rn(sampling_weight(x, x_max, inverse_temperature), 0x1p44f));
+  return mass_of_weight(sampling_weight(x, x_max, inverse_temperature));
 }
 
 // Of `total` mass (the top-k survivors), tokens ranked after the point where

@@ -129,11 +129,12 @@ TEST(CudaSampling, FiltersAloneAndCombinedDrawTheCpuTokens) {
       {0.9, 1000, 1.0, 0.0, 9},   {1.0, 0, 0.0, 0.0, 10},      {1.0, 0, 0.5, 0.0, 11},   {1.0, 0, 0.9, 0.0, 12},
       {1.0, 0, 0.999, 0.0, 13},   {1.0, 0, 1.0, 0.01, 14},     {1.0, 0, 1.0, 0.3, 15},   {1.0, 0, 1.0, 1.0, 16},
       {0.8, 40, 0.9, 0.02, 17},   {0.6, 0, 0.95, 0.05, 18},    {1.2, 200, 0.7, 0.0, 19}, {1.0, 20, 1.0, 0.1, 20},
-      {0.1, 5000, 0.99, 0.001, 21}, {3.0, 100000, 0.8, 0.0, 22}};
+      {0.1, 5000, 0.99, 0.001, 21}, {3.0, 100000, 0.8, 0.0, 22}, {0.9, 3000, 0.97, 0.0, 25}};
   int total_mismatches = 0;
   for (int64_t vocab : {int64_t{33}, int64_t{4099}, kGlmVocab}) {
     const int64_t rows = vocab == kGlmVocab ? 6 : 24;
     std::vector<SamplingParams> here = settings;
+    // (top-k 1000, 3000 and 5000 fall either side of the kernel's compaction capacity, 4096)
     here.push_back({1.0, vocab - 1, 1.0, 0.0, 23});  // top-k one short of the vocabulary
     here.push_back({1.0, vocab + 5, 0.9, 0.0, 24});  // top-k past it: off
     for (size_t s = 0; s < here.size(); ++s) {

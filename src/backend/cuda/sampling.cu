@@ -14,7 +14,9 @@
 // the logit, 8 bits per pass: each pass sums the weights of the eligible
 // tokens whose key matches the digits found so far into 256 buckets and picks
 // the bucket where the cumulative weight (from the largest digit down)
-// crosses the target. After 4 passes the logit is known exactly; tokens tied
+// crosses the target. One block reads a whole row per pass, so every pass
+// keeps many loads in flight and adds to the shared buckets once per run of
+// a thread's tokens that share a digit (see fill_buckets). After 4 passes the logit is known exactly; tokens tied
 // on it all weigh the same, so the index among them is a division, and one
 // block-wide prefix count finds that tie in id order. Masses are integers,
 // so the order in which threads add them changes nothing. Once a filter has
@@ -32,11 +34,15 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kDigits = 256;  // 8 key bits per radix pass
-constexpr int kCompactCapacity = 1024;
+constexpr int kCompactCapacity = 4096;
 
 struct Shared {
-  unsigned long long histogram[kWarps][kDigits];  // per-warp bucket sums: fewer atomic collisions
-  unsigned long long bucket[kDigits];             // their sums over the warps
+  // Bucket sums are 64-bit, but a 64-bit atomic add in shared memory is a
+  // compare-and-swap loop (ATOMS.CAST.SPIN on sm_90); two native 32-bit
+  // adds, the second carrying the first's overflow, are exact (add_weight).
+  uint32_t bucket_low[kDigits];
+  uint32_t bucket_high[kDigits];
+  unsigned long long bucket[kDigits];  // the sums: high * 2^32 + low
   float best_value[kWarps];
   int best_index[kWarps];
   int warp_count[kWarps];
@@ -62,6 +68,22 @@ struct Filter {
     if (key < cut_key || (key == cut_key && id > cut_id)) return false;
     return min_p == 0.0f || sampling_weight(x, x_max, inverse_temperature) >= min_p;
   }
+
+  // keeps(), and the token's weight in a search: 1 when counting, its
+  // integer mass when summing masses (one exp serves min-p and the mass).
+  template <bool kMass>
+  __device__ bool weigh(float x, uint32_t key, int id, uint64_t& weight) const {
+    if (key < min_key) return false;
+    if (key < cut_key || (key == cut_key && id > cut_id)) return false;
+    if (!kMass && min_p == 0.0f) {
+      weight = 1;
+      return true;
+    }
+    const float w = sampling_weight(x, x_max, inverse_temperature);
+    if (min_p != 0.0f && w < min_p) return false;
+    weight = kMass ? mass_of_weight(w) : 1;
+    return true;
+  }
 };
 
 // The tokens a search runs over: the whole row (ids null: the index is the
@@ -78,23 +100,17 @@ struct Position {
   int id;        // the token
 };
 
-// The largest logit and its first index, to every thread. Each thread
-// visits its share in ascending index (a strictly larger value replaces, so
-// the first of equals stays), then the block keeps the lowest index among
-// equal values: the first maximum, whatever the partition. A row of 4-value
-// pieces is read as float4s, kInFlight of them requested before any is
-// compared: one thread's 296 dependent loads of a 151552-token row held the
-// greedy step at ~20 us.
-__device__ void block_argmax(const float* row, int vocab, Shared& s, float& best, int& best_index) {
-  float value = -INFINITY;
-  int index = -1;
-  auto consider = [&](float x, int i) {
-    if (index < 0 || x > value) value = x, index = i;
-  };
-  if (vocab % 4 == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0) {
-    constexpr int kInFlight = 8;
-    const float4* pieces = reinterpret_cast<const float4*>(row);
-    const int count = vocab / 4;
+// Calls visit(x, i) for each candidate i this thread owns (i = threadIdx.x
+// modulo kThreads, within 4-value pieces), in ascending i. A row in global
+// memory made of whole 4-value pieces is read as float4s, kInFlight of them
+// requested before any is visited: with one load outstanding per thread, a
+// block waited on L2 latency (one thread's 296 dependent loads of a
+// 151552-token row held a greedy step at ~20 us).
+template <int kInFlight, typename Visit>
+__device__ void for_each_owned(const Candidates& c, Visit visit) {
+  if (c.ids == nullptr && c.count % 4 == 0 && reinterpret_cast<uintptr_t>(c.x) % 16 == 0) {
+    const float4* pieces = reinterpret_cast<const float4*>(c.x);
+    const int count = c.count / 4;
     for (int first = threadIdx.x; first < count; first += kThreads * kInFlight) {
       float4 piece[kInFlight];
 #pragma unroll
@@ -104,15 +120,27 @@ __device__ void block_argmax(const float* row, int vocab, Shared& s, float& best
       for (int j = 0; j < kInFlight; ++j) {
         const int q = first + j * kThreads;
         if (q >= count) break;
-        consider(piece[j].x, 4 * q);
-        consider(piece[j].y, 4 * q + 1);
-        consider(piece[j].z, 4 * q + 2);
-        consider(piece[j].w, 4 * q + 3);
+        visit(piece[j].x, 4 * q);
+        visit(piece[j].y, 4 * q + 1);
+        visit(piece[j].z, 4 * q + 2);
+        visit(piece[j].w, 4 * q + 3);
       }
     }
   } else {
-    for (int i = threadIdx.x; i < vocab; i += kThreads) consider(row[i], i);  // ascending i
+    for (int i = threadIdx.x; i < c.count; i += kThreads) visit(c.x[i], i);
   }
+}
+
+// The largest logit and its first index, to every thread. Each thread
+// visits its share in ascending index (a strictly larger value replaces, so
+// the first of equals stays), then the block keeps the lowest index among
+// equal values: the first maximum, whatever the partition.
+__device__ void block_argmax(const float* row, int vocab, Shared& s, float& best, int& best_index) {
+  float value = -INFINITY;
+  int index = -1;
+  for_each_owned<8>(Candidates{row, nullptr, vocab}, [&](float x, int i) {
+    if (index < 0 || x > value) value = x, index = i;
+  });
   for (int offset = 16; offset > 0; offset >>= 1) {
     const float other = __shfl_down_sync(0xffffffffu, value, offset);
     const int other_index = __shfl_down_sync(0xffffffffu, index, offset);
@@ -137,40 +165,45 @@ __device__ void block_argmax(const float* row, int vocab, Shared& s, float& best
   __syncthreads();  // s.best_* may be reused
 }
 
+// Adds a weight to bucket `digit`: exact however the threads interleave,
+// because each 32-bit add returns the low word it found, so the one add
+// that wraps it past 2^32 is the one that carries.
+__device__ void add_weight(Shared& s, int digit, uint64_t weight) {
+  const uint32_t low = static_cast<uint32_t>(weight), high = static_cast<uint32_t>(weight >> 32);
+  const uint32_t before = atomicAdd(&s.bucket_low[digit], low);
+  const uint32_t carried = high + (before + low < before ? 1u : 0u);
+  if (carried) atomicAdd(&s.bucket_high[digit], carried);
+}
+
 // s.bucket[d] = total weight of the eligible tokens whose key matches `prefix`
 // on `mask` and has digit d at `shift`.
 template <bool kMass>
 __device__ void fill_buckets(const Candidates& c, const Filter& filter, uint32_t prefix, uint32_t mask, int shift,
                              Shared& s) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  unsigned long long* histogram = &s.histogram[0][0];
-  for (int d = threadIdx.x; d < kWarps * kDigits; d += kThreads) histogram[d] = 0;
+  for (int d = threadIdx.x; d < kDigits; d += kThreads) s.bucket_low[d] = s.bucket_high[d] = 0;
   __syncthreads();
-  // Whole warps step together (the trip count is the same for every thread)
-  // so counting can merge the lanes that hit one bucket.
-  for (int base = 0; base < c.count; base += kThreads) {
-    const int i = base + threadIdx.x;
-    const float x = i < c.count ? c.x[i] : 0.0f;
+  // A thread sums its run of tokens with one digit and adds the run once:
+  // in a row's first pass nearly every logit has the same top 8 key bits
+  // (the sign and the high exponent bits), and one add a token to that
+  // bucket serialised the block.
+  int run_digit = -1;
+  uint64_t run_weight = 0;
+  for_each_owned<4>(c, [&](float x, int i) {  // (8 in flight and the exp spill at 128 registers)
     const uint32_t key = order_key(x);
-    const bool eligible = i < c.count && (key & mask) == prefix && filter.keeps(x, key, c.id(i));
-    const int digit = eligible ? static_cast<int>((key >> shift) & 0xffu) : -1;
-    if constexpr (kMass) {
-      if (eligible) {
-        const uint64_t mass = sampling_mass(x, filter.x_max, filter.inverse_temperature);
-        if (mass) atomicAdd(&s.histogram[warp][digit], static_cast<unsigned long long>(mass));
-      }
-    } else {
-      const unsigned peers = __match_any_sync(0xffffffffu, digit);
-      if (eligible && lane == __ffs(peers) - 1)
-        atomicAdd(&s.histogram[warp][digit], static_cast<unsigned long long>(__popc(peers)));
+    uint64_t weight;
+    if ((key & mask) != prefix || !filter.weigh<kMass>(x, key, c.id(i), weight) || weight == 0) return;
+    const int digit = static_cast<int>((key >> shift) & 0xffu);
+    if (digit != run_digit) {
+      if (run_digit >= 0) add_weight(s, run_digit, run_weight);
+      run_digit = digit;
+      run_weight = 0;
     }
-  }
+    run_weight += weight;
+  });
+  if (run_digit >= 0) add_weight(s, run_digit, run_weight);
   __syncthreads();
-  for (int d = threadIdx.x; d < kDigits; d += kThreads) {
-    unsigned long long sum = 0;
-    for (int w = 0; w < kWarps; ++w) sum += s.histogram[w][d];
-    s.bucket[d] = sum;
-  }
+  for (int d = threadIdx.x; d < kDigits; d += kThreads)
+    s.bucket[d] = (static_cast<unsigned long long>(s.bucket_high[d]) << 32) | s.bucket_low[d];
   __syncthreads();
 }
 
