@@ -32,6 +32,12 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
+std::string format_number(double value) {  // shortest form: 0.95, not 0.950000
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
+}
+
 // Best of several passes summing a 1 GiB buffer with all threads: the read
 // bandwidth the weights could at best stream at.
 double measure_read_bandwidth() {
@@ -191,6 +197,7 @@ struct ComponentClock {
 int run_bench(const BenchOptions& options) {
   if (options.threads > 0) omp_set_num_threads(options.threads);
   GLM_CHECK(options.model.empty() != options.synthetic.empty(), "give exactly one of --model and --synthetic");
+  check_sampling_request(SamplingRequest{options.sampling}, 1);  // bad settings fail before any loading
   std::string directory = options.model;
   if (!options.synthetic.empty()) {
     SyntheticOptions synthetic;
@@ -353,15 +360,15 @@ int run_bench(const BenchOptions& options) {
   for (int64_t context : options.contexts) {
     const int32_t sequence = cache.create_sequence();
     int32_t token = argmax(prefill(engine, sequence, random_tokens(context + 1, 11), 512));
-    SamplingRequest greedy;
-    greedy.params.temperature = 0.0;
+    SamplingRequest choice{options.sampling, static_cast<uint64_t>(sequence), 0};
     // First an unmarked run for the rate, then a marked one (a synchronisation
     // per component, which slows a device) for the split. The second starts
     // generate_tokens later in the context: both are reported at their means.
-    auto decode_step = [&] {  // one greedy token, chosen on the backend: only its id comes back
-      token = engine.step({SequenceWork{sequence, {token}, LogitsWanted::None, greedy}})[0].token;
+    auto decode_step = [&] {  // one token, chosen on the backend: only its id comes back
+      token = engine.step({SequenceWork{sequence, {token}, LogitsWanted::None, choice}})[0].token;
+      ++choice.step;
     };
-    auto decode_run = [&] {  // seconds for generate_tokens greedy steps
+    auto decode_run = [&] {  // seconds for generate_tokens steps
       const auto start = Clock::now();
       for (int64_t step = 0; step < options.generate_tokens; ++step) decode_step();
       return seconds_since(start);
@@ -443,13 +450,15 @@ int run_bench(const BenchOptions& options) {
     std::vector<SequenceWork> plan;
     for (int64_t s = 0; s < batch; ++s) {
       SequenceWork work{cache.create_sequence(), random_tokens(1, 20 + static_cast<uint64_t>(s)), LogitsWanted::None};
-      work.sample = SamplingRequest{};
-      work.sample->params.temperature = 0.0;
+      work.sample = SamplingRequest{options.sampling, static_cast<uint64_t>(work.sequence), 0};
       plan.push_back(work);
     }
     auto batch_step = [&] {
       const std::vector<SequenceResult> results = engine.step(plan);
-      for (size_t s = 0; s < plan.size(); ++s) plan[s].tokens = {results[s].token};
+      for (size_t s = 0; s < plan.size(); ++s) {
+        plan[s].tokens = {results[s].token};
+        ++plan[s].sample->step;
+      }
     };
     for (int warm = 0; warm < 4; ++warm) batch_step();  // the prompt token, then graph capture
     const auto start = Clock::now();
@@ -466,6 +475,13 @@ int run_bench(const BenchOptions& options) {
   report["major_page_faults_while_timing"] = after.major_faults - before.major_faults;
   report["weights_mapped_in_2MiB_pages_bytes"] = weights_in_2mib_pages;
   report["execution"] = engine.backend().execution_summary();
+  const SamplingParams& sampling = options.sampling;
+  report["token_choice"] = sampling.greedy()
+                               ? std::string("greedy")
+                               : "sampled: temperature " + format_number(sampling.temperature) + ", top-k " +
+                                     std::to_string(sampling.top_k) + ", top-p " + format_number(sampling.top_p) +
+                                     ", min-p " + format_number(sampling.min_p) + ", seed " +
+                                     std::to_string(sampling.seed);
 
   if (options.json) {
     std::printf("%s\n", report.dump(2).c_str());
@@ -474,6 +490,7 @@ int run_bench(const BenchOptions& options) {
   std::printf("model %s on %s, %d threads, weights %.2f GB, host read bandwidth %.1f GB/s\n", directory.c_str(),
               options.device.c_str(), omp_get_max_threads(), report["weights_bytes"].get<double>() / 1e9, read_bandwidth / 1e9);
   if (copy_bandwidth > 0) std::printf("device copy bandwidth %.1f GB/s (read + write)\n", copy_bandwidth / 1e9);
+  std::printf("tokens generated: %s\n", report["token_choice"].get<std::string>().c_str());
   if (!report["execution"].get<std::string>().empty())
     std::printf("execution: %s\n", report["execution"].get<std::string>().c_str());
   if (report.contains("peaks"))

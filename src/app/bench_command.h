@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/sampling.h"
+
 namespace glm::app {
 
 struct BenchOptions {
@@ -26,6 +28,9 @@ struct BenchOptions {
   bool profile = false;         // per-op device time of decoding (device backends)
   bool prompt_components = true;  // each prompt run again, marked, for its time by component
   std::vector<int64_t> batches;  // also decode this many sequences together per step (at context 0)
+  // How generated tokens are chosen (default greedy). Sampling costs a device
+  // step more than an argmax: a chat's settings are worth timing as they are.
+  SamplingParams sampling{0.0, 0, 1.0, 0.0, 0};
 };
 
 int run_bench(const BenchOptions& options);

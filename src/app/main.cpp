@@ -383,6 +383,12 @@ int main(int argc, char** argv) {
   bench->add_option("--batch", bench_options.batches,
                     "also time decoding this many sequences together, e.g. 8,32 (at context 0)")
       ->delimiter(',');
+  bench->add_option("--temperature", bench_options.sampling.temperature,
+                    "generate by sampling at this temperature (default 0: greedy)");
+  bench->add_option("--top-k", bench_options.sampling.top_k, "sampling: keep the k most likely tokens (0 = off)");
+  bench->add_option("--top-p", bench_options.sampling.top_p, "sampling: nucleus mass (1 = off)");
+  bench->add_option("--min-p", bench_options.sampling.min_p, "sampling: drop tokens below min-p x the best's (0 = off)");
+  bench->add_option("--seed", bench_options.sampling.seed, "sampling: random seed (default 0)");
   bench->add_option("--threads", bench_options.threads, "CPU threads (default: all cores)");
   bench->add_option("--device", bench_options.device, "cpu (default), cuda or cuda:N");
   bench->add_flag("--json", bench_options.json, "print JSON");
