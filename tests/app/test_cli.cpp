@@ -163,6 +163,31 @@ TEST(Cli, BenchSplitsPromptsByComponent) {
   EXPECT_NEAR(gflop - core, summary, 0.03 * summary);
 }
 
+// bench times generation with the sampling settings given (greedy without
+// them), and says which it timed.
+TEST(Cli, BenchTimesSampledGeneration) {
+  const std::string common = "bench --model " + fixture(kCase) +
+                             " --prompt-tokens 8 --gen-tokens 4 --threads 1 --no-prompt-components --json";
+  for (const auto& [options, choice] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"", "greedy"},
+           {" --temperature 0.7 --top-k 20 --top-p 0.9 --seed 3", "sampled: temperature 0.7, top-k 20, top-p 0.9, min-p 0, seed 3"},
+           {" --temperature 1.5 --min-p 0.05", "sampled: temperature 1.5, top-k 0, top-p 1, min-p 0.05, seed 0"}}) {
+    const CommandResult result = run(common + options);
+    ASSERT_EQ(result.status, 0) << result.output;
+    const auto out = nlohmann::json::parse(result.output);
+    EXPECT_EQ(out["token_choice"], choice);
+    EXPECT_GT(out["generation"].at(0)["tokens_per_s"].get<double>(), 0.0) << out["generation"].dump();
+  }
+}
+
+TEST(CliBadInput, BenchSamplingSettings) {
+  const std::string bench = "bench --model " + fixture(kCase) + " --temperature 1";
+  expect_clean_error(run(bench + " --top-p 1.5"), "top-p must lie in [0, 1] (got 1.5)");
+  expect_clean_error(run(bench + " --min-p -0.1"), "min-p must lie in [0, 1]");
+  expect_clean_error(run(bench + " --top-k -3"), "top-k must not be negative");
+}
+
 TEST(CliBadInput, MissingDirectory) {
   expect_clean_error(run("generate --model /nonexistent/glm --prompt-ids 1,2"), "/nonexistent/glm");
 }
