@@ -151,18 +151,24 @@ TEST(CudaSampling, FiltersAloneAndCombinedDrawTheCpuTokens) {
 
 // One logits row drawn at 400 steps: the draws spread over the distribution,
 // so targets land everywhere in the cumulative mass, boundaries included.
+// Tied rows mostly search the whole row by radix; normal rows first by
+// distance from the best logit (a few hundred tokens a bucket), so targets
+// also land on the edges between distance buckets.
 TEST(CudaSampling, ManyStepsOfOneRow) {
   REQUIRE_GPU();
   Backends b;
   const int64_t rows = 400;
-  for (const SamplingParams& params : {SamplingParams{1.0, 0, 0.95, 0.0, 31}, SamplingParams{0.8, 64, 0.9, 0.01, 32},
-                                       SamplingParams{2.0, 0, 1.0, 0.0, 33}}) {
-    std::vector<float> row = make_logits(Kind::Tied, 1, kGlmVocab, 40);
-    std::vector<float> logits;
-    for (int64_t r = 0; r < rows; ++r) logits.insert(logits.end(), row.begin(), row.end());
-    EXPECT_EQ(mismatched_rows(b, logits, kGlmVocab, requests_for(params, rows, 0),
-                              "sample one row 400 steps seed " + std::to_string(params.seed)),
-              0);
+  for (Kind kind : {Kind::Tied, Kind::Normal}) {
+    for (const SamplingParams& params : {SamplingParams{1.0, 0, 0.95, 0.0, 31},
+                                         SamplingParams{0.8, 64, 0.9, 0.01, 32}, SamplingParams{2.0, 0, 1.0, 0.0, 33}}) {
+      std::vector<float> row = make_logits(kind, 1, kGlmVocab, 40);
+      std::vector<float> logits;
+      for (int64_t r = 0; r < rows; ++r) logits.insert(logits.end(), row.begin(), row.end());
+      EXPECT_EQ(mismatched_rows(b, logits, kGlmVocab, requests_for(params, rows, 0),
+                                "sample one " + std::string(kind_name(kind)) + " row 400 steps seed " +
+                                    std::to_string(params.seed)),
+                0);
+    }
   }
 }
 

@@ -23,6 +23,10 @@
 // left at most kCompactCapacity candidates (top-k 50, the usual setting, or a
 // peaked distribution after top-p), they are copied into shared memory in id
 // order and the remaining searches run over them instead of the whole row.
+// A search over the whole row first tries one pass that buckets the tokens
+// by how far their logit lies below the best (locate_by_distance): when the
+// bucket where the target falls holds few enough tokens, they are compacted
+// and the radix passes run over them alone.
 #include <climits>
 
 #include "backend/cuda/ops.cuh"
@@ -35,6 +39,11 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kDigits = 256;  // 8 key bits per radix pass
 constexpr int kCompactCapacity = 4096;
+// locate_by_distance's buckets: 64 to a unit of (x_max - x) / T, so 2048
+// cover the 32 units within which a token has any mass (exp(-32) * 2^44 < 1).
+constexpr int kDistanceBuckets = 2048;
+constexpr float kBucketsPerUnit = 64.0f;
+static_assert(kDistanceBuckets % kThreads == 0, "each thread scans whole buckets");
 
 struct Shared {
   // Bucket sums are 64-bit, but a 64-bit atomic add in shared memory is a
@@ -46,8 +55,21 @@ struct Shared {
   float best_value[kWarps];
   int best_index[kWarps];
   int warp_count[kWarps];
-  float compact_x[kCompactCapacity];  // compacted candidates, ascending id
-  int compact_id[kCompactCapacity];
+  unsigned long long warp_weight[kWarps];
+  union {  // never needed at once: the distance buckets are read before a compaction is written
+    struct {
+      float x[kCompactCapacity];  // compacted candidates, ascending id
+      int id[kCompactCapacity];
+    } compact;
+    struct {  // weight (low and high words, as bucket_low/high) and token count of each bucket
+      uint32_t low[kDistanceBuckets];
+      uint32_t high[kDistanceBuckets];
+      uint32_t count[kDistanceBuckets];
+    } distance;
+  };
+  int crossing_bucket;                      // locate_by_distance's answer, to every thread
+  unsigned long long crossing_remaining;
+  uint32_t crossing_count;
   uint32_t prefix;           // the digits found so far
   unsigned long long remaining;  // the target within the tokens matching `prefix`
   int found;
@@ -168,11 +190,14 @@ __device__ void block_argmax(const float* row, int vocab, Shared& s, float& best
 // Adds a weight to bucket `digit`: exact however the threads interleave,
 // because each 32-bit add returns the low word it found, so the one add
 // that wraps it past 2^32 is the one that carries.
-__device__ void add_weight(Shared& s, int digit, uint64_t weight) {
+__device__ void add_weight(uint32_t* low_word, uint32_t* high_word, uint64_t weight) {
   const uint32_t low = static_cast<uint32_t>(weight), high = static_cast<uint32_t>(weight >> 32);
-  const uint32_t before = atomicAdd(&s.bucket_low[digit], low);
+  const uint32_t before = atomicAdd(low_word, low);
   const uint32_t carried = high + (before + low < before ? 1u : 0u);
-  if (carried) atomicAdd(&s.bucket_high[digit], carried);
+  if (carried) atomicAdd(high_word, carried);
+}
+__device__ void add_weight(Shared& s, int digit, uint64_t weight) {
+  add_weight(&s.bucket_low[digit], &s.bucket_high[digit], weight);
 }
 
 // s.bucket[d] = total weight of the eligible tokens whose key matches `prefix`
@@ -214,23 +239,28 @@ __device__ void thread_range(int count, int& begin, int& end) {
   end = min(count, begin + per_thread);
 }
 
-// The sum of `count` over the threads before this one, and over all of them.
-__device__ int block_exclusive_prefix(int count, Shared& s, int& total) {
+// The sum of `count` over the threads before this one, and over all of them
+// (int counts or 64-bit weights).
+template <typename T>
+__device__ T block_exclusive_prefix(T count, Shared& s, T& total) {
+  T* warp_sums;
+  if constexpr (sizeof(T) == sizeof(int)) warp_sums = reinterpret_cast<T*>(s.warp_count);
+  else warp_sums = reinterpret_cast<T*>(s.warp_weight);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int inclusive = count;
+  T inclusive = count;
   for (int offset = 1; offset < 32; offset <<= 1) {
-    const int other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    const T other = __shfl_up_sync(0xffffffffu, inclusive, offset);
     if (lane >= offset) inclusive += other;
   }
-  if (lane == 31) s.warp_count[warp] = inclusive;
+  if (lane == 31) warp_sums[warp] = inclusive;
   __syncthreads();
-  int before = inclusive - count;
+  T before = inclusive - count;
   total = 0;
   for (int w = 0; w < kWarps; ++w) {
-    if (w < warp) before += s.warp_count[w];
-    total += s.warp_count[w];
+    if (w < warp) before += warp_sums[w];
+    total += warp_sums[w];
   }
-  __syncthreads();  // s.warp_count may be reused
+  __syncthreads();  // the warp sums may be reused
   return before;
 }
 
@@ -257,31 +287,39 @@ __device__ int nth_tied(const Candidates& c, const Filter& filter, uint32_t key,
   return found;
 }
 
-// The candidates the filter keeps, copied into shared memory in id order
-// when there are at most kCompactCapacity of them; else `c` itself.
-__device__ Candidates compact(const Candidates& c, const Filter& filter, Shared& s) {
+// The candidates for which kept(x, id) holds, copied into shared memory in
+// id order when there are at most kCompactCapacity of them; else `c` itself.
+template <typename Kept>
+__device__ Candidates compact_where(const Candidates& c, Kept kept, Shared& s) {
   int begin, end, total;
   thread_range(c.count, begin, end);
-  auto kept = [&](int i) { return filter.keeps(c.x[i], order_key(c.x[i]), c.id(i)); };
   int count = 0;
-  for (int i = begin; i < end; ++i) count += kept(i);
+  for (int i = begin; i < end; ++i) count += kept(c.x[i], c.id(i));
   int slot = block_exclusive_prefix(count, s, total);
   if (total > kCompactCapacity) return c;  // the same decision in every thread
   for (int i = begin; i < end; ++i) {
-    if (!kept(i)) continue;
-    s.compact_x[slot] = c.x[i];
-    s.compact_id[slot] = c.id(i);
+    const float x = c.x[i];
+    const int id = c.id(i);
+    if (!kept(x, id)) continue;
+    s.compact.x[slot] = x;
+    s.compact.id[slot] = id;
     ++slot;
   }
   __syncthreads();
-  return Candidates{s.compact_x, s.compact_id, total};
+  return Candidates{s.compact.x, s.compact.id, total};
+}
+
+// The candidates the filter keeps, compacted when they fit.
+__device__ Candidates compact(const Candidates& c, const Filter& filter, Shared& s) {
+  return compact_where(c, [&](float x, int id) { return filter.keeps(x, order_key(x), id); }, s);
 }
 
 // The first eligible token, in order, whose cumulative weight exceeds
-// target_of(total weight). with_id false skips finding which of several
-// tokens tied on that logit it is (top-k needs only the logit).
+// target_of(total weight), by radix selection. with_id false skips finding
+// which of several tokens tied on that logit it is (top-k needs only the logit).
 template <bool kMass, typename Target>
-__device__ Position locate(const Candidates& c, const Filter& filter, Shared& s, bool with_id, Target target_of) {
+__device__ Position radix_locate(const Candidates& c, const Filter& filter, Shared& s, bool with_id,
+                                 Target target_of) {
   uint32_t prefix = 0, mask = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     fill_buckets<kMass>(c, filter, prefix, mask, shift, s);
@@ -324,6 +362,92 @@ __device__ Position locate(const Candidates& c, const Filter& filter, Shared& s,
   const unsigned long long tie_weight =
       kMass ? sampling_mass(key_value(prefix), filter.x_max, filter.inverse_temperature) : 1;
   return Position{prefix, nth_tied(c, filter, prefix, static_cast<int>(remaining / tie_weight), s)};
+}
+
+// Which distance bucket a token falls in: how far its logit lies below the
+// best, in units of T / 64, the last bucket also holding every token further
+// down (no mass; -inf). Rounded subtraction and products are monotone, so the
+// bucket never rises with the logit: each bucket holds one stretch of the
+// order (logit descending, id ascending), and the buckets follow the order.
+__device__ int distance_bucket(float x, const Filter& filter) {
+  if (x == filter.x_max) return 0;  // (0 times an infinite 1/T would be NaN)
+  const float units = mul_rn(mul_rn(sub_rn(filter.x_max, x), filter.inverse_temperature), kBucketsPerUnit);
+  return units < static_cast<float>(kDistanceBuckets - 1) ? static_cast<int>(units) : kDistanceBuckets - 1;
+}
+
+// radix_locate's answer over a whole row in one pass and a compaction, when
+// that works: the pass sums the eligible tokens' weights (and counts them)
+// by distance bucket; the bucket where the cumulative weight crosses the
+// target holds the answer, and when its tokens fit they are compacted and
+// searched alone for the target less the weight of the buckets before it.
+// false (nothing found) when the bucket holds too many tokens: a flat row,
+// or a temperature so high that the whole row is one bucket.
+template <bool kMass, typename Target>
+__device__ bool locate_by_distance(const Candidates& c, const Filter& filter, Shared& s, bool with_id,
+                                   Target target_of, Position& found) {
+  for (int b = threadIdx.x; b < kDistanceBuckets; b += kThreads)
+    s.distance.low[b] = s.distance.high[b] = s.distance.count[b] = 0;
+  __syncthreads();
+  // The same tokens and weights as radix_locate's passes: zero weights add nothing.
+  auto weigh = [&](float x, int id, uint64_t& weight) {
+    return filter.weigh<kMass>(x, order_key(x), id, weight) && weight != 0;
+  };
+  for_each_owned<4>(c, [&](float x, int i) {
+    uint64_t weight;
+    if (!weigh(x, c.id(i), weight)) return;
+    const int b = distance_bucket(x, filter);
+    add_weight(&s.distance.low[b], &s.distance.high[b], weight);
+    if (kMass) atomicAdd(&s.distance.count[b], 1u);
+  });
+  __syncthreads();
+  // Thread t scans buckets [t * kOwned, (t + 1) * kOwned): thread order is bucket order.
+  constexpr int kOwned = kDistanceBuckets / kThreads;
+  const int first = static_cast<int>(threadIdx.x) * kOwned;
+  auto bucket_weight = [&](int b) {
+    return (static_cast<unsigned long long>(s.distance.high[b]) << 32) | s.distance.low[b];
+  };
+  unsigned long long own = 0;
+  for (int j = 0; j < kOwned; ++j) own += bucket_weight(first + j);
+  unsigned long long total;
+  unsigned long long before = block_exclusive_prefix(own, s, total);
+  const unsigned long long target = target_of(total);
+  if (before <= target && target < before + own) {  // one thread: target < total
+    for (int b = first; b < first + kOwned; ++b) {
+      const unsigned long long weight = bucket_weight(b);
+      if (before + weight > target) {
+        s.crossing_bucket = b;
+        s.crossing_remaining = target - before;
+        s.crossing_count = kMass ? s.distance.count[b] : static_cast<uint32_t>(weight);
+        break;
+      }
+      before += weight;
+    }
+  }
+  __syncthreads();
+  const int bucket = s.crossing_bucket;
+  const unsigned long long remaining = s.crossing_remaining;
+  const uint32_t count = s.crossing_count;
+  __syncthreads();  // the compaction below overwrites the buckets
+  if (count > kCompactCapacity) return false;
+  const Candidates in_bucket = compact_where(
+      c, [&](float x, int id) {
+        uint64_t weight;
+        return distance_bucket(x, filter) == bucket && weigh(x, id, weight);
+      }, s);
+  if (in_bucket.ids == nullptr) return false;  // (cannot happen: it holds `count` tokens)
+  found = radix_locate<kMass>(in_bucket, filter, s, with_id, [&](uint64_t) { return remaining; });
+  return true;
+}
+
+// The first eligible token, in order, whose cumulative weight exceeds
+// target_of(total weight): over a whole row by distance first when it can.
+template <bool kMass, typename Target>
+__device__ Position locate(const Candidates& c, const Filter& filter, Shared& s, bool with_id, Target target_of) {
+  if (c.ids == nullptr && c.count > kCompactCapacity) {
+    Position found;
+    if (locate_by_distance<kMass>(c, filter, s, with_id, target_of, found)) return found;
+  }
+  return radix_locate<kMass>(c, filter, s, with_id, target_of);
 }
 
 __global__ void __launch_bounds__(kThreads)
