@@ -1,7 +1,8 @@
 // The sampling rule of backend/sampling_rule.h and its reference
 // (backend/sampling.cpp): the counter RNG's pinned bits, the exp every backend
 // computes alike, the reference against a literal mask-by-mask reading of the
-// rule (the "mass ranked before" form the CUDA kernel uses), the tie and
+// rule (the "mass ranked before" form the CUDA kernel uses) and against the
+// warpers over a full sort (the reference ranks only a prefix), the tie and
 // boundary semantics, and the CPU backend's sample op.
 #include <gtest/gtest.h>
 
@@ -48,15 +49,21 @@ TEST(SamplingRule, OrderKeysFollowTheLogits) {
   for (float value : values) EXPECT_EQ(key_value(order_key(value)), value);
 }
 
+// Token ids by logit descending, equal logits in id order.
+std::vector<int32_t> stable_order(const std::vector<float>& x) {
+  std::vector<int32_t> order(x.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[a] > x[b]; });
+  return order;
+}
+
 // The rule read literally, one mask per warper, in the form the GPU kernel
 // relies on: top-p keeps a token when the mass ranked before it is below the
 // kept mass, rather than walking the ascending cumulative sum.
 int32_t literal_rule(const std::vector<float>& x, const SamplingRequest& request) {
   const int64_t vocab = static_cast<int64_t>(x.size());
   const SamplingRule rule = make_sampling_rule(request, vocab);
-  std::vector<int32_t> order(x.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[a] > x[b]; });
+  const std::vector<int32_t> order = stable_order(x);
   if (rule.greedy) return order[0];
   const float best = x[order[0]];
   std::vector<bool> keep(x.size(), true);
@@ -93,6 +100,39 @@ int32_t literal_rule(const std::vector<float>& x, const SamplingRequest& request
   return -1;
 }
 
+// transformers' warpers as they are written: sort every token, keep the
+// top-k, walk the ascending cumulative mass from the worst token dropping
+// while it is <= total - kept mass, zero the masses under min-p, draw.
+int32_t sorted_warpers(const std::vector<float>& x, const SamplingRequest& request) {
+  const int64_t vocab = static_cast<int64_t>(x.size());
+  const SamplingRule rule = make_sampling_rule(request, vocab);
+  const std::vector<int32_t> order = stable_order(x);
+  if (rule.greedy) return order[0];
+  int64_t kept = vocab;
+  if (rule.top_k > 0)
+    while (kept > rule.top_k && x[order[kept - 1]] < x[order[rule.top_k - 1]]) --kept;
+  const float best = x[order[0]];
+  std::vector<uint64_t> mass(static_cast<size_t>(kept));
+  for (int64_t i = 0; i < kept; ++i) mass[i] = sampling_mass(x[order[i]], best, rule.inverse_temperature);
+  if (rule.top_p_on) {
+    const uint64_t total = std::accumulate(mass.begin(), mass.end(), uint64_t{0});
+    const uint64_t limit = total - top_p_kept_mass(total, rule);
+    uint64_t walked = 0;
+    while (kept > 1 && walked + mass[kept - 1] <= limit) walked += mass[--kept];
+  }
+  for (int64_t i = 1; i < kept; ++i)
+    if (rule.min_p > 0.0f && sampling_weight(x[order[i]], best, rule.inverse_temperature) < rule.min_p) mass[i] = 0;
+  const uint64_t total = std::accumulate(mass.begin(), mass.begin() + kept, uint64_t{0});
+  const uint64_t target = draw_target(rule, total);
+  uint64_t cumulative = 0;
+  for (int64_t i = 0; i < kept; ++i) {
+    cumulative += mass[i];
+    if (cumulative > target) return order[i];
+  }
+  ADD_FAILURE() << "no token drawn";
+  return -1;
+}
+
 // Random logits with many exact ties: values on a coarse grid.
 std::vector<float> tied_logits(size_t count, unsigned seed, float step) {
   std::vector<float> x = testing_random::random_values(count, seed, 2.0f);
@@ -121,6 +161,33 @@ TEST(SamplingRule, ReferenceEqualsTheLiteralRule) {
     }
   }
   EXPECT_EQ(checked, static_cast<int>(settings.size()) * 6 * 40);
+}
+
+// The reference ranks a prefix of the order and grows it (1024, then x4)
+// until the answer lies in it. On 20000 tokens every growth step happens:
+// flat and high-temperature rows rank everything, peaked rows stop at the
+// first prefix, tied rows put equal logits across the prefix's edge.
+TEST(SamplingRule, RankingAPrefixDrawsWhatSortingAllDraws) {
+  const size_t vocab = 20000;
+  const std::vector<SamplingParams> settings = {
+      {1.0, 0, 1.0, 0.0, 1},   {0.6, 0, 0.95, 0.0, 2},  {1.0, 0, 0.999, 0.0, 3}, {1.5, 0, 1.0, 0.02, 4},
+      {0.8, 0, 0.9, 0.05, 5},  {1.0, 0, 0.0, 0.0, 6},   {4.0, 0, 0.99, 0.0, 7},  {0.7, 3000, 0.97, 0.0, 8},
+      {1e30, 0, 0.5, 0.0, 9}};
+  for (int kind = 0; kind < 5; ++kind) {
+    std::vector<float> x = testing_random::random_values(vocab, 40 + kind, 3.0f);
+    if (kind == 1) x = tied_logits(vocab, 41, 0.25f);                   // ties everywhere
+    if (kind == 2) std::fill(x.begin(), x.end(), 0.5f);                 // flat
+    if (kind == 3) for (size_t i = 0; i < vocab; i += 3) x[i] = -INFINITY;  // masked
+    if (kind == 4) x[777] = 40.0f, x[12345] = 39.0f;                    // peaked
+    for (size_t s = 0; s < settings.size(); ++s) {
+      for (uint64_t step = 0; step < 8; ++step) {
+        const SamplingRequest request{settings[s], 5, step};
+        const int32_t token = sample_token(x, request);
+        ASSERT_EQ(token, sorted_warpers(x, request)) << "kind " << kind << " setting " << s << " step " << step;
+        ASSERT_EQ(token, literal_rule(x, request)) << "kind " << kind << " setting " << s << " step " << step;
+      }
+    }
+  }
 }
 
 std::set<int32_t> drawn(const std::vector<float>& x, const SamplingParams& params, int draws = 400) {
