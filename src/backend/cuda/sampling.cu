@@ -14,15 +14,16 @@
 // the logit, 8 bits per pass: each pass sums the weights of the eligible
 // tokens whose key matches the digits found so far into 256 buckets and picks
 // the bucket where the cumulative weight (from the largest digit down)
-// crosses the target. One block reads a whole row per pass, so every pass
-// keeps many loads in flight and adds to the shared buckets once per run of
-// a thread's tokens that share a digit (see fill_buckets). After 4 passes the logit is known exactly; tokens tied
+// crosses the target. After 4 passes the logit is known exactly; tokens tied
 // on it all weigh the same, so the index among them is a division, and one
-// block-wide prefix count finds that tie in id order. Masses are integers,
-// so the order in which threads add them changes nothing. Once a filter has
-// left at most kCompactCapacity candidates (top-k 50, the usual setting, or a
-// peaked distribution after top-p), they are copied into shared memory in id
-// order and the remaining searches run over them instead of the whole row.
+// block-wide prefix count finds that tie in id order. One block reads a whole
+// row per pass, so every pass keeps several loads in flight a thread and adds
+// to the shared buckets once per run of a thread's tokens that share a digit
+// (fill_buckets). Masses are integers, so the order in which threads add
+// them changes nothing. Once a filter has left at most kCompactCapacity
+// candidates (top-k 50, the usual setting, or a peaked distribution after
+// top-p), they are copied into shared memory in id order and the remaining
+// searches run over them instead of the whole row.
 // A search over the whole row first tries one pass that buckets the tokens
 // by how far their logit lies below the best (locate_by_distance): when the
 // bucket where the target falls holds few enough tokens, they are compacted
@@ -397,7 +398,7 @@ __device__ bool locate_by_distance(const Candidates& c, const Filter& filter, Sh
     if (!weigh(x, c.id(i), weight)) return;
     const int b = distance_bucket(x, filter);
     add_weight(&s.distance.low[b], &s.distance.high[b], weight);
-    if (kMass) atomicAdd(&s.distance.count[b], 1u);
+    if constexpr (kMass) atomicAdd(&s.distance.count[b], 1u);  // (counting: the weight is the count)
   });
   __syncthreads();
   // Thread t scans buckets [t * kOwned, (t + 1) * kOwned): thread order is bucket order.
