@@ -2,7 +2,7 @@
 // (backend/sampling.cpp): the counter RNG's pinned bits, the exp every backend
 // computes alike, the reference against a literal mask-by-mask reading of the
 // rule (the "mass ranked before" form the CUDA kernel uses) and against the
-// warpers over a full sort (the reference ranks only a prefix), the tie and
+// warpers over a comparison sort (the reference radix-sorts), the tie and
 // boundary semantics, and the CPU backend's sample op.
 #include <gtest/gtest.h>
 
@@ -163,11 +163,11 @@ TEST(SamplingRule, ReferenceEqualsTheLiteralRule) {
   EXPECT_EQ(checked, static_cast<int>(settings.size()) * 6 * 40);
 }
 
-// The reference ranks a prefix of the order and grows it (1024, then x4)
-// until the answer lies in it. On 20000 tokens every growth step happens:
-// flat and high-temperature rows rank everything, peaked rows stop at the
-// first prefix, tied rows put equal logits across the prefix's edge.
-TEST(SamplingRule, RankingAPrefixDrawsWhatSortingAllDraws) {
+// Without top-k the reference sorts the vocabulary by a radix sort on the
+// logits' order keys. On 20000-token rows: normal, tied on a grid (equal
+// logits must stay in id order), flat (every pass skipped), masked (-inf),
+// peaked.
+TEST(SamplingRule, RadixRankingDrawsWhatSortingAllDraws) {
   const size_t vocab = 20000;
   const std::vector<SamplingParams> settings = {
       {1.0, 0, 1.0, 0.0, 1},   {0.6, 0, 0.95, 0.0, 2},  {1.0, 0, 0.999, 0.0, 3}, {1.5, 0, 1.0, 0.02, 4},
