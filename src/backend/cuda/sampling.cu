@@ -86,14 +86,9 @@ struct Filter {
   int cut_id = INT_MAX;
   float min_p = 0.0f;
 
-  __device__ bool keeps(float x, uint32_t key, int id) const {
-    if (key < min_key) return false;
-    if (key < cut_key || (key == cut_key && id > cut_id)) return false;
-    return min_p == 0.0f || sampling_weight(x, x_max, inverse_temperature) >= min_p;
-  }
-
-  // keeps(), and the token's weight in a search: 1 when counting, its
-  // integer mass when summing masses (one exp serves min-p and the mass).
+  // Whether the filter keeps the token, and its weight in a search: 1 when
+  // counting, its integer mass when summing masses (one exp serves min-p and
+  // the mass).
   template <bool kMass>
   __device__ bool weigh(float x, uint32_t key, int id, uint64_t& weight) const {
     if (key < min_key) return false;
@@ -106,6 +101,13 @@ struct Filter {
     if (min_p != 0.0f && w < min_p) return false;
     weight = kMass ? mass_of_weight(w) : 1;
     return true;
+  }
+
+  // Whether the filter keeps the token. (A weight is never NaN, so
+  // `w < min_p` drops exactly the tokens `w >= min_p` would not keep.)
+  __device__ bool keeps(float x, uint32_t key, int id) const {
+    uint64_t weight;
+    return weigh<false>(x, key, id, weight);
   }
 };
 
